@@ -1,0 +1,51 @@
+# The front door: `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the broker, the client and the dev tools
+
+run: $(STAMP) ## Start the broker on 127.0.0.1:50051 with ./broker.db
+	$(VENV)/bin/broker serve
+
+test: $(STAMP) ## Run the whole test suite (PostgreSQL tests need BROKER_TEST_DATABASE_URL)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+proto: $(STAMP) ## Regenerate the stubs in clients/python/src/eventbroker/v1
+	PYTHON=$(PY) scripts/gen_proto.sh
+
+proto-check: $(STAMP) ## Fail when the generated stubs are stale
+	@tmp=$$(mktemp -d) && PYTHON=$(PY) scripts/gen_proto.sh $$tmp \
+	  && diff -r clients/python/src/eventbroker/v1 $$tmp/eventbroker/v1 -x __pycache__ \
+	  && echo "generated stubs are up to date"; rc=$$?; rm -rf $$tmp; exit $$rc
+
+lint: $(STAMP) ## ruff check and ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## ruff format and ruff check --fix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: $(STAMP) ## mypy --strict on the handwritten code and the tests
+	$(VENV)/bin/mypy
+
+check: proto-check lint typecheck test ## Everything CI runs
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help install run test proto proto-check lint format typecheck check clean
