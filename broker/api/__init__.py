@@ -1,0 +1,1 @@
+"""The gRPC surface: servicer, proto conversion and server set-up."""

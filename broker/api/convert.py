@@ -1,0 +1,526 @@
+"""Proto messages to domain objects and back: the one place the two meet.
+
+Requests are validated as they are converted: each check names the field
+path (`events[3].priority`) and the limit, and every violation of a request is
+reported at once, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from ulid import ULID
+
+from broker import config
+from broker.config import Settings
+from broker.domain import (
+    BINARY_CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
+    US_PER_S,
+    AttemptRecord,
+    DeliveryInfo,
+    EventDraft,
+    LeasedDelivery,
+    StartPosition,
+    StoredEvent,
+    Subscription,
+    SubscriptionCounts,
+)
+from broker.errors import BrokerError, FieldViolation, invalid_argument, too_large, unimplemented
+from broker.names import FILTERS_MAX_COUNT, filter_error, normalize_filters, normalize_name
+from eventbroker.v1 import broker_pb2 as pb
+
+NAME_RULE = "must be 1 to 255 characters of letters, digits and . _ - / :"
+_MAX_DELAY_US = config.MAX_DELAY_S * US_PER_S
+_SAFE_INTEGER = 2**53
+
+
+# -- time ----------------------------------------------------------------------
+
+
+def duration_us(value: duration_pb2.Duration) -> int:
+    """A Duration in microseconds."""
+    return value.seconds * US_PER_S + value.nanos // 1000
+
+
+def to_duration(us: int) -> duration_pb2.Duration:
+    """Microseconds as a Duration."""
+    seconds, rest = divmod(us, US_PER_S)
+    return duration_pb2.Duration(seconds=seconds, nanos=rest * 1000)
+
+
+def timestamp_us(value: timestamp_pb2.Timestamp) -> int:
+    """A Timestamp in microseconds since the epoch."""
+    return value.seconds * US_PER_S + value.nanos // 1000
+
+
+def to_timestamp(us: int) -> timestamp_pb2.Timestamp:
+    """Microseconds since the epoch as a Timestamp."""
+    seconds, rest = divmod(us, US_PER_S)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1000)
+
+
+# -- JSON values ---------------------------------------------------------------
+
+
+class _NotJsonError(ValueError):
+    pass
+
+
+def value_to_python(value: struct_pb2.Value) -> Any:
+    """A protobuf Value as plain Python; whole numbers stay integers."""
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "number_value":
+        number = value.number_value
+        if math.isnan(number) or math.isinf(number):
+            raise _NotJsonError("NaN and Infinity are not JSON")
+        if number.is_integer() and abs(number) < _SAFE_INTEGER:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {k: value_to_python(v) for k, v in value.struct_value.fields.items()}
+    return [value_to_python(v) for v in value.list_value.values]
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJsonError(f"{name} is not JSON")
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == JSON_CONTENT_TYPE
+
+
+# -- events --------------------------------------------------------------------
+
+
+def draft_from_event(
+    event: pb.Event, path: str, settings: Settings, now_us: int, violations: list[FieldViolation]
+) -> EventDraft | None:
+    """Validate one published event into a draft; add violations and return None if bad."""
+    before = len(violations)
+
+    def bad(field: str, description: str) -> None:
+        violations.append(FieldViolation(f"{path}.{field}", description))
+
+    name = normalize_name(event.name)
+    if name is None:
+        bad("name", NAME_RULE + (" (it is empty)" if not event.name else ""))
+    payload, content_type = _payload(event, bad)
+    headers = dict(event.headers)
+    if len(headers) > config.HEADERS_MAX_COUNT:
+        bad("headers", f"at most {config.HEADERS_MAX_COUNT} headers; got {len(headers)}")
+    if any(not key for key in headers):
+        bad("headers", "header names must not be empty")
+    if len(event.id) > config.DEDUP_ID_MAX_LENGTH:
+        bad("id", f"at most {config.DEDUP_ID_MAX_LENGTH} characters; got {len(event.id)}")
+    if not config.PRIORITY_MIN <= event.priority <= config.PRIORITY_MAX:
+        bad(
+            "priority",
+            f"must be between {config.PRIORITY_MIN} and {config.PRIORITY_MAX}; got {event.priority}",
+        )
+    if len(event.ordering_key) > config.ORDERING_KEY_MAX_LENGTH:
+        bad("ordering_key", f"at most {config.ORDERING_KEY_MAX_LENGTH} characters")
+    deliver_at, delay = _schedule(event, now_us, bad)
+    if len(violations) > before or name is None or payload is None:
+        return None
+    size = len(name) + len(payload) + sum(len(k) + len(v) for k, v in headers.items())
+    if size > settings.event_max_bytes:
+        violations.append(
+            FieldViolation(
+                path,
+                f"event is {size} bytes (name, data and headers); "
+                f"the limit is {settings.event_max_bytes} bytes",
+                too_large=True,
+            )
+        )
+        return None
+    return EventDraft(
+        event_id=str(ULID()),
+        name=name,
+        payload=payload,
+        content_type=content_type,
+        headers=headers,
+        dedup_id=event.id or None,
+        priority=event.priority,
+        ordering_key=event.ordering_key or None,
+        deliver_at_us=deliver_at,
+        delay_us=delay,
+    )
+
+
+def _payload(event: pb.Event, bad: Any) -> tuple[bytes | None, str]:
+    kind = event.WhichOneof("payload")
+    if kind == "binary_data":
+        content_type = event.content_type or BINARY_CONTENT_TYPE
+        if _is_json_type(content_type):
+            try:
+                json.loads(event.binary_data, parse_constant=_reject_constant)
+            except (ValueError, UnicodeDecodeError) as error:
+                bad("binary_data", f"content type is {content_type} but the data is not JSON: {error}")
+                return None, content_type
+            return event.binary_data, JSON_CONTENT_TYPE
+        return event.binary_data, content_type
+    if event.content_type and not _is_json_type(event.content_type):
+        bad("content_type", "JSON data is application/json; use binary_data for other types")
+        return None, JSON_CONTENT_TYPE
+    try:
+        data = value_to_python(event.data) if kind == "data" else None
+    except (_NotJsonError, RecursionError) as error:
+        bad("data", str(error))
+        return None, JSON_CONTENT_TYPE
+    return json.dumps(data, separators=(",", ":")).encode(), JSON_CONTENT_TYPE
+
+
+def _schedule(event: pb.Event, now_us: int, bad: Any) -> tuple[int, int]:
+    kind = event.WhichOneof("schedule")
+    if kind == "delay":
+        delay = duration_us(event.delay)
+        if delay < 0:
+            bad("delay", "must not be negative")
+            return now_us, 0
+        if delay > _MAX_DELAY_US:
+            bad("delay", f"must be at most one year ({config.MAX_DELAY_S} s); got {delay // US_PER_S} s")
+            return now_us, 0
+        return now_us + delay, delay
+    if kind == "deliver_at":
+        at = timestamp_us(event.deliver_at)
+        if at - now_us > _MAX_DELAY_US:
+            bad("deliver_at", "must be at most one year ahead")
+            return now_us, 0
+        return max(at, now_us), max(at - now_us, 0)
+    return now_us, 0
+
+
+def drafts_from_batch(
+    events: Sequence[pb.Event], byte_size: int, settings: Settings, now_us: int
+) -> list[EventDraft]:
+    """Validate a batch: all events good and within the limits, or one error naming each bad one."""
+    if not events:
+        raise invalid_argument([FieldViolation("events", "at least one event is required")])
+    if len(events) > settings.batch_max_events:
+        raise invalid_argument(
+            [
+                FieldViolation(
+                    "events",
+                    f"{len(events)} events; the limit is {settings.batch_max_events} per batch",
+                )
+            ],
+            reason="BATCH_TOO_LARGE",
+        )
+    if byte_size > settings.batch_max_bytes:
+        raise too_large(
+            [
+                FieldViolation(
+                    "events",
+                    f"batch is {byte_size} bytes; the limit is {settings.batch_max_bytes} bytes",
+                    too_large=True,
+                )
+            ]
+        )
+    violations: list[FieldViolation] = []
+    drafts = [
+        draft_from_event(e, f"events[{i}]", settings, now_us, violations)
+        for i, e in enumerate(events)
+    ]
+    _raise_violations(violations)
+    return [d for d in drafts if d is not None]
+
+
+def draft_from_publish(request: pb.PublishRequest, settings: Settings, now_us: int) -> EventDraft:
+    """Validate a single publish."""
+    violations: list[FieldViolation] = []
+    if not request.HasField("event"):
+        violations.append(FieldViolation("event", "is required"))
+        _raise_violations(violations)
+    draft = draft_from_event(request.event, "event", settings, now_us, violations)
+    _raise_violations(violations)
+    assert draft is not None
+    return draft
+
+
+def _raise_violations(violations: list[FieldViolation]) -> None:
+    if not violations:
+        return
+    if any(v.too_large for v in violations):
+        raise too_large(violations)
+    raise invalid_argument(violations)
+
+
+def stored_event_to_proto(event: StoredEvent, *, json_as_binary: bool = False) -> pb.Event:
+    """A stored event as published, with its payload in the form asked for."""
+    message = pb.Event(
+        name=event.name,
+        content_type=event.content_type,
+        headers=dict(event.headers),
+        id=event.dedup_id or "",
+        priority=event.priority,
+        ordering_key=event.ordering_key or "",
+    )
+    if event.delay_us:
+        message.delay.CopyFrom(to_duration(event.delay_us))
+    if event.content_type == JSON_CONTENT_TYPE and not json_as_binary:
+        json_format.ParseDict(json.loads(event.payload), message.data)
+    else:
+        message.binary_data = event.payload
+    return message
+
+
+def delivery_to_proto(delivery: LeasedDelivery, *, json_as_binary: bool) -> pb.Delivery:
+    """A leased delivery as the consumer receives it."""
+    return _delivery(
+        delivery.event,
+        json_as_binary=json_as_binary,
+        ack_id=delivery.ack_id,
+        attempt=delivery.attempt,
+        ack_deadline_us=delivery.ack_deadline_us,
+        subscription=delivery.subscription,
+    )
+
+
+def tail_delivery_to_proto(event: StoredEvent, *, json_as_binary: bool) -> pb.Delivery:
+    """An event seen by an ephemeral tail: no ack id, nothing to acknowledge."""
+    return _delivery(
+        event, json_as_binary=json_as_binary, ack_id="", attempt=1, ack_deadline_us=None,
+        subscription="",
+    )
+
+
+def _delivery(
+    event: StoredEvent,
+    *,
+    json_as_binary: bool,
+    ack_id: str,
+    attempt: int,
+    ack_deadline_us: int | None,
+    subscription: str,
+) -> pb.Delivery:
+    message = pb.Delivery(
+        ack_id=ack_id,
+        event_id=event.event_id,
+        name=event.name,
+        content_type=event.content_type,
+        headers=dict(event.headers),
+        publish_time=to_timestamp(event.published_at_us),
+        delay=to_duration(event.delay_us),
+        priority=event.priority,
+        attempt=attempt,
+        subscription=subscription,
+        ordering_key=event.ordering_key or "",
+        dedup_id=event.dedup_id or "",
+    )
+    if ack_deadline_us is not None:
+        message.ack_deadline.CopyFrom(to_timestamp(ack_deadline_us))
+    if event.content_type == JSON_CONTENT_TYPE and not json_as_binary:
+        json_format.ParseDict(json.loads(event.payload), message.data)
+    else:
+        message.binary_data = event.payload
+    return message
+
+
+def stored_event_message(event: StoredEvent) -> pb.StoredEvent:
+    """A stored event for GetEvent and dead letters."""
+    return pb.StoredEvent(
+        event_id=event.event_id,
+        event=stored_event_to_proto(event),
+        publish_time=to_timestamp(event.published_at_us),
+    )
+
+
+# -- subscriptions -------------------------------------------------------------
+
+_DEFAULTS_US = {
+    "ack_deadline": config.ACK_DEADLINE_DEFAULT_S * US_PER_S,
+    "min_backoff": config.MIN_BACKOFF_DEFAULT_S * US_PER_S,
+    "max_backoff": config.MAX_BACKOFF_DEFAULT_S * US_PER_S,
+    "retention": config.RETENTION_DEFAULT_S * US_PER_S,
+}
+UPDATABLE_FIELDS = frozenset(
+    {
+        "filter",
+        "ack_deadline",
+        "max_attempts",
+        "retry_policy",
+        "retry_policy.min_backoff",
+        "retry_policy.max_backoff",
+        "max_in_flight",
+        "retention",
+    }
+)
+
+
+def subscription_from_proto(
+    message: pb.Subscription, now_us: int, path: str = "subscription"
+) -> Subscription:
+    """Validate a subscription's settings, filling in defaults for unset ones."""
+    violations: list[FieldViolation] = []
+
+    def bad(field: str, description: str) -> None:
+        violations.append(FieldViolation(f"{path}.{field}", description))
+
+    if normalize_name(message.name) is None or message.name != message.name.lower():
+        bad("name", NAME_RULE + " (lower case)")
+    if not message.filter:
+        bad("filter", "at least one name pattern is required (e.g. 'user.*' or 'orders.>')")
+    if len(message.filter) > FILTERS_MAX_COUNT:
+        bad("filter", f"at most {FILTERS_MAX_COUNT} patterns")
+    for index, pattern in enumerate(message.filter):
+        error = filter_error(pattern)
+        if error is not None:
+            bad(f"filter[{index}]", error)
+
+    def duration_or_default(field: str, holder: Any, name: str) -> int:
+        return duration_us(getattr(holder, name)) if holder.HasField(name) else _DEFAULTS_US[field]
+
+    ack_deadline = duration_or_default("ack_deadline", message, "ack_deadline")
+    if not config.ACK_DEADLINE_MIN_S * US_PER_S <= ack_deadline <= config.ACK_DEADLINE_MAX_S * US_PER_S:
+        bad(
+            "ack_deadline",
+            f"must be between {config.ACK_DEADLINE_MIN_S} s and {config.ACK_DEADLINE_MAX_S} s",
+        )
+    max_attempts = message.max_attempts or config.MAX_ATTEMPTS_DEFAULT
+    if not 1 <= max_attempts <= config.MAX_ATTEMPTS_LIMIT:
+        bad("max_attempts", f"must be between 1 and {config.MAX_ATTEMPTS_LIMIT}")
+    policy = message.retry_policy
+    min_backoff = duration_or_default("min_backoff", policy, "min_backoff")
+    max_backoff = duration_or_default("max_backoff", policy, "max_backoff")
+    if min_backoff < 0:
+        bad("retry_policy.min_backoff", "must not be negative")
+    if max_backoff < min_backoff:
+        bad("retry_policy.max_backoff", "must not be less than min_backoff")
+    if max_backoff > config.MAX_DELAY_S * US_PER_S:
+        bad("retry_policy.max_backoff", "must be at most one year")
+    if message.max_in_flight < 0:
+        bad("max_in_flight", "must not be negative (0 means unlimited)")
+    retention = duration_or_default("retention", message, "retention")
+    if retention < US_PER_S:
+        bad("retention", "must be at least 1 s")
+    _raise_violations(violations)
+    if message.ordered:
+        raise unimplemented("ordered delivery (FIFO per ordering key)")
+    if message.start_position not in (pb.START_POSITION_UNSPECIFIED, pb.START_POSITION_NEW):
+        raise unimplemented("starting a subscription from the beginning or a time")
+    return Subscription(
+        name=message.name,
+        filters=normalize_filters(message.filter),
+        ack_deadline_us=ack_deadline,
+        max_attempts=max_attempts,
+        min_backoff_us=min_backoff,
+        max_backoff_us=max_backoff,
+        max_in_flight=message.max_in_flight,
+        ordered=message.ordered,
+        retention_us=retention,
+        start_position=StartPosition.NEW,
+        start_time_us=0,
+        created_at_us=now_us,
+    )
+
+
+def subscription_to_proto(sub: Subscription) -> pb.Subscription:
+    """A subscription with every setting filled in."""
+    return pb.Subscription(
+        name=sub.name,
+        filter=list(sub.filters),
+        ack_deadline=to_duration(sub.ack_deadline_us),
+        max_attempts=sub.max_attempts,
+        retry_policy=pb.RetryPolicy(
+            min_backoff=to_duration(sub.min_backoff_us),
+            max_backoff=to_duration(sub.max_backoff_us),
+        ),
+        max_in_flight=sub.max_in_flight,
+        ordered=sub.ordered,
+        start_position=int(sub.start_position),  # type: ignore[arg-type]
+        start_time=to_timestamp(sub.start_time_us) if sub.start_time_us else None,
+        retention=to_duration(sub.retention_us),
+        create_time=to_timestamp(sub.created_at_us),
+    )
+
+
+def merge_update(current: Subscription, message: pb.Subscription, mask: Sequence[str]) -> pb.Subscription:
+    """The current settings with the masked fields taken from the request."""
+    unknown = [path for path in mask if path not in UPDATABLE_FIELDS]
+    if not mask or unknown:
+        raise invalid_argument(
+            [
+                FieldViolation(
+                    "update_mask",
+                    (f"unknown or fixed fields {unknown}; " if unknown else "is required; ")
+                    + f"updatable: {', '.join(sorted(UPDATABLE_FIELDS))}",
+                )
+            ]
+        )
+    merged = subscription_to_proto(current)
+    for path in mask:
+        if path == "filter":
+            del merged.filter[:]
+            merged.filter.extend(message.filter)
+        elif path == "retry_policy":
+            merged.retry_policy.CopyFrom(message.retry_policy)
+        elif path.startswith("retry_policy."):
+            leaf = path.split(".", 1)[1]
+            getattr(merged.retry_policy, leaf).CopyFrom(getattr(message.retry_policy, leaf))
+        elif path in ("ack_deadline", "retention"):
+            getattr(merged, path).CopyFrom(getattr(message, path))
+        else:
+            setattr(merged, path, getattr(message, path))
+    return merged
+
+
+# -- inspection ----------------------------------------------------------------
+
+
+def _attempt_to_proto(record: AttemptRecord) -> pb.Attempt:
+    return pb.Attempt(
+        attempt=record.attempt,
+        delivered_time=to_timestamp(record.delivered_at_us),
+        end_time=to_timestamp(record.ended_at_us),
+        consumer=record.consumer,
+        outcome=int(record.outcome),  # type: ignore[arg-type]
+        error=record.error,
+    )
+
+
+def delivery_status_to_proto(info: DeliveryInfo, reason: str) -> pb.DeliveryStatus:
+    """A delivery's state in one subscription, with why it is there."""
+    message = pb.DeliveryStatus(
+        subscription=info.subscription,
+        state=int(info.state),  # type: ignore[arg-type]
+        attempts=info.attempts,
+        consumer=info.consumer,
+        dead_reason=int(info.dead_reason),  # type: ignore[arg-type]
+        last_error=info.last_error,
+        history=[_attempt_to_proto(h) for h in info.history],
+        reason=reason,
+    )
+    if info.next_time_us is not None:
+        message.next_time.CopyFrom(to_timestamp(info.next_time_us))
+    return message
+
+
+def stats_to_proto(
+    counts: SubscriptionCounts, consumers: int, ack_rate: float, delivery_rate: float
+) -> pb.SubscriptionStats:
+    """One subscription's counts and rates."""
+    message = pb.SubscriptionStats(
+        subscription=counts.subscription,
+        scheduled=counts.scheduled,
+        ready=counts.ready,
+        in_flight=counts.in_flight,
+        acked=counts.acked,
+        dead=counts.dead,
+        consumers=consumers,
+        ack_rate=ack_rate,
+        delivery_rate=delivery_rate,
+    )
+    if counts.oldest_waiting_us is not None:
+        message.oldest_waiting_time.CopyFrom(to_timestamp(counts.oldest_waiting_us))
+    return message

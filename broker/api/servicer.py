@@ -1,0 +1,485 @@
+"""The EventBrokerService servicer: requests in, engine calls, responses out.
+
+It converts at the edge (`broker.api.convert`), calls the delivery engine, and
+turns every failure into a status with google.rpc details. It never sees a
+database row.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from broker import config
+from broker.api import convert
+from broker.domain import US_PER_S, DeadReason, DeliveryInfo, DeliveryState
+from broker.engine.dispatcher import ConsumerStream
+from broker.engine.engine import DeliveryEngine
+from broker.errors import (
+    BrokerError,
+    FieldViolation,
+    already_exists,
+    invalid_argument,
+    not_found,
+    unavailable,
+    unimplemented,
+)
+from broker.names import filter_error, normalize_filters
+from broker.storage.interface import (
+    DeadLetterListParams,
+    StorageUnavailableError,
+    SubscriptionExistsError,
+)
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
+
+_log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+PAGE_SIZE_DEFAULT = 100
+PAGE_SIZE_MAX = 1000
+ACK_IDS_MAX = 10_000
+
+
+async def abort_with(context: aio.ServicerContext[Any, Any], error: BrokerError) -> None:
+    """End the call with the error's status code, message and google.rpc details."""
+    status = error.to_status_proto()
+    await context.abort(
+        error.code,
+        error.message,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+def _as_broker_error(error: Exception) -> BrokerError | None:
+    if isinstance(error, BrokerError):
+        return error
+    if isinstance(error, StorageUnavailableError):
+        return unavailable(f"the database cannot take this request now: {error}")
+    if isinstance(error, SubscriptionExistsError):
+        return already_exists("subscription", str(error))
+    return None
+
+
+def unary(
+    method: Callable[[Any, Req, aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+) -> Callable[[Any, Req, aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    """Wrap a unary handler so broker errors become statuses with details."""
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: Req, context: aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except Exception as error:
+            mapped = _as_broker_error(error)
+            if mapped is None:
+                raise
+            await abort_with(context, mapped)
+            raise AssertionError("abort returns only by raising") from error
+
+    return handler
+
+
+class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
+    """The broker's gRPC API over a delivery engine."""
+
+    def __init__(self, engine: DeliveryEngine) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+
+    # -- publishing ----------------------------------------------------------
+
+    @unary
+    async def Publish(  # noqa: N802 (gRPC method names are fixed by the proto)
+        self, request: pb.PublishRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.PublishResponse:
+        """Store one event."""
+        draft = convert.draft_from_publish(request, self.settings, self.engine.clock())
+        (outcome,) = await self.engine.publish([draft])
+        return pb.PublishResponse(event_id=outcome.event_id, status=_publish_status(outcome.duplicate))
+
+    @unary
+    async def BatchPublish(  # noqa: N802
+        self, request: pb.BatchPublishRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.BatchPublishResponse:
+        """Store many events in one transaction."""
+        drafts = convert.drafts_from_batch(
+            request.events, request.ByteSize(), self.settings, self.engine.clock()
+        )
+        outcomes = await self.engine.publish(drafts)
+        return pb.BatchPublishResponse(
+            results=[
+                pb.PublishResult(event_id=o.event_id, status=_publish_status(o.duplicate))
+                for o in outcomes
+            ]
+        )
+
+    # -- consuming -----------------------------------------------------------
+
+    async def Subscribe(  # noqa: N802
+        self, request: pb.SubscribeRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        """Stream deliveries to a consumer, or new events to an ephemeral tail."""
+        try:
+            max_outstanding, max_batch = _credit(request)
+            if not request.subscription:
+                async for response in self._tail(request, max_batch):
+                    yield response
+                return
+            subscription = await self.engine.subscription(request.subscription)
+        except Exception as error:
+            mapped = _as_broker_error(error)
+            if mapped is None:
+                raise
+            await abort_with(context, mapped)
+            return
+        if subscription is None:
+            await abort_with(context, not_found("subscription", request.subscription))
+            return
+        consumer = ConsumerStream(
+            subscription=subscription.name,
+            label=request.consumer_name or context.peer(),
+            max_outstanding=max_outstanding,
+            max_batch_size=max_batch,
+            json_as_binary=request.json_as_binary,
+        )
+        self.engine.attach(subscription, consumer)
+        try:
+            while True:
+                batch = await consumer.outbox.get()
+                if batch is None:
+                    break
+                yield pb.SubscribeResponse(
+                    deliveries=[
+                        convert.delivery_to_proto(d, json_as_binary=consumer.json_as_binary)
+                        for d in batch
+                    ]
+                )
+        finally:
+            self.engine.detach(subscription.id, consumer)
+        if "deleted" in consumer.end_reason:
+            await abort_with(context, not_found("subscription", subscription.name))
+        elif consumer.end_reason:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, consumer.end_reason)
+
+    async def _tail(
+        self, request: pb.SubscribeRequest, max_batch: int
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        if not request.filter:
+            raise invalid_argument(
+                [FieldViolation("subscription", "name a subscription, or give a filter to tail")]
+            )
+        violations = [
+            FieldViolation(f"filter[{i}]", error)
+            for i, pattern in enumerate(request.filter)
+            if (error := filter_error(pattern)) is not None
+        ]
+        if violations:
+            raise invalid_argument(violations)
+        tail = self.engine.tail(normalize_filters(request.filter))
+        try:
+            while True:
+                batch = [await tail.outbox.get()]
+                while len(batch) < max_batch and not tail.outbox.empty():
+                    batch.append(tail.outbox.get_nowait())
+                yield pb.SubscribeResponse(
+                    deliveries=[
+                        convert.tail_delivery_to_proto(e, json_as_binary=request.json_as_binary)
+                        for e in batch
+                    ]
+                )
+        finally:
+            self.engine.untail(tail)
+
+    @unary
+    async def Ack(  # noqa: N802
+        self, request: pb.AckRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.AckResponse:
+        """Acknowledge deliveries."""
+        _check_ack_ids(request.ack_ids)
+        outcome = await self.engine.ack(list(request.ack_ids))
+        return pb.AckResponse(not_applied_ack_ids=outcome.not_applied)
+
+    @unary
+    async def Nack(  # noqa: N802
+        self, request: pb.NackRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.NackResponse:
+        """Give deliveries back for retry, or dead-letter them."""
+        _check_ack_ids(request.ack_ids)
+        delay_us: int | None = None
+        if request.HasField("delay"):
+            delay_us = convert.duration_us(request.delay)
+            if not 0 <= delay_us <= config.MAX_DELAY_S * US_PER_S:
+                raise invalid_argument(
+                    [FieldViolation("delay", "must be between 0 and one year")]
+                )
+        outcome = await self.engine.nack(
+            list(request.ack_ids),
+            delay_us=delay_us,
+            terminal=request.terminal,
+            error=request.error[:4096],
+        )
+        return pb.NackResponse(not_applied_ack_ids=outcome.not_applied)
+
+    @unary
+    async def ExtendAckDeadline(  # noqa: N802
+        self, request: pb.ExtendAckDeadlineRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ExtendAckDeadlineResponse:
+        """Keep leases for longer."""
+        _check_ack_ids(request.ack_ids)
+        extension = convert.duration_us(request.extension)
+        low, high = config.ACK_DEADLINE_MIN_S, config.ACK_DEADLINE_MAX_S
+        if not low * US_PER_S <= extension <= high * US_PER_S:
+            raise invalid_argument(
+                [FieldViolation("extension", f"must be between {low} s and {high} s")]
+            )
+        outcome = await self.engine.extend(list(request.ack_ids), extension)
+        return pb.ExtendAckDeadlineResponse(not_applied_ack_ids=outcome.not_applied)
+
+    # -- subscriptions -------------------------------------------------------
+
+    @unary
+    async def CreateSubscription(  # noqa: N802
+        self, request: pb.CreateSubscriptionRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.CreateSubscriptionResponse:
+        """Create a durable subscription."""
+        sub = convert.subscription_from_proto(request.subscription, self.engine.clock())
+        created = await self.engine.create_subscription(sub)
+        _log.info("subscription %s created, filter %s", created.name, list(created.filters))
+        return pb.CreateSubscriptionResponse(subscription=convert.subscription_to_proto(created))
+
+    @unary
+    async def GetSubscription(  # noqa: N802
+        self, request: pb.GetSubscriptionRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetSubscriptionResponse:
+        """Return one subscription."""
+        sub = await self._existing(request.name)
+        return pb.GetSubscriptionResponse(subscription=convert.subscription_to_proto(sub))
+
+    @unary
+    async def ListSubscriptions(  # noqa: N802
+        self, request: pb.ListSubscriptionsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ListSubscriptionsResponse:
+        """List subscriptions by name, a page at a time."""
+        size = _page_size(request.page_size)
+        after = _decode_token(request.page_token)
+        subs = await self.engine.read(lambda tx: tx.subscription_list(after, size + 1))
+        token = _encode_token(subs[size - 1].name) if len(subs) > size else ""
+        return pb.ListSubscriptionsResponse(
+            subscriptions=[convert.subscription_to_proto(s) for s in subs[:size]],
+            next_page_token=token,
+        )
+
+    @unary
+    async def UpdateSubscription(  # noqa: N802
+        self, request: pb.UpdateSubscriptionRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.UpdateSubscriptionResponse:
+        """Change the settings named in the update mask."""
+        current = await self._existing(request.subscription.name)
+        merged = convert.merge_update(current, request.subscription, request.update_mask)
+        sub = convert.subscription_from_proto(merged, current.created_at_us)
+        updated = await self.engine.update_subscription(sub)
+        if updated is None:
+            raise not_found("subscription", current.name)
+        return pb.UpdateSubscriptionResponse(subscription=convert.subscription_to_proto(updated))
+
+    @unary
+    async def DeleteSubscription(  # noqa: N802
+        self, request: pb.DeleteSubscriptionRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteSubscriptionResponse:
+        """Delete a subscription and its deliveries."""
+        if not await self.engine.delete_subscription(request.name):
+            raise not_found("subscription", request.name)
+        _log.info("subscription %s deleted", request.name)
+        return pb.DeleteSubscriptionResponse()
+
+    async def _existing(self, name: str) -> Any:
+        if not name:
+            raise invalid_argument([FieldViolation("name", "is required")])
+        sub = await self.engine.subscription(name)
+        if sub is None:
+            raise not_found("subscription", name)
+        return sub
+
+    # -- inspection ----------------------------------------------------------
+
+    @unary
+    async def GetEvent(  # noqa: N802
+        self, request: pb.GetEventRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetEventResponse:
+        """An event and where its delivery stands in each subscription."""
+        if not request.event_id:
+            raise invalid_argument([FieldViolation("event_id", "is required")])
+        event, deliveries = await self.engine.event_with_deliveries(request.event_id)
+        if event is None:
+            raise not_found("event", request.event_id)
+        return pb.GetEventResponse(
+            event=convert.stored_event_message(event),
+            deliveries=[convert.delivery_status_to_proto(d, describe(d)) for d in deliveries],
+        )
+
+    @unary
+    async def ListDeadLetters(  # noqa: N802
+        self, request: pb.ListDeadLettersRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ListDeadLettersResponse:
+        """A page of a subscription's dead letters, oldest first."""
+        sub = await self._existing(request.subscription)
+        size = _page_size(request.page_size)
+        token = _decode_token(request.page_token)
+        after = int(token) if token.isdigit() else 0
+        params = DeadLetterListParams(
+            subscription_id=sub.id,
+            after_delivery_id=after,
+            limit=size + 1,
+            name=request.name.lower() or None,
+            reason=DeadReason(request.reason) if request.reason else None,
+        )
+        letters = await self.engine.read(lambda tx: tx.dead_letter_list(params))
+        next_token = _encode_token(str(letters[size - 1].delivery_id)) if len(letters) > size else ""
+        return pb.ListDeadLettersResponse(
+            dead_letters=[
+                pb.DeadLetter(
+                    event=convert.stored_event_message(d.event),
+                    delivery=convert.delivery_status_to_proto(d.info, describe(d.info)),
+                )
+                for d in letters[:size]
+            ],
+            next_page_token=next_token,
+        )
+
+    @unary
+    async def RedriveDeadLetters(  # noqa: N802
+        self, request: pb.RedriveDeadLettersRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.RedriveDeadLettersResponse:
+        """Not yet: dead letters can be listed but not redriven."""
+        raise unimplemented("RedriveDeadLetters")
+
+    @unary
+    async def Seek(  # noqa: N802
+        self, request: pb.SeekRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.SeekResponse:
+        """Not yet."""
+        raise unimplemented("Seek")
+
+    @unary
+    async def GetStats(  # noqa: N802
+        self, request: pb.GetStatsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetStatsResponse:
+        """Counts and rates per subscription."""
+        if request.subscription:
+            await self._existing(request.subscription)
+        counts, events = await self.engine.counts(request.subscription or None)
+        rates = self.engine.rates
+        return pb.GetStatsResponse(
+            subscriptions=[
+                convert.stats_to_proto(
+                    c,
+                    consumers=self.engine.consumer_count(c.subscription),
+                    ack_rate=_rate(rates.acked, c.subscription),
+                    delivery_rate=_rate(rates.delivered, c.subscription),
+                )
+                for c in counts
+            ],
+            events=events,
+            publish_rate=rates.published.rate(),
+        )
+
+
+def describe(info: DeliveryInfo) -> str:
+    """One sentence saying why a delivery is where it is."""
+
+    def at(us: int | None) -> str:
+        if us is None:
+            return "?"
+        return datetime.fromtimestamp(us / US_PER_S, UTC).isoformat(timespec="milliseconds")
+
+    match info.state:
+        case DeliveryState.SCHEDULED if info.attempts:
+            return f"backing off after attempt {info.attempts} until {at(info.next_time_us)}"
+        case DeliveryState.SCHEDULED:
+            return f"scheduled until {at(info.next_time_us)}"
+        case DeliveryState.READY:
+            return f"ready since {at(info.next_time_us)}, waiting for a consumer with free credit"
+        case DeliveryState.IN_FLIGHT:
+            return f"in flight with consumer {info.consumer} until {at(info.next_time_us)}"
+        case DeliveryState.ACKED:
+            return f"acknowledged on attempt {info.attempts}"
+        case _:
+            why = {
+                DeadReason.ATTEMPTS_EXHAUSTED: f"all {info.attempts} attempts failed",
+                DeadReason.NACKED_TERMINAL: "a consumer nacked it as terminal",
+                DeadReason.EXPIRED: "it grew older than the maximum age",
+            }.get(info.dead_reason, "unknown")
+            last = f"; last error: {info.last_error}" if info.last_error else ""
+            return f"dead because {why}{last}"
+
+
+def _publish_status(duplicate: bool) -> pb.PublishStatus:
+    return pb.PUBLISH_STATUS_DUPLICATE if duplicate else pb.PUBLISH_STATUS_CREATED
+
+
+def _credit(request: pb.SubscribeRequest) -> tuple[int, int]:
+    violations = []
+    max_outstanding = request.max_outstanding or config.MAX_OUTSTANDING_DEFAULT
+    if not 1 <= max_outstanding <= config.MAX_OUTSTANDING_LIMIT:
+        violations.append(
+            FieldViolation(
+                "max_outstanding", f"must be between 1 and {config.MAX_OUTSTANDING_LIMIT}"
+            )
+        )
+    max_batch = request.max_batch_size or config.MAX_BATCH_SIZE_DEFAULT
+    if not 1 <= max_batch <= config.MAX_BATCH_SIZE_LIMIT:
+        violations.append(
+            FieldViolation("max_batch_size", f"must be between 1 and {config.MAX_BATCH_SIZE_LIMIT}")
+        )
+    if request.subscription and request.filter:
+        violations.append(
+            FieldViolation("filter", "only for an ephemeral tail (without a subscription)")
+        )
+    if violations:
+        raise invalid_argument(violations)
+    return max_outstanding, max_batch
+
+
+def _check_ack_ids(ack_ids: Any) -> None:
+    if not ack_ids:
+        raise invalid_argument([FieldViolation("ack_ids", "at least one ack id is required")])
+    if len(ack_ids) > ACK_IDS_MAX:
+        raise invalid_argument(
+            [FieldViolation("ack_ids", f"at most {ACK_IDS_MAX} per call; got {len(ack_ids)}")]
+        )
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise invalid_argument([FieldViolation("page_size", "must not be negative")])
+    return min(requested or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+
+
+def _encode_token(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise invalid_argument(
+            [FieldViolation("page_token", "is not a token this broker returned")]
+        ) from error
+
+
+def _rate(meters: dict[str, Any], subscription: str) -> float:
+    meter = meters.get(subscription)
+    return float(meter.rate()) if meter is not None else 0.0

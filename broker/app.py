@@ -1,0 +1,81 @@
+"""One broker process: storage, delivery engine and gRPC server, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from grpc import aio
+from grpc_health.v1 import health
+
+from broker.api.server import build_server, set_serving
+from broker.config import Settings
+from broker.engine.engine import DeliveryEngine, wall_clock_us
+from broker.storage import Storage, open_storage
+
+_log = logging.getLogger(__name__)
+
+
+class BrokerApp:
+    """A running broker; `start()` binds the port, `stop()` shuts down gracefully."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], int] = wall_clock_us) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.storage: Storage | None = None
+        self.engine: DeliveryEngine | None = None
+        self.server: aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Open and migrate the database, start the engine and serve; return the bound port."""
+        storage = open_storage(self.settings.database_url)
+        await asyncio.to_thread(storage.migrate)
+        self.storage = storage
+        self.engine = DeliveryEngine(storage, self.settings, self.clock)
+        await self.engine.start()
+        self.server, self._health = build_server(self.engine, self.settings)
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await self.server.start()
+        await set_serving(self._health, True)
+        _log.info(
+            "broker listening on %s (port %d), database %s",
+            self.settings.listen,
+            self.port,
+            storage.dialect,
+        )
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting, let calls finish within the grace period, give leases back."""
+        if self._health is not None:
+            await set_serving(self._health, False)
+        if self.engine is not None:
+            await self.engine.end_streams()
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_s)
+        if self.engine is not None:
+            await self.engine.stop()  # gives back every lease still held here
+        if self.storage is not None:
+            self.storage.close()
+        _log.info("broker stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run a broker until SIGTERM or SIGINT, then shut it down gracefully."""
+    app = BrokerApp(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    try:
+        await stop.wait()
+        _log.info("shutting down (grace %.0f s)", settings.shutdown_grace_s)
+    finally:
+        await app.stop()

@@ -1,0 +1,91 @@
+"""The `broker` command line: run the broker, and talk to one as a person would."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+
+from broker import config
+from broker.config import Settings, SettingsError
+
+app = typer.Typer(
+    help="A durable event broker spoken to over gRPC.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _group() -> None:
+    """A durable event broker spoken to over gRPC."""
+
+
+def _sqlite_url(value: str) -> str:
+    """Accept a plain file path as a SQLite database."""
+    return value if "://" in value else f"sqlite:///{value}"
+
+
+@app.command()
+def serve(
+    listen: Annotated[
+        str, typer.Option(envvar="BROKER_LISTEN", help="gRPC address HOST:PORT.")
+    ] = config.DEFAULT_LISTEN,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            envvar="BROKER_DATABASE_URL",
+            help="sqlite:///PATH (or a file path) or postgresql+psycopg://USER@HOST/DB.",
+        ),
+    ] = config.DEFAULT_DATABASE_URL,
+    http_listen: Annotated[
+        str, typer.Option(envvar="BROKER_HTTP_LISTEN", help="HTTP address (dashboard, metrics).")
+    ] = config.DEFAULT_HTTP_LISTEN,
+    event_max_bytes: Annotated[
+        int, typer.Option(envvar="BROKER_EVENT_MAX_BYTES", help="Largest event (name, data, headers).")
+    ] = config.EVENT_MAX_BYTES_DEFAULT,
+    batch_max_events: Annotated[
+        int, typer.Option(envvar="BROKER_BATCH_MAX_EVENTS", help="Most events in one BatchPublish.")
+    ] = config.BATCH_MAX_EVENTS_DEFAULT,
+    batch_max_bytes: Annotated[
+        int, typer.Option(envvar="BROKER_BATCH_MAX_BYTES", help="Largest BatchPublish request.")
+    ] = config.BATCH_MAX_BYTES_DEFAULT,
+    dedup_window_s: Annotated[
+        float, typer.Option(envvar="BROKER_DEDUP_WINDOW_S", help="How long an event id dedups.")
+    ] = config.DEDUP_WINDOW_S_DEFAULT,
+    shutdown_grace_s: Annotated[
+        float, typer.Option(envvar="BROKER_SHUTDOWN_GRACE_S", help="Grace period on SIGTERM.")
+    ] = 10.0,
+    log_level: Annotated[
+        str, typer.Option(envvar="BROKER_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Run the broker until SIGTERM or Ctrl-C."""
+    from broker.app import serve as run_broker
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        settings = Settings(
+            listen=listen,
+            database_url=_sqlite_url(database_url),
+            http_listen=http_listen,
+            event_max_bytes=event_max_bytes,
+            batch_max_events=batch_max_events,
+            batch_max_bytes=batch_max_bytes,
+            dedup_window_s=dedup_window_s,
+            shutdown_grace_s=shutdown_grace_s,
+        )
+    except SettingsError as error:
+        raise typer.BadParameter(str(error)) from error
+    asyncio.run(run_broker(settings))
+
+
+def main() -> None:
+    """Entry point of the `broker` command."""
+    app()

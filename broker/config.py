@@ -1,0 +1,96 @@
+"""Broker settings: one frozen object, validated when it is built.
+
+Every setting has a `broker serve` flag and a `BROKER_*` environment variable
+(see `broker.cli`); the defaults are those of the product specification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.domain import US_PER_S
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
+DEFAULT_DATABASE_URL = "sqlite:///broker.db"
+
+EVENT_MAX_BYTES_DEFAULT = 256 * 1024
+BATCH_MAX_EVENTS_DEFAULT = 1000
+BATCH_MAX_BYTES_DEFAULT = 4 * 1024 * 1024
+DEDUP_WINDOW_S_DEFAULT = 24 * 3600
+MAX_DELAY_S = 366 * 24 * 3600  # "at most one year ahead", a leap year included
+
+ACK_DEADLINE_DEFAULT_S = 30
+ACK_DEADLINE_MIN_S = 1
+ACK_DEADLINE_MAX_S = 12 * 3600
+MAX_ATTEMPTS_DEFAULT = 20
+MAX_ATTEMPTS_LIMIT = 1000
+MIN_BACKOFF_DEFAULT_S = 1
+MAX_BACKOFF_DEFAULT_S = 600
+RETENTION_DEFAULT_S = 7 * 24 * 3600
+
+PRIORITY_MIN = -50
+PRIORITY_MAX = 50
+HEADERS_MAX_COUNT = 64
+DEDUP_ID_MAX_LENGTH = 255
+ORDERING_KEY_MAX_LENGTH = 255
+
+MAX_OUTSTANDING_DEFAULT = 100
+MAX_OUTSTANDING_LIMIT = 10_000
+MAX_BATCH_SIZE_DEFAULT = 100
+MAX_BATCH_SIZE_LIMIT = 1000
+
+
+class SettingsError(ValueError):
+    """A setting has a value the broker cannot run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `broker serve` can be told."""
+
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    http_listen: str = DEFAULT_HTTP_LISTEN
+    event_max_bytes: int = EVENT_MAX_BYTES_DEFAULT
+    batch_max_events: int = BATCH_MAX_EVENTS_DEFAULT
+    batch_max_bytes: int = BATCH_MAX_BYTES_DEFAULT
+    dedup_window_s: float = DEDUP_WINDOW_S_DEFAULT
+    #: Longest the dispatcher sleeps without a wake-up (polling fallback).
+    poll_interval_s: float = 1.0
+    #: How often expired leases are looked for.
+    reaper_interval_s: float = 0.5
+    #: Grace period for in-flight calls on shutdown.
+    shutdown_grace_s: float = 10.0
+    #: Most operations committed in one transaction (group commit).
+    commit_batch_max: int = 256
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("event_max_bytes", self.event_max_bytes >= 1024, "must be at least 1024"),
+            ("batch_max_events", self.batch_max_events >= 1, "must be at least 1"),
+            (
+                "batch_max_bytes",
+                self.batch_max_bytes >= self.event_max_bytes,
+                "must be at least event_max_bytes",
+            ),
+            ("dedup_window_s", self.dedup_window_s >= 0, "must not be negative"),
+            ("poll_interval_s", self.poll_interval_s > 0, "must be positive"),
+            ("reaper_interval_s", self.reaper_interval_s > 0, "must be positive"),
+            ("shutdown_grace_s", self.shutdown_grace_s >= 0, "must not be negative"),
+            ("commit_batch_max", self.commit_batch_max >= 1, "must be at least 1"),
+            ("listen", ":" in self.listen, "must be HOST:PORT"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise SettingsError(f"{name}={getattr(self, name)!r}: {why}")
+
+    @property
+    def dedup_window_us(self) -> int:
+        """The dedup window in microseconds."""
+        return int(self.dedup_window_s * US_PER_S)
+
+    @property
+    def grpc_max_message_bytes(self) -> int:
+        """gRPC message size limit: room for a full batch and its framing, no more."""
+        return self.batch_max_bytes + 1024 * 1024

@@ -1,0 +1,206 @@
+"""Plain domain types shared by the storage, the delivery engine and the API edge.
+
+Times are integer microseconds since the Unix epoch (UTC) and durations are
+integer microseconds: exact, cheap to compare, and stored as BIGINT by both
+databases. Proto messages never reach below the API edge; database rows never
+reach above the storage.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+US_PER_S = 1_000_000
+JSON_CONTENT_TYPE = "application/json"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+
+
+class DeliveryState(enum.IntEnum):
+    """Where a delivery stands; the numbers are the proto enum's."""
+
+    SCHEDULED = 1
+    READY = 2
+    IN_FLIGHT = 3
+    ACKED = 4
+    DEAD = 5
+
+
+class DeadReason(enum.IntEnum):
+    """Why a delivery was dead-lettered; the numbers are the proto enum's."""
+
+    NONE = 0
+    ATTEMPTS_EXHAUSTED = 1
+    NACKED_TERMINAL = 2
+    EXPIRED = 3
+
+
+class AttemptOutcome(enum.IntEnum):
+    """How one attempt ended; the numbers are the proto enum's."""
+
+    ACKED = 1
+    NACKED = 2
+    EXPIRED = 3
+    RELEASED = 4
+
+
+class StartPosition(enum.IntEnum):
+    """Where a new subscription starts; the numbers are the proto enum's."""
+
+    NEW = 1
+    BEGINNING = 2
+    TIME = 3
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """A validated event about to be stored; its id is assigned before storing."""
+
+    event_id: str
+    name: str
+    payload: bytes
+    content_type: str
+    headers: Mapping[str, str]
+    dedup_id: str | None
+    priority: int
+    ordering_key: str | None
+    deliver_at_us: int
+    delay_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the broker stored it."""
+
+    event_id: str
+    name: str
+    payload: bytes
+    content_type: str
+    headers: Mapping[str, str]
+    dedup_id: str | None
+    priority: int
+    ordering_key: str | None
+    published_at_us: int
+    deliver_at_us: int
+    delay_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOutcome:
+    """The result of storing one event draft."""
+
+    event_id: str
+    duplicate: bool
+    #: Ids of the subscriptions that got a delivery ready now (to wake them).
+    ready_subscription_ids: frozenset[int] = frozenset()
+    #: Earliest time a scheduled delivery of this event becomes ready, if any.
+    next_scheduled_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A durable subscription and its settings."""
+
+    name: str
+    filters: tuple[str, ...]
+    ack_deadline_us: int
+    max_attempts: int
+    min_backoff_us: int
+    max_backoff_us: int
+    max_in_flight: int
+    ordered: bool
+    retention_us: int
+    start_position: StartPosition = StartPosition.NEW
+    start_time_us: int = 0
+    created_at_us: int = 0
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """How many deliveries one consumer of a subscription may take now."""
+
+    consumer: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedDelivery:
+    """A delivery leased to a consumer, with its event."""
+
+    ack_id: str
+    subscription: str
+    event: StoredEvent
+    attempt: int
+    ack_deadline_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckId:
+    """An ack id parsed: one lease of one delivery."""
+
+    delivery_id: int
+    attempt: int
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id}-{self.attempt}"
+
+    @classmethod
+    def parse(cls, text: str) -> AckId | None:
+        """Parse `"<delivery id>-<attempt>"`, or None for anything else."""
+        head, sep, tail = text.partition("-")
+        if not sep or not head.isdigit() or not tail.isdigit():
+            return None
+        return cls(int(head), int(tail))
+
+
+@dataclass(frozen=True, slots=True)
+class SettleOutcome:
+    """Result of an ack, nack, extend or release of many ack ids."""
+
+    applied: tuple[str, ...]
+    not_applied: tuple[str, ...]
+    #: Subscriptions with deliveries ready again (to wake their dispatchers).
+    ready_subscription_ids: frozenset[int] = frozenset()
+    #: Earliest time a delivery given back becomes ready, if scheduled.
+    next_scheduled_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One past attempt of a delivery."""
+
+    attempt: int
+    delivered_at_us: int
+    ended_at_us: int
+    consumer: str
+    outcome: AttemptOutcome
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryInfo:
+    """An event's delivery in one subscription, with why it is where it is."""
+
+    subscription: str
+    state: DeliveryState
+    attempts: int
+    next_time_us: int | None
+    consumer: str
+    dead_reason: DeadReason
+    last_error: str
+    history: tuple[AttemptRecord, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionCounts:
+    """Delivery counts of one subscription."""
+
+    subscription: str
+    scheduled: int
+    ready: int
+    in_flight: int
+    acked: int
+    dead: int
+    oldest_waiting_us: int | None

@@ -1,0 +1,1 @@
+"""The delivery engine: group commit, dispatch to consumers, lease expiry and scheduling."""

@@ -1,0 +1,157 @@
+"""One dispatch task per subscription, feeding its connected consumers.
+
+The task sleeps until something may be deliverable (a publish, a retry coming
+due, a consumer with free credit, or the polling fallback), then leases at
+most each consumer's free credit in one group-committed operation and hands
+each consumer its share as batched stream messages. It never asks for more than
+the consumers can take, so nothing it leases waits in a buffer of the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from broker.domain import LeasedDelivery, LeaseRequest
+
+_log = logging.getLogger(__name__)
+_consumer_ids = itertools.count(1)
+
+#: Leases for the subscription: (subscription id, requests) -> deliveries per consumer.
+LeaseFn = Callable[[int, Sequence[LeaseRequest]], Awaitable[dict[str, list[LeasedDelivery]]]]
+#: Gives ack ids back at once (their consumer left before they arrived).
+ReleaseFn = Callable[[Sequence[str]], None]
+
+
+@dataclass(eq=False)
+class ConsumerStream:
+    """One connected consumer: its credit, what it holds, and its outbox."""
+
+    subscription: str
+    label: str
+    max_outstanding: int
+    max_batch_size: int
+    json_as_binary: bool = False
+    id: str = field(init=False)
+    outstanding: set[str] = field(default_factory=set)
+    #: Batches to send; None ends the stream (shutdown or subscription deleted).
+    outbox: asyncio.Queue[list[LeasedDelivery] | None] = field(default_factory=asyncio.Queue)
+    closed: bool = False
+    end_reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.id = f"{self.label}#{next(_consumer_ids)}"
+
+    @property
+    def free(self) -> int:
+        """How many more deliveries this consumer may be sent now."""
+        return 0 if self.closed else self.max_outstanding - len(self.outstanding)
+
+    def send(self, deliveries: list[LeasedDelivery]) -> None:
+        """Queue deliveries as stream messages of at most max_batch_size each."""
+        self.outstanding.update(d.ack_id for d in deliveries)
+        for start in range(0, len(deliveries), self.max_batch_size):
+            self.outbox.put_nowait(deliveries[start : start + self.max_batch_size])
+
+    def end(self, reason: str) -> None:
+        """End the stream after what is queued."""
+        if not self.closed:
+            self.closed = True
+            self.end_reason = reason
+            self.outbox.put_nowait(None)
+
+
+class SubscriptionDispatcher:
+    """Leases ready deliveries of one subscription for its consumers."""
+
+    def __init__(
+        self,
+        subscription_id: int,
+        name: str,
+        lease: LeaseFn,
+        release: ReleaseFn,
+        on_leased: Callable[[SubscriptionDispatcher, ConsumerStream, list[LeasedDelivery]], None],
+        poll_interval_s: float,
+    ) -> None:
+        self.subscription_id = subscription_id
+        self.name = name
+        self.consumers: list[ConsumerStream] = []
+        self._lease = lease
+        self._release = release
+        self._on_leased = on_leased
+        self._poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        """Start the dispatch task."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"dispatch:{self.name}"
+        )
+
+    def wake(self) -> None:
+        """Something may be deliverable: look again."""
+        self._wake.set()
+
+    def add(self, consumer: ConsumerStream) -> None:
+        """Attach a consumer and look for deliveries for it."""
+        self.consumers.append(consumer)
+        self.wake()
+
+    def remove(self, consumer: ConsumerStream) -> None:
+        """Detach a consumer."""
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+
+    async def stop(self, reason: str) -> None:
+        """End every consumer's stream and stop the task, leaving no lease stranded."""
+        self._stopping = True
+        for consumer in list(self.consumers):
+            consumer.end(reason)
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            # Jittered polling fallback, so brokers sharing a database don't poll in step.
+            timeout = self._poll_interval_s * random.uniform(0.8, 1.2)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self._fill()
+            except Exception:
+                _log.exception("dispatch of subscription %s failed; retrying", self.name)
+                await asyncio.sleep(self._poll_interval_s)
+
+    async def _fill(self) -> None:
+        """Lease until every consumer's credit is used or nothing more is ready."""
+        while not self._stopping:
+            wanting = [c for c in self.consumers if c.free > 0]
+            if not wanting:
+                return
+            requests = [LeaseRequest(c.id, c.free) for c in wanting]
+            leased = await self._lease(self.subscription_id, requests)
+            got = 0
+            for consumer in wanting:
+                deliveries = leased.get(consumer.id)
+                if not deliveries:
+                    continue
+                got += len(deliveries)
+                if consumer.closed:
+                    self._release([d.ack_id for d in deliveries])
+                    continue
+                consumer.send(deliveries)
+                self._on_leased(self, consumer, deliveries)
+            if got < sum(r.count for r in requests):
+                return

@@ -1,0 +1,464 @@
+"""The delivery engine: what the API calls, over storage, group commit and dispatchers.
+
+It owns the in-process state of one broker process: the dispatcher of each
+subscription with consumers here, who holds which ack id (to return credit),
+the ephemeral tails, the timers for scheduled deliveries and expired leases,
+and the rates. Everything durable is in the storage; the engine can be
+restarted at any moment and loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from broker.config import Settings
+from broker.domain import (
+    AttemptOutcome,
+    DeliveryInfo,
+    EventDraft,
+    LeasedDelivery,
+    LeaseRequest,
+    PublishOutcome,
+    SettleOutcome,
+    StoredEvent,
+    Subscription,
+    SubscriptionCounts,
+)
+from broker.engine.backoff import retry_delay_us
+from broker.engine.committer import Committer
+from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
+from broker.engine.rates import RateMeter
+from broker.names import matches
+from broker.storage.interface import (
+    DeliveryAckParams,
+    DeliveryExpiredListParams,
+    DeliveryExtendParams,
+    DeliveryFailParams,
+    DeliveryLeaseParams,
+    DeliveryPromoteParams,
+    EventInsertParams,
+    Storage,
+    StorageTx,
+    SubscriptionUpdateParams,
+)
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EXPIRE_BATCH = 500
+PROMOTE_BATCH = 1000
+TAIL_QUEUE_MAX = 10_000
+DEDUP_PRUNE_BATCH = 1000
+
+
+def wall_clock_us() -> int:
+    """The current time in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+@dataclass(eq=False)
+class TailStream:
+    """An ephemeral tail: new events matching a filter, no acks, nothing stored."""
+
+    filters: tuple[str, ...]
+    outbox: asyncio.Queue[StoredEvent] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=TAIL_QUEUE_MAX)
+    )
+    dropped: int = 0
+
+
+@dataclass
+class Rates:
+    """This process's rates, for GetStats."""
+
+    published: RateMeter = field(default_factory=RateMeter)
+    delivered: dict[str, RateMeter] = field(default_factory=dict)
+    acked: dict[str, RateMeter] = field(default_factory=dict)
+
+
+class DeliveryEngine:
+    """Publishes, dispatches and settles deliveries for one broker process."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: Settings,
+        clock: Callable[[], int] = wall_clock_us,
+    ) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.clock = clock
+        self.committer = Committer(
+            storage,
+            clock,
+            workers=storage.max_concurrent_writers,
+            batch_max=settings.commit_batch_max,
+        )
+        self.rates = Rates()
+        self._dispatchers: dict[int, SubscriptionDispatcher] = {}
+        self._holders: dict[str, tuple[ConsumerStream, SubscriptionDispatcher]] = {}
+        self._tails: list[TailStream] = []
+        self._next_due_us: int | None = None
+        self._timer_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[object]] = set()
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start group commit and the timers for leases and scheduled deliveries."""
+        self.committer.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._expire_loop(), name="lease-reaper"),
+            loop.create_task(self._promote_loop(), name="scheduler"),
+        ]
+
+    async def end_streams(self) -> None:
+        """End every consumer stream (first step of a shutdown); leases are released."""
+        self._stopping = True
+        for dispatcher in list(self._dispatchers.values()):
+            await dispatcher.stop("broker shutting down")
+
+    async def stop(self) -> None:
+        """Give every lease held here back, stop the timers, then group commit."""
+        await self.end_streams()
+        held = list(self._holders)
+        if held:
+            with contextlib.suppress(Exception):
+                await self._fail(held, AttemptOutcome.RELEASED, immediate=True)
+        for task in self._tasks:
+            task.cancel()
+        for task in [*self._tasks, *self._background]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.committer.stop()
+
+    async def read(self, operation: Callable[[StorageTx], T]) -> T:
+        """Run a read-only operation on a reader connection, off the event loop."""
+
+        def run() -> T:
+            with self.storage.read() as tx:
+                return operation(tx)
+
+        return await asyncio.to_thread(run)
+
+    # -- publishing ----------------------------------------------------------
+
+    async def publish(self, drafts: Sequence[EventDraft]) -> list[PublishOutcome]:
+        """Store events all or none, then wake the subscriptions they are ready in."""
+        params_window = self.settings.dedup_window_us
+        outcomes = await self.committer.run(
+            lambda tx, now: tx.event_insert_many(EventInsertParams(drafts, now, params_window))
+        )
+        self.rates.published.add(sum(1 for o in outcomes if not o.duplicate))
+        now = self.clock()
+        for draft, outcome in zip(drafts, outcomes, strict=True):
+            if outcome.duplicate:
+                continue
+            for subscription_id in outcome.ready_subscription_ids:
+                self._wake(subscription_id)
+            if outcome.next_scheduled_us is not None:
+                self._schedule(outcome.next_scheduled_us)
+            if self._tails:
+                self._feed_tails(draft, now)
+        return outcomes
+
+    def _feed_tails(self, draft: EventDraft, now_us: int) -> None:
+        event = StoredEvent(
+            event_id=draft.event_id,
+            name=draft.name,
+            payload=draft.payload,
+            content_type=draft.content_type,
+            headers=draft.headers,
+            dedup_id=draft.dedup_id,
+            priority=draft.priority,
+            ordering_key=draft.ordering_key,
+            published_at_us=now_us,
+            deliver_at_us=max(draft.deliver_at_us, now_us),
+            delay_us=draft.delay_us,
+        )
+        for tail in self._tails:
+            if matches(tail.filters, draft.name):
+                try:
+                    tail.outbox.put_nowait(event)
+                except asyncio.QueueFull:
+                    tail.dropped += 1
+
+    # -- consumers -----------------------------------------------------------
+
+    def attach(self, subscription: Subscription, consumer: ConsumerStream) -> None:
+        """Attach a consumer to a subscription's dispatcher (made on first use)."""
+        dispatcher = self._dispatchers.get(subscription.id)
+        if dispatcher is None:
+            dispatcher = SubscriptionDispatcher(
+                subscription.id,
+                subscription.name,
+                self._lease,
+                self._release_soon,
+                self._on_leased,
+                self.settings.poll_interval_s,
+            )
+            self._dispatchers[subscription.id] = dispatcher
+            dispatcher.start()
+        dispatcher.add(consumer)
+
+    def detach(self, subscription_id: int, consumer: ConsumerStream) -> None:
+        """A consumer left: give back what it holds, at once (attempt counted)."""
+        consumer.closed = True
+        dispatcher = self._dispatchers.get(subscription_id)
+        if dispatcher is not None:
+            dispatcher.remove(consumer)
+        if consumer.outstanding:
+            self._release_soon(list(consumer.outstanding))
+
+    def tail(self, filters: tuple[str, ...]) -> TailStream:
+        """Start an ephemeral tail."""
+        stream = TailStream(filters)
+        self._tails.append(stream)
+        return stream
+
+    def untail(self, stream: TailStream) -> None:
+        """End an ephemeral tail."""
+        if stream in self._tails:
+            self._tails.remove(stream)
+
+    def consumer_count(self, subscription: str) -> int:
+        """Consumers of a subscription connected to this process."""
+        return sum(
+            len(d.consumers) for d in self._dispatchers.values() if d.name == subscription
+        )
+
+    async def _lease(
+        self, subscription_id: int, requests: Sequence[LeaseRequest]
+    ) -> dict[str, list[LeasedDelivery]]:
+        return await self.committer.run(
+            lambda tx, now: tx.delivery_lease(DeliveryLeaseParams(subscription_id, requests, now))
+        )
+
+    def _on_leased(
+        self,
+        dispatcher: SubscriptionDispatcher,
+        consumer: ConsumerStream,
+        deliveries: list[LeasedDelivery],
+    ) -> None:
+        for delivery in deliveries:
+            self._holders[delivery.ack_id] = (consumer, dispatcher)
+        self.rates.delivered.setdefault(consumer.subscription, RateMeter()).add(len(deliveries))
+
+    def _release_soon(self, ack_ids: Sequence[str]) -> None:
+        """Give leases back in the background (called where awaiting is not possible)."""
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
+            self._fail(list(ack_ids), AttemptOutcome.RELEASED, immediate=True)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- settling ------------------------------------------------------------
+
+    async def ack(self, ack_ids: Sequence[str]) -> SettleOutcome:
+        """Acknowledge leases."""
+        outcome = await self.committer.run(
+            lambda tx, now: tx.delivery_ack(DeliveryAckParams(ack_ids, now))
+        )
+        self._settled(ack_ids, outcome, acked=True)
+        return outcome
+
+    async def nack(
+        self,
+        ack_ids: Sequence[str],
+        *,
+        delay_us: int | None,
+        terminal: bool,
+        error: str,
+    ) -> SettleOutcome:
+        """Give leases back for retry (after the backoff or `delay_us`) or dead-letter them."""
+        return await self._fail(
+            ack_ids, AttemptOutcome.NACKED, delay_us=delay_us, terminal=terminal, error=error
+        )
+
+    async def extend(self, ack_ids: Sequence[str], extension_us: int) -> SettleOutcome:
+        """Extend leases to now + extension."""
+        outcome = await self.committer.run(
+            lambda tx, now: tx.delivery_extend(DeliveryExtendParams(ack_ids, extension_us, now))
+        )
+        # Ids that are no longer live are not held by anyone: return their credit.
+        self._settled(outcome.not_applied, outcome)
+        return outcome
+
+    async def _fail(
+        self,
+        ack_ids: Sequence[str],
+        outcome_kind: AttemptOutcome,
+        *,
+        delay_us: int | None = None,
+        terminal: bool = False,
+        immediate: bool = False,
+        error: str = "",
+    ) -> SettleOutcome:
+        params = DeliveryFailParams(
+            ack_ids=ack_ids,
+            now_us=0,
+            outcome=outcome_kind,
+            retry_delay=retry_delay_us,
+            error=error,
+            delay_us=delay_us,
+            terminal=terminal,
+            immediate=immediate,
+        )
+        outcome = await self.committer.run(
+            lambda tx, now: tx.delivery_fail(_with_now(params, now))
+        )
+        self._settled(ack_ids, outcome)
+        return outcome
+
+    def _settled(
+        self, ack_ids: Sequence[str], outcome: SettleOutcome, *, acked: bool = False
+    ) -> None:
+        """Return the credit of settled ack ids and wake whoever may now deliver."""
+        woken: set[int] = set()
+        for ack_id in ack_ids:
+            holder = self._holders.pop(ack_id, None)
+            if holder is None:
+                continue
+            consumer, dispatcher = holder
+            consumer.outstanding.discard(ack_id)
+            if acked:
+                self.rates.acked.setdefault(consumer.subscription, RateMeter()).add()
+            if dispatcher.subscription_id not in woken:
+                woken.add(dispatcher.subscription_id)
+                dispatcher.wake()
+        for subscription_id in outcome.ready_subscription_ids:
+            self._wake(subscription_id)
+        if outcome.next_scheduled_us is not None:
+            self._schedule(outcome.next_scheduled_us)
+
+    def _wake(self, subscription_id: int) -> None:
+        dispatcher = self._dispatchers.get(subscription_id)
+        if dispatcher is not None:
+            dispatcher.wake()
+
+    # -- timers: scheduled deliveries and expired leases ---------------------
+
+    def _schedule(self, due_us: int) -> None:
+        """A delivery becomes ready at `due_us`: make sure the scheduler wakes then."""
+        if self._next_due_us is None or due_us < self._next_due_us:
+            self._next_due_us = due_us
+            self._timer_wake.set()
+
+    async def _promote_loop(self) -> None:
+        while not self._stopping:
+            now = self.clock()
+            poll_us = int(self.settings.poll_interval_s * 1_000_000)
+            due = self._next_due_us if self._next_due_us is not None else now + poll_us
+            wait_s = max(0.0, min(due - now, poll_us) / 1_000_000)
+            self._timer_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_wake.wait(), wait_s)
+            if self._next_due_us is not None and self._next_due_us > self.clock():
+                continue  # woken early by a later-or-earlier schedule: recompute the wait
+            try:
+                result = await self.committer.run(
+                    lambda tx, now: tx.delivery_promote(DeliveryPromoteParams(now, PROMOTE_BATCH))
+                )
+                pruned_now = self.clock()
+                await self.committer.run(
+                    lambda tx, now: tx.dedup_prune(pruned_now, DEDUP_PRUNE_BATCH)
+                )
+            except Exception:
+                _log.exception("promoting scheduled deliveries failed; retrying")
+                await asyncio.sleep(self.settings.poll_interval_s)
+                continue
+            self._next_due_us = result.next_scheduled_us
+            if result.promoted >= PROMOTE_BATCH:
+                self._next_due_us = self.clock()
+            for subscription_id in result.ready_subscription_ids:
+                self._wake(subscription_id)
+
+    async def _expire_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.settings.reaper_interval_s)
+            try:
+                await self._expire_once()
+            except Exception:
+                _log.exception("expiring leases failed; retrying")
+
+    async def _expire_once(self) -> None:
+        def expire(tx: StorageTx, now: int) -> tuple[list[str], SettleOutcome]:
+            expired = [str(a) for a in tx.delivery_expired_list(
+                DeliveryExpiredListParams(now, EXPIRE_BATCH)
+            )]
+            params = DeliveryFailParams(
+                ack_ids=expired,
+                now_us=now,
+                outcome=AttemptOutcome.EXPIRED,
+                retry_delay=retry_delay_us,
+            )
+            return expired, tx.delivery_fail(params)
+
+        expired, outcome = await self.committer.run(expire)
+        if expired:
+            _log.info("lease deadline passed for %d deliveries", len(expired))
+            self._settled(expired, outcome)
+
+    # -- subscriptions and inspection ----------------------------------------
+
+    async def create_subscription(self, subscription: Subscription) -> Subscription:
+        """Create a subscription (raises SubscriptionExistsError)."""
+        return await self.committer.run(lambda tx, now: tx.subscription_create(subscription))
+
+    async def update_subscription(self, subscription: Subscription) -> Subscription | None:
+        """Replace a subscription's settings; they apply to the next lease."""
+        updated = await self.committer.run(
+            lambda tx, now: tx.subscription_update(SubscriptionUpdateParams(subscription))
+        )
+        if updated is not None:
+            self._wake(updated.id)
+        return updated
+
+    async def delete_subscription(self, name: str) -> bool:
+        """Delete a subscription, end its streams here, forget its leases."""
+        subscription = await self.read(lambda tx: tx.subscription_get(name))
+        deleted = await self.committer.run(lambda tx, now: tx.subscription_delete(name))
+        if deleted and subscription is not None:
+            dispatcher = self._dispatchers.pop(subscription.id, None)
+            if dispatcher is not None:
+                for ack_id, (_, holder) in list(self._holders.items()):
+                    if holder is dispatcher:
+                        del self._holders[ack_id]
+                await dispatcher.stop(f"subscription {name!r} was deleted")
+        return deleted
+
+    async def subscription(self, name: str) -> Subscription | None:
+        """One subscription by name."""
+        return await self.read(lambda tx: tx.subscription_get(name))
+
+    async def event_with_deliveries(
+        self, event_id: str
+    ) -> tuple[StoredEvent | None, list[DeliveryInfo]]:
+        """An event and its delivery in each subscription."""
+
+        def get(tx: StorageTx) -> tuple[StoredEvent | None, list[DeliveryInfo]]:
+            return tx.event_get(event_id), tx.delivery_list_for_event(event_id)
+
+        return await self.read(get)
+
+    async def counts(self, name: str | None) -> tuple[list[SubscriptionCounts], int]:
+        """Delivery counts per subscription, and the number of stored events."""
+
+        def get(tx: StorageTx) -> tuple[list[SubscriptionCounts], int]:
+            return tx.subscription_counts(name), tx.event_count()
+
+        return await self.read(get)
+
+
+def _with_now(params: DeliveryFailParams, now: int) -> DeliveryFailParams:
+    return dataclasses.replace(params, now_us=now)

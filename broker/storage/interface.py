@@ -1,0 +1,254 @@
+"""The storage interface the delivery engine and the API are written against.
+
+One implementation per database dialect (`sqlite.py`, `postgres.py`) satisfies
+it, and one test suite runs against every implementation. Methods are
+noun-first, take one params object, and are given the current time rather than
+reading the clock, so tests can move time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from broker.domain import (
+    AckId,
+    DeadReason,
+    DeliveryInfo,
+    EventDraft,
+    LeasedDelivery,
+    LeaseRequest,
+    PublishOutcome,
+    SettleOutcome,
+    StoredEvent,
+    Subscription,
+    SubscriptionCounts,
+)
+
+#: Computes a retry delay in microseconds from (attempt, min_us, max_us).
+RetryDelay = Callable[[int, int, int], int]
+
+
+class StorageUnavailableError(Exception):
+    """The database cannot be reached or cannot write now (disk full, locked, down)."""
+
+
+class SubscriptionExistsError(Exception):
+    """A subscription of that name already exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventInsertParams:
+    """Store events (all or none) and fan each out to matching subscriptions."""
+
+    drafts: Sequence[EventDraft]
+    now_us: int
+    dedup_window_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryLeaseParams:
+    """Lease ready deliveries of one subscription to its consumers."""
+
+    subscription_id: int
+    requests: Sequence[LeaseRequest]
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAckParams:
+    """Acknowledge leases."""
+
+    ack_ids: Sequence[str]
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailParams:
+    """Give leases back: nacked, released by a consumer that left, or expired.
+
+    With `terminal` the deliveries die now; with `delay_us` they are ready
+    after that delay; otherwise after the subscription's backoff (`retry_delay`),
+    or at once when `immediate` (a consumer that disconnected).
+    """
+
+    ack_ids: Sequence[str]
+    now_us: int
+    outcome: int
+    retry_delay: RetryDelay
+    error: str = ""
+    delay_us: int | None = None
+    terminal: bool = False
+    immediate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryExtendParams:
+    """Move lease deadlines to now + extension."""
+
+    ack_ids: Sequence[str]
+    extension_us: int
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryExpiredListParams:
+    """Find leases whose deadline has passed."""
+
+    now_us: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPromoteParams:
+    """Make scheduled deliveries whose time has come ready."""
+
+    now_us: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteOutcome:
+    """Which subscriptions got ready deliveries, and when the next one is due."""
+
+    ready_subscription_ids: frozenset[int]
+    promoted: int
+    next_scheduled_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionUpdateParams:
+    """Replace a subscription's settings (name and id unchanged)."""
+
+    subscription: Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterListParams:
+    """A page of a subscription's dead letters."""
+
+    subscription_id: int
+    after_delivery_id: int
+    limit: int
+    name: str | None = None
+    reason: DeadReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered delivery with its event."""
+
+    delivery_id: int
+    event: StoredEvent
+    info: DeliveryInfo
+
+
+class StorageTx(Protocol):
+    """The operations of one transaction."""
+
+    def event_insert_many(self, params: EventInsertParams) -> list[PublishOutcome]:
+        """Store events and their deliveries; duplicates store nothing."""
+        ...
+
+    def event_get(self, event_id: str) -> StoredEvent | None:
+        """One stored event."""
+        ...
+
+    def event_count(self) -> int:
+        """How many events are stored."""
+        ...
+
+    def delivery_lease(self, params: DeliveryLeaseParams) -> dict[str, list[LeasedDelivery]]:
+        """Lease ready deliveries, at most the count each consumer asks for.
+
+        Honours the subscription's max in flight; never leases one delivery twice
+        while its lease is live, even with several brokers on one database.
+        """
+        ...
+
+    def delivery_ack(self, params: DeliveryAckParams) -> SettleOutcome:
+        """Acknowledge live leases; others are reported not applied."""
+        ...
+
+    def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
+        """Give live leases back for retry, or dead-letter them."""
+        ...
+
+    def delivery_extend(self, params: DeliveryExtendParams) -> SettleOutcome:
+        """Extend live leases."""
+        ...
+
+    def delivery_expired_list(self, params: DeliveryExpiredListParams) -> list[AckId]:
+        """Leases whose deadline has passed."""
+        ...
+
+    def delivery_promote(self, params: DeliveryPromoteParams) -> PromoteOutcome:
+        """Make due scheduled deliveries ready."""
+        ...
+
+    def delivery_list_for_event(self, event_id: str) -> list[DeliveryInfo]:
+        """An event's delivery in each subscription."""
+        ...
+
+    def dead_letter_list(self, params: DeadLetterListParams) -> list[DeadLetter]:
+        """A page of dead letters, oldest first."""
+        ...
+
+    def subscription_create(self, subscription: Subscription) -> Subscription:
+        """Create a subscription; raises SubscriptionExistsError."""
+        ...
+
+    def subscription_get(self, name: str) -> Subscription | None:
+        """One subscription by name."""
+        ...
+
+    def subscription_get_by_id(self, subscription_id: int) -> Subscription | None:
+        """One subscription by id."""
+        ...
+
+    def subscription_list(self, after_name: str, limit: int) -> list[Subscription]:
+        """Subscriptions by name, after a name."""
+        ...
+
+    def subscription_update(self, params: SubscriptionUpdateParams) -> Subscription | None:
+        """Replace a subscription's settings; None when it does not exist."""
+        ...
+
+    def subscription_delete(self, name: str) -> bool:
+        """Delete a subscription and its deliveries; False when it did not exist."""
+        ...
+
+    def subscription_counts(self, name: str | None) -> list[SubscriptionCounts]:
+        """Delivery counts per subscription (one, or all)."""
+        ...
+
+    def dedup_prune(self, now_us: int, limit: int) -> int:
+        """Forget dedup ids whose window has passed."""
+        ...
+
+
+class Storage(Protocol):
+    """A database the broker keeps its state in."""
+
+    #: "sqlite" or "postgresql".
+    dialect: str
+    #: How many transactions may write at once (1 on SQLite).
+    max_concurrent_writers: int
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest version."""
+        ...
+
+    def write(self) -> AbstractContextManager[StorageTx]:
+        """A write transaction, committed durably on leaving without error."""
+        ...
+
+    def read(self) -> AbstractContextManager[StorageTx]:
+        """A read-only transaction."""
+        ...
+
+    def close(self) -> None:
+        """Release every connection."""
+        ...

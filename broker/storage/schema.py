@@ -1,0 +1,105 @@
+"""The database schema, declared once with SQLAlchemy Core.
+
+The Alembic migrations in `broker/migrations` must produce exactly this schema;
+a test compares the two. Times are BIGINT microseconds since the epoch.
+
+Deliveries move through states (see `DeliveryState`): scheduled deliveries wait
+for `ready_at`; ready ones are leased in (priority desc, id) order through a
+partial index that holds only ready rows, so the hot lookup stays narrow however
+many acked or scheduled rows the table holds.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite's rowid alias must be declared INTEGER to autoincrement.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("payload", sa.LargeBinary(), nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("headers", sa.Text(), nullable=True),
+    sa.Column("dedup_id", sa.String(255), nullable=True),
+    sa.Column("priority", sa.SmallInteger(), nullable=False),
+    sa.Column("ordering_key", sa.String(255), nullable=True),
+    sa.Column("published_at", sa.BigInteger(), nullable=False),
+    sa.Column("deliver_at", sa.BigInteger(), nullable=False),
+    sa.Column("delay_us", sa.BigInteger(), nullable=False),
+    sa.Index("ix_events_published_at", "published_at"),
+)
+
+dedup = sa.Table(
+    "dedup",
+    metadata,
+    sa.Column("dedup_id", sa.String(255), primary_key=True),
+    sa.Column("event_id", sa.String(26), nullable=False),
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),
+    sa.Index("ix_dedup_expires_at", "expires_at"),
+)
+
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("filters", sa.Text(), nullable=False),
+    sa.Column("ack_deadline_us", sa.BigInteger(), nullable=False),
+    sa.Column("max_attempts", sa.Integer(), nullable=False),
+    sa.Column("min_backoff_us", sa.BigInteger(), nullable=False),
+    sa.Column("max_backoff_us", sa.BigInteger(), nullable=False),
+    sa.Column("max_in_flight", sa.Integer(), nullable=False),
+    sa.Column("ordered", sa.Boolean(), nullable=False),
+    sa.Column("retention_us", sa.BigInteger(), nullable=False),
+    sa.Column("start_position", sa.SmallInteger(), nullable=False),
+    sa.Column("start_time", sa.BigInteger(), nullable=False),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("subscription_id", sa.Integer(), nullable=False),
+    sa.Column("event_id", sa.String(26), nullable=False),
+    sa.Column("state", sa.SmallInteger(), nullable=False),
+    sa.Column("priority", sa.SmallInteger(), nullable=False),
+    sa.Column("ordering_key", sa.String(255), nullable=True),
+    sa.Column("ready_at", sa.BigInteger(), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("leased_at", sa.BigInteger(), nullable=True),
+    sa.Column("lease_expires_at", sa.BigInteger(), nullable=True),
+    sa.Column("consumer", sa.String(255), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("dead_reason", sa.SmallInteger(), nullable=False),
+    sa.Column("history", sa.Text(), nullable=True),
+    sa.Column("updated_at", sa.BigInteger(), nullable=False),
+    sa.Index(
+        "ix_deliveries_ready",
+        "subscription_id",
+        sa.text("priority DESC"),
+        "id",
+        sqlite_where=sa.text("state = 2"),
+        postgresql_where=sa.text("state = 2"),
+    ),
+    sa.Index(
+        "ix_deliveries_scheduled",
+        "ready_at",
+        sqlite_where=sa.text("state = 1"),
+        postgresql_where=sa.text("state = 1"),
+    ),
+    sa.Index(
+        "ix_deliveries_in_flight",
+        "lease_expires_at",
+        sqlite_where=sa.text("state = 3"),
+        postgresql_where=sa.text("state = 3"),
+    ),
+    sa.Index("ix_deliveries_event_id", "event_id"),
+    sa.Index("ix_deliveries_subscription_state", "subscription_id", "state"),
+)

@@ -1,0 +1,695 @@
+"""The storage operations in SQLAlchemy Core, shared by the SQLite and PostgreSQL dialects.
+
+Where the dialects differ (how ready rows are claimed, how rows read before an
+update are locked, how a connection is set up), the subclass in `sqlite.py` or
+`postgres.py` says so in its own code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from broker.domain import (
+    AckId,
+    AttemptOutcome,
+    AttemptRecord,
+    DeadReason,
+    DeliveryInfo,
+    DeliveryState,
+    LeasedDelivery,
+    PublishOutcome,
+    SettleOutcome,
+    StartPosition,
+    StoredEvent,
+    Subscription,
+    SubscriptionCounts,
+)
+from broker.names import matches
+from broker.storage import schema
+from broker.storage.interface import (
+    DeadLetter,
+    DeadLetterListParams,
+    DeliveryAckParams,
+    DeliveryExpiredListParams,
+    DeliveryExtendParams,
+    DeliveryFailParams,
+    DeliveryLeaseParams,
+    DeliveryPromoteParams,
+    EventInsertParams,
+    PromoteOutcome,
+    StorageUnavailableError,
+    SubscriptionExistsError,
+    SubscriptionUpdateParams,
+)
+
+HISTORY_MAX_ATTEMPTS = 20
+
+_d = schema.deliveries
+_e = schema.events
+_s = schema.subscriptions
+_dd = schema.dedup
+
+_SETTLE_COLUMNS = (
+    _d.c.id,
+    _d.c.attempt,
+    _d.c.subscription_id,
+    _d.c.consumer,
+    _d.c.leased_at,
+    _d.c.history,
+)
+
+
+class SqlTx:
+    """The operations of one transaction on one connection."""
+
+    _deliveries = _d
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self._subscriptions: dict[int, Subscription] | None = None
+
+    # -- dialect hooks -------------------------------------------------------
+
+    def _ready_ids(self, subscription_id: int, limit: int) -> sa.Select[tuple[int]]:
+        """Ids of ready deliveries to claim, best first. Dialects override."""
+        raise NotImplementedError
+
+    def _locked(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        """Lock rows read before an update, where the dialect needs it."""
+        return query
+
+    # -- events --------------------------------------------------------------
+
+    def event_insert_many(self, params: EventInsertParams) -> list[PublishOutcome]:
+        """Store events and their deliveries; duplicates store nothing."""
+        now = params.now_us
+        existing = self._live_dedup_ids(
+            [d.dedup_id for d in params.drafts if d.dedup_id], now
+        )
+        subscriptions = list(self._subscriptions_by_id().values())
+        event_rows: list[dict[str, Any]] = []
+        delivery_rows: list[dict[str, Any]] = []
+        dedup_rows: list[dict[str, Any]] = []
+        outcomes: list[PublishOutcome] = []
+        for draft in params.drafts:
+            if draft.dedup_id:
+                first = existing.get(draft.dedup_id)
+                if first is not None:
+                    outcomes.append(PublishOutcome(first, duplicate=True))
+                    continue
+                existing[draft.dedup_id] = draft.event_id
+                dedup_rows.append(
+                    {
+                        "dedup_id": draft.dedup_id,
+                        "event_id": draft.event_id,
+                        "expires_at": now + params.dedup_window_us,
+                    }
+                )
+            deliver_at = max(draft.deliver_at_us, now)
+            event_rows.append(
+                {
+                    "id": draft.event_id,
+                    "name": draft.name,
+                    "payload": draft.payload,
+                    "content_type": draft.content_type,
+                    "headers": json.dumps(dict(draft.headers)) if draft.headers else None,
+                    "dedup_id": draft.dedup_id,
+                    "priority": draft.priority,
+                    "ordering_key": draft.ordering_key,
+                    "published_at": now,
+                    "deliver_at": deliver_at,
+                    "delay_us": draft.delay_us,
+                }
+            )
+            scheduled = deliver_at > now
+            ready_ids: set[int] = set()
+            for sub in subscriptions:
+                if not matches(sub.filters, draft.name):
+                    continue
+                delivery_rows.append(
+                    {
+                        "subscription_id": sub.id,
+                        "event_id": draft.event_id,
+                        "state": DeliveryState.SCHEDULED if scheduled else DeliveryState.READY,
+                        "priority": draft.priority,
+                        "ordering_key": draft.ordering_key,
+                        "ready_at": deliver_at,
+                        "attempt": 0,
+                        "dead_reason": DeadReason.NONE,
+                        "updated_at": now,
+                    }
+                )
+                ready_ids.add(sub.id)
+            outcomes.append(
+                PublishOutcome(
+                    draft.event_id,
+                    duplicate=False,
+                    ready_subscription_ids=frozenset() if scheduled else frozenset(ready_ids),
+                    next_scheduled_us=deliver_at if scheduled and ready_ids else None,
+                )
+            )
+        if dedup_rows:
+            self.conn.execute(
+                sa.delete(_dd).where(
+                    _dd.c.dedup_id.in_([r["dedup_id"] for r in dedup_rows]),
+                    _dd.c.expires_at <= now,
+                )
+            )
+            self.conn.execute(sa.insert(_dd), dedup_rows)
+        if event_rows:
+            self.conn.execute(sa.insert(_e), event_rows)
+        if delivery_rows:
+            self.conn.execute(sa.insert(_d), delivery_rows)
+        return outcomes
+
+    def _live_dedup_ids(self, dedup_ids: list[str], now: int) -> dict[str, str]:
+        if not dedup_ids:
+            return {}
+        rows = self.conn.execute(
+            sa.select(_dd.c.dedup_id, _dd.c.event_id).where(
+                _dd.c.dedup_id.in_(dedup_ids), _dd.c.expires_at > now
+            )
+        )
+        return {row.dedup_id: row.event_id for row in rows}
+
+    def event_get(self, event_id: str) -> StoredEvent | None:
+        """One stored event."""
+        row = self.conn.execute(sa.select(_e).where(_e.c.id == event_id)).first()
+        return _event_from_row(row) if row is not None else None
+
+    def event_count(self) -> int:
+        """How many events are stored."""
+        return int(self.conn.execute(sa.select(sa.func.count()).select_from(_e)).scalar_one())
+
+    def _events_by_id(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        ids = list(set(event_ids))
+        if not ids:
+            return {}
+        rows = self.conn.execute(sa.select(_e).where(_e.c.id.in_(ids)))
+        return {row.id: _event_from_row(row) for row in rows}
+
+    # -- leasing -------------------------------------------------------------
+
+    def delivery_lease(self, params: DeliveryLeaseParams) -> dict[str, list[LeasedDelivery]]:
+        """Lease ready deliveries, at most what each consumer asks for."""
+        sub = self._subscriptions_by_id().get(params.subscription_id)
+        if sub is None:
+            return {}
+        budget = sum(r.count for r in params.requests)
+        if sub.max_in_flight > 0:
+            in_flight = self.conn.execute(
+                sa.select(sa.func.count())
+                .select_from(_d)
+                .where(_d.c.subscription_id == sub.id, _d.c.state == DeliveryState.IN_FLIGHT)
+            ).scalar_one()
+            budget = min(budget, sub.max_in_flight - int(in_flight))
+        now = params.now_us
+        expires = now + sub.ack_deadline_us
+        claimed: list[tuple[str, Any]] = []
+        for request in params.requests:
+            count = min(request.count, budget)
+            if count <= 0:
+                break
+            rows = self.conn.execute(
+                sa.update(_d)
+                .where(_d.c.id.in_(self._ready_ids(sub.id, count).scalar_subquery()))
+                .values(
+                    state=DeliveryState.IN_FLIGHT,
+                    attempt=_d.c.attempt + 1,
+                    leased_at=now,
+                    lease_expires_at=expires,
+                    consumer=request.consumer,
+                    updated_at=now,
+                )
+                .returning(_d.c.id, _d.c.event_id, _d.c.attempt, _d.c.priority)
+            ).all()
+            budget -= len(rows)
+            claimed.extend((request.consumer, row) for row in rows)
+            if len(rows) < count:
+                break  # nothing more is ready
+        events = self._events_by_id(row.event_id for _, row in claimed)
+        leased: dict[str, list[LeasedDelivery]] = {}
+        for consumer, row in sorted(claimed, key=lambda c: (-c[1].priority, c[1].id)):
+            leased.setdefault(consumer, []).append(
+                LeasedDelivery(
+                    ack_id=str(AckId(row.id, row.attempt)),
+                    subscription=sub.name,
+                    event=events[row.event_id],
+                    attempt=row.attempt,
+                    ack_deadline_us=expires,
+                )
+            )
+        return leased
+
+    def _live_leases(
+        self, ack_ids: Sequence[str]
+    ) -> tuple[dict[int, Any], list[str], list[str]]:
+        """Rows of the live leases named, and the ack ids applied and not applied."""
+        parsed = {text: AckId.parse(text) for text in ack_ids}
+        wanted = {a.delivery_id for a in parsed.values() if a is not None}
+        rows: dict[int, Any] = {}
+        if wanted:
+            query = sa.select(*_SETTLE_COLUMNS).where(
+                _d.c.id.in_(wanted), _d.c.state == DeliveryState.IN_FLIGHT
+            )
+            rows = {row.id: row for row in self.conn.execute(self._locked(query))}
+        applied: list[str] = []
+        not_applied: list[str] = []
+        live: dict[int, Any] = {}
+        for text, ack in parsed.items():
+            row = rows.get(ack.delivery_id) if ack is not None else None
+            if ack is not None and row is not None and row.attempt == ack.attempt:
+                live[row.id] = row
+                applied.append(text)
+            else:
+                not_applied.append(text)
+        return live, applied, not_applied
+
+    def delivery_ack(self, params: DeliveryAckParams) -> SettleOutcome:
+        """Acknowledge live leases; others are reported not applied."""
+        live, applied, not_applied = self._live_leases(params.ack_ids)
+        if live:
+            self.conn.execute(
+                sa.update(_d)
+                .where(_d.c.id.in_(list(live)))
+                .values(
+                    state=DeliveryState.ACKED,
+                    lease_expires_at=None,
+                    updated_at=params.now_us,
+                )
+            )
+        return SettleOutcome(tuple(applied), tuple(not_applied))
+
+    def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
+        """Give live leases back for retry, or dead-letter them."""
+        live, applied, not_applied = self._live_leases(params.ack_ids)
+        if not live:
+            return SettleOutcome(tuple(applied), tuple(not_applied))
+        subs = self._subscriptions_by_id()
+        now = params.now_us
+        updates: list[dict[str, Any]] = []
+        ready_subs: set[int] = set()
+        next_scheduled: int | None = None
+        for row in live.values():
+            sub = subs.get(row.subscription_id)
+            history = _history_from_json(row.history)
+            history.append(
+                AttemptRecord(
+                    attempt=row.attempt,
+                    delivered_at_us=row.leased_at or now,
+                    ended_at_us=now,
+                    consumer=row.consumer or "",
+                    outcome=AttemptOutcome(params.outcome),
+                    error=params.error,
+                )
+            )
+            values: dict[str, Any] = {
+                "b_id": row.id,
+                "b_history": _history_to_json(history[-HISTORY_MAX_ATTEMPTS:]),
+                "b_error": params.error or None,
+                "b_dead_reason": DeadReason.NONE,
+            }
+            max_attempts = sub.max_attempts if sub is not None else 1
+            if params.terminal:
+                values |= {"b_state": DeliveryState.DEAD, "b_ready_at": now}
+                values["b_dead_reason"] = DeadReason.NACKED_TERMINAL
+            elif row.attempt >= max_attempts:
+                values |= {"b_state": DeliveryState.DEAD, "b_ready_at": now}
+                values["b_dead_reason"] = DeadReason.ATTEMPTS_EXHAUSTED
+            else:
+                if params.immediate:
+                    delay = 0
+                elif params.delay_us is not None:
+                    delay = params.delay_us
+                else:
+                    assert sub is not None
+                    delay = params.retry_delay(row.attempt, sub.min_backoff_us, sub.max_backoff_us)
+                ready_at = now + max(delay, 0)
+                if ready_at > now:
+                    values |= {"b_state": DeliveryState.SCHEDULED, "b_ready_at": ready_at}
+                    next_scheduled = min(next_scheduled or ready_at, ready_at)
+                else:
+                    values |= {"b_state": DeliveryState.READY, "b_ready_at": now}
+                    ready_subs.add(row.subscription_id)
+            updates.append(values)
+        self.conn.execute(
+            sa.update(_d)
+            .where(_d.c.id == sa.bindparam("b_id"))
+            .values(
+                state=sa.bindparam("b_state"),
+                ready_at=sa.bindparam("b_ready_at"),
+                history=sa.bindparam("b_history"),
+                last_error=sa.bindparam("b_error"),
+                dead_reason=sa.bindparam("b_dead_reason"),
+                lease_expires_at=None,
+                updated_at=now,
+            ),
+            updates,
+        )
+        return SettleOutcome(tuple(applied), tuple(not_applied), frozenset(ready_subs), next_scheduled)
+
+    def delivery_extend(self, params: DeliveryExtendParams) -> SettleOutcome:
+        """Extend live leases."""
+        live, applied, not_applied = self._live_leases(params.ack_ids)
+        if live:
+            self.conn.execute(
+                sa.update(_d)
+                .where(_d.c.id.in_(list(live)))
+                .values(lease_expires_at=params.now_us + params.extension_us)
+            )
+        return SettleOutcome(tuple(applied), tuple(not_applied))
+
+    def delivery_expired_list(self, params: DeliveryExpiredListParams) -> list[AckId]:
+        """Leases whose deadline has passed."""
+        rows = self.conn.execute(
+            sa.select(_d.c.id, _d.c.attempt)
+            .where(_d.c.state == DeliveryState.IN_FLIGHT, _d.c.lease_expires_at <= params.now_us)
+            .order_by(_d.c.lease_expires_at)
+            .limit(params.limit)
+        )
+        return [AckId(row.id, row.attempt) for row in rows]
+
+    def delivery_promote(self, params: DeliveryPromoteParams) -> PromoteOutcome:
+        """Make due scheduled deliveries ready."""
+        due = (
+            sa.select(_d.c.id)
+            .where(_d.c.state == DeliveryState.SCHEDULED, _d.c.ready_at <= params.now_us)
+            .limit(params.limit)
+        )
+        rows = self.conn.execute(
+            sa.update(_d)
+            .where(_d.c.id.in_(due.scalar_subquery()), _d.c.state == DeliveryState.SCHEDULED)
+            .values(state=DeliveryState.READY, updated_at=params.now_us)
+            .returning(_d.c.subscription_id)
+        ).all()
+        next_due = self.conn.execute(
+            sa.select(sa.func.min(_d.c.ready_at)).where(_d.c.state == DeliveryState.SCHEDULED)
+        ).scalar_one()
+        return PromoteOutcome(
+            frozenset(row.subscription_id for row in rows),
+            len(rows),
+            int(next_due) if next_due is not None else None,
+        )
+
+    # -- inspection ----------------------------------------------------------
+
+    def delivery_list_for_event(self, event_id: str) -> list[DeliveryInfo]:
+        """An event's delivery in each subscription."""
+        rows = self.conn.execute(
+            sa.select(_d, _s.c.name.label("subscription_name"))
+            .join(_s, _s.c.id == _d.c.subscription_id)
+            .where(_d.c.event_id == event_id)
+            .order_by(_s.c.name)
+        )
+        return [_delivery_info_from_row(row) for row in rows]
+
+    def dead_letter_list(self, params: DeadLetterListParams) -> list[DeadLetter]:
+        """A page of dead letters, oldest first."""
+        query = (
+            sa.select(_d, _s.c.name.label("subscription_name"))
+            .join(_s, _s.c.id == _d.c.subscription_id)
+            .where(
+                _d.c.subscription_id == params.subscription_id,
+                _d.c.state == DeliveryState.DEAD,
+                _d.c.id > params.after_delivery_id,
+            )
+            .order_by(_d.c.id)
+            .limit(params.limit)
+        )
+        if params.reason is not None:
+            query = query.where(_d.c.dead_reason == params.reason)
+        if params.name is not None:
+            query = query.where(
+                _d.c.event_id.in_(sa.select(_e.c.id).where(_e.c.name == params.name))
+            )
+        rows = self.conn.execute(query).all()
+        events = self._events_by_id(row.event_id for row in rows)
+        return [
+            DeadLetter(row.id, events[row.event_id], _delivery_info_from_row(row)) for row in rows
+        ]
+
+    # -- subscriptions -------------------------------------------------------
+
+    def _subscriptions_by_id(self) -> dict[int, Subscription]:
+        if self._subscriptions is None:
+            rows = self.conn.execute(sa.select(_s))
+            self._subscriptions = {row.id: _subscription_from_row(row) for row in rows}
+        return self._subscriptions
+
+    def subscription_create(self, subscription: Subscription) -> Subscription:
+        """Create a subscription; raises SubscriptionExistsError."""
+        if self.subscription_get(subscription.name) is not None:
+            raise SubscriptionExistsError(subscription.name)
+        values = _subscription_values(subscription)
+        try:
+            new_id = self.conn.execute(
+                sa.insert(_s).values(**values).returning(_s.c.id)
+            ).scalar_one()
+        except sa_exc.IntegrityError as error:
+            raise SubscriptionExistsError(subscription.name) from error
+        self._subscriptions = None
+        created = self.subscription_get_by_id(int(new_id))
+        assert created is not None
+        return created
+
+    def subscription_get(self, name: str) -> Subscription | None:
+        """One subscription by name."""
+        row = self.conn.execute(sa.select(_s).where(_s.c.name == name)).first()
+        return _subscription_from_row(row) if row is not None else None
+
+    def subscription_get_by_id(self, subscription_id: int) -> Subscription | None:
+        """One subscription by id."""
+        row = self.conn.execute(sa.select(_s).where(_s.c.id == subscription_id)).first()
+        return _subscription_from_row(row) if row is not None else None
+
+    def subscription_list(self, after_name: str, limit: int) -> list[Subscription]:
+        """Subscriptions by name, after a name."""
+        rows = self.conn.execute(
+            sa.select(_s).where(_s.c.name > after_name).order_by(_s.c.name).limit(limit)
+        )
+        return [_subscription_from_row(row) for row in rows]
+
+    def subscription_update(self, params: SubscriptionUpdateParams) -> Subscription | None:
+        """Replace a subscription's settings; None when it does not exist."""
+        sub = params.subscription
+        values = _subscription_values(sub)
+        for fixed in ("name", "created_at", "start_position", "start_time"):
+            values.pop(fixed)
+        result = self.conn.execute(sa.update(_s).where(_s.c.name == sub.name).values(**values))
+        self._subscriptions = None
+        if result.rowcount == 0:
+            return None
+        return self.subscription_get(sub.name)
+
+    def subscription_delete(self, name: str) -> bool:
+        """Delete a subscription and its deliveries; False when it did not exist."""
+        sub = self.subscription_get(name)
+        if sub is None:
+            return False
+        self.conn.execute(sa.delete(_d).where(_d.c.subscription_id == sub.id))
+        self.conn.execute(sa.delete(_s).where(_s.c.id == sub.id))
+        self._subscriptions = None
+        return True
+
+    def subscription_counts(self, name: str | None) -> list[SubscriptionCounts]:
+        """Delivery counts per subscription (one, or all)."""
+        subs = [
+            s for s in self._subscriptions_by_id().values() if name is None or s.name == name
+        ]
+        ids = [s.id for s in subs]
+        counts: dict[tuple[int, int], int] = {}
+        oldest: dict[int, int] = {}
+        if ids:
+            rows = self.conn.execute(
+                sa.select(_d.c.subscription_id, _d.c.state, sa.func.count())
+                .where(_d.c.subscription_id.in_(ids))
+                .group_by(_d.c.subscription_id, _d.c.state)
+            )
+            counts = {(row[0], row[1]): int(row[2]) for row in rows}
+            rows = self.conn.execute(
+                sa.select(_d.c.subscription_id, sa.func.min(_d.c.ready_at))
+                .where(_d.c.subscription_id.in_(ids), _d.c.state == DeliveryState.READY)
+                .group_by(_d.c.subscription_id)
+            )
+            oldest = {row[0]: int(row[1]) for row in rows}
+        return [
+            SubscriptionCounts(
+                subscription=s.name,
+                scheduled=counts.get((s.id, DeliveryState.SCHEDULED), 0),
+                ready=counts.get((s.id, DeliveryState.READY), 0),
+                in_flight=counts.get((s.id, DeliveryState.IN_FLIGHT), 0),
+                acked=counts.get((s.id, DeliveryState.ACKED), 0),
+                dead=counts.get((s.id, DeliveryState.DEAD), 0),
+                oldest_waiting_us=oldest.get(s.id),
+            )
+            for s in sorted(subs, key=lambda s: s.name)
+        ]
+
+    def dedup_prune(self, now_us: int, limit: int) -> int:
+        """Forget dedup ids whose window has passed."""
+        expired = sa.select(_dd.c.dedup_id).where(_dd.c.expires_at <= now_us).limit(limit)
+        result = self.conn.execute(sa.delete(_dd).where(_dd.c.dedup_id.in_(expired.scalar_subquery())))
+        return int(result.rowcount)
+
+
+class SqlStorage:
+    """A database reached through SQLAlchemy; dialects subclass it."""
+
+    dialect: ClassVar[str]
+    max_concurrent_writers: int = 1
+    tx_class: ClassVar[type[SqlTx]]
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.write_engine, self.read_engine = self._create_engines(url)
+
+    def _create_engines(self, url: str) -> tuple[sa.Engine, sa.Engine]:
+        raise NotImplementedError
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest version."""
+        from broker.storage.migrate import upgrade
+
+        with _storage_errors(), self.write_engine.begin() as conn:
+            upgrade(conn)
+
+    @contextmanager
+    def write(self) -> Iterator[SqlTx]:
+        """A write transaction, committed on leaving without error."""
+        with _storage_errors(), self.write_engine.begin() as conn:
+            yield self.tx_class(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[SqlTx]:
+        """A read-only transaction."""
+        with _storage_errors(), self.read_engine.connect() as conn:
+            yield self.tx_class(conn)
+
+    def close(self) -> None:
+        """Release every connection."""
+        self.write_engine.dispose()
+        self.read_engine.dispose()
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Turn a database that cannot serve now into StorageUnavailableError."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
+        raise StorageUnavailableError(str(error.orig or error).strip()) from error
+    except sa_exc.DBAPIError as error:
+        if error.connection_invalidated:
+            raise StorageUnavailableError(str(error.orig or error).strip()) from error
+        raise
+
+
+# -- rows to domain ----------------------------------------------------------
+
+
+def _event_from_row(row: Any) -> StoredEvent:
+    return StoredEvent(
+        event_id=row.id,
+        name=row.name,
+        payload=bytes(row.payload),
+        content_type=row.content_type,
+        headers=json.loads(row.headers) if row.headers else {},
+        dedup_id=row.dedup_id,
+        priority=row.priority,
+        ordering_key=row.ordering_key,
+        published_at_us=row.published_at,
+        deliver_at_us=row.deliver_at,
+        delay_us=row.delay_us,
+    )
+
+
+def _subscription_from_row(row: Any) -> Subscription:
+    return Subscription(
+        name=row.name,
+        filters=tuple(json.loads(row.filters)),
+        ack_deadline_us=row.ack_deadline_us,
+        max_attempts=row.max_attempts,
+        min_backoff_us=row.min_backoff_us,
+        max_backoff_us=row.max_backoff_us,
+        max_in_flight=row.max_in_flight,
+        ordered=bool(row.ordered),
+        retention_us=row.retention_us,
+        start_position=StartPosition(row.start_position),
+        start_time_us=row.start_time,
+        created_at_us=row.created_at,
+        id=row.id,
+    )
+
+
+def _subscription_values(sub: Subscription) -> dict[str, Any]:
+    return {
+        "name": sub.name,
+        "filters": json.dumps(list(sub.filters)),
+        "ack_deadline_us": sub.ack_deadline_us,
+        "max_attempts": sub.max_attempts,
+        "min_backoff_us": sub.min_backoff_us,
+        "max_backoff_us": sub.max_backoff_us,
+        "max_in_flight": sub.max_in_flight,
+        "ordered": sub.ordered,
+        "retention_us": sub.retention_us,
+        "start_position": int(sub.start_position),
+        "start_time": sub.start_time_us,
+        "created_at": sub.created_at_us,
+    }
+
+
+def _delivery_info_from_row(row: Any) -> DeliveryInfo:
+    state = DeliveryState(row.state)
+    next_time: int | None = None
+    if state in (DeliveryState.SCHEDULED, DeliveryState.READY):
+        next_time = row.ready_at
+    elif state is DeliveryState.IN_FLIGHT:
+        next_time = row.lease_expires_at
+    return DeliveryInfo(
+        subscription=row.subscription_name,
+        state=state,
+        attempts=row.attempt,
+        next_time_us=next_time,
+        consumer=row.consumer or "",
+        dead_reason=DeadReason(row.dead_reason),
+        last_error=row.last_error or "",
+        history=tuple(_history_from_json(row.history)),
+    )
+
+
+def _history_from_json(text: str | None) -> list[AttemptRecord]:
+    if not text:
+        return []
+    return [
+        AttemptRecord(
+            attempt=item["attempt"],
+            delivered_at_us=item["delivered_at"],
+            ended_at_us=item["ended_at"],
+            consumer=item["consumer"],
+            outcome=AttemptOutcome(item["outcome"]),
+            error=item.get("error", ""),
+        )
+        for item in json.loads(text)
+    ]
+
+
+def _history_to_json(history: Sequence[AttemptRecord]) -> str:
+    return json.dumps(
+        [
+            {
+                "attempt": h.attempt,
+                "delivered_at": h.delivered_at_us,
+                "ended_at": h.ended_at_us,
+                "consumer": h.consumer,
+                "outcome": int(h.outcome),
+                "error": h.error,
+            }
+            for h in history
+        ]
+    )
