@@ -26,7 +26,7 @@ class PostgresTx(SqlTx):
         return (
             sa.select(d.c.id)
             .where(d.c.subscription_id == subscription_id, d.c.state == 2)
-            .order_by(d.c.priority.desc(), d.c.id)
+            .order_by(d.c.rank, d.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )

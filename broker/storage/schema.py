@@ -4,9 +4,10 @@ The Alembic migrations in `broker/migrations` must produce exactly this schema;
 a test compares the two. Times are BIGINT microseconds since the epoch.
 
 Deliveries move through states (see `DeliveryState`): scheduled deliveries wait
-for `ready_at`; ready ones are leased in (priority desc, id) order through a
-partial index that holds only ready rows, so the hot lookup stays narrow however
-many acked or scheduled rows the table holds.
+for `ready_at`; ready ones are leased in (rank, id) order, where rank is the
+negated priority, so that one ascending partial index holding only ready rows
+serves the lookup on both databases and stays narrow however many acked or
+scheduled rows the table holds.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ deliveries = sa.Table(
     sa.Column("subscription_id", sa.Integer(), nullable=False),
     sa.Column("event_id", sa.String(26), nullable=False),
     sa.Column("state", sa.SmallInteger(), nullable=False),
-    sa.Column("priority", sa.SmallInteger(), nullable=False),
+    sa.Column("rank", sa.SmallInteger(), nullable=False),
     sa.Column("ordering_key", sa.String(255), nullable=True),
     sa.Column("ready_at", sa.BigInteger(), nullable=False),
     sa.Column("attempt", sa.Integer(), nullable=False),
@@ -83,7 +84,7 @@ deliveries = sa.Table(
     sa.Index(
         "ix_deliveries_ready",
         "subscription_id",
-        sa.text("priority DESC"),
+        "rank",
         "id",
         sqlite_where=sa.text("state = 2"),
         postgresql_where=sa.text("state = 2"),

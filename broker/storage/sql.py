@@ -137,7 +137,7 @@ class SqlTx:
                         "subscription_id": sub.id,
                         "event_id": draft.event_id,
                         "state": DeliveryState.SCHEDULED if scheduled else DeliveryState.READY,
-                        "priority": draft.priority,
+                        "rank": -draft.priority,
                         "ordering_key": draft.ordering_key,
                         "ready_at": deliver_at,
                         "attempt": 0,
@@ -227,7 +227,7 @@ class SqlTx:
                     consumer=request.consumer,
                     updated_at=now,
                 )
-                .returning(_d.c.id, _d.c.event_id, _d.c.attempt, _d.c.priority)
+                .returning(_d.c.id, _d.c.event_id, _d.c.attempt, _d.c.rank)
             ).all()
             budget -= len(rows)
             claimed.extend((request.consumer, row) for row in rows)
@@ -235,7 +235,7 @@ class SqlTx:
                 break  # nothing more is ready
         events = self._events_by_id(row.event_id for _, row in claimed)
         leased: dict[str, list[LeasedDelivery]] = {}
-        for consumer, row in sorted(claimed, key=lambda c: (-c[1].priority, c[1].id)):
+        for consumer, row in sorted(claimed, key=lambda c: (c[1].rank, c[1].id)):
             leased.setdefault(consumer, []).append(
                 LeasedDelivery(
                     ack_id=str(AckId(row.id, row.attempt)),

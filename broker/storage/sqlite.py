@@ -29,7 +29,7 @@ class SqliteTx(SqlTx):
         return (
             sa.select(d.c.id)
             .where(d.c.subscription_id == subscription_id, d.c.state == 2)
-            .order_by(d.c.priority.desc(), d.c.id)
+            .order_by(d.c.rank, d.c.id)
             .limit(limit)
         )
 

@@ -63,7 +63,7 @@ def upgrade() -> None:
         sa.Column("subscription_id", sa.Integer(), nullable=False),
         sa.Column("event_id", sa.String(26), nullable=False),
         sa.Column("state", sa.SmallInteger(), nullable=False),
-        sa.Column("priority", sa.SmallInteger(), nullable=False),
+        sa.Column("rank", sa.SmallInteger(), nullable=False),
         sa.Column("ordering_key", sa.String(255), nullable=True),
         sa.Column("ready_at", sa.BigInteger(), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
@@ -78,7 +78,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_deliveries_ready",
         "deliveries",
-        ["subscription_id", sa.text("priority DESC"), "id"],
+        ["subscription_id", "rank", "id"],
         sqlite_where=sa.text("state = 2"),
         postgresql_where=sa.text("state = 2"),
     )

@@ -1,0 +1,411 @@
+"""One storage suite, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from ulid import ULID
+
+from broker.domain import (
+    AckId,
+    AttemptOutcome,
+    DeadReason,
+    DeliveryState,
+    EventDraft,
+    LeaseRequest,
+    StartPosition,
+    Subscription,
+)
+from broker.storage import Storage
+from broker.storage.interface import (
+    DeadLetterListParams,
+    DeliveryAckParams,
+    DeliveryExpiredListParams,
+    DeliveryExtendParams,
+    DeliveryFailParams,
+    DeliveryLeaseParams,
+    DeliveryPromoteParams,
+    EventInsertParams,
+    SubscriptionExistsError,
+    SubscriptionUpdateParams,
+)
+from broker.storage.schema import metadata
+from broker.storage.sql import SqlStorage
+
+S = 1_000_000
+T0 = 1_800_000_000 * S
+WINDOW = 24 * 3600 * S
+
+
+def sub(name: str = "billing", *filters: str, **overrides: int) -> Subscription:
+    values: dict[str, int] = {
+        "ack_deadline_us": 30 * S,
+        "max_attempts": 3,
+        "min_backoff_us": 1 * S,
+        "max_backoff_us": 60 * S,
+        "max_in_flight": 0,
+    } | overrides
+    return Subscription(
+        name=name,
+        filters=filters or ("user.*",),
+        retention_us=7 * 24 * 3600 * S,
+        ordered=False,
+        start_position=StartPosition.NEW,
+        created_at_us=T0,
+        **values,
+    )
+
+
+def draft(
+    name: str = "user.joined",
+    *,
+    dedup_id: str | None = None,
+    priority: int = 0,
+    deliver_at: int = T0,
+    payload: bytes = b'{"n":1}',
+) -> EventDraft:
+    return EventDraft(
+        event_id=str(ULID()),
+        name=name,
+        payload=payload,
+        content_type="application/json",
+        headers={"h": "v"},
+        dedup_id=dedup_id,
+        priority=priority,
+        ordering_key=None,
+        deliver_at_us=deliver_at,
+        delay_us=max(deliver_at - T0, 0),
+    )
+
+
+def publish(storage: Storage, *drafts: EventDraft, now: int = T0) -> list[str]:
+    with storage.write() as tx:
+        outcomes = tx.event_insert_many(EventInsertParams(drafts, now, WINDOW))
+    return [o.event_id for o in outcomes]
+
+
+def create(storage: Storage, subscription: Subscription) -> Subscription:
+    with storage.write() as tx:
+        return tx.subscription_create(subscription)
+
+
+def lease(storage: Storage, sub_id: int, count: int, *, consumer: str = "c1", now: int = T0) -> list[str]:
+    with storage.write() as tx:
+        leased = tx.delivery_lease(
+            DeliveryLeaseParams(sub_id, [LeaseRequest(consumer, count)], now)
+        )
+    return [d.ack_id for d in leased.get(consumer, [])]
+
+
+def no_delay(attempt: int, min_us: int, max_us: int) -> int:
+    return 0
+
+
+def fail(storage: Storage, ack_ids: Sequence[str], now: int = T0, **kwargs: object) -> object:
+    params = DeliveryFailParams(
+        ack_ids=ack_ids,
+        now_us=now,
+        outcome=kwargs.pop("outcome", AttemptOutcome.NACKED),  # type: ignore[arg-type]
+        retry_delay=kwargs.pop("retry_delay", no_delay),  # type: ignore[arg-type]
+        **kwargs,  # type: ignore[arg-type]
+    )
+    with storage.write() as tx:
+        return tx.delivery_fail(params)
+
+
+def states(storage: Storage, event_id: str) -> dict[str, DeliveryState]:
+    with storage.read() as tx:
+        return {d.subscription: d.state for d in tx.delivery_list_for_event(event_id)}
+
+
+def test_migrations_produce_the_declared_schema(storage: Storage) -> None:
+    assert isinstance(storage, SqlStorage)
+    with storage.write_engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_migrate_twice_is_a_no_op(storage: Storage) -> None:
+    storage.migrate()
+    assert isinstance(storage, SqlStorage)
+    with storage.read_engine.connect() as conn:
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+    assert version == "0001"
+
+
+def test_publish_fans_out_to_every_matching_subscription(storage: Storage) -> None:
+    a = create(storage, sub("a", "user.*"))
+    b = create(storage, sub("b", "user.>"))
+    create(storage, sub("c", "order.*"))
+    (event_id,) = publish(storage, draft("user.joined"))
+    assert states(storage, event_id) == {"a": DeliveryState.READY, "b": DeliveryState.READY}
+    assert lease(storage, a.id, 10) and lease(storage, b.id, 10)
+
+
+def test_unmatched_event_is_stored_and_delivered_to_nobody(storage: Storage) -> None:
+    create(storage, sub("a", "user.*"))
+    (event_id,) = publish(storage, draft("nobody.cares"))
+    with storage.read() as tx:
+        event = tx.event_get(event_id)
+        deliveries = tx.delivery_list_for_event(event_id)
+    assert event is not None and event.name == "nobody.cares"
+    assert event.headers == {"h": "v"}
+    assert deliveries == []
+
+
+def test_duplicate_id_inside_window_stores_nothing(storage: Storage) -> None:
+    s = create(storage, sub())
+    first = draft(dedup_id="order-1")
+    second = draft(dedup_id="order-1")
+    with storage.write() as tx:
+        outcomes = tx.event_insert_many(EventInsertParams([first, second], T0, WINDOW))
+    assert [o.duplicate for o in outcomes] == [False, True]
+    assert outcomes[1].event_id == first.event_id
+    with storage.write() as tx:
+        again = tx.event_insert_many(EventInsertParams([draft(dedup_id="order-1")], T0 + S, WINDOW))
+    assert again[0].duplicate and again[0].event_id == first.event_id
+    with storage.read() as tx:
+        assert tx.event_count() == 1
+    assert len(lease(storage, s.id, 10)) == 1
+
+
+def test_duplicate_id_after_window_is_new(storage: Storage) -> None:
+    create(storage, sub())
+    publish(storage, draft(dedup_id="x"))
+    later = T0 + WINDOW + S
+    with storage.write() as tx:
+        (outcome,) = tx.event_insert_many(EventInsertParams([draft(dedup_id="x")], later, WINDOW))
+    assert not outcome.duplicate
+
+
+def test_lease_takes_higher_priority_first_then_publish_order(storage: Storage) -> None:
+    s = create(storage, sub())
+    ids = publish(
+        storage,
+        draft(priority=0),
+        draft(priority=10),
+        draft(priority=0),
+        draft(priority=-5),
+        draft(priority=10),
+    )
+    with storage.write() as tx:
+        leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c", 10)], T0))
+    order = [d.event.event_id for d in leased["c"]]
+    assert order == [ids[1], ids[4], ids[0], ids[2], ids[3]]
+    assert all(d.attempt == 1 and d.ack_deadline_us == T0 + 30 * S for d in leased["c"])
+
+
+def test_lease_respects_count_and_max_in_flight(storage: Storage) -> None:
+    s = create(storage, sub(max_in_flight=3))
+    publish(storage, *[draft() for _ in range(10)])
+    assert len(lease(storage, s.id, 2)) == 2
+    assert len(lease(storage, s.id, 5)) == 1  # 3 in flight at most
+    assert lease(storage, s.id, 5) == []
+
+
+def test_scheduled_delivery_waits_until_promoted(storage: Storage) -> None:
+    s = create(storage, sub())
+    (event_id,) = publish(storage, draft(deliver_at=T0 + 60 * S))
+    assert states(storage, event_id) == {"billing": DeliveryState.SCHEDULED}
+    assert lease(storage, s.id, 10) == []
+    with storage.write() as tx:
+        early = tx.delivery_promote(DeliveryPromoteParams(T0 + 59 * S, 100))
+    assert early.promoted == 0 and early.next_scheduled_us == T0 + 60 * S
+    with storage.write() as tx:
+        due = tx.delivery_promote(DeliveryPromoteParams(T0 + 60 * S, 100))
+    assert due.promoted == 1 and due.ready_subscription_ids == {s.id}
+    assert due.next_scheduled_us is None
+    assert len(lease(storage, s.id, 10, now=T0 + 60 * S)) == 1
+
+
+def test_ack_applies_once_and_reports_unknown_ids(storage: Storage) -> None:
+    s = create(storage, sub())
+    (event_id,) = publish(storage, draft())
+    (ack_id,) = lease(storage, s.id, 1)
+    with storage.write() as tx:
+        outcome = tx.delivery_ack(DeliveryAckParams([ack_id, "999-1", "garbage"], T0))
+    assert outcome.applied == (ack_id,)
+    assert set(outcome.not_applied) == {"999-1", "garbage"}
+    with storage.write() as tx:
+        again = tx.delivery_ack(DeliveryAckParams([ack_id], T0))
+    assert again.not_applied == (ack_id,)
+    assert states(storage, event_id) == {"billing": DeliveryState.ACKED}
+
+
+def test_late_ack_of_expired_lease_has_no_effect(storage: Storage) -> None:
+    s = create(storage, sub(ack_deadline_us=10 * S))
+    (event_id,) = publish(storage, draft())
+    (first,) = lease(storage, s.id, 1)
+    with storage.read() as tx:
+        assert tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 9 * S, 10)) == []
+    with storage.read() as tx:
+        expired = tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 10 * S, 10))
+    assert [str(a) for a in expired] == [first]
+    fail(storage, [first], T0 + 10 * S, outcome=AttemptOutcome.EXPIRED)
+    (second,) = lease(storage, s.id, 1, consumer="c2", now=T0 + 11 * S)
+    assert AckId.parse(second) == AckId(AckId.parse(first).delivery_id, 2)  # type: ignore[union-attr]
+    with storage.write() as tx:
+        late = tx.delivery_ack(DeliveryAckParams([first], T0 + 12 * S))
+    assert late.not_applied == (first,)
+    assert states(storage, event_id) == {"billing": DeliveryState.IN_FLIGHT}
+
+
+def test_nack_backs_off_then_dead_letters_after_max_attempts(storage: Storage) -> None:
+    s = create(storage, sub(max_attempts=2))
+    (event_id,) = publish(storage, draft())
+    (first,) = lease(storage, s.id, 1)
+    outcome = fail(storage, [first], error="boom", retry_delay=lambda a, lo, hi: 5 * S)
+    assert states(storage, event_id) == {"billing": DeliveryState.SCHEDULED}
+    assert outcome.next_scheduled_us == T0 + 5 * S  # type: ignore[attr-defined]
+    with storage.write() as tx:
+        tx.delivery_promote(DeliveryPromoteParams(T0 + 5 * S, 100))
+    (second,) = lease(storage, s.id, 1, now=T0 + 5 * S)
+    fail(storage, [second], T0 + 6 * S, error="boom again")
+    with storage.read() as tx:
+        (info,) = tx.delivery_list_for_event(event_id)
+    assert info.state is DeliveryState.DEAD
+    assert info.dead_reason is DeadReason.ATTEMPTS_EXHAUSTED
+    assert info.attempts == 2 and info.last_error == "boom again"
+    assert [(h.attempt, h.outcome, h.error) for h in info.history] == [
+        (1, AttemptOutcome.NACKED, "boom"),
+        (2, AttemptOutcome.NACKED, "boom again"),
+    ]
+    with storage.read() as tx:
+        letters = tx.dead_letter_list(DeadLetterListParams(s.id, 0, 10))
+    assert [d.event.event_id for d in letters] == [event_id]
+
+
+def test_terminal_nack_and_explicit_delay(storage: Storage) -> None:
+    s = create(storage, sub(max_attempts=10))
+    dead_id, delayed_id = publish(storage, draft(), draft())
+    first, second = lease(storage, s.id, 2)
+    fail(storage, [first], terminal=True, error="bad data")
+    fail(storage, [second], delay_us=30 * S)
+    assert states(storage, dead_id) == {"billing": DeliveryState.DEAD}
+    with storage.read() as tx:
+        (delayed,) = tx.delivery_list_for_event(delayed_id)
+        (dead,) = tx.delivery_list_for_event(dead_id)
+    assert dead.dead_reason is DeadReason.NACKED_TERMINAL
+    assert delayed.state is DeliveryState.SCHEDULED and delayed.next_time_us == T0 + 30 * S
+
+
+def test_release_makes_ready_at_once_with_attempt_counted(storage: Storage) -> None:
+    s = create(storage, sub())
+    (event_id,) = publish(storage, draft())
+    (first,) = lease(storage, s.id, 1)
+    outcome = fail(
+        storage,
+        [first],
+        outcome=AttemptOutcome.RELEASED,
+        immediate=True,
+        retry_delay=lambda a, lo, hi: 99 * S,
+    )
+    assert outcome.ready_subscription_ids == {s.id}  # type: ignore[attr-defined]
+    assert states(storage, event_id) == {"billing": DeliveryState.READY}
+    with storage.write() as tx:
+        leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c2", 1)], T0))
+    assert leased["c2"][0].attempt == 2
+
+
+def test_extend_moves_the_deadline(storage: Storage) -> None:
+    s = create(storage, sub(ack_deadline_us=10 * S))
+    publish(storage, draft())
+    (ack_id,) = lease(storage, s.id, 1)
+    with storage.write() as tx:
+        outcome = tx.delivery_extend(DeliveryExtendParams([ack_id, "1-99"], 60 * S, T0 + 5 * S))
+    assert outcome.applied == (ack_id,) and outcome.not_applied == ("1-99",)
+    with storage.read() as tx:
+        assert tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 30 * S, 10)) == []
+        assert len(tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 65 * S, 10))) == 1
+
+
+def test_subscription_crud(storage: Storage) -> None:
+    created = create(storage, sub("a"))
+    with pytest.raises(SubscriptionExistsError):
+        create(storage, sub("a"))
+    create(storage, sub("b"))
+    with storage.write() as tx:
+        updated = tx.subscription_update(
+            SubscriptionUpdateParams(sub("a", "order.>", max_attempts=7))
+        )
+    assert updated is not None and updated.id == created.id
+    assert updated.filters == ("order.>",) and updated.max_attempts == 7
+    with storage.read() as tx:
+        assert [s.name for s in tx.subscription_list("", 10)] == ["a", "b"]
+        assert [s.name for s in tx.subscription_list("a", 10)] == ["b"]
+    publish(storage, draft("order.created"))
+    with storage.write() as tx:
+        assert tx.subscription_delete("a")
+        assert not tx.subscription_delete("a")
+    with storage.read() as tx:
+        assert tx.subscription_get("a") is None
+        assert tx.subscription_counts(None)[0].subscription == "b"
+
+
+def test_counts_per_state(storage: Storage) -> None:
+    s = create(storage, sub())
+    publish(storage, draft(), draft(), draft(), draft(deliver_at=T0 + 60 * S))
+    first, second = lease(storage, s.id, 2)
+    with storage.write() as tx:
+        tx.delivery_ack(DeliveryAckParams([first], T0))
+    fail(storage, [second], terminal=True)
+    with storage.read() as tx:
+        (counts,) = tx.subscription_counts("billing")
+    assert (counts.scheduled, counts.ready, counts.in_flight, counts.acked, counts.dead) == (
+        1,
+        1,
+        0,
+        1,
+        1,
+    )
+    assert counts.oldest_waiting_us == T0
+
+
+def test_dedup_prune_forgets_expired_ids(storage: Storage) -> None:
+    publish(storage, draft(dedup_id="a"), draft(dedup_id="b"))
+    with storage.write() as tx:
+        assert tx.dedup_prune(T0 + WINDOW - 1, 10) == 0
+    with storage.write() as tx:
+        assert tx.dedup_prune(T0 + WINDOW, 10) == 2
+
+
+def test_a_failed_transaction_leaves_nothing_behind(storage: Storage) -> None:
+    create(storage, sub())
+    with pytest.raises(RuntimeError), storage.write() as tx:
+        tx.event_insert_many(EventInsertParams([draft()], T0, WINDOW))
+        raise RuntimeError("rollback")
+    with storage.read() as tx:
+        assert tx.event_count() == 0
+        assert tx.subscription_counts(None)[0].ready == 0
+
+
+def test_competing_leasers_never_share_a_delivery(storage: Storage) -> None:
+    s = create(storage, sub())
+    total = 400
+    publish(storage, *[draft() for _ in range(total)])
+    leased: list[list[str]] = [[] for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def leaser(index: int) -> None:
+        start.wait()
+        while True:
+            got = lease(storage, s.id, 7, consumer=f"c{index}")
+            if not got:
+                return
+            leased[index].extend(got)
+
+    threads = [threading.Thread(target=leaser, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [ack for part in leased for ack in part]
+    duplicates = [ack for ack, n in Counter(everything).items() if n > 1]
+    assert duplicates == []
+    assert len(everything) == total
