@@ -44,7 +44,8 @@ def serve(
         str, typer.Option(envvar="BROKER_HTTP_LISTEN", help="HTTP address (dashboard, metrics).")
     ] = config.DEFAULT_HTTP_LISTEN,
     event_max_bytes: Annotated[
-        int, typer.Option(envvar="BROKER_EVENT_MAX_BYTES", help="Largest event (name, data, headers).")
+        int,
+        typer.Option(envvar="BROKER_EVENT_MAX_BYTES", help="Largest event (name, data, headers)."),
     ] = config.EVENT_MAX_BYTES_DEFAULT,
     batch_max_events: Annotated[
         int, typer.Option(envvar="BROKER_BATCH_MAX_EVENTS", help="Most events in one BatchPublish.")

@@ -92,5 +92,5 @@ class Settings:
 
     @property
     def grpc_max_message_bytes(self) -> int:
-        """gRPC message size limit: room for a full batch and its framing, no more."""
+        """GRPC message size limit: room for a full batch and its framing, no more."""
         return self.batch_max_bytes + 1024 * 1024

@@ -66,7 +66,9 @@ def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -
     return packed
 
 
-def invalid_argument(violations: Sequence[FieldViolation], reason: str = "INVALID_ARGUMENT") -> BrokerError:
+def invalid_argument(
+    violations: Sequence[FieldViolation], reason: str = "INVALID_ARGUMENT"
+) -> BrokerError:
     """INVALID_ARGUMENT naming every bad field."""
     message = "; ".join(f"{v.field}: {v.description}" for v in violations)
     return BrokerError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, violations)
@@ -107,7 +109,9 @@ def unavailable(message: str) -> BrokerError:
 
 def unimplemented(what: str) -> BrokerError:
     """UNIMPLEMENTED for a part of the API this broker does not provide yet."""
-    return BrokerError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{what} is not implemented yet")
+    return BrokerError(
+        grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{what} is not implemented yet"
+    )
 
 
 CODE_OK = code_pb2.OK

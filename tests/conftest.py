@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 import sqlalchemy as sa
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 from broker.app import BrokerApp
 from broker.config import Settings
 from broker.storage import Storage, open_storage
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 PG_ENV = "BROKER_TEST_DATABASE_URL"
 REQUIRE_PG_ENV = "BROKER_REQUIRE_POSTGRES"
@@ -135,7 +135,9 @@ def postgres_server() -> PostgresServer:
     if not raw:
         if required:
             pytest.fail(f"{REQUIRE_PG_ENV}=1 but {PG_ENV} is not set")
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
+        pytest.skip(
+            f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)"
+        )
     if raw.startswith("postgresql://"):
         raw = "postgresql+psycopg://" + raw.removeprefix("postgresql://")
     url = sa.make_url(raw)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from eventbroker.v1 import broker_pb2 as pb
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from ulid import ULID
 
@@ -30,9 +31,8 @@ from broker.domain import (
     Subscription,
     SubscriptionCounts,
 )
-from broker.errors import BrokerError, FieldViolation, invalid_argument, too_large, unimplemented
+from broker.errors import FieldViolation, invalid_argument, too_large, unimplemented
 from broker.names import FILTERS_MAX_COUNT, filter_error, normalize_filters, normalize_name
-from eventbroker.v1 import broker_pb2 as pb
 
 NAME_RULE = "must be 1 to 255 characters of letters, digits and . _ - / :"
 _MAX_DELAY_US = config.MAX_DELAY_S * US_PER_S
@@ -126,7 +126,8 @@ def draft_from_event(
     if not config.PRIORITY_MIN <= event.priority <= config.PRIORITY_MAX:
         bad(
             "priority",
-            f"must be between {config.PRIORITY_MIN} and {config.PRIORITY_MAX}; got {event.priority}",
+            f"must be between {config.PRIORITY_MIN} and {config.PRIORITY_MAX}; "
+            f"got {event.priority}",
         )
     if len(event.ordering_key) > config.ORDERING_KEY_MAX_LENGTH:
         bad("ordering_key", f"at most {config.ORDERING_KEY_MAX_LENGTH} characters")
@@ -166,7 +167,10 @@ def _payload(event: pb.Event, bad: Any) -> tuple[bytes | None, str]:
             try:
                 json.loads(event.binary_data, parse_constant=_reject_constant)
             except (ValueError, UnicodeDecodeError) as error:
-                bad("binary_data", f"content type is {content_type} but the data is not JSON: {error}")
+                bad(
+                    "binary_data",
+                    f"content type is {content_type} but the data is not JSON: {error}",
+                )
                 return None, content_type
             return event.binary_data, JSON_CONTENT_TYPE
         return event.binary_data, content_type
@@ -189,7 +193,10 @@ def _schedule(event: pb.Event, now_us: int, bad: Any) -> tuple[int, int]:
             bad("delay", "must not be negative")
             return now_us, 0
         if delay > _MAX_DELAY_US:
-            bad("delay", f"must be at most one year ({config.MAX_DELAY_S} s); got {delay // US_PER_S} s")
+            bad(
+                "delay",
+                f"must be at most one year ({config.MAX_DELAY_S} s); got {delay // US_PER_S} s",
+            )
             return now_us, 0
         return now_us + delay, delay
     if kind == "deliver_at":
@@ -290,7 +297,11 @@ def delivery_to_proto(delivery: LeasedDelivery, *, json_as_binary: bool) -> pb.D
 def tail_delivery_to_proto(event: StoredEvent, *, json_as_binary: bool) -> pb.Delivery:
     """An event seen by an ephemeral tail: no ack id, nothing to acknowledge."""
     return _delivery(
-        event, json_as_binary=json_as_binary, ack_id="", attempt=1, ack_deadline_us=None,
+        event,
+        json_as_binary=json_as_binary,
+        ack_id="",
+        attempt=1,
+        ack_deadline_us=None,
         subscription="",
     )
 
@@ -382,7 +393,11 @@ def subscription_from_proto(
         return duration_us(getattr(holder, name)) if holder.HasField(name) else _DEFAULTS_US[field]
 
     ack_deadline = duration_or_default("ack_deadline", message, "ack_deadline")
-    if not config.ACK_DEADLINE_MIN_S * US_PER_S <= ack_deadline <= config.ACK_DEADLINE_MAX_S * US_PER_S:
+    if (
+        not config.ACK_DEADLINE_MIN_S * US_PER_S
+        <= ack_deadline
+        <= config.ACK_DEADLINE_MAX_S * US_PER_S
+    ):
         bad(
             "ack_deadline",
             f"must be between {config.ACK_DEADLINE_MIN_S} s and {config.ACK_DEADLINE_MAX_S} s",
@@ -445,7 +460,9 @@ def subscription_to_proto(sub: Subscription) -> pb.Subscription:
     )
 
 
-def merge_update(current: Subscription, message: pb.Subscription, mask: Sequence[str]) -> pb.Subscription:
+def merge_update(
+    current: Subscription, message: pb.Subscription, mask: Sequence[str]
+) -> pb.Subscription:
     """The current settings with the masked fields taken from the request."""
     unknown = [path for path in mask if path not in UPDATABLE_FIELDS]
     if not mask or unknown:

@@ -8,6 +8,8 @@ same protocol under another name, so the same servicer is registered under both
 from __future__ import annotations
 
 import grpc
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -15,8 +17,6 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from broker.api.servicer import EventBrokerServicer
 from broker.config import Settings
 from broker.engine.engine import DeliveryEngine
-from eventbroker.v1 import broker_pb2 as pb
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventBrokerService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -24,7 +24,9 @@ KEEPALIVE_MIN_PING_MS = 10_000
 MAX_CONCURRENT_STREAMS = 1000
 
 
-def build_server(engine: DeliveryEngine, settings: Settings) -> tuple[aio.Server, health.aio.HealthServicer]:
+def build_server(
+    engine: DeliveryEngine, settings: Settings
+) -> tuple[aio.Server, health.aio.HealthServicer]:
     """A gRPC server with the broker, reflection and health services (not started)."""
     limit = settings.grpc_max_message_bytes
     server = aio.server(
@@ -48,7 +50,9 @@ def build_server(engine: DeliveryEngine, settings: Settings) -> tuple[aio.Server
     return server, health_servicer
 
 
-def reflection_pb2_grpc_add(servicer: reflection.aio.ReflectionServicer, server: aio.Server) -> None:
+def reflection_pb2_grpc_add(
+    servicer: reflection.aio.ReflectionServicer, server: aio.Server
+) -> None:
     """Serve reflection under its v1alpha and v1 names."""
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,

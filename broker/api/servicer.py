@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from grpc import aio
 
 from broker import config
@@ -38,8 +40,6 @@ from broker.storage.interface import (
     StorageUnavailableError,
     SubscriptionExistsError,
 )
-from eventbroker.v1 import broker_pb2 as pb
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 _log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -99,16 +99,18 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     # -- publishing ----------------------------------------------------------
 
     @unary
-    async def Publish(  # noqa: N802 (gRPC method names are fixed by the proto)
+    async def Publish(
         self, request: pb.PublishRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.PublishResponse:
         """Store one event."""
         draft = convert.draft_from_publish(request, self.settings, self.engine.clock())
         (outcome,) = await self.engine.publish([draft])
-        return pb.PublishResponse(event_id=outcome.event_id, status=_publish_status(outcome.duplicate))
+        return pb.PublishResponse(
+            event_id=outcome.event_id, status=_publish_status(outcome.duplicate)
+        )
 
     @unary
-    async def BatchPublish(  # noqa: N802
+    async def BatchPublish(
         self, request: pb.BatchPublishRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.BatchPublishResponse:
         """Store many events in one transaction."""
@@ -125,7 +127,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
 
     # -- consuming -----------------------------------------------------------
 
-    async def Subscribe(  # noqa: N802
+    async def Subscribe(
         self, request: pb.SubscribeRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubscribeResponse]:
         """Stream deliveries to a consumer, or new events to an ephemeral tail."""
@@ -201,7 +203,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
             self.engine.untail(tail)
 
     @unary
-    async def Ack(  # noqa: N802
+    async def Ack(
         self, request: pb.AckRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.AckResponse:
         """Acknowledge deliveries."""
@@ -210,7 +212,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         return pb.AckResponse(not_applied_ack_ids=outcome.not_applied)
 
     @unary
-    async def Nack(  # noqa: N802
+    async def Nack(
         self, request: pb.NackRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.NackResponse:
         """Give deliveries back for retry, or dead-letter them."""
@@ -219,9 +221,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         if request.HasField("delay"):
             delay_us = convert.duration_us(request.delay)
             if not 0 <= delay_us <= config.MAX_DELAY_S * US_PER_S:
-                raise invalid_argument(
-                    [FieldViolation("delay", "must be between 0 and one year")]
-                )
+                raise invalid_argument([FieldViolation("delay", "must be between 0 and one year")])
         outcome = await self.engine.nack(
             list(request.ack_ids),
             delay_us=delay_us,
@@ -231,7 +231,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         return pb.NackResponse(not_applied_ack_ids=outcome.not_applied)
 
     @unary
-    async def ExtendAckDeadline(  # noqa: N802
+    async def ExtendAckDeadline(
         self, request: pb.ExtendAckDeadlineRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ExtendAckDeadlineResponse:
         """Keep leases for longer."""
@@ -248,7 +248,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     # -- subscriptions -------------------------------------------------------
 
     @unary
-    async def CreateSubscription(  # noqa: N802
+    async def CreateSubscription(
         self, request: pb.CreateSubscriptionRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.CreateSubscriptionResponse:
         """Create a durable subscription."""
@@ -258,7 +258,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         return pb.CreateSubscriptionResponse(subscription=convert.subscription_to_proto(created))
 
     @unary
-    async def GetSubscription(  # noqa: N802
+    async def GetSubscription(
         self, request: pb.GetSubscriptionRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetSubscriptionResponse:
         """Return one subscription."""
@@ -266,7 +266,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         return pb.GetSubscriptionResponse(subscription=convert.subscription_to_proto(sub))
 
     @unary
-    async def ListSubscriptions(  # noqa: N802
+    async def ListSubscriptions(
         self, request: pb.ListSubscriptionsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListSubscriptionsResponse:
         """List subscriptions by name, a page at a time."""
@@ -280,7 +280,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         )
 
     @unary
-    async def UpdateSubscription(  # noqa: N802
+    async def UpdateSubscription(
         self, request: pb.UpdateSubscriptionRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.UpdateSubscriptionResponse:
         """Change the settings named in the update mask."""
@@ -293,7 +293,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         return pb.UpdateSubscriptionResponse(subscription=convert.subscription_to_proto(updated))
 
     @unary
-    async def DeleteSubscription(  # noqa: N802
+    async def DeleteSubscription(
         self, request: pb.DeleteSubscriptionRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.DeleteSubscriptionResponse:
         """Delete a subscription and its deliveries."""
@@ -313,7 +313,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     # -- inspection ----------------------------------------------------------
 
     @unary
-    async def GetEvent(  # noqa: N802
+    async def GetEvent(
         self, request: pb.GetEventRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetEventResponse:
         """An event and where its delivery stands in each subscription."""
@@ -328,7 +328,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         )
 
     @unary
-    async def ListDeadLetters(  # noqa: N802
+    async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListDeadLettersResponse:
         """A page of a subscription's dead letters, oldest first."""
@@ -344,7 +344,9 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
             reason=DeadReason(request.reason) if request.reason else None,
         )
         letters = await self.engine.read(lambda tx: tx.dead_letter_list(params))
-        next_token = _encode_token(str(letters[size - 1].delivery_id)) if len(letters) > size else ""
+        next_token = (
+            _encode_token(str(letters[size - 1].delivery_id)) if len(letters) > size else ""
+        )
         return pb.ListDeadLettersResponse(
             dead_letters=[
                 pb.DeadLetter(
@@ -357,21 +359,21 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         )
 
     @unary
-    async def RedriveDeadLetters(  # noqa: N802
+    async def RedriveDeadLetters(
         self, request: pb.RedriveDeadLettersRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RedriveDeadLettersResponse:
         """Not yet: dead letters can be listed but not redriven."""
         raise unimplemented("RedriveDeadLetters")
 
     @unary
-    async def Seek(  # noqa: N802
+    async def Seek(
         self, request: pb.SeekRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.SeekResponse:
         """Not yet."""
         raise unimplemented("Seek")
 
     @unary
-    async def GetStats(  # noqa: N802
+    async def GetStats(
         self, request: pb.GetStatsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetStatsResponse:
         """Counts and rates per subscription."""
@@ -423,7 +425,7 @@ def describe(info: DeliveryInfo) -> str:
             return f"dead because {why}{last}"
 
 
-def _publish_status(duplicate: bool) -> pb.PublishStatus:
+def _publish_status(duplicate: bool) -> pb.PublishStatus.ValueType:
     return pb.PUBLISH_STATUS_DUPLICATE if duplicate else pb.PUBLISH_STATUS_CREATED
 
 

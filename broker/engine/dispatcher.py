@@ -10,6 +10,7 @@ the consumers can take, so nothing it leases waits in a buffer of the broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -121,10 +122,8 @@ class SubscriptionDispatcher:
         while not self._stopping:
             # Jittered polling fallback, so brokers sharing a database don't poll in step.
             timeout = self._poll_interval_s * random.uniform(0.8, 1.2)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
             self._wake.clear()
             if self._stopping:
                 return

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from broker.config import Settings
 from broker.domain import (
@@ -76,7 +76,7 @@ class TailStream:
 
 @dataclass
 class Rates:
-    """This process's rates, for GetStats."""
+    """Rates measured by this broker process, for GetStats."""
 
     published: RateMeter = field(default_factory=RateMeter)
     delivered: dict[str, RateMeter] = field(default_factory=dict)
@@ -137,7 +137,8 @@ class DeliveryEngine:
                 await self._fail(held, AttemptOutcome.RELEASED, immediate=True)
         for task in self._tasks:
             task.cancel()
-        for task in [*self._tasks, *self._background]:
+        pending: list[asyncio.Task[Any]] = [*self._tasks, *self._background]
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.committer.stop()
@@ -233,9 +234,7 @@ class DeliveryEngine:
 
     def consumer_count(self, subscription: str) -> int:
         """Consumers of a subscription connected to this process."""
-        return sum(
-            len(d.consumers) for d in self._dispatchers.values() if d.name == subscription
-        )
+        return sum(len(d.consumers) for d in self._dispatchers.values() if d.name == subscription)
 
     async def _lease(
         self, subscription_id: int, requests: Sequence[LeaseRequest]
@@ -314,9 +313,7 @@ class DeliveryEngine:
             terminal=terminal,
             immediate=immediate,
         )
-        outcome = await self.committer.run(
-            lambda tx, now: tx.delivery_fail(_with_now(params, now))
-        )
+        outcome = await self.committer.run(lambda tx, now: tx.delivery_fail(_with_now(params, now)))
         self._settled(ack_ids, outcome)
         return outcome
 
@@ -369,10 +366,7 @@ class DeliveryEngine:
                 result = await self.committer.run(
                     lambda tx, now: tx.delivery_promote(DeliveryPromoteParams(now, PROMOTE_BATCH))
                 )
-                pruned_now = self.clock()
-                await self.committer.run(
-                    lambda tx, now: tx.dedup_prune(pruned_now, DEDUP_PRUNE_BATCH)
-                )
+                await self.committer.run(lambda tx, now: tx.dedup_prune(now, DEDUP_PRUNE_BATCH))
             except Exception:
                 _log.exception("promoting scheduled deliveries failed; retrying")
                 await asyncio.sleep(self.settings.poll_interval_s)
@@ -393,9 +387,10 @@ class DeliveryEngine:
 
     async def _expire_once(self) -> None:
         def expire(tx: StorageTx, now: int) -> tuple[list[str], SettleOutcome]:
-            expired = [str(a) for a in tx.delivery_expired_list(
-                DeliveryExpiredListParams(now, EXPIRE_BATCH)
-            )]
+            expired = [
+                str(a)
+                for a in tx.delivery_expired_list(DeliveryExpiredListParams(now, EXPIRE_BATCH))
+            ]
             params = DeliveryFailParams(
                 ack_ids=expired,
                 now_us=now,

@@ -232,10 +232,15 @@ class StorageTx(Protocol):
 class Storage(Protocol):
     """A database the broker keeps its state in."""
 
-    #: "sqlite" or "postgresql".
-    dialect: str
-    #: How many transactions may write at once (1 on SQLite).
-    max_concurrent_writers: int
+    @property
+    def dialect(self) -> str:
+        """"sqlite" or "postgresql"."""
+        ...
+
+    @property
+    def max_concurrent_writers(self) -> int:
+        """How many transactions may write at once (1 on SQLite)."""
+        ...
 
     def migrate(self) -> None:
         """Create or upgrade the schema to the newest version."""

@@ -89,9 +89,7 @@ class SqlTx:
     def event_insert_many(self, params: EventInsertParams) -> list[PublishOutcome]:
         """Store events and their deliveries; duplicates store nothing."""
         now = params.now_us
-        existing = self._live_dedup_ids(
-            [d.dedup_id for d in params.drafts if d.dedup_id], now
-        )
+        existing = self._live_dedup_ids([d.dedup_id for d in params.drafts if d.dedup_id], now)
         subscriptions = list(self._subscriptions_by_id().values())
         event_rows: list[dict[str, Any]] = []
         delivery_rows: list[dict[str, Any]] = []
@@ -247,9 +245,7 @@ class SqlTx:
             )
         return leased
 
-    def _live_leases(
-        self, ack_ids: Sequence[str]
-    ) -> tuple[dict[int, Any], list[str], list[str]]:
+    def _live_leases(self, ack_ids: Sequence[str]) -> tuple[dict[int, Any], list[str], list[str]]:
         """Rows of the live leases named, and the ack ids applied and not applied."""
         parsed = {text: AckId.parse(text) for text in ack_ids}
         wanted = {a.delivery_id for a in parsed.values() if a is not None}
@@ -352,7 +348,9 @@ class SqlTx:
             ),
             updates,
         )
-        return SettleOutcome(tuple(applied), tuple(not_applied), frozenset(ready_subs), next_scheduled)
+        return SettleOutcome(
+            tuple(applied), tuple(not_applied), frozenset(ready_subs), next_scheduled
+        )
 
     def delivery_extend(self, params: DeliveryExtendParams) -> SettleOutcome:
         """Extend live leases."""
@@ -499,9 +497,7 @@ class SqlTx:
 
     def subscription_counts(self, name: str | None) -> list[SubscriptionCounts]:
         """Delivery counts per subscription (one, or all)."""
-        subs = [
-            s for s in self._subscriptions_by_id().values() if name is None or s.name == name
-        ]
+        subs = [s for s in self._subscriptions_by_id().values() if name is None or s.name == name]
         ids = [s.id for s in subs]
         counts: dict[tuple[int, int], int] = {}
         oldest: dict[int, int] = {}
@@ -534,7 +530,9 @@ class SqlTx:
     def dedup_prune(self, now_us: int, limit: int) -> int:
         """Forget dedup ids whose window has passed."""
         expired = sa.select(_dd.c.dedup_id).where(_dd.c.expires_at <= now_us).limit(limit)
-        result = self.conn.execute(sa.delete(_dd).where(_dd.c.dedup_id.in_(expired.scalar_subquery())))
+        result = self.conn.execute(
+            sa.delete(_dd).where(_dd.c.dedup_id.in_(expired.scalar_subquery()))
+        )
         return int(result.rowcount)
 
 

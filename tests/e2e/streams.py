@@ -7,7 +7,6 @@ import threading
 from typing import Any
 
 import grpc
-
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
@@ -47,6 +46,18 @@ class StreamReader:
             except queue.Empty as error:
                 raise AssertionError(f"expected {count} deliveries, got {len(got)}") from error
         return got
+
+    def take_available(self, timeout: float) -> list[pb.Delivery]:
+        """Wait up to `timeout` for one delivery, then take all that are queued."""
+        try:
+            got = [self._queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                got.append(self._queue.get_nowait())
+            except queue.Empty:
+                return got
 
     def nothing_within(self, seconds: float) -> bool:
         """True when no delivery arrives within `seconds` (for "must not deliver" checks)."""

@@ -9,12 +9,12 @@ from typing import Any
 
 import grpc
 import pytest
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from eventbroker.v1 import broker_pb2 as pb
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader
 
 Stub = pb_grpc.EventBrokerServiceStub
@@ -58,7 +58,7 @@ def no_backoff() -> pb.RetryPolicy:
 
 
 def violations(error: grpc.RpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     found: dict[str, str] = {}
     for detail in status.details:
@@ -70,7 +70,7 @@ def violations(error: grpc.RpcError) -> dict[str, str]:
 
 
 def reason(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -189,7 +189,9 @@ def test_many_deliveries_per_stream_message(stub: Stub, readers: list[StreamRead
 def test_unacked_delivery_comes_back_after_the_deadline(
     stub: Stub, readers: list[StreamReader]
 ) -> None:
-    create(stub, "deadline", ack_deadline=duration_pb2.Duration(seconds=1), retry_policy=no_backoff())
+    create(
+        stub, "deadline", ack_deadline=duration_pb2.Duration(seconds=1), retry_policy=no_backoff()
+    )
     reader = subscribe(stub, readers, "deadline")
     event_id = publish(stub)
     first = reader.take(1)[0]
@@ -231,9 +233,7 @@ def test_nack_with_delay_and_terminal(stub: Stub, readers: list[StreamReader]) -
     dead_id = publish(stub, "user.b")
     by_id = {d.event_id: d for d in reader.take(2)}
     stub.Nack(
-        pb.NackRequest(
-            ack_ids=[by_id[delayed_id].ack_id], delay=duration_pb2.Duration(seconds=600)
-        )
+        pb.NackRequest(ack_ids=[by_id[delayed_id].ack_id], delay=duration_pb2.Duration(seconds=600))
     )
     stub.Nack(pb.NackRequest(ack_ids=[by_id[dead_id].ack_id], terminal=True, error="bad input"))
     delayed = stub.GetEvent(pb.GetEventRequest(event_id=delayed_id)).deliveries[0]
@@ -290,9 +290,7 @@ def test_extend_keeps_the_lease(stub: Stub, readers: list[StreamReader]) -> None
     assert stub.Ack(pb.AckRequest(ack_ids=[delivery.ack_id])).not_applied_ack_ids == []
 
 
-def test_disconnect_gives_deliveries_back_at_once(
-    stub: Stub, readers: list[StreamReader]
-) -> None:
+def test_disconnect_gives_deliveries_back_at_once(stub: Stub, readers: list[StreamReader]) -> None:
     create(stub, "leave", retry_policy=no_backoff())
     first_consumer = subscribe(stub, readers, "leave", max_outstanding=5)
     stub.BatchPublish(pb.BatchPublishRequest(events=[pb.Event(name="user.x") for _ in range(3)]))
@@ -524,7 +522,7 @@ def test_ephemeral_tail_sees_new_events_and_leaves_nothing(
     assert received, "the tail saw nothing"
     assert publish(stub, "other.thing")
     later = publish(stub, "user.x")
-    seen = []
+    seen: list[str] = []
     while later not in seen:
         seen.extend(d.event_id for d in tail.take(1))
     assert all(eid in deadline_ids or eid == later for eid in seen)

@@ -95,7 +95,9 @@ def create(storage: Storage, subscription: Subscription) -> Subscription:
         return tx.subscription_create(subscription)
 
 
-def lease(storage: Storage, sub_id: int, count: int, *, consumer: str = "c1", now: int = T0) -> list[str]:
+def lease(
+    storage: Storage, sub_id: int, count: int, *, consumer: str = "c1", now: int = T0
+) -> list[str]:
     with storage.write() as tx:
         leased = tx.delivery_lease(
             DeliveryLeaseParams(sub_id, [LeaseRequest(consumer, count)], now)
@@ -377,9 +379,14 @@ def test_dedup_prune_forgets_expired_ids(storage: Storage) -> None:
 
 def test_a_failed_transaction_leaves_nothing_behind(storage: Storage) -> None:
     create(storage, sub())
-    with pytest.raises(RuntimeError), storage.write() as tx:
-        tx.event_insert_many(EventInsertParams([draft()], T0, WINDOW))
-        raise RuntimeError("rollback")
+
+    def insert_then_fail() -> None:
+        with storage.write() as tx:
+            tx.event_insert_many(EventInsertParams([draft()], T0, WINDOW))
+            raise RuntimeError("rollback")
+
+    with pytest.raises(RuntimeError):
+        insert_then_fail()
     with storage.read() as tx:
         assert tx.event_count() == 0
         assert tx.subscription_counts(None)[0].ready == 0

@@ -97,9 +97,7 @@ def upgrade() -> None:
         postgresql_where=sa.text("state = 3"),
     )
     op.create_index("ix_deliveries_event_id", "deliveries", ["event_id"])
-    op.create_index(
-        "ix_deliveries_subscription_state", "deliveries", ["subscription_id", "state"]
-    )
+    op.create_index("ix_deliveries_subscription_state", "deliveries", ["subscription_id", "state"])
 
 
 def downgrade() -> None:
