@@ -43,9 +43,12 @@ format: $(STAMP) ## ruff format and ruff check --fix
 typecheck: $(STAMP) ## mypy --strict on the handwritten code and the tests
 	$(VENV)/bin/mypy
 
+bench: $(STAMP) ## Quick local benchmark: publish and end-to-end throughput (SQLite)
+	$(PY) -m tests.bench.quick
+
 check: proto-check lint typecheck test ## Everything CI runs
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install run test proto proto-check lint format typecheck check clean
+.PHONY: help install run test proto proto-check lint format typecheck bench check clean
