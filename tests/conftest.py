@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 import sqlalchemy as sa
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 from broker.app import BrokerApp
 from broker.config import Settings
 from broker.storage import Storage, open_storage
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 PG_ENV = "BROKER_TEST_DATABASE_URL"
 REQUIRE_PG_ENV = "BROKER_REQUIRE_POSTGRES"

@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from eventbroker.v1 import broker_pb2 as pb
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from ulid import ULID
 
@@ -33,6 +32,7 @@ from broker.domain import (
 )
 from broker.errors import FieldViolation, invalid_argument, too_large, unimplemented
 from broker.names import FILTERS_MAX_COUNT, filter_error, normalize_filters, normalize_name
+from eventbroker.v1 import broker_pb2 as pb
 
 NAME_RULE = "must be 1 to 255 characters of letters, digits and . _ - / :"
 _MAX_DELAY_US = config.MAX_DELAY_S * US_PER_S

@@ -8,8 +8,6 @@ same protocol under another name, so the same servicer is registered under both
 from __future__ import annotations
 
 import grpc
-from eventbroker.v1 import broker_pb2 as pb
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -17,6 +15,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from broker.api.servicer import EventBrokerServicer
 from broker.config import Settings
 from broker.engine.engine import DeliveryEngine
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventBrokerService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"

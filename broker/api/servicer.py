@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
-from eventbroker.v1 import broker_pb2 as pb
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from grpc import aio
 
 from broker import config
@@ -40,6 +38,8 @@ from broker.storage.interface import (
     StorageUnavailableError,
     SubscriptionExistsError,
 )
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 _log = logging.getLogger(__name__)
 Req = TypeVar("Req")

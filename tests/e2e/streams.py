@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import grpc
+
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 

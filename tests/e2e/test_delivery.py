@@ -9,12 +9,12 @@ from typing import Any
 
 import grpc
 import pytest
-from eventbroker.v1 import broker_pb2 as pb
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader
 
 Stub = pb_grpc.EventBrokerServiceStub

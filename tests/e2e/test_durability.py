@@ -16,11 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 import sqlalchemy as sa
-from eventbroker.v1 import broker_pb2 as pb
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 from broker.storage import open_storage
 from broker.storage.sql import SqlStorage
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.checker import QueueChecker
 from tests.e2e.streams import StreamReader
 

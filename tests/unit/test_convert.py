@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import pytest
-from eventbroker.v1 import broker_pb2 as pb
 from google.protobuf import duration_pb2, struct_pb2
 from google.rpc import error_details_pb2
 
 from broker.api import convert
 from broker.config import Settings
 from broker.errors import BrokerError, FieldViolation, invalid_argument
+from eventbroker.v1 import broker_pb2 as pb
 
 NOW = 1_800_000_000_000_000
 SETTINGS = Settings()
