@@ -77,6 +77,16 @@ def broker_settings(tmp_path: Path) -> Settings:
     return replace(TEST_SETTINGS, database_url=sqlite_url(tmp_path))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for a broker on SQLite, then on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path)
+    else:
+        url = request.getfixturevalue("postgres_url")
+    return replace(TEST_SETTINGS, database_url=url)
+
+
 @pytest.fixture
 def broker_server(broker_settings: Settings) -> Iterator[BrokerThread]:
     """A running broker (SQLite) on a random port."""
