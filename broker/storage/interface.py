@@ -234,7 +234,7 @@ class Storage(Protocol):
 
     @property
     def dialect(self) -> str:
-        """"sqlite" or "postgresql"."""
+        """ "sqlite" or "postgresql"."""
         ...
 
     @property

@@ -1,0 +1,78 @@
+"""Python client of the eventbroker gRPC event broker.
+
+`Client` (blocking) and `AsyncClient` (asyncio) publish events and manage
+subscriptions; `Consumer` runs handlers for a subscription's deliveries in a
+long-lived process. Failed calls raise `BrokerError` subclasses. The generated
+stubs are in `eventbroker.v1`.
+"""
+
+from eventbroker._config import TLSConfig
+from eventbroker.aio import AsyncClient
+from eventbroker.client import Client
+from eventbroker.consumer import Consumer, Context
+from eventbroker.errors import (
+    AlreadyExists,
+    BrokerError,
+    DeadLetter,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Terminal,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from eventbroker.types import (
+    AckIds,
+    AckResult,
+    Attempt,
+    DelayLike,
+    DeliveryStatus,
+    DurationLike,
+    EventInfo,
+    EventSpec,
+    Message,
+    PublishResult,
+    Stats,
+    Subscription,
+    SubscriptionChanges,
+    SubscriptionStats,
+)
+
+__all__ = [
+    "AckIds",
+    "AckResult",
+    "AlreadyExists",
+    "AsyncClient",
+    "Attempt",
+    "BrokerError",
+    "Client",
+    "Consumer",
+    "Context",
+    "DeadLetter",
+    "DeadlineExceeded",
+    "DelayLike",
+    "DeliveryStatus",
+    "DurationLike",
+    "EventInfo",
+    "EventSpec",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "Message",
+    "NotFound",
+    "PermissionDenied",
+    "PublishResult",
+    "ResourceExhausted",
+    "Stats",
+    "Subscription",
+    "SubscriptionChanges",
+    "SubscriptionStats",
+    "TLSConfig",
+    "Terminal",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+]

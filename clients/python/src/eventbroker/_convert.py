@@ -1,0 +1,473 @@
+"""Client values to proto requests and proto responses to client values: the one place they meet.
+
+Both `Client` and `AsyncClient` build every request and read every response
+here, so the two stay thin and cannot drift apart. JSON data travels as
+`binary_data` with content type `application/json` both ways (publishing skips
+building a `google.protobuf.Value`; subscribing asks for `json_as_binary`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from eventbroker import _models
+from eventbroker._delay import as_utc, parse_delay, parse_duration
+from eventbroker.types import (
+    AckIds,
+    AckResult,
+    Attempt,
+    DeliveryStatus,
+    DurationLike,
+    EventInfo,
+    EventSpec,
+    Message,
+    PublishResult,
+    Stats,
+    Subscription,
+    SubscriptionChanges,
+    SubscriptionStats,
+)
+from eventbroker.v1 import broker_pb2 as pb
+
+JSON_CONTENT_TYPE = "application/json"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+#: The broker takes at most this many ack ids per Ack, Nack or ExtendAckDeadline.
+ACK_IDS_PER_CALL = 10_000
+_SAFE_INTEGER = 2**53
+
+#: update_subscription keys and the field paths of their update mask.
+SETTING_PATHS = {
+    "filter": "filter",
+    "ack_deadline": "ack_deadline",
+    "max_attempts": "max_attempts",
+    "min_backoff": "retry_policy.min_backoff",
+    "max_backoff": "retry_policy.max_backoff",
+    "max_in_flight": "max_in_flight",
+    "retention": "retention",
+}
+_START_POSITIONS = {
+    "new": pb.START_POSITION_NEW,
+    "beginning": pb.START_POSITION_BEGINNING,
+}
+
+
+# -- time ----------------------------------------------------------------------
+
+
+def to_duration(value: timedelta) -> duration_pb2.Duration:
+    """A timedelta as a protobuf Duration."""
+    message = duration_pb2.Duration()
+    message.FromTimedelta(value)
+    return message
+
+
+def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A datetime (naive means UTC) as a protobuf Timestamp."""
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(as_utc(value))
+    return message
+
+
+def from_timestamp(value: timestamp_pb2.Timestamp) -> datetime:
+    """A protobuf Timestamp as an aware UTC datetime."""
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def _optional_time(holder: Any, field: str) -> datetime | None:
+    return from_timestamp(getattr(holder, field)) if holder.HasField(field) else None
+
+
+# -- payloads ------------------------------------------------------------------
+
+
+def is_json_type(content_type: str) -> bool:
+    """Whether a content type is JSON (`application/json`, with or without parameters)."""
+    return content_type.split(";", 1)[0].strip().lower() == JSON_CONTENT_TYPE
+
+
+def _set_payload(event: pb.Event, data: Any, content_type: str | None) -> None:
+    if isinstance(data, bytes | bytearray | memoryview):
+        event.binary_data = bytes(data)
+        event.content_type = content_type or BINARY_CONTENT_TYPE
+    elif content_type is not None and not is_json_type(content_type):
+        if not isinstance(data, str):
+            raise ValueError(
+                f"content_type {content_type!r} is for bytes or str data; "
+                f"got {type(data).__name__} (leave content_type out to send it as JSON)"
+            )
+        event.binary_data = data.encode()
+        event.content_type = content_type
+    elif data is not None:
+        event.binary_data = _models.dumps(data)
+        event.content_type = JSON_CONTENT_TYPE
+
+
+def value_to_python(value: struct_pb2.Value) -> Any:
+    """A protobuf Value as plain Python, whole numbers as ints (as `json.loads` gives them)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if math.isfinite(number) and number.is_integer() and abs(number) < _SAFE_INTEGER:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {k: value_to_python(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [value_to_python(v) for v in value.list_value.values]
+    return None
+
+
+def _payload(message: pb.Delivery | pb.Event) -> Any:
+    kind = message.WhichOneof("payload")
+    if kind == "data":
+        return value_to_python(message.data)
+    if kind == "binary_data":
+        if is_json_type(message.content_type):
+            return json.loads(message.binary_data)
+        return message.binary_data
+    return None
+
+
+# -- publishing ----------------------------------------------------------------
+
+
+def event_spec(item: EventSpec | Mapping[str, Any]) -> EventSpec:
+    """An EventSpec from itself or a dict with `publish`'s argument names.
+
+    Raises:
+        TypeError: The dict has a key `publish` does not take, or lacks `name`.
+
+    """
+    if isinstance(item, EventSpec):
+        return item
+    return EventSpec(**item)
+
+
+def event_message(spec: EventSpec) -> pb.Event:
+    """The proto Event of one event to publish.
+
+    Raises:
+        ValueError: The delay or the data cannot be read.
+
+    """
+    event = pb.Event(
+        name=spec.name,
+        headers=dict(spec.headers or {}),
+        id=spec.id or "",
+        priority=spec.priority,
+        ordering_key=spec.ordering_key or "",
+    )
+    _set_payload(event, spec.data, spec.content_type)
+    when = parse_delay(spec.delay)
+    if isinstance(when, timedelta):
+        event.delay.CopyFrom(to_duration(when))
+    elif isinstance(when, datetime):
+        event.deliver_at.CopyFrom(to_timestamp(when))
+    return event
+
+
+def publish_request(spec: EventSpec) -> pb.PublishRequest:
+    """A Publish request for one event."""
+    return pb.PublishRequest(event=event_message(spec))
+
+
+def batch_publish_request(
+    events: Iterable[EventSpec | Mapping[str, Any]],
+) -> pb.BatchPublishRequest:
+    """A BatchPublish request; the error of a bad item names its index."""
+    messages = []
+    for index, item in enumerate(events):
+        try:
+            messages.append(event_message(event_spec(item)))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"events[{index}]: {error}") from error
+    return pb.BatchPublishRequest(events=messages)
+
+
+def publish_result(response: pb.PublishResponse | pb.PublishResult) -> PublishResult:
+    """A PublishResult from a Publish response or one BatchPublish result."""
+    return PublishResult(
+        event_id=response.event_id, duplicate=response.status == pb.PUBLISH_STATUS_DUPLICATE
+    )
+
+
+def batch_publish_results(response: pb.BatchPublishResponse) -> list[PublishResult]:
+    """One PublishResult per published event, in request order."""
+    return [publish_result(result) for result in response.results]
+
+
+# -- subscriptions -------------------------------------------------------------
+
+
+def _filters(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _duration_setting(key: str, value: DurationLike) -> duration_pb2.Duration:
+    try:
+        return to_duration(parse_duration(value))
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from error
+
+
+def _apply_settings(message: pb.Subscription, changes: Mapping[str, Any]) -> list[str]:
+    """Copy settings into a Subscription message; return their update-mask paths."""
+    paths = []
+    for key, value in changes.items():
+        if key not in SETTING_PATHS:
+            raise TypeError(
+                f"unknown subscription setting {key!r}; settable: {', '.join(SETTING_PATHS)}"
+            )
+        paths.append(SETTING_PATHS[key])
+        if key == "filter":
+            message.filter.extend(_filters(value))
+        elif key in ("max_attempts", "max_in_flight"):
+            setattr(message, key, value or 0)
+        elif key in ("min_backoff", "max_backoff"):
+            getattr(message.retry_policy, key).CopyFrom(_duration_setting(key, value))
+        else:
+            getattr(message, key).CopyFrom(_duration_setting(key, value))
+    return paths
+
+
+def create_subscription_request(
+    name: str,
+    filter: str | Sequence[str],
+    settings: Mapping[str, Any],
+    *,
+    ordered: bool = False,
+    start: str | datetime | None = None,
+) -> pb.CreateSubscriptionRequest:
+    """A CreateSubscription request; settings that are None take the broker's defaults.
+
+    Raises:
+        ValueError: A duration or `start` cannot be read.
+
+    """
+    message = pb.Subscription(name=name, ordered=ordered)
+    given = {key: value for key, value in settings.items() if value is not None}
+    _apply_settings(message, {"filter": filter, **given})
+    if isinstance(start, datetime):
+        message.start_position = pb.START_POSITION_TIME
+        message.start_time.CopyFrom(to_timestamp(start))
+    elif start is not None:
+        position = _START_POSITIONS.get(start.lower())
+        if position is None:
+            raise ValueError(f"start must be 'new', 'beginning' or a datetime; got {start!r}")
+        message.start_position = position
+    return pb.CreateSubscriptionRequest(subscription=message)
+
+
+def update_subscription_request(
+    name: str, changes: SubscriptionChanges
+) -> pb.UpdateSubscriptionRequest:
+    """An UpdateSubscription request changing exactly the settings given.
+
+    Raises:
+        TypeError: A key is not an updatable setting.
+        ValueError: No setting was given, or a duration cannot be read.
+
+    """
+    if not changes:
+        raise ValueError(f"nothing to update; give one of {', '.join(SETTING_PATHS)}")
+    message = pb.Subscription(name=name)
+    mask = _apply_settings(message, changes)
+    return pb.UpdateSubscriptionRequest(subscription=message, update_mask=mask)
+
+
+def subscription_from_proto(message: pb.Subscription) -> Subscription:
+    """A Subscription from its proto form."""
+    policy = message.retry_policy
+    return Subscription(
+        name=message.name,
+        filter=tuple(message.filter),
+        ack_deadline=message.ack_deadline.ToTimedelta(),
+        max_attempts=message.max_attempts,
+        min_backoff=policy.min_backoff.ToTimedelta(),
+        max_backoff=policy.max_backoff.ToTimedelta(),
+        max_in_flight=message.max_in_flight or None,
+        ordered=message.ordered,
+        retention=message.retention.ToTimedelta(),
+        create_time=_optional_time(message, "create_time"),
+    )
+
+
+# -- consuming -----------------------------------------------------------------
+
+
+def subscribe_request(
+    subscription: str, *, max_outstanding: int, max_batch_size: int, consumer_name: str
+) -> pb.SubscribeRequest:
+    """A Subscribe request that attaches a consumer to a durable subscription."""
+    return pb.SubscribeRequest(
+        subscription=subscription,
+        max_outstanding=max_outstanding,
+        max_batch_size=max_batch_size,
+        consumer_name=consumer_name,
+        json_as_binary=True,
+    )
+
+
+def tail_request(filter: str | Sequence[str]) -> pb.SubscribeRequest:
+    """A Subscribe request for an ephemeral tail of new events matching `filter`."""
+    return pb.SubscribeRequest(filter=_filters(filter), json_as_binary=True)
+
+
+def message_from_delivery(delivery: pb.Delivery) -> Message:
+    """A Message from one delivery of a stream."""
+    return Message(
+        ack_id=delivery.ack_id,
+        event_id=delivery.event_id,
+        name=delivery.name,
+        data=_payload(delivery),
+        content_type=delivery.content_type,
+        headers=dict(delivery.headers),
+        publish_time=from_timestamp(delivery.publish_time),
+        delay=delivery.delay.ToTimedelta(),
+        priority=delivery.priority,
+        attempt=delivery.attempt,
+        ack_deadline=_optional_time(delivery, "ack_deadline"),
+        subscription=delivery.subscription,
+        ordering_key=delivery.ordering_key or None,
+        dedup_id=delivery.dedup_id or None,
+    )
+
+
+def messages(response: pb.SubscribeResponse) -> list[Message]:
+    """The Messages of one stream message, in order."""
+    return [message_from_delivery(d) for d in response.deliveries]
+
+
+def ack_id_chunks(ack_ids: AckIds) -> list[list[str]]:
+    """Ack ids (from strings or Messages) in chunks the broker takes in one call; none if empty."""
+    items: Iterable[str | Message] = [ack_ids] if isinstance(ack_ids, str | Message) else ack_ids
+    ids = [item.ack_id if isinstance(item, Message) else item for item in items]
+    return [ids[i : i + ACK_IDS_PER_CALL] for i in range(0, len(ids), ACK_IDS_PER_CALL)]
+
+
+def ack_requests(ack_ids: AckIds) -> list[pb.AckRequest]:
+    """Ack requests for the ids, as few as the broker's per-call limit allows."""
+    return [pb.AckRequest(ack_ids=chunk) for chunk in ack_id_chunks(ack_ids)]
+
+
+def nack_requests(
+    ack_ids: AckIds, *, delay: DurationLike | None, terminal: bool, error: str
+) -> list[pb.NackRequest]:
+    """Nack requests: retry after `delay` (default: the subscription's backoff) or dead-letter."""
+    delay_message = to_duration(parse_duration(delay)) if delay is not None else None
+    return [
+        pb.NackRequest(ack_ids=chunk, delay=delay_message, terminal=terminal, error=error)
+        for chunk in ack_id_chunks(ack_ids)
+    ]
+
+
+def extend_requests(ack_ids: AckIds, extension: DurationLike) -> list[pb.ExtendAckDeadlineRequest]:
+    """ExtendAckDeadline requests: each lease then ends `extension` from now."""
+    extension_message = to_duration(parse_duration(extension))
+    return [
+        pb.ExtendAckDeadlineRequest(ack_ids=chunk, extension=extension_message)
+        for chunk in ack_id_chunks(ack_ids)
+    ]
+
+
+class _SettleResponse(Protocol):
+    @property
+    def not_applied_ack_ids(self) -> Sequence[str]: ...
+
+
+def ack_result(responses: Iterable[_SettleResponse]) -> AckResult:
+    """One AckResult from the responses of the chunked Ack, Nack or Extend calls."""
+    return AckResult(
+        not_applied=tuple(ack_id for r in responses for ack_id in r.not_applied_ack_ids)
+    )
+
+
+# -- inspection ----------------------------------------------------------------
+
+
+def _enum_name(wrapper: Any, value: int, prefix: str) -> str:
+    try:
+        name: str = wrapper.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(prefix).lower()
+
+
+def _attempt(message: pb.Attempt) -> Attempt:
+    return Attempt(
+        attempt=message.attempt,
+        delivered_time=_optional_time(message, "delivered_time"),
+        end_time=_optional_time(message, "end_time"),
+        consumer=message.consumer,
+        outcome=_enum_name(pb.AttemptOutcome, message.outcome, "ATTEMPT_OUTCOME_"),
+        error=message.error,
+    )
+
+
+def _delivery_status(message: pb.DeliveryStatus) -> DeliveryStatus:
+    dead = message.dead_reason != pb.DEAD_REASON_UNSPECIFIED
+    return DeliveryStatus(
+        subscription=message.subscription,
+        state=_enum_name(pb.DeliveryState, message.state, "DELIVERY_STATE_"),
+        attempts=message.attempts,
+        next_time=_optional_time(message, "next_time"),
+        consumer=message.consumer,
+        dead_reason=_enum_name(pb.DeadReason, message.dead_reason, "DEAD_REASON_")
+        if dead
+        else None,
+        last_error=message.last_error,
+        reason=message.reason,
+        history=tuple(_attempt(a) for a in message.history),
+    )
+
+
+def event_info(response: pb.GetEventResponse) -> EventInfo:
+    """An EventInfo from a GetEvent response."""
+    stored = response.event
+    event = stored.event
+    return EventInfo(
+        event_id=stored.event_id,
+        name=event.name,
+        data=_payload(event),
+        content_type=event.content_type,
+        headers=dict(event.headers),
+        publish_time=_optional_time(stored, "publish_time"),
+        delay=event.delay.ToTimedelta(),
+        priority=event.priority,
+        ordering_key=event.ordering_key or None,
+        dedup_id=event.id or None,
+        deliveries=tuple(_delivery_status(d) for d in response.deliveries),
+    )
+
+
+def stats(response: pb.GetStatsResponse) -> Stats:
+    """Stats from a GetStats response."""
+    return Stats(
+        subscriptions=tuple(
+            SubscriptionStats(
+                subscription=s.subscription,
+                scheduled=s.scheduled,
+                ready=s.ready,
+                in_flight=s.in_flight,
+                acked=s.acked,
+                dead=s.dead,
+                consumers=s.consumers,
+                ack_rate=s.ack_rate,
+                delivery_rate=s.delivery_rate,
+                oldest_waiting_time=_optional_time(s, "oldest_waiting_time"),
+            )
+            for s in response.subscriptions
+        ),
+        events=response.events,
+        publish_rate=response.publish_rate,
+    )

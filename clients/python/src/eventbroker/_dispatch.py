@@ -1,0 +1,200 @@
+"""Running one delivery's handlers: their `Context`, the timeout, and the ack-or-nack verdict.
+
+All handlers whose pattern matches run concurrently. The delivery is acked when
+every one returns; it is nacked with the failures' reprs when any raises or
+outlives the handler timeout, and nacked as terminal when any raises `Terminal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from eventbroker import _models
+from eventbroker._delay import parse_duration
+from eventbroker._routes import Route
+from eventbroker.errors import Terminal
+from eventbroker.types import AckResult, Message
+
+_log = logging.getLogger("eventbroker.consumer")
+
+ExtendLease = Callable[[str, timedelta], Awaitable[AckResult]]
+
+
+class Context:
+    """What a handler has at hand besides the message: the attempt, the deadline, more time.
+
+    One context is shared by all handlers of a delivery.
+    """
+
+    __slots__ = ("_deadline", "_extend_lease", "_loop", "_message", "_stopping", "_timeout")
+
+    def __init__(
+        self,
+        message: Message,
+        *,
+        extend_lease: ExtendLease,
+        stopping: asyncio.Event,
+    ) -> None:
+        self._message = message
+        self._deadline = message.ack_deadline
+        self._extend_lease = extend_lease
+        self._stopping = stopping
+        self._loop = asyncio.get_running_loop()
+        self._timeout: asyncio.Timeout | None = None
+
+    @property
+    def message(self) -> Message:
+        """The delivery as received (data decoded, not validated into a model)."""
+        return self._message
+
+    @property
+    def attempt(self) -> int:
+        """Attempt number: 1 on the first delivery, 2 on the first retry, ..."""
+        return self._message.attempt
+
+    @property
+    def deadline(self) -> datetime | None:
+        """When the lease ends unless acked or extended (UTC)."""
+        return self._deadline
+
+    @property
+    def stopping(self) -> bool:
+        """True once the consumer is shutting down: a long handler may wrap up early."""
+        return self._stopping.is_set()
+
+    async def extend(self, extension: float | timedelta | str) -> bool:
+        """Keep the lease for `extension` from now (seconds, a timedelta or `"5m"`; 1 s .. 12 h).
+
+        The consumer's own handler timeout moves out as far, so the handler is not
+        cancelled before its new deadline.
+
+        Returns:
+            False when the lease was already lost (expired or given to another
+            consumer): the delivery will come again, and this attempt's ack will not count.
+
+        Raises:
+            BrokerError: The broker refused the call (e.g. `InvalidArgument` for over 12 h).
+
+        """
+        if isinstance(extension, int | float) and not isinstance(extension, bool):
+            length = timedelta(seconds=extension)
+        else:
+            length = parse_duration(extension)
+        result = await self._extend_lease(self._message.ack_id, length)
+        if result.not_applied:
+            return False
+        self._deadline = datetime.now(UTC) + length
+        when = self._timeout.when() if self._timeout is not None else None
+        if self._timeout is not None and when is not None:
+            self._timeout.reschedule(max(when, self._loop.time() + length.total_seconds()))
+        return True
+
+    def extend_sync(self, extension: float | timedelta | str) -> bool:
+        """`extend` for a sync handler (which runs in a worker thread): blocks until done.
+
+        Raises:
+            RuntimeError: Called on the event loop's own thread (use `await extend(...)`).
+
+        """
+        if running_loop() is self._loop:
+            raise RuntimeError("extend_sync blocks; in an async handler use `await ctx.extend()`")
+        return asyncio.run_coroutine_threadsafe(self.extend(extension), self._loop).result()
+
+    def _watch(self, timeout: asyncio.Timeout) -> None:
+        self._timeout = timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with a delivery after its handlers ran.
+
+    Attributes:
+        ack: True to ack; False to nack.
+        error: The nack's error: the failures' reprs, joined by `; `.
+        terminal: Nack as terminal (dead-letter now).
+
+    """
+
+    ack: bool
+    error: str = ""
+    terminal: bool = False
+
+
+async def run_handlers(
+    routes: Sequence[Route], message: Message, context: Context, timeout_s: float | None
+) -> Verdict:
+    """Run every route's handler for one delivery concurrently and judge the outcome."""
+    if not routes:
+        return Verdict(ack=False, error=f"no handler for {message.name}")
+    tasks = [asyncio.create_task(_invoke(route, message, context)) for route in routes]
+    try:
+        async with asyncio.timeout(timeout_s) as scope:
+            context._watch(scope)
+            await asyncio.wait(tasks)
+    except TimeoutError:
+        pass
+    failures: list[BaseException] = []
+    for route, task in zip(routes, tasks, strict=True):
+        error = await _failure(route, task, timeout_s)
+        if error is not None:
+            _log.warning(
+                "handler %s failed on %s %s (attempt %d): %r",
+                route.handler_name,
+                message.name,
+                message.event_id,
+                message.attempt,
+                error,
+                exc_info=error,
+            )
+            failures.append(error)
+    if not failures:
+        return Verdict(ack=True)
+    return Verdict(
+        ack=False,
+        error="; ".join(repr(f) for f in failures),
+        terminal=any(isinstance(f, Terminal) for f in failures),
+    )
+
+
+async def _invoke(route: Route, message: Message, context: Context) -> None:
+    if route.model is not None:
+        message = dataclasses.replace(message, data=_models.validate(route.model, message.data))
+    if is_async(route.handler):
+        await route.handler(message, context)
+    else:
+        await asyncio.to_thread(route.handler, message, context)
+
+
+async def _failure(
+    route: Route, task: asyncio.Task[None], timeout_s: float | None
+) -> BaseException | None:
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+        if task.cancelled():
+            return TimeoutError(f"handler {route.handler_name} did not finish within {timeout_s} s")
+    if task.cancelled():
+        return asyncio.CancelledError(f"handler {route.handler_name} was cancelled")
+    return task.exception()
+
+
+def is_async(handler: Callable[..., Any]) -> bool:
+    """Whether calling the handler gives a coroutine (async def, or an object with one)."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 (callable objects with async __call__)
+    )
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

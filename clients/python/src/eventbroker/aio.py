@@ -1,0 +1,269 @@
+"""`AsyncClient`: the asyncio twin of `Client`, over grpc.aio.
+
+Same methods and arguments as `Client` (see there for the details), each a
+coroutine; `subscribe` and `tail` are async iterators. Requests and responses go
+through `eventbroker._convert`, the same code the blocking client uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+import grpc
+from grpc import aio
+
+from eventbroker import _convert as convert
+from eventbroker._config import ConnectionConfig, TLSConfig
+from eventbroker.client import DEFAULT_TIMEOUT_S
+from eventbroker.errors import error_from_rpc
+from eventbroker.types import (
+    AckIds,
+    AckResult,
+    DelayLike,
+    DurationLike,
+    EventInfo,
+    EventSpec,
+    Message,
+    PublishResult,
+    Stats,
+    Subscription,
+    SubscriptionChanges,
+)
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class AsyncClient:
+    """An asyncio connection to the broker; arguments as for `Client`.
+
+    The channel is opened on the first call, inside the running event loop, so
+    the client may be built anywhere. Use `async with`, or `await close()`:
+
+        async with AsyncClient() as client:
+            await client.publish("user.joined", {"plan": "pro"})
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        tls: bool | TLSConfig | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self._config = ConnectionConfig.resolve(target, api_key, tls)
+        self._timeout = timeout
+        self._channel: aio.Channel | None = None
+        self._stub_instance: pb_grpc.EventBrokerServiceAsyncStub | None = None
+
+    @property
+    def target(self) -> str:
+        """The `HOST:PORT` this client dials."""
+        return self._config.target
+
+    @property
+    def _stub(self) -> pb_grpc.EventBrokerServiceAsyncStub:
+        if self._stub_instance is None:
+            self._channel = self._config.aio_channel()
+            self._stub_instance = pb_grpc.EventBrokerServiceStub(self._channel)
+        return self._stub_instance
+
+    async def close(self) -> None:
+        """Close the connection; open streams end."""
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = None
+        self._stub_instance = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(self, method: aio.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        try:
+            return await method(request, timeout=self._timeout, metadata=self._config.metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
+    # -- publishing ----------------------------------------------------------
+
+    async def publish(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        id: str | None = None,
+        delay: DelayLike = None,
+        priority: int = 0,
+        ordering_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> PublishResult:
+        """Publish one event (see `Client.publish`)."""
+        spec = EventSpec(
+            name=name,
+            data=data,
+            id=id,
+            delay=delay,
+            priority=priority,
+            ordering_key=ordering_key,
+            headers=headers,
+            content_type=content_type,
+        )
+        response = await self._call(self._stub.Publish, convert.publish_request(spec))
+        return convert.publish_result(response)
+
+    async def publish_batch(
+        self, events: Iterable[EventSpec | Mapping[str, Any]]
+    ) -> list[PublishResult]:
+        """Publish many events in one transaction, all or none (see `Client.publish_batch`)."""
+        request = convert.batch_publish_request(events)
+        return convert.batch_publish_results(await self._call(self._stub.BatchPublish, request))
+
+    # -- subscriptions -------------------------------------------------------
+
+    async def create_subscription(
+        self,
+        name: str,
+        filter: str | Sequence[str],
+        *,
+        ack_deadline: DurationLike | None = None,
+        max_attempts: int | None = None,
+        min_backoff: DurationLike | None = None,
+        max_backoff: DurationLike | None = None,
+        max_in_flight: int | None = None,
+        ordered: bool = False,
+        start: str | datetime | None = None,
+        retention: DurationLike | None = None,
+    ) -> Subscription:
+        """Create a durable subscription (see `Client.create_subscription`)."""
+        settings = {
+            "ack_deadline": ack_deadline,
+            "max_attempts": max_attempts,
+            "min_backoff": min_backoff,
+            "max_backoff": max_backoff,
+            "max_in_flight": max_in_flight,
+            "retention": retention,
+        }
+        request = convert.create_subscription_request(
+            name, filter, settings, ordered=ordered, start=start
+        )
+        response = await self._call(self._stub.CreateSubscription, request)
+        return convert.subscription_from_proto(response.subscription)
+
+    async def get_subscription(self, name: str) -> Subscription:
+        """The subscription called `name` (`NotFound` if there is none)."""
+        request = pb.GetSubscriptionRequest(name=name)
+        response = await self._call(self._stub.GetSubscription, request)
+        return convert.subscription_from_proto(response.subscription)
+
+    async def list_subscriptions(self) -> list[Subscription]:
+        """Every subscription, by name (all pages)."""
+        found: list[Subscription] = []
+        token = ""
+        while True:
+            request = pb.ListSubscriptionsRequest(page_token=token)
+            response = await self._call(self._stub.ListSubscriptions, request)
+            found.extend(convert.subscription_from_proto(s) for s in response.subscriptions)
+            token = response.next_page_token
+            if not token:
+                return found
+
+    async def update_subscription(
+        self, name: str, **changes: Unpack[SubscriptionChanges]
+    ) -> Subscription:
+        """Change the settings given, and only those (see `Client.update_subscription`)."""
+        request = convert.update_subscription_request(name, changes)
+        response = await self._call(self._stub.UpdateSubscription, request)
+        return convert.subscription_from_proto(response.subscription)
+
+    async def delete_subscription(self, name: str) -> None:
+        """Delete a subscription and its pending deliveries (`NotFound` if there is none)."""
+        await self._call(self._stub.DeleteSubscription, pb.DeleteSubscriptionRequest(name=name))
+
+    # -- inspection ----------------------------------------------------------
+
+    async def get_event(self, event_id: str) -> EventInfo:
+        """An event and where its delivery stands in each subscription it matched."""
+        response = await self._call(self._stub.GetEvent, pb.GetEventRequest(event_id=event_id))
+        return convert.event_info(response)
+
+    async def get_stats(self, subscription: str | None = None) -> Stats:
+        """Delivery counts and rates, for one subscription or all of them."""
+        request = pb.GetStatsRequest(subscription=subscription or "")
+        return convert.stats(await self._call(self._stub.GetStats, request))
+
+    # -- consuming (low level; see Consumer for the runtime) -----------------
+
+    async def subscribe(
+        self,
+        subscription: str,
+        *,
+        max_outstanding: int = 100,
+        max_batch_size: int = 100,
+        consumer_name: str = "",
+    ) -> AsyncGenerator[list[Message], None]:
+        """Attach to a subscription and yield each batch of deliveries (see `Client.subscribe`)."""
+        request = convert.subscribe_request(
+            subscription,
+            max_outstanding=max_outstanding,
+            max_batch_size=max_batch_size,
+            consumer_name=consumer_name,
+        )
+        async for response in self._stream(request):
+            yield convert.messages(response)
+
+    async def tail(self, filter: str | Sequence[str]) -> AsyncGenerator[Message, None]:
+        """Yield new events matching `filter` as they are published (ephemeral: no acks)."""
+        async for response in self._stream(convert.tail_request(filter)):
+            for message in convert.messages(response):
+                yield message
+
+    async def _stream(
+        self, request: pb.SubscribeRequest
+    ) -> AsyncGenerator[pb.SubscribeResponse, None]:
+        call = self._stub.Subscribe(request, metadata=self._config.metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        finally:
+            call.cancel()
+
+    async def ack(self, ack_ids: AckIds) -> AckResult:
+        """Acknowledge deliveries (ack ids or Messages); returns the ids not applied."""
+        responses = [await self._call(self._stub.Ack, r) for r in convert.ack_requests(ack_ids)]
+        return convert.ack_result(responses)
+
+    async def nack(
+        self,
+        ack_ids: AckIds,
+        *,
+        delay: DurationLike | None = None,
+        terminal: bool = False,
+        error: str = "",
+    ) -> AckResult:
+        """Give deliveries back for retry, or dead-letter them (see `Client.nack`)."""
+        requests = convert.nack_requests(ack_ids, delay=delay, terminal=terminal, error=error)
+        responses = [await self._call(self._stub.Nack, r) for r in requests]
+        return convert.ack_result(responses)
+
+    async def extend_ack_deadline(self, ack_ids: AckIds, extension: DurationLike) -> AckResult:
+        """Keep leases longer: each now ends `extension` from now (1 s .. 12 h)."""
+        requests = convert.extend_requests(ack_ids, extension)
+        responses = [await self._call(self._stub.ExtendAckDeadline, r) for r in requests]
+        return convert.ack_result(responses)

@@ -1,0 +1,347 @@
+"""`Client`: the blocking client for scripts, web handlers and admin tasks.
+
+Every method builds its request and reads its response through
+`eventbroker._convert` (shared with `AsyncClient`) and raises `BrokerError`
+subclasses instead of `grpc.RpcError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+import grpc
+
+from eventbroker import _convert as convert
+from eventbroker._config import ConnectionConfig, TLSConfig
+from eventbroker.errors import error_from_rpc
+from eventbroker.types import (
+    AckIds,
+    AckResult,
+    DelayLike,
+    DurationLike,
+    EventInfo,
+    EventSpec,
+    Message,
+    PublishResult,
+    Stats,
+    Subscription,
+    SubscriptionChanges,
+)
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class Client:
+    """A blocking connection to the broker.
+
+    Args:
+        target: `HOST:PORT` of the broker; default `EVENTBROKER_TARGET`, else 127.0.0.1:50051.
+        api_key: Sent as `authorization: Bearer <key>`; default `EVENTBROKER_API_KEY`.
+        tls: True for TLS with the default roots, a `TLSConfig` for a private CA or
+            mutual TLS, None/False for plaintext.
+        timeout: Seconds each unary call may take (streams have none); None for no limit.
+
+    Use it as a context manager, or call `close()`:
+
+        with Client() as client:
+            client.publish("user.joined", {"plan": "pro"})
+
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        tls: bool | TLSConfig | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self._config = ConnectionConfig.resolve(target, api_key, tls)
+        self._timeout = timeout
+        self._channel = self._config.sync_channel()
+        self._stub = pb_grpc.EventBrokerServiceStub(self._channel)
+
+    @property
+    def target(self) -> str:
+        """The `HOST:PORT` this client dials."""
+        return self._config.target
+
+    def close(self) -> None:
+        """Close the connection; open streams end."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+        try:
+            return method(request, timeout=self._timeout, metadata=self._config.metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
+    # -- publishing ----------------------------------------------------------
+
+    def publish(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        id: str | None = None,
+        delay: DelayLike = None,
+        priority: int = 0,
+        ordering_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> PublishResult:
+        """Publish one event; it is on disk when this returns.
+
+        Args:
+            name: Event name, e.g. `user.joined` (case-insensitive).
+            data: Any JSON value, a dataclass instance or pydantic model (sent as its
+                JSON), or `bytes` (sent as is, described by `content_type`).
+            id: Idempotency id: a second publish with the same id inside the dedup
+                window stores nothing and returns the first event's id as a duplicate.
+            delay: Deliver later: milliseconds, `timedelta`, `"5m"`, `"1 day"`, `"PT5M"`,
+                or an absolute `datetime` / ISO-8601 time (at most one year ahead).
+            priority: -50..50; higher goes first among deliveries ready at once.
+            ordering_key: FIFO key for ordered subscriptions.
+            headers: String headers delivered with the event.
+            content_type: Content type of `bytes` (or `str`) data.
+
+        Returns:
+            The event id, and whether it was a duplicate.
+
+        Raises:
+            ValueError: The delay or the data cannot be read (nothing was sent).
+            BrokerError: The broker refused it (e.g. `InvalidArgument` for a bad name).
+
+        """
+        spec = EventSpec(
+            name=name,
+            data=data,
+            id=id,
+            delay=delay,
+            priority=priority,
+            ordering_key=ordering_key,
+            headers=headers,
+            content_type=content_type,
+        )
+        response = self._call(self._stub.Publish, convert.publish_request(spec))
+        return convert.publish_result(response)
+
+    def publish_batch(self, events: Iterable[EventSpec | Mapping[str, Any]]) -> list[PublishResult]:
+        """Publish many events in one transaction: all of them are stored, or none.
+
+        Args:
+            events: `EventSpec`s, or dicts with `publish`'s argument names
+                (`{"name": "user.joined", "data": {...}, "delay": "5m"}`).
+
+        Returns:
+            One result per event, in order.
+
+        """
+        request = convert.batch_publish_request(events)
+        return convert.batch_publish_results(self._call(self._stub.BatchPublish, request))
+
+    # -- subscriptions -------------------------------------------------------
+
+    def create_subscription(
+        self,
+        name: str,
+        filter: str | Sequence[str],
+        *,
+        ack_deadline: DurationLike | None = None,
+        max_attempts: int | None = None,
+        min_backoff: DurationLike | None = None,
+        max_backoff: DurationLike | None = None,
+        max_in_flight: int | None = None,
+        ordered: bool = False,
+        start: str | datetime | None = None,
+        retention: DurationLike | None = None,
+    ) -> Subscription:
+        """Create a durable subscription; settings left as None take the broker's defaults.
+
+        Durations take what `delay` takes for lengths of time (numbers are milliseconds).
+
+        Args:
+            name: Unique lower-case name.
+            filter: One name pattern or several: exact, `*` for one segment, `>` for the rest.
+            ack_deadline: Time a consumer has to ack (default 30 s).
+            max_attempts: Failed attempts before dead-lettering (default 20).
+            min_backoff: First retry delay (default 1 s).
+            max_backoff: Longest retry delay (default 10 min).
+            max_in_flight: Concurrency limit across all consumers (default unlimited).
+            ordered: FIFO per ordering key.
+            start: `"new"` (default), `"beginning"`, or a `datetime` to start from.
+            retention: How long acked and dead deliveries stay queryable (default 7 days).
+
+        Returns:
+            The subscription with every setting filled in.
+
+        """
+        settings = {
+            "ack_deadline": ack_deadline,
+            "max_attempts": max_attempts,
+            "min_backoff": min_backoff,
+            "max_backoff": max_backoff,
+            "max_in_flight": max_in_flight,
+            "retention": retention,
+        }
+        request = convert.create_subscription_request(
+            name, filter, settings, ordered=ordered, start=start
+        )
+        response = self._call(self._stub.CreateSubscription, request)
+        return convert.subscription_from_proto(response.subscription)
+
+    def get_subscription(self, name: str) -> Subscription:
+        """The subscription called `name` (`NotFound` if there is none)."""
+        request = pb.GetSubscriptionRequest(name=name)
+        response = self._call(self._stub.GetSubscription, request)
+        return convert.subscription_from_proto(response.subscription)
+
+    def list_subscriptions(self) -> list[Subscription]:
+        """Every subscription, by name (all pages)."""
+        found: list[Subscription] = []
+        token = ""
+        while True:
+            request = pb.ListSubscriptionsRequest(page_token=token)
+            response = self._call(self._stub.ListSubscriptions, request)
+            found.extend(convert.subscription_from_proto(s) for s in response.subscriptions)
+            token = response.next_page_token
+            if not token:
+                return found
+
+    def update_subscription(
+        self, name: str, **changes: Unpack[SubscriptionChanges]
+    ) -> Subscription:
+        """Change the settings given (and only those), e.g. `max_attempts=5, filter="user.*"`.
+
+        Returns:
+            The subscription with its new settings.
+
+        """
+        request = convert.update_subscription_request(name, changes)
+        response = self._call(self._stub.UpdateSubscription, request)
+        return convert.subscription_from_proto(response.subscription)
+
+    def delete_subscription(self, name: str) -> None:
+        """Delete a subscription and its pending deliveries (`NotFound` if there is none)."""
+        self._call(self._stub.DeleteSubscription, pb.DeleteSubscriptionRequest(name=name))
+
+    # -- inspection ----------------------------------------------------------
+
+    def get_event(self, event_id: str) -> EventInfo:
+        """An event and where its delivery stands in each subscription it matched."""
+        response = self._call(self._stub.GetEvent, pb.GetEventRequest(event_id=event_id))
+        return convert.event_info(response)
+
+    def get_stats(self, subscription: str | None = None) -> Stats:
+        """Delivery counts and rates, for one subscription or all of them."""
+        request = pb.GetStatsRequest(subscription=subscription or "")
+        return convert.stats(self._call(self._stub.GetStats, request))
+
+    # -- consuming (low level; see Consumer for the runtime) -----------------
+
+    def subscribe(
+        self,
+        subscription: str,
+        *,
+        max_outstanding: int = 100,
+        max_batch_size: int = 100,
+        consumer_name: str = "",
+    ) -> Generator[list[Message], None, None]:
+        """Attach to a subscription and yield each batch of deliveries as it arrives.
+
+        The broker never sends more than `max_outstanding` unacked deliveries; ack or
+        nack each one. Closing the iterator disconnects, which gives the unacked
+        deliveries back at once.
+
+        Args:
+            subscription: Subscription name.
+            max_outstanding: Unacked deliveries this consumer may hold at once.
+            max_batch_size: Most deliveries in one batch.
+            consumer_name: Shown in attempt history and stats.
+
+        """
+        request = convert.subscribe_request(
+            subscription,
+            max_outstanding=max_outstanding,
+            max_batch_size=max_batch_size,
+            consumer_name=consumer_name,
+        )
+        for response in self._stream(request):
+            yield convert.messages(response)
+
+    def tail(self, filter: str | Sequence[str]) -> Generator[Message, None, None]:
+        """Yield new events matching `filter` as they are published (ephemeral: no acks).
+
+        Nothing is left behind on the broker; events published while not tailing are
+        not seen. Messages have an empty `ack_id`.
+        """
+        for response in self._stream(convert.tail_request(filter)):
+            yield from convert.messages(response)
+
+    def _stream(self, request: pb.SubscribeRequest) -> Generator[pb.SubscribeResponse, None, None]:
+        call = self._stub.Subscribe(request, metadata=self._config.metadata)
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        finally:
+            call.cancel()
+
+    def ack(self, ack_ids: AckIds) -> AckResult:
+        """Acknowledge deliveries (ack ids or Messages): they are done.
+
+        Returns:
+            The ack ids not applied (unknown, or their lease expired or moved on).
+
+        """
+        return convert.ack_result(
+            self._call(self._stub.Ack, r) for r in convert.ack_requests(ack_ids)
+        )
+
+    def nack(
+        self,
+        ack_ids: AckIds,
+        *,
+        delay: DurationLike | None = None,
+        terminal: bool = False,
+        error: str = "",
+    ) -> AckResult:
+        """Give deliveries back: retried after `delay` (default: the subscription's backoff).
+
+        Args:
+            ack_ids: Ack ids or Messages.
+            delay: Retry after this long instead of the backoff.
+            terminal: Dead-letter now instead of retrying.
+            error: Why it failed, kept in the delivery's attempt history.
+
+        """
+        requests = convert.nack_requests(ack_ids, delay=delay, terminal=terminal, error=error)
+        return convert.ack_result(self._call(self._stub.Nack, r) for r in requests)
+
+    def extend_ack_deadline(self, ack_ids: AckIds, extension: DurationLike) -> AckResult:
+        """Keep leases longer: each now ends `extension` from now (1 s .. 12 h).
+
+        Like every duration of this client, a number is milliseconds (`"5m"` or a
+        `timedelta` read better); only `Context.extend` in handlers takes seconds.
+        """
+        requests = convert.extend_requests(ack_ids, extension)
+        return convert.ack_result(self._call(self._stub.ExtendAckDeadline, r) for r in requests)

@@ -1,0 +1,370 @@
+"""`Consumer`: the runtime for long-lived consumer processes.
+
+    consumer = Consumer("billing")
+
+    @consumer.on("order.new", model=OrderNew)
+    async def charge(msg: Message, ctx: Context) -> None: ...
+
+    consumer.run()  # until SIGINT/SIGTERM, then drains
+
+One stream to the broker delivers at most `max_outstanding` deliveries at a
+time; each runs its matching handlers (see `eventbroker._dispatch`) and is acked
+or nacked through a batching settler (`eventbroker._settle`). A dropped stream
+is reconnected with exponential backoff and jitter, forever, until `stop()`;
+errors that retrying cannot fix (bad arguments, unknown subscription, bad key)
+end `run()` by raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity.wait import wait_random_exponential
+
+from eventbroker import _models
+from eventbroker._config import TLSConfig
+from eventbroker._dispatch import Context, run_handlers, running_loop
+from eventbroker._routes import Router
+from eventbroker._settle import Settler
+from eventbroker.aio import AsyncClient
+from eventbroker.errors import BrokerError
+from eventbroker.types import Message
+
+__all__ = ["Consumer", "Context"]
+
+_log = logging.getLogger("eventbroker.consumer")
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+DEFAULT_MAX_OUTSTANDING = 100
+DEFAULT_HANDLER_TIMEOUT_S = 30.0
+MAX_BATCH_SIZE = 100
+RECONNECT_INITIAL_S = 0.1
+RECONNECT_MAX_S = 30.0
+#: A stream that lived this long, or delivered anything, was healthy: when it
+#: drops, reconnecting starts again from the shortest backoff.
+HEALTHY_STREAM_S = 10.0
+#: Status codes that no retry can fix; they end `run()`.
+FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+class _StreamEndedError(Exception):
+    """The broker ended the stream without an error before it delivered anything."""
+
+
+def _retryable(error: BaseException) -> bool:
+    if isinstance(error, BrokerError):
+        return error.code not in FATAL_CODES
+    return isinstance(error, _StreamEndedError)
+
+
+class Consumer:
+    """Runs handlers for the deliveries of one subscription, acking and nacking for them.
+
+    Each delivery runs every handler whose pattern matches its name, concurrently:
+    all return, and it is acked; any raises or takes longer than `handler_timeout`,
+    and it is nacked with the error (the broker retries after the subscription's
+    backoff); any raises `Terminal`, and it is dead-lettered. A delivery that no
+    handler matches is nacked too ("no handler for <name>"), never dropped.
+    Deliveries come at least once: handlers should be idempotent.
+
+    Args:
+        subscription: The durable subscription to consume.
+        target: `HOST:PORT`; default `EVENTBROKER_TARGET`, else 127.0.0.1:50051.
+        api_key: Bearer key; default `EVENTBROKER_API_KEY`.
+        tls: As for `Client`.
+        max_outstanding: Deliveries held at once, hence handlers running at once.
+        handler_timeout: Seconds a delivery's handlers may run (`Context.extend`
+            moves it out); None for no limit. Keep it within the ack deadline.
+        consumer_name: Shown in attempt history and stats; default `host:pid`.
+
+    """
+
+    def __init__(
+        self,
+        subscription: str,
+        *,
+        target: str | None = None,
+        api_key: str | None = None,
+        tls: bool | TLSConfig | None = None,
+        max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+        handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT_S,
+        consumer_name: str | None = None,
+    ) -> None:
+        if max_outstanding < 1:
+            raise ValueError(f"max_outstanding must be at least 1; got {max_outstanding}")
+        self.subscription = subscription
+        self.max_outstanding = max_outstanding
+        self.handler_timeout = handler_timeout
+        self.consumer_name = consumer_name or f"{socket.gethostname()}:{os.getpid()}"
+        self._client_args: dict[str, Any] = {"target": target, "api_key": api_key, "tls": tls}
+        self._router = Router()
+        self._lock = threading.Lock()
+        self._stop_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._finished = threading.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    # -- registration --------------------------------------------------------
+
+    def on(self, pattern: str, *, model: type[Any] | None = None) -> Callable[[Handler], Handler]:
+        """Register the decorated function as a handler for events matching `pattern`.
+
+        Args:
+            pattern: An event name, or a pattern with `*` (one segment) or a final `>`
+                (the rest): `"user.joined"`, `"user.*"`, `"orders.>"`. Case-insensitive.
+            model: A dataclass or pydantic model: the handler then gets `msg.data`
+                validated into it (data that does not fit fails the attempt).
+
+        The handler is `async def handler(msg: Message, ctx: Context)`, or a plain
+        function of the same arguments, which runs in a worker thread.
+        Several handlers may match one name; they all run.
+
+        """
+        if model is not None:
+            _models.check_model(model)
+
+        def register(handler: Handler) -> Handler:
+            self._router.add(pattern, handler, model)
+            return handler
+
+        return register
+
+    # -- running -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until `stop()` or SIGINT/SIGTERM, then drain; blocks the calling thread.
+
+        Raises:
+            BrokerError: An error no reconnect can fix (e.g. `NotFound` for the
+                subscription, `Unauthenticated`).
+
+        """
+        asyncio.run(self.run_async(handle_signals=True))
+
+    async def run_async(self, *, handle_signals: bool = False) -> None:
+        """Consume until `stop()`, then drain; the asyncio form of `run()`.
+
+        Args:
+            handle_signals: Also stop on SIGINT/SIGTERM (main thread only); a second
+                signal is not caught.
+
+        Raises:
+            BrokerError: An error no reconnect can fix.
+            RuntimeError: No handler is registered, or the consumer is running already.
+
+        """
+        if not self._router:
+            raise RuntimeError("no handlers: register one with @consumer.on('event.name')")
+        stopping = self._attach(asyncio.get_running_loop())
+        client = AsyncClient(**self._client_args)
+        settler = Settler(client)
+        settler_task = asyncio.create_task(settler.run())
+        signals = self._catch_signals() if handle_signals else ()
+        try:
+            await self._consume(client, settler, stopping)
+        finally:
+            for signum in signals:
+                asyncio.get_running_loop().remove_signal_handler(signum)
+            await self._drain(settler)
+            settler_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await settler_task
+            await client.close()
+            self._detach()
+
+    def stop(self, *, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop receiving, let in-flight handlers finish, settle them, and end `run()`.
+
+        Safe from any thread. From another thread it blocks until the drain is done
+        (unless `wait=False`); on the consumer's own event loop it only asks for the
+        stop. A sync handler asking to stop must pass `wait=False` (it is in flight).
+        Called before `run()`, it makes that run return at once.
+        """
+        with self._lock:
+            self._stop_requested = True
+            loop, stopping = self._loop, self._stopping
+        if loop is None or stopping is None:
+            return
+        if running_loop() is loop:
+            stopping.set()
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(stopping.set)
+        if wait:
+            self._finished.wait(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        """True from a stop request until `run()` returns: the consumer is draining."""
+        return self._stop_requested
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        stopping = asyncio.Event()
+        with self._lock:
+            if self._loop is not None:
+                raise RuntimeError("this consumer is running already")
+            self._loop, self._stopping = loop, stopping
+            self._finished.clear()
+            if self._stop_requested:
+                stopping.set()
+        return stopping
+
+    def _detach(self) -> None:
+        with self._lock:
+            self._loop, self._stopping = None, None
+            self._stop_requested = False
+        self._finished.set()
+
+    def _catch_signals(self) -> tuple[signal.Signals, ...]:
+        if threading.current_thread() is not threading.main_thread():
+            return ()
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+
+        def on_signal(signum: signal.Signals) -> None:
+            _log.info("%s: draining in-flight handlers; signal again to exit now", signum.name)
+            for caught in signals:
+                loop.remove_signal_handler(caught)
+            self.stop(wait=False)
+
+        try:
+            for signum in signals:
+                loop.add_signal_handler(signum, on_signal, signum)
+        except NotImplementedError:  # event loops without signal support (Windows)
+            return ()
+        return signals
+
+    # -- the stream ----------------------------------------------------------
+
+    async def _consume(
+        self, client: AsyncClient, settler: Settler, stopping: asyncio.Event
+    ) -> None:
+        """Stream sessions until stopping; reconnect with backoff while retrying can help."""
+
+        async def sleep_unless_stopping(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), seconds)
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            _log.warning(
+                "stream of %s to %s failed (%s); reconnecting in %.1f s",
+                self.subscription,
+                client.target,
+                error,
+                delay,
+            )
+
+        while not stopping.is_set():
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_retryable),
+                wait=wait_random_exponential(multiplier=RECONNECT_INITIAL_S, max=RECONNECT_MAX_S),
+                sleep=sleep_unless_stopping,
+                before_sleep=log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    await self._session(client, settler, stopping)
+
+    async def _session(
+        self, client: AsyncClient, settler: Settler, stopping: asyncio.Event
+    ) -> None:
+        """One stream: returns on stop (after draining) or after a healthy stream dropped."""
+        if stopping.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+        received = asyncio.Event()
+        stream = client.subscribe(
+            self.subscription,
+            max_outstanding=self.max_outstanding,
+            max_batch_size=min(self.max_outstanding, MAX_BATCH_SIZE),
+            consumer_name=self.consumer_name,
+        )
+        reader = asyncio.create_task(self._read(stream, client, settler, stopping, received))
+        stop_wait = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait({reader, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+        if not reader.done():
+            # Settle what is in flight while the stream (and so the leases) still stand;
+            # deliveries not yet started are given back when the stream closes.
+            await self._drain(settler)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BrokerError):
+                await reader
+            return
+        healthy = received.is_set() or loop.time() - opened >= HEALTHY_STREAM_S
+        try:
+            reader.result()
+        except BrokerError as error:
+            if not (healthy and _retryable(error)):
+                raise
+            _log.warning("stream of %s dropped (%s); reconnecting", self.subscription, error)
+            return
+        if not healthy:
+            raise _StreamEndedError("the broker ended the stream")
+        _log.info("stream of %s ended by the broker; reconnecting", self.subscription)
+
+    async def _read(
+        self,
+        stream: AsyncIterator[list[Message]],
+        client: AsyncClient,
+        settler: Settler,
+        stopping: asyncio.Event,
+        received: asyncio.Event,
+    ) -> None:
+        async for batch in stream:
+            received.set()
+            for message in batch:
+                if stopping.is_set():
+                    continue
+                task = asyncio.create_task(self._deliver(message, client, settler, stopping))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+
+    async def _deliver(
+        self, message: Message, client: AsyncClient, settler: Settler, stopping: asyncio.Event
+    ) -> None:
+        try:
+            routes = self._router.routes_for(message.name)
+            if not routes:
+                _log.warning("no handler for %s (event %s); nacked", message.name, message.event_id)
+            context = Context(message, extend_lease=client.extend_ack_deadline, stopping=stopping)
+            verdict = await run_handlers(routes, message, context, self.handler_timeout)
+        except Exception as error:
+            _log.exception("delivery of %s %s failed", message.name, message.event_id)
+            settler.nack(message.ack_id, error=repr(error), terminal=False)
+            return
+        if verdict.ack:
+            settler.ack(message.ack_id)
+        else:
+            settler.nack(message.ack_id, error=verdict.error, terminal=verdict.terminal)
+
+    async def _drain(self, settler: Settler) -> None:
+        if self._in_flight:
+            _log.info("draining %d in-flight deliveries", len(self._in_flight))
+            await asyncio.wait(set(self._in_flight))
+        await settler.flush()

@@ -1,0 +1,178 @@
+"""Typed exceptions: a failed call raises a `BrokerError` subclass with the broker's details.
+
+The broker follows AIP-193: a status code, a message a person can act on, a
+`google.rpc.ErrorInfo` with an UPPER_SNAKE reason, and `google.rpc.BadRequest`
+field violations. They are unpacked here once, so callers can branch on
+`error.reason` or show `error.field_violations` without touching protobuf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc import aio
+from grpc_status import rpc_status
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class BrokerError(Exception):
+    """A call to the broker failed.
+
+    Attributes:
+        code: The gRPC status code.
+        message: The broker's message, meant for a person.
+        reason: The UPPER_SNAKE reason of the `ErrorInfo` detail (e.g.
+            `SUBSCRIPTION_NOT_FOUND`), or None when the broker sent none (for
+            example when it could not be reached at all).
+        metadata: The `ErrorInfo` metadata (e.g. `{"subscription": "billing"}`).
+        field_violations: `(field, description)` for each bad field of the request,
+            from the `BadRequest` detail (e.g. `("event.name", "must be 1 to 255 ...")`).
+
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        field_violations: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.field_violations: list[tuple[str, str]] = list(field_violations)
+
+    def __str__(self) -> str:
+        label = f"{self.code.name}: {self.reason}" if self.reason else self.code.name
+        return f"{self.message} [{label}]"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code.name}, {self.message!r}, reason={self.reason!r})"
+
+
+class InvalidArgument(BrokerError):
+    """The request is malformed or breaks a limit; `field_violations` says which fields."""
+
+
+class NotFound(BrokerError):
+    """A named subscription or event does not exist."""
+
+
+class AlreadyExists(BrokerError):
+    """A subscription with that name exists already."""
+
+
+class FailedPrecondition(BrokerError):
+    """The broker is not in a state to perform the request."""
+
+
+class ResourceExhausted(BrokerError):
+    """A size limit was passed (event, batch or message size)."""
+
+
+class Unavailable(BrokerError):
+    """The broker cannot be reached or cannot take the request now; retrying may work."""
+
+
+class Unauthenticated(BrokerError):
+    """The API key is missing or wrong."""
+
+
+class PermissionDenied(BrokerError):
+    """The API key lacks the scope, or is not allowed the event or subscription name."""
+
+
+class DeadlineExceeded(BrokerError):
+    """The call did not finish within its timeout."""
+
+
+class Unimplemented(BrokerError):
+    """The broker does not provide the feature asked for (yet)."""
+
+
+class Terminal(Exception):
+    """Raised by a consumer handler: the delivery can never succeed, dead-letter it now.
+
+    The delivery is nacked as terminal instead of being retried; it keeps the
+    message of this exception as its last error, so a person can decide to redrive it.
+    """
+
+
+DeadLetter = Terminal
+"""Another name for `Terminal`."""
+
+_BY_CODE: dict[grpc.StatusCode, type[BrokerError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+}
+
+
+def error_from_status(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+) -> BrokerError:
+    """The typed error for a status code, message and optional `google.rpc.Status`."""
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+    violations: list[tuple[str, str]] = []
+    for detail in status.details if status is not None else ():
+        info = _error_info(detail)
+        if info is not None:
+            reason, metadata = info
+        violations.extend(_field_violations(detail))
+    error_class = _BY_CODE.get(code, BrokerError)
+    return error_class(code, message, reason=reason, metadata=metadata, field_violations=violations)
+
+
+def error_from_rpc(error: grpc.RpcError) -> BrokerError:
+    """Turn a failed call (sync or asyncio) into the `BrokerError` subclass of its code."""
+    if isinstance(error, aio.AioRpcError):
+        status = _status_from_metadata(error.trailing_metadata())
+        return error_from_status(error.code(), error.details() or "", status)
+    if isinstance(error, grpc.Call):
+        try:
+            status = rpc_status.from_call(error)
+        except ValueError:
+            status = None
+        return error_from_status(error.code(), error.details() or "", status)
+    return BrokerError(grpc.StatusCode.UNKNOWN, str(error))
+
+
+def _status_from_metadata(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> status_pb2.Status | None:
+    for key, value in metadata or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return None
+
+
+def _error_info(detail: any_pb2.Any) -> tuple[str, dict[str, str]] | None:
+    if not detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+        return None
+    info = error_details_pb2.ErrorInfo()
+    detail.Unpack(info)
+    return info.reason, dict(info.metadata)
+
+
+def _field_violations(detail: any_pb2.Any) -> list[tuple[str, str]]:
+    if not detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+        return []
+    bad = error_details_pb2.BadRequest()
+    detail.Unpack(bad)
+    return [(v.field, v.description) for v in bad.field_violations]

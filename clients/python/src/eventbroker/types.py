@@ -1,0 +1,294 @@
+"""The client's public value types: what calls take and return instead of proto messages.
+
+All of them are frozen dataclasses; the generated proto classes stop at
+`eventbroker._convert`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias, TypedDict
+
+DelayLike: TypeAlias = timedelta | datetime | int | float | str | None
+"""A delay or a time: `timedelta`, `datetime` (naive means UTC), milliseconds as a number,
+an ISO-8601 time or duration (`"PT5M"`), or words (`"5m"`, `"1 day"`, `"2 weeks"`)."""
+
+DurationLike: TypeAlias = timedelta | int | float | str
+"""A length of time: `timedelta`, milliseconds as a number, ISO-8601 (`"PT30S"`) or words."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """The outcome of publishing one event.
+
+    Attributes:
+        event_id: The broker-assigned id (for a duplicate, the first event's id).
+        duplicate: True when an event with the same `id` was published inside the
+            dedup window, so nothing was stored this time.
+
+    """
+
+    event_id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """One event to publish, for `publish_batch` (the arguments of `publish` as a value).
+
+    Attributes:
+        name: Event name, e.g. `user.joined` (case-insensitive).
+        data: JSON-able value, dataclass instance, pydantic model, or `bytes`.
+        id: Idempotency id: a repeat inside the dedup window is stored only once.
+        delay: When to deliver: a delay or an absolute time (see `DelayLike`).
+        priority: -50..50; higher goes first among deliveries ready at once.
+        ordering_key: FIFO key for ordered subscriptions.
+        headers: String headers delivered with the event.
+        content_type: Content type of `bytes` data (default application/octet-stream).
+
+    """
+
+    name: str
+    data: Any = None
+    id: str | None = None
+    delay: DelayLike = None
+    priority: int = 0
+    ordering_key: str | None = None
+    headers: Mapping[str, str] | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One delivery received from a subscription (or an ephemeral tail).
+
+    Attributes:
+        ack_id: Id to ack, nack or extend this delivery with; empty on a tail.
+        event_id: The broker-assigned event id.
+        name: Event name, lower-cased.
+        data: Decoded JSON value, `bytes` for binary payloads, or a validated model
+            instance when a consumer handler asked for one.
+        content_type: Content type of the payload.
+        headers: Headers given at publish.
+        publish_time: When the event was published (UTC).
+        delay: The delay the event was given (zero for none).
+        priority: Priority given at publish.
+        attempt: Attempt number, 1 on the first delivery.
+        ack_deadline: When the lease ends unless acked or extended; None on a tail.
+        subscription: The subscription delivered for; empty on a tail.
+        ordering_key: Ordering key given at publish, if any.
+        dedup_id: Deduplication id given at publish, if any.
+
+    """
+
+    ack_id: str
+    event_id: str
+    name: str
+    data: Any
+    content_type: str
+    headers: Mapping[str, str]
+    publish_time: datetime
+    delay: timedelta
+    priority: int
+    attempt: int
+    ack_deadline: datetime | None
+    subscription: str
+    ordering_key: str | None = None
+    dedup_id: str | None = None
+
+
+AckIds: TypeAlias = str | Message | Iterable[str | Message]
+"""What ack, nack and extend take: one ack id or message, or many."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A durable subscription and its settings, defaults filled in by the broker.
+
+    Attributes:
+        name: Unique name.
+        filter: Name patterns: exact, `*` for one segment, `>` for the rest.
+        ack_deadline: Time a consumer has to ack before the delivery is retried.
+        max_attempts: Failed attempts before the delivery is dead-lettered.
+        min_backoff: First retry delay.
+        max_backoff: Longest retry delay.
+        max_in_flight: Concurrency limit across all consumers; None means unlimited.
+        ordered: FIFO per ordering key.
+        retention: How long acked and dead deliveries stay queryable.
+        create_time: When it was created.
+
+    """
+
+    name: str
+    filter: tuple[str, ...]
+    ack_deadline: timedelta
+    max_attempts: int
+    min_backoff: timedelta
+    max_backoff: timedelta
+    max_in_flight: int | None
+    ordered: bool
+    retention: timedelta
+    create_time: datetime | None
+
+
+class SubscriptionChanges(TypedDict, total=False):
+    """Settings `update_subscription` may change; only the keys given are changed."""
+
+    filter: str | Sequence[str]
+    ack_deadline: DurationLike
+    max_attempts: int
+    min_backoff: DurationLike
+    max_backoff: DurationLike
+    max_in_flight: int | None
+    retention: DurationLike
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStats:
+    """Delivery counts and rates of one subscription.
+
+    Attributes:
+        subscription: Subscription name.
+        scheduled: Deliveries waiting for their time (delay or backoff).
+        ready: Deliveries ready for a consumer.
+        in_flight: Deliveries leased to consumers.
+        acked: Acknowledged deliveries still within retention.
+        dead: Dead-lettered deliveries.
+        consumers: Consumers connected to the answering broker process.
+        ack_rate: Acks per second over the last minute (answering process).
+        delivery_rate: Deliveries per second over the last minute (answering process).
+        oldest_waiting_time: Publish time of the oldest waiting delivery, if any.
+
+    """
+
+    subscription: str
+    scheduled: int
+    ready: int
+    in_flight: int
+    acked: int
+    dead: int
+    consumers: int
+    ack_rate: float
+    delivery_rate: float
+    oldest_waiting_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Broker-wide counts: one entry per subscription, stored events, publish rate.
+
+    Attributes:
+        subscriptions: Per-subscription stats, by name.
+        events: Events stored.
+        publish_rate: Events published per second over the last minute (answering process).
+
+    """
+
+    subscriptions: tuple[SubscriptionStats, ...]
+    events: int
+    publish_rate: float
+
+    def subscription(self, name: str) -> SubscriptionStats | None:
+        """The stats of the subscription called `name`, or None if it has none here."""
+        return next((s for s in self.subscriptions if s.subscription == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One past delivery attempt, from the delivery's history.
+
+    Attributes:
+        attempt: Attempt number.
+        delivered_time: When it was delivered.
+        end_time: When it ended.
+        consumer: The consumer it was delivered to.
+        outcome: `acked`, `nacked`, `expired` or `released`.
+        error: The error given with a nack.
+
+    """
+
+    attempt: int
+    delivered_time: datetime | None
+    end_time: datetime | None
+    consumer: str
+    outcome: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    """Where an event's delivery stands in one subscription.
+
+    Attributes:
+        subscription: Subscription name.
+        state: `scheduled`, `ready`, `in_flight`, `acked` or `dead`.
+        attempts: Attempts made so far.
+        next_time: When it becomes ready (scheduled) or its lease ends (in flight).
+        consumer: The consumer holding it (in flight).
+        dead_reason: `attempts_exhausted`, `nacked_terminal` or `expired`; None unless dead.
+        last_error: The last nack's error.
+        reason: A sentence saying why the delivery is where it is.
+        history: Past attempts, oldest first.
+
+    """
+
+    subscription: str
+    state: str
+    attempts: int
+    next_time: datetime | None
+    consumer: str
+    dead_reason: str | None
+    last_error: str
+    reason: str
+    history: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EventInfo:
+    """A stored event and its delivery status in each subscription it matched.
+
+    Attributes:
+        event_id: The broker-assigned id.
+        name: Event name, lower-cased.
+        data: Decoded JSON value, or `bytes` for binary payloads.
+        content_type: Content type of the payload.
+        headers: Headers given at publish.
+        publish_time: When it was published.
+        delay: The delay it was given.
+        priority: Priority given at publish.
+        ordering_key: Ordering key given at publish, if any.
+        dedup_id: Deduplication id given at publish, if any.
+        deliveries: Its delivery in each matching subscription.
+
+    """
+
+    event_id: str
+    name: str
+    data: Any
+    content_type: str
+    headers: Mapping[str, str]
+    publish_time: datetime | None
+    delay: timedelta
+    priority: int
+    ordering_key: str | None
+    dedup_id: str | None
+    deliveries: tuple[DeliveryStatus, ...] = ()
+
+    def delivery(self, subscription: str) -> DeliveryStatus | None:
+        """The delivery status in `subscription`, or None if the event did not match it."""
+        return next((d for d in self.deliveries if d.subscription == subscription), None)
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """The outcome of an ack, nack or extend.
+
+    Attributes:
+        not_applied: Ack ids the broker did not apply: unknown, or their lease had
+            expired or moved to another consumer (the delivery will come again).
+
+    """
+
+    not_applied: tuple[str, ...] = ()
