@@ -1187,7 +1187,9 @@ class DeliveryStatus(_message.Message):
     attempts: _builtins.int
     """Attempts made so far."""
     consumer: _builtins.str
-    """Consumer holding it (in flight)."""
+    """Consumer holding it (in flight): its consumer_name (or address) and a
+    `#N` suffix that tells apart consumers of the same name.
+    """
     dead_reason: Global___DeadReason.ValueType
     """Why it is dead."""
     last_error: _builtins.str
@@ -1200,7 +1202,10 @@ class DeliveryStatus(_message.Message):
 
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
-        """Past attempts, oldest first (the last 20)."""
+        """Past failed attempts (nacked, expired, released), oldest first, the last
+        20. An acknowledged attempt is not listed: state ACKED and `attempts` say
+        which attempt succeeded.
+        """
 
     def __init__(
         self,
