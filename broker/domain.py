@@ -25,6 +25,7 @@ class DeliveryState(enum.IntEnum):
     IN_FLIGHT = 3
     ACKED = 4
     DEAD = 5
+    BLOCKED = 6
 
 
 class DeadReason(enum.IntEnum):
@@ -115,6 +116,10 @@ class Subscription:
     start_time_us: int = 0
     created_at_us: int = 0
     id: int = 0
+    #: Events older than this are dead-lettered (EXPIRED); 0 for no maximum age.
+    max_age_us: int = 0
+    #: An explicit retry table (delay after attempt n is [n-1], the last repeats).
+    retry_delays_us: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

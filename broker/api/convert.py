@@ -363,10 +363,13 @@ UPDATABLE_FIELDS = frozenset(
         "retry_policy",
         "retry_policy.min_backoff",
         "retry_policy.max_backoff",
+        "retry_policy.delays",
         "max_in_flight",
         "retention",
+        "max_age",
     }
 )
+RETRY_TABLE_MAX = 100
 
 
 def subscription_from_proto(
@@ -414,6 +417,14 @@ def subscription_from_proto(
         bad("retry_policy.max_backoff", "must not be less than min_backoff")
     if max_backoff > config.MAX_DELAY_S * US_PER_S:
         bad("retry_policy.max_backoff", "must be at most one year")
+    delays = tuple(duration_us(d) for d in policy.delays)
+    if len(delays) > RETRY_TABLE_MAX:
+        bad("retry_policy.delays", f"at most {RETRY_TABLE_MAX} entries")
+    if any(not 0 <= d <= _MAX_DELAY_US for d in delays):
+        bad("retry_policy.delays", "each delay must be between 0 and one year")
+    max_age = duration_us(message.max_age) if message.HasField("max_age") else 0
+    if message.HasField("max_age") and max_age < US_PER_S:
+        bad("max_age", "must be at least 1 s (leave it unset for no maximum age)")
     if message.max_in_flight < 0:
         bad("max_in_flight", "must not be negative (0 means unlimited)")
     retention = duration_or_default("retention", message, "retention")
@@ -437,6 +448,8 @@ def subscription_from_proto(
         start_position=StartPosition.NEW,
         start_time_us=0,
         created_at_us=now_us,
+        max_age_us=max_age,
+        retry_delays_us=delays,
     )
 
 
@@ -450,7 +463,9 @@ def subscription_to_proto(sub: Subscription) -> pb.Subscription:
         retry_policy=pb.RetryPolicy(
             min_backoff=to_duration(sub.min_backoff_us),
             max_backoff=to_duration(sub.max_backoff_us),
+            delays=[to_duration(d) for d in sub.retry_delays_us],
         ),
+        max_age=to_duration(sub.max_age_us) if sub.max_age_us else None,
         max_in_flight=sub.max_in_flight,
         ordered=sub.ordered,
         start_position=int(sub.start_position),  # type: ignore[arg-type]
@@ -482,6 +497,14 @@ def merge_update(
             merged.filter.extend(message.filter)
         elif path == "retry_policy":
             merged.retry_policy.CopyFrom(message.retry_policy)
+        elif path == "retry_policy.delays":
+            del merged.retry_policy.delays[:]
+            merged.retry_policy.delays.extend(message.retry_policy.delays)
+        elif path == "max_age":
+            if message.HasField("max_age"):
+                merged.max_age.CopyFrom(message.max_age)
+            else:
+                merged.ClearField("max_age")
         elif path.startswith("retry_policy."):
             leaf = path.split(".", 1)[1]
             getattr(merged.retry_policy, leaf).CopyFrom(getattr(message.retry_policy, leaf))

@@ -31,7 +31,7 @@ from broker.domain import (
     Subscription,
     SubscriptionCounts,
 )
-from broker.engine.backoff import retry_delay_us
+from broker.engine.backoff import subscription_retry_delay_us
 from broker.engine.committer import Committer
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
 from broker.engine.rates import RateMeter
@@ -307,7 +307,7 @@ class DeliveryEngine:
             ack_ids=ack_ids,
             now_us=0,
             outcome=outcome_kind,
-            retry_delay=retry_delay_us,
+            retry_delay=subscription_retry_delay_us,
             error=error,
             delay_us=delay_us,
             terminal=terminal,
@@ -395,7 +395,7 @@ class DeliveryEngine:
                 ack_ids=expired,
                 now_us=now,
                 outcome=AttemptOutcome.EXPIRED,
-                retry_delay=retry_delay_us,
+                retry_delay=subscription_retry_delay_us,
             )
             return expired, tx.delivery_fail(params)
 

@@ -27,8 +27,8 @@ from broker.domain import (
     SubscriptionCounts,
 )
 
-#: Computes a retry delay in microseconds from (attempt, min_us, max_us).
-RetryDelay = Callable[[int, int, int], int]
+#: The delay in microseconds before a subscription's failed attempt is retried.
+RetryDelay = Callable[[Subscription, int], int]
 
 
 class StorageUnavailableError(Exception):
@@ -137,6 +137,65 @@ class DeadLetterListParams:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryRedriveParams:
+    """Make dead letters ready again as new attempts (at most `limit` per call).
+
+    Empty `event_ids` means every dead letter matching `name` and `reason`.
+    """
+
+    subscription_id: int
+    now_us: int
+    limit: int
+    event_ids: Sequence[str] = ()
+    name: str | None = None
+    reason: DeadReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionBackfillParams:
+    """Give a subscription deliveries for stored events published since a time."""
+
+    subscription_id: int
+    since_us: int
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSeekParams:
+    """Deliver again what was published since `time_us`; skip what was published before."""
+
+    subscription_id: int
+    time_us: int
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeekOutcome:
+    """How many deliveries a seek made ready again, and how many it skipped."""
+
+    replayed: int
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceParams:
+    """Apply maximum ages (dead-letter) and retention (delete), `limit` rows at a time."""
+
+    now_us: int
+    event_retention_us: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceOutcome:
+    """What one maintenance pass did."""
+
+    expired: int
+    deliveries_deleted: int
+    events_deleted: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A dead-lettered delivery with its event."""
 
@@ -228,13 +287,29 @@ class StorageTx(Protocol):
         """Forget dedup ids whose window has passed."""
         ...
 
+    def delivery_redrive(self, params: DeliveryRedriveParams) -> int:
+        """Make dead letters ready again, attempts counted afresh; returns how many."""
+        ...
+
+    def subscription_backfill(self, params: SubscriptionBackfillParams) -> int:
+        """Add deliveries for matching stored events that have none; returns how many."""
+        ...
+
+    def subscription_seek(self, params: SubscriptionSeekParams) -> SeekOutcome:
+        """Replay from a time: later events delivered again, earlier ones skipped."""
+        ...
+
+    def maintenance(self, params: MaintenanceParams) -> MaintenanceOutcome:
+        """Apply maximum ages and retention."""
+        ...
+
 
 class Storage(Protocol):
     """A database the broker keeps its state in."""
 
     @property
     def dialect(self) -> str:
-        """ "sqlite" or "postgresql"."""
+        """The dialect: "sqlite" or "postgresql"."""
         ...
 
     @property

@@ -34,6 +34,13 @@ class PostgresTx(SqlTx):
     def _locked(self, query: sa.Select[Any]) -> sa.Select[Any]:
         return query.with_for_update()
 
+    def _lock_ordering_key(self, subscription_id: int, key: str) -> None:
+        # Held to the end of the transaction; keys are always taken in sorted order.
+        self.conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:sub, hashtext(:key))"),
+            {"sub": subscription_id, "key": key},
+        )
+
 
 class PostgresStorage(SqlStorage):
     """A PostgreSQL database through psycopg 3."""

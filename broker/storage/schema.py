@@ -61,6 +61,8 @@ subscriptions = sa.Table(
     sa.Column("start_position", sa.SmallInteger(), nullable=False),
     sa.Column("start_time", sa.BigInteger(), nullable=False),
     sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("max_age_us", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("retry_delays", sa.Text(), nullable=True),
 )
 
 deliveries = sa.Table(

@@ -41,10 +41,16 @@ from broker.storage.interface import (
     DeliveryFailParams,
     DeliveryLeaseParams,
     DeliveryPromoteParams,
+    DeliveryRedriveParams,
     EventInsertParams,
+    MaintenanceOutcome,
+    MaintenanceParams,
     PromoteOutcome,
+    SeekOutcome,
     StorageUnavailableError,
+    SubscriptionBackfillParams,
     SubscriptionExistsError,
+    SubscriptionSeekParams,
     SubscriptionUpdateParams,
 )
 
@@ -62,7 +68,17 @@ _SETTLE_COLUMNS = (
     _d.c.consumer,
     _d.c.leased_at,
     _d.c.history,
+    _d.c.ordering_key,
 )
+#: States a delivery can still move from; an ordering key is held by the first of them.
+_OPEN_STATES = (
+    DeliveryState.SCHEDULED,
+    DeliveryState.READY,
+    DeliveryState.IN_FLIGHT,
+    DeliveryState.BLOCKED,
+)
+BACKFILL_PAGE = 1000
+OrderedKey = tuple[int, str]
 
 
 class SqlTx:
@@ -84,6 +100,9 @@ class SqlTx:
         """Lock rows read before an update, where the dialect needs it."""
         return query
 
+    def _lock_ordering_key(self, subscription_id: int, key: str) -> None:
+        """Serialise transactions that move one ordering key. Dialects override."""
+
     # -- events --------------------------------------------------------------
 
     def event_insert_many(self, params: EventInsertParams) -> list[PublishOutcome]:
@@ -95,6 +114,7 @@ class SqlTx:
         delivery_rows: list[dict[str, Any]] = []
         dedup_rows: list[dict[str, Any]] = []
         outcomes: list[PublishOutcome] = []
+        ordered_keys: set[OrderedKey] = set()
         for draft in params.drafts:
             if draft.dedup_id:
                 first = existing.get(draft.dedup_id)
@@ -136,7 +156,7 @@ class SqlTx:
                         "event_id": draft.event_id,
                         "state": DeliveryState.SCHEDULED if scheduled else DeliveryState.READY,
                         "rank": -draft.priority,
-                        "ordering_key": draft.ordering_key,
+                        "ordering_key": draft.ordering_key if sub.ordered else None,
                         "ready_at": deliver_at,
                         "attempt": 0,
                         "dead_reason": DeadReason.NONE,
@@ -144,6 +164,8 @@ class SqlTx:
                     }
                 )
                 ready_ids.add(sub.id)
+                if sub.ordered and draft.ordering_key:
+                    ordered_keys.add((sub.id, draft.ordering_key))
             outcomes.append(
                 PublishOutcome(
                     draft.event_id,
@@ -164,6 +186,8 @@ class SqlTx:
             self.conn.execute(sa.insert(_e), event_rows)
         if delivery_rows:
             self.conn.execute(sa.insert(_d), delivery_rows)
+        if ordered_keys:
+            self._gate(ordered_keys, now)
         return outcomes
 
     def _live_dedup_ids(self, dedup_ids: list[str], now: int) -> dict[str, str]:
@@ -280,7 +304,9 @@ class SqlTx:
                     updated_at=params.now_us,
                 )
             )
-        return SettleOutcome(tuple(applied), tuple(not_applied))
+        keys = {(r.subscription_id, r.ordering_key) for r in live.values() if r.ordering_key}
+        ready, next_scheduled = self._gate(keys, params.now_us) if keys else (set(), None)
+        return SettleOutcome(tuple(applied), tuple(not_applied), frozenset(ready), next_scheduled)
 
     def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
         """Give live leases back for retry, or dead-letter them."""
@@ -290,6 +316,7 @@ class SqlTx:
         subs = self._subscriptions_by_id()
         now = params.now_us
         updates: list[dict[str, Any]] = []
+        dead_keys: set[OrderedKey] = set()
         ready_subs: set[int] = set()
         next_scheduled: int | None = None
         for row in live.values():
@@ -325,7 +352,7 @@ class SqlTx:
                     delay = params.delay_us
                 else:
                     assert sub is not None
-                    delay = params.retry_delay(row.attempt, sub.min_backoff_us, sub.max_backoff_us)
+                    delay = params.retry_delay(sub, row.attempt)
                 ready_at = now + max(delay, 0)
                 if ready_at > now:
                     values |= {"b_state": DeliveryState.SCHEDULED, "b_ready_at": ready_at}
@@ -334,6 +361,8 @@ class SqlTx:
                     values |= {"b_state": DeliveryState.READY, "b_ready_at": now}
                     ready_subs.add(row.subscription_id)
             updates.append(values)
+            if values["b_state"] == DeliveryState.DEAD and row.ordering_key:
+                dead_keys.add((row.subscription_id, row.ordering_key))
         self.conn.execute(
             sa.update(_d)
             .where(_d.c.id == sa.bindparam("b_id"))
@@ -348,6 +377,10 @@ class SqlTx:
             ),
             updates,
         )
+        if dead_keys:
+            unblocked, due = self._gate(dead_keys, now)
+            ready_subs |= unblocked
+            next_scheduled = _earliest(next_scheduled, due)
         return SettleOutcome(
             tuple(applied), tuple(not_applied), frozenset(ready_subs), next_scheduled
         )
@@ -394,6 +427,271 @@ class SqlTx:
             len(rows),
             int(next_due) if next_due is not None else None,
         )
+
+    # -- ordering keys ---------------------------------------------------------
+
+    def _gate(self, keys: Iterable[OrderedKey], now: int) -> tuple[set[int], int | None]:
+        """Let only the earliest open delivery of each ordering key move.
+
+        The first delivery of a key that is not yet acked or dead holds the key:
+        it is ready, scheduled or in flight; every later one is BLOCKED until it
+        is settled. Returns the subscriptions with a delivery made ready, and the
+        earliest time one made scheduled becomes due.
+        """
+        ready: set[int] = set()
+        next_due: int | None = None
+        for subscription_id, key in sorted(set(keys)):
+            self._lock_ordering_key(subscription_id, key)
+            rows = self.conn.execute(
+                sa.select(_d.c.id, _d.c.state, _d.c.ready_at)
+                .where(
+                    _d.c.subscription_id == subscription_id,
+                    _d.c.ordering_key == key,
+                    _d.c.state.in_(_OPEN_STATES),
+                )
+                .order_by(_d.c.id)
+            ).all()
+            if not rows:
+                continue
+            head = rows[0]
+            if head.state == DeliveryState.BLOCKED:
+                if head.ready_at <= now:
+                    state = DeliveryState.READY
+                    ready.add(subscription_id)
+                else:
+                    state = DeliveryState.SCHEDULED
+                    next_due = _earliest(next_due, head.ready_at)
+                self.conn.execute(
+                    sa.update(_d).where(_d.c.id == head.id).values(state=state, updated_at=now)
+                )
+            waiting = [
+                r.id for r in rows[1:] if r.state in (DeliveryState.READY, DeliveryState.SCHEDULED)
+            ]
+            if waiting:
+                self.conn.execute(
+                    sa.update(_d)
+                    .where(_d.c.id.in_(waiting))
+                    .values(state=DeliveryState.BLOCKED, updated_at=now)
+                )
+        return ready, next_due
+
+    def _keys_of(self, delivery_ids: Sequence[int]) -> set[OrderedKey]:
+        if not delivery_ids:
+            return set()
+        rows = self.conn.execute(
+            sa.select(_d.c.subscription_id, _d.c.ordering_key).where(
+                _d.c.id.in_(delivery_ids), _d.c.ordering_key.is_not(None)
+            )
+        )
+        return {(row.subscription_id, row.ordering_key) for row in rows}
+
+    # -- dead letters, replay, retention ----------------------------------------
+
+    def delivery_redrive(self, params: DeliveryRedriveParams) -> int:
+        """Make dead letters ready again, attempts counted afresh; returns how many."""
+        query = (
+            sa.select(_d.c.id)
+            .where(
+                _d.c.subscription_id == params.subscription_id,
+                _d.c.state == DeliveryState.DEAD,
+            )
+            .order_by(_d.c.id)
+            .limit(params.limit)
+        )
+        if params.event_ids:
+            query = query.where(_d.c.event_id.in_(list(params.event_ids)))
+        if params.reason is not None:
+            query = query.where(_d.c.dead_reason == params.reason)
+        if params.name is not None:
+            query = query.where(
+                _d.c.event_id.in_(sa.select(_e.c.id).where(_e.c.name == params.name))
+            )
+        ids = [row.id for row in self.conn.execute(self._locked(query))]
+        if ids:
+            self.conn.execute(
+                sa.update(_d)
+                .where(_d.c.id.in_(ids))
+                .values(
+                    state=DeliveryState.READY,
+                    ready_at=params.now_us,
+                    attempt=0,
+                    dead_reason=DeadReason.NONE,
+                    lease_expires_at=None,
+                    updated_at=params.now_us,
+                )
+            )
+            self._gate(self._keys_of(ids), params.now_us)
+        return len(ids)
+
+    def subscription_backfill(self, params: SubscriptionBackfillParams) -> int:
+        """Add deliveries for matching stored events that have none; returns how many."""
+        sub = self._subscriptions_by_id().get(params.subscription_id)
+        if sub is None:
+            return 0
+        now = params.now_us
+        added = 0
+        keys: set[OrderedKey] = set()
+        cursor = (params.since_us, "")
+        while True:
+            events = self.conn.execute(
+                sa.select(
+                    _e.c.id,
+                    _e.c.name,
+                    _e.c.priority,
+                    _e.c.ordering_key,
+                    _e.c.deliver_at,
+                    _e.c.published_at,
+                )
+                .where(sa.tuple_(_e.c.published_at, _e.c.id) > sa.tuple_(*cursor))
+                .order_by(_e.c.published_at, _e.c.id)
+                .limit(BACKFILL_PAGE)
+            ).all()
+            if not events:
+                break
+            cursor = (events[-1].published_at, events[-1].id)
+            matching = [e for e in events if matches(sub.filters, e.name)]
+            have = (
+                set(
+                    self.conn.execute(
+                        sa.select(_d.c.event_id).where(
+                            _d.c.subscription_id == sub.id,
+                            _d.c.event_id.in_([e.id for e in matching]),
+                        )
+                    ).scalars()
+                )
+                if matching
+                else set()
+            )
+            rows = [
+                {
+                    "subscription_id": sub.id,
+                    "event_id": e.id,
+                    "state": DeliveryState.SCHEDULED if e.deliver_at > now else DeliveryState.READY,
+                    "rank": -e.priority,
+                    "ordering_key": e.ordering_key if sub.ordered else None,
+                    "ready_at": max(e.deliver_at, now),
+                    "attempt": 0,
+                    "dead_reason": DeadReason.NONE,
+                    "updated_at": now,
+                }
+                for e in matching
+                if e.id not in have
+            ]
+            if rows:
+                self.conn.execute(sa.insert(_d), rows)
+                added += len(rows)
+                keys |= {(sub.id, r["ordering_key"]) for r in rows if r["ordering_key"]}
+        if keys:
+            self._gate(keys, now)
+        return added
+
+    def subscription_seek(self, params: SubscriptionSeekParams) -> SeekOutcome:
+        """Replay from a time: later events delivered again, earlier ones skipped."""
+        now = params.now_us
+        sub_id = params.subscription_id
+        before = sa.select(_e.c.id).where(_e.c.published_at < params.time_us)
+        since = sa.select(_e.c.id).where(_e.c.published_at >= params.time_us)
+        skipped = self.conn.execute(
+            sa.update(_d)
+            .where(
+                _d.c.subscription_id == sub_id,
+                _d.c.state.in_(
+                    (DeliveryState.SCHEDULED, DeliveryState.READY, DeliveryState.BLOCKED)
+                ),
+                _d.c.event_id.in_(before),
+            )
+            .values(state=DeliveryState.ACKED, updated_at=now)
+        ).rowcount
+        replay_ids = [
+            row.id
+            for row in self.conn.execute(
+                sa.select(_d.c.id).where(
+                    _d.c.subscription_id == sub_id,
+                    _d.c.state.in_((DeliveryState.ACKED, DeliveryState.DEAD)),
+                    _d.c.event_id.in_(since),
+                )
+            )
+        ]
+        if replay_ids:
+            self.conn.execute(
+                sa.update(_d)
+                .where(_d.c.id.in_(replay_ids))
+                .values(
+                    state=DeliveryState.READY,
+                    ready_at=now,
+                    attempt=0,
+                    dead_reason=DeadReason.NONE,
+                    last_error=None,
+                    history=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+        added = self.subscription_backfill(SubscriptionBackfillParams(sub_id, params.time_us, now))
+        self._gate(self._keys_of(replay_ids), now)
+        return SeekOutcome(replayed=len(replay_ids) + added, skipped=int(skipped))
+
+    def maintenance(self, params: MaintenanceParams) -> MaintenanceOutcome:
+        """Apply maximum ages and retention, a bounded number of rows at a time."""
+        now = params.now_us
+        expired_ids: list[int] = []
+        deleted = 0
+        for sub in self._subscriptions_by_id().values():
+            if sub.max_age_us:
+                old = sa.select(_e.c.id).where(_e.c.published_at < now - sub.max_age_us)
+                expired_ids += [
+                    row.id
+                    for row in self.conn.execute(
+                        sa.select(_d.c.id)
+                        .where(
+                            _d.c.subscription_id == sub.id,
+                            _d.c.state.in_(
+                                (
+                                    DeliveryState.SCHEDULED,
+                                    DeliveryState.READY,
+                                    DeliveryState.BLOCKED,
+                                )
+                            ),
+                            _d.c.event_id.in_(old),
+                        )
+                        .limit(params.limit)
+                    )
+                ]
+            done = (
+                sa.select(_d.c.id)
+                .where(
+                    _d.c.subscription_id == sub.id,
+                    _d.c.state.in_((DeliveryState.ACKED, DeliveryState.DEAD)),
+                    _d.c.updated_at < now - sub.retention_us,
+                )
+                .limit(params.limit)
+            )
+            deleted += self.conn.execute(
+                sa.delete(_d).where(_d.c.id.in_(done.scalar_subquery()))
+            ).rowcount
+        if expired_ids:
+            self.conn.execute(
+                sa.update(_d)
+                .where(_d.c.id.in_(expired_ids))
+                .values(
+                    state=DeliveryState.DEAD,
+                    dead_reason=DeadReason.EXPIRED,
+                    updated_at=now,
+                )
+            )
+            self._gate(self._keys_of(expired_ids), now)
+        orphaned = (
+            sa.select(_e.c.id)
+            .where(
+                _e.c.published_at < now - params.event_retention_us,
+                ~sa.exists().where(_d.c.event_id == _e.c.id),
+            )
+            .limit(params.limit)
+        )
+        events_deleted = self.conn.execute(
+            sa.delete(_e).where(_e.c.id.in_(orphaned.scalar_subquery()))
+        ).rowcount
+        return MaintenanceOutcome(len(expired_ids), int(deleted), int(events_deleted))
 
     # -- inspection ----------------------------------------------------------
 
@@ -454,6 +752,14 @@ class SqlTx:
         self._subscriptions = None
         created = self.subscription_get_by_id(int(new_id))
         assert created is not None
+        if created.start_position is StartPosition.BEGINNING:
+            self.subscription_backfill(
+                SubscriptionBackfillParams(created.id, 0, created.created_at_us)
+            )
+        elif created.start_position is StartPosition.TIME:
+            self.subscription_backfill(
+                SubscriptionBackfillParams(created.id, created.start_time_us, created.created_at_us)
+            )
         return created
 
     def subscription_get(self, name: str) -> Subscription | None:
@@ -591,6 +897,12 @@ def _storage_errors() -> Iterator[None]:
 # -- rows to domain ----------------------------------------------------------
 
 
+def _earliest(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
 def _event_from_row(row: Any) -> StoredEvent:
     return StoredEvent(
         event_id=row.id,
@@ -622,6 +934,8 @@ def _subscription_from_row(row: Any) -> Subscription:
         start_time_us=row.start_time,
         created_at_us=row.created_at,
         id=row.id,
+        max_age_us=row.max_age_us,
+        retry_delays_us=tuple(json.loads(row.retry_delays)) if row.retry_delays else (),
     )
 
 
@@ -639,6 +953,8 @@ def _subscription_values(sub: Subscription) -> dict[str, Any]:
         "start_position": int(sub.start_position),
         "start_time": sub.start_time_us,
         "created_at": sub.created_at_us,
+        "max_age_us": sub.max_age_us,
+        "retry_delays": json.dumps(list(sub.retry_delays_us)) if sub.retry_delays_us else None,
     }
 
 

@@ -22,7 +22,11 @@ READ_POOL_SIZE = 4
 
 
 class SqliteTx(SqlTx):
-    """SQLite's claims: the write lock is already held, so a plain ordered select."""
+    """SQLite's claims: the write lock is already held, so a plain ordered select.
+
+    For the same reason ordering keys need no lock of their own
+    (`_lock_ordering_key` stays a no-op): writers never run side by side.
+    """
 
     def _ready_ids(self, subscription_id: int, limit: int) -> sa.Select[tuple[int]]:
         d = self._deliveries

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -31,8 +33,11 @@ from broker.storage.interface import (
     DeliveryFailParams,
     DeliveryLeaseParams,
     DeliveryPromoteParams,
+    DeliveryRedriveParams,
     EventInsertParams,
+    MaintenanceParams,
     SubscriptionExistsError,
+    SubscriptionSeekParams,
     SubscriptionUpdateParams,
 )
 from broker.storage.schema import metadata
@@ -50,15 +55,21 @@ def sub(name: str = "billing", *filters: str, **overrides: int) -> Subscription:
         "min_backoff_us": 1 * S,
         "max_backoff_us": 60 * S,
         "max_in_flight": 0,
+        "retention_us": 7 * 24 * 3600 * S,
     } | overrides
     return Subscription(
         name=name,
         filters=filters or ("user.*",),
-        retention_us=7 * 24 * 3600 * S,
         ordered=False,
         start_position=StartPosition.NEW,
         created_at_us=T0,
-        **values,
+        ack_deadline_us=values["ack_deadline_us"],
+        max_attempts=values["max_attempts"],
+        min_backoff_us=values["min_backoff_us"],
+        max_backoff_us=values["max_backoff_us"],
+        max_in_flight=values["max_in_flight"],
+        retention_us=values["retention_us"],
+        max_age_us=values.get("max_age_us", 0),
     )
 
 
@@ -105,7 +116,7 @@ def lease(
     return [d.ack_id for d in leased.get(consumer, [])]
 
 
-def no_delay(attempt: int, min_us: int, max_us: int) -> int:
+def no_delay(subscription: Subscription, attempt: int) -> int:
     return 0
 
 
@@ -138,7 +149,7 @@ def test_migrate_twice_is_a_no_op(storage: Storage) -> None:
     assert isinstance(storage, SqlStorage)
     with storage.read_engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == "0001"
+    assert version == "0002"
 
 
 def test_publish_fans_out_to_every_matching_subscription(storage: Storage) -> None:
@@ -262,7 +273,7 @@ def test_nack_backs_off_then_dead_letters_after_max_attempts(storage: Storage) -
     s = create(storage, sub(max_attempts=2))
     (event_id,) = publish(storage, draft())
     (first,) = lease(storage, s.id, 1)
-    outcome = fail(storage, [first], error="boom", retry_delay=lambda a, lo, hi: 5 * S)
+    outcome = fail(storage, [first], error="boom", retry_delay=lambda sub, attempt: 5 * S)
     assert states(storage, event_id) == {"billing": DeliveryState.SCHEDULED}
     assert outcome.next_scheduled_us == T0 + 5 * S  # type: ignore[attr-defined]
     with storage.write() as tx:
@@ -306,7 +317,7 @@ def test_release_makes_ready_at_once_with_attempt_counted(storage: Storage) -> N
         [first],
         outcome=AttemptOutcome.RELEASED,
         immediate=True,
-        retry_delay=lambda a, lo, hi: 99 * S,
+        retry_delay=lambda sub, attempt: 99 * S,
     )
     assert outcome.ready_subscription_ids == {s.id}  # type: ignore[attr-defined]
     assert states(storage, event_id) == {"billing": DeliveryState.READY}
@@ -416,3 +427,179 @@ def test_competing_leasers_never_share_a_delivery(storage: Storage) -> None:
     duplicates = [ack for ack, n in Counter(everything).items() if n > 1]
     assert duplicates == []
     assert len(everything) == total
+
+
+def ordered_draft(key: str, name: str = "user.x", **kwargs: Any) -> EventDraft:
+    return dataclasses.replace(draft(name, **kwargs), ordering_key=key)
+
+
+def ack(storage: Storage, ack_ids: Sequence[str], now: int = T0) -> None:
+    with storage.write() as tx:
+        tx.delivery_ack(DeliveryAckParams(ack_ids, now))
+
+
+def test_redrive_makes_dead_letters_ready_as_new_attempts(storage: Storage) -> None:
+    s = create(storage, sub(max_attempts=1))
+    ids = publish(storage, draft("user.a"), draft("user.b"), draft("user.b"))
+    fail(storage, lease(storage, s.id, 3), error="boom")
+    with storage.write() as tx:
+        by_name = tx.delivery_redrive(DeliveryRedriveParams(s.id, T0, 100, name="user.a"))
+    assert by_name == 1
+    assert states(storage, ids[0]) == {"billing": DeliveryState.READY}
+    with storage.write() as tx:
+        one = tx.delivery_redrive(DeliveryRedriveParams(s.id, T0, 100, event_ids=[ids[1]]))
+        rest = tx.delivery_redrive(DeliveryRedriveParams(s.id, T0, 100))
+    assert (one, rest) == (1, 1)
+    with storage.write() as tx:
+        leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c", 10)], T0))
+    assert sorted(d.event.event_id for d in leased["c"]) == sorted(ids)
+    assert {d.attempt for d in leased["c"]} == {1}
+    with storage.read() as tx:
+        (info,) = tx.delivery_list_for_event(ids[0])
+    assert [h.error for h in info.history] == ["boom"]  # the history is kept
+
+
+def test_start_from_the_beginning_or_a_time(storage: Storage) -> None:
+    old = publish(storage, draft("user.old"), now=T0 - 100 * S)
+    recent = publish(storage, draft("user.recent"), draft("order.x"), now=T0 - 10 * S)
+    beginning = create(
+        storage, dataclasses.replace(sub("b"), start_position=StartPosition.BEGINNING)
+    )
+    timed = create(
+        storage,
+        dataclasses.replace(sub("t"), start_position=StartPosition.TIME, start_time_us=T0 - 50 * S),
+    )
+    new = create(storage, sub("n"))
+    assert sorted(lease_events(storage, beginning.id)) == sorted([old[0], recent[0]])
+    assert lease_events(storage, timed.id) == [recent[0]]
+    assert lease_events(storage, new.id) == []
+
+
+def lease_events(storage: Storage, sub_id: int) -> list[str]:
+    with storage.write() as tx:
+        leased = tx.delivery_lease(DeliveryLeaseParams(sub_id, [LeaseRequest("c", 100)], T0))
+    return [d.event.event_id for d in leased.get("c", [])]
+
+
+def test_seek_back_replays_and_seek_forward_skips(storage: Storage) -> None:
+    s = create(storage, sub())
+    first = publish(storage, draft(deliver_at=T0 - 20 * S), now=T0 - 20 * S)
+    second = publish(storage, draft(deliver_at=T0 - 10 * S), now=T0 - 10 * S)
+    ack(storage, lease(storage, s.id, 10, now=T0 - 5 * S), T0 - 5 * S)
+    third = publish(storage, draft(deliver_at=T0 - 2 * S), now=T0 - 2 * S)
+    with storage.write() as tx:
+        back = tx.subscription_seek(SubscriptionSeekParams(s.id, T0 - 15 * S, T0))
+    assert (back.replayed, back.skipped) == (1, 0)
+    assert sorted(lease_events(storage, s.id)) == sorted(second + third)
+    fourth = publish(storage, draft(), now=T0)
+    with storage.write() as tx:
+        forward = tx.subscription_seek(SubscriptionSeekParams(s.id, T0 + S, T0 + S))
+    assert forward.skipped == 1 and forward.replayed == 0
+    assert states(storage, fourth[0]) == {"billing": DeliveryState.ACKED}
+    assert states(storage, first[0]) == {"billing": DeliveryState.ACKED}
+
+
+def test_maximum_age_dead_letters_and_retention_deletes(storage: Storage) -> None:
+    create(storage, sub("aged", max_age_us=60 * S))
+    kept = create(storage, sub("kept", retention_us=10 * S))
+    old = publish(storage, draft(deliver_at=T0 - 120 * S), now=T0 - 120 * S)[0]
+    young = publish(storage, draft())[0]
+    ack(storage, lease(storage, kept.id, 10, now=T0), T0)
+    with storage.write() as tx:
+        outcome = tx.maintenance(MaintenanceParams(T0, 3600 * S, 1000))
+    assert outcome.expired == 1 and outcome.deliveries_deleted == 0
+    with storage.read() as tx:
+        dead = {d.subscription: d for d in tx.delivery_list_for_event(old)}
+    assert dead["aged"].dead_reason is DeadReason.EXPIRED
+    assert states(storage, young)["aged"] is DeliveryState.READY
+    later = T0 + 11 * S
+    with storage.write() as tx:
+        outcome = tx.maintenance(MaintenanceParams(later, 3600 * S, 1000))
+    assert outcome.deliveries_deleted == 2  # both acked in "kept", past its 10 s
+    with storage.write() as tx:
+        outcome = tx.maintenance(MaintenanceParams(T0 + 7200 * S, 3600 * S, 1000))
+    assert outcome.events_deleted == 0  # "aged" still holds deliveries of both
+    with storage.write() as tx:
+        tx.subscription_delete("aged")
+    with storage.write() as tx:
+        outcome = tx.maintenance(MaintenanceParams(T0 + 7200 * S, 3600 * S, 1000))
+    assert outcome.events_deleted == 2
+    with storage.read() as tx:
+        assert tx.event_count() == 0
+
+
+def test_ordered_keys_deliver_one_at_a_time_in_publish_order(storage: Storage) -> None:
+    s = create(storage, dataclasses.replace(sub(max_attempts=1), ordered=True))
+    a1, a2, b1, a3 = publish(
+        storage,
+        ordered_draft("a"),
+        ordered_draft("a", priority=50),
+        ordered_draft("b"),
+        ordered_draft("a"),
+    )
+    assert states(storage, a2) == {"billing": DeliveryState.BLOCKED}
+    first = lease_events(storage, s.id)
+    assert sorted(first) == sorted([a1, b1])  # priority does not jump the key's queue
+    # acking a1 lets a2 go; a3 still waits
+    with storage.read() as tx:
+        infos = {e: tx.delivery_list_for_event(e)[0] for e in (a1, a2, a3)}
+    assert infos[a3].state is DeliveryState.BLOCKED
+    ack_ids = ack_ids_for(storage, s.id)
+    ack(storage, [ack_ids[a1]])
+    assert lease_events(storage, s.id) == [a2]
+    fail(storage, [ack_ids_for(storage, s.id)[a2]], terminal=True)  # dead also frees the key
+    assert lease_events(storage, s.id) == [a3]
+
+
+def ack_ids_for(storage: Storage, sub_id: int) -> dict[str, str]:
+    """Ack ids of the in-flight deliveries, by event id."""
+    with storage.read() as tx:
+        expired = tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 10**9 * S, 1000))
+    result = {}
+    for ack_id in expired:
+        for event_id in _event_of_delivery(storage, ack_id.delivery_id):
+            result[event_id] = str(ack_id)
+    return result
+
+
+def _event_of_delivery(storage: Storage, delivery_id: int) -> list[str]:
+    assert isinstance(storage, SqlStorage)
+    with storage.read_engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text("SELECT event_id FROM deliveries WHERE id = :id"), {"id": delivery_id}
+            ).scalars()
+        )
+
+
+def test_ordered_key_waits_for_a_retry_of_its_head(storage: Storage) -> None:
+    s = create(storage, dataclasses.replace(sub(max_attempts=5), ordered=True))
+    k1, k2 = publish(storage, ordered_draft("k"), ordered_draft("k"))
+    (first,) = lease(storage, s.id, 10)
+    fail(storage, [first], delay_us=30 * S)
+    assert lease(storage, s.id, 10) == []  # k2 stays behind k1's retry
+    assert states(storage, k2) == {"billing": DeliveryState.BLOCKED}
+    with storage.write() as tx:
+        tx.delivery_promote(DeliveryPromoteParams(T0 + 30 * S, 100))
+    assert lease_events(storage, s.id) == [k1]
+    assert states(storage, k1) == {"billing": DeliveryState.IN_FLIGHT}
+
+
+def test_concurrent_publishers_never_open_a_key_twice(storage: Storage) -> None:
+    s = create(storage, dataclasses.replace(sub(), ordered=True))
+    start = threading.Barrier(4)
+
+    def publisher() -> None:
+        start.wait()
+        for _ in range(10):
+            publish(storage, ordered_draft("shared"))
+
+    threads = [threading.Thread(target=publisher) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with storage.read() as tx:
+        (counts,) = tx.subscription_counts("billing")
+    assert counts.ready == 1
+    assert len(lease(storage, s.id, 100)) == 1

@@ -98,6 +98,10 @@ class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deliver
     """Acknowledged."""
     DELIVERY_STATE_DEAD: _DeliveryState.ValueType  # 5
     """Dead-lettered."""
+    DELIVERY_STATE_BLOCKED: _DeliveryState.ValueType  # 6
+    """Waiting behind an earlier event of its ordering key (ordered
+    subscriptions): it becomes ready when that one is acked or dead.
+    """
 
 class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
     """DeliveryState is where a delivery stands."""
@@ -114,6 +118,10 @@ DELIVERY_STATE_ACKED: DeliveryState.ValueType  # 4
 """Acknowledged."""
 DELIVERY_STATE_DEAD: DeliveryState.ValueType  # 5
 """Dead-lettered."""
+DELIVERY_STATE_BLOCKED: DeliveryState.ValueType  # 6
+"""Waiting behind an earlier event of its ordering key (ordered
+subscriptions): it becomes ready when that one is acked or dead.
+"""
 Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
 class _DeadReason:
@@ -760,6 +768,7 @@ class RetryPolicy(_message.Message):
 
     MIN_BACKOFF_FIELD_NUMBER: _builtins.int
     MAX_BACKOFF_FIELD_NUMBER: _builtins.int
+    DELAYS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def min_backoff(self) -> _duration_pb2.Duration:
         """The first retry's delay (default 1 s)."""
@@ -768,15 +777,22 @@ class RetryPolicy(_message.Message):
     def max_backoff(self) -> _duration_pb2.Duration:
         """The longest delay (default 10 min)."""
 
+    @_builtins.property
+    def delays(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]:
+        """An explicit table instead of the exponential backoff: the delay after
+        attempt n is delays[n-1], and the last entry repeats. At most 100 entries.
+        """
+
     def __init__(
         self,
         *,
         min_backoff: _duration_pb2.Duration | None = ...,
         max_backoff: _duration_pb2.Duration | None = ...,
+        delays: _abc.Iterable[_duration_pb2.Duration] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["max_backoff", b"max_backoff", "min_backoff", b"min_backoff"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_backoff", b"max_backoff", "min_backoff", b"min_backoff"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delays", b"delays", "max_backoff", b"max_backoff", "min_backoff", b"min_backoff"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -799,6 +815,7 @@ class Subscription(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     RETENTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    MAX_AGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: 1 to 255 letters, digits and `._-/:`."""
     max_attempts: _builtins.int
@@ -833,6 +850,12 @@ class Subscription(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created (output only)."""
 
+    @_builtins.property
+    def max_age(self) -> _duration_pb2.Duration:
+        """Deliveries of events older than this are dead-lettered (reason EXPIRED)
+        instead of being delivered or retried. Unset: no maximum age.
+        """
+
     def __init__(
         self,
         *,
@@ -847,10 +870,11 @@ class Subscription(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         retention: _duration_pb2.Duration | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        max_age: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "create_time", b"create_time", "retention", b"retention", "retry_policy", b"retry_policy", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "create_time", b"create_time", "max_age", b"max_age", "retention", b"retention", "retry_policy", b"retry_policy", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "create_time", b"create_time", "filter", b"filter", "max_attempts", b"max_attempts", "max_in_flight", b"max_in_flight", "name", b"name", "ordered", b"ordered", "retention", b"retention", "retry_policy", b"retry_policy", "start_position", b"start_position", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "create_time", b"create_time", "filter", b"filter", "max_age", b"max_age", "max_attempts", b"max_attempts", "max_in_flight", b"max_in_flight", "name", b"name", "ordered", b"ordered", "retention", b"retention", "retry_policy", b"retry_policy", "start_position", b"start_position", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
