@@ -64,6 +64,10 @@ class Settings:
     shutdown_grace_s: float = 10.0
     #: Most operations committed in one transaction (group commit).
     commit_batch_max: int = 256
+    #: How long an event no subscription still holds a delivery of is kept.
+    event_retention_s: float = RETENTION_DEFAULT_S
+    #: How often maximum ages and retention are applied.
+    maintenance_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,6 +83,8 @@ class Settings:
             ("reaper_interval_s", self.reaper_interval_s > 0, "must be positive"),
             ("shutdown_grace_s", self.shutdown_grace_s >= 0, "must not be negative"),
             ("commit_batch_max", self.commit_batch_max >= 1, "must be at least 1"),
+            ("event_retention_s", self.event_retention_s > 0, "must be positive"),
+            ("maintenance_interval_s", self.maintenance_interval_s > 0, "must be positive"),
             ("listen", ":" in self.listen, "must be HOST:PORT"),
         ]
         for name, ok, why in checks:

@@ -196,6 +196,8 @@ class DeliveryInfo:
     dead_reason: DeadReason
     last_error: str
     history: tuple[AttemptRecord, ...] = field(default_factory=tuple)
+    #: Set on deliveries of ordered subscriptions.
+    ordering_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "eventbroker.v1"
 
@@ -105,13 +105,3 @@ def already_exists(kind: str, name: str) -> BrokerError:
 def unavailable(message: str) -> BrokerError:
     """UNAVAILABLE: the storage cannot take the request now; retrying may work."""
     return BrokerError(grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE", message)
-
-
-def unimplemented(what: str) -> BrokerError:
-    """UNIMPLEMENTED for a part of the API this broker does not provide yet."""
-    return BrokerError(
-        grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{what} is not implemented yet"
-    )
-
-
-CODE_OK = code_pb2.OK

@@ -33,6 +33,7 @@ TEST_SETTINGS = Settings(
     listen="127.0.0.1:0",
     poll_interval_s=0.2,
     reaper_interval_s=0.05,
+    maintenance_interval_s=0.2,
     shutdown_grace_s=2.0,
 )
 

@@ -30,7 +30,7 @@ from broker.domain import (
     Subscription,
     SubscriptionCounts,
 )
-from broker.errors import FieldViolation, invalid_argument, too_large, unimplemented
+from broker.errors import FieldViolation, invalid_argument, too_large
 from broker.names import FILTERS_MAX_COUNT, filter_error, normalize_filters, normalize_name
 from eventbroker.v1 import broker_pb2 as pb
 
@@ -430,11 +430,18 @@ def subscription_from_proto(
     retention = duration_or_default("retention", message, "retention")
     if retention < US_PER_S:
         bad("retention", "must be at least 1 s")
+    start = StartPosition.NEW
+    start_time = 0
+    if message.start_position == pb.START_POSITION_BEGINNING:
+        start = StartPosition.BEGINNING
+    elif message.start_position == pb.START_POSITION_TIME:
+        start = StartPosition.TIME
+        if not message.HasField("start_time"):
+            bad("start_time", "is required with START_POSITION_TIME")
+        start_time = timestamp_us(message.start_time)
+    elif message.start_position not in (pb.START_POSITION_UNSPECIFIED, pb.START_POSITION_NEW):
+        bad("start_position", f"unknown value {message.start_position}")
     _raise_violations(violations)
-    if message.ordered:
-        raise unimplemented("ordered delivery (FIFO per ordering key)")
-    if message.start_position not in (pb.START_POSITION_UNSPECIFIED, pb.START_POSITION_NEW):
-        raise unimplemented("starting a subscription from the beginning or a time")
     return Subscription(
         name=message.name,
         filters=normalize_filters(message.filter),
@@ -445,8 +452,8 @@ def subscription_from_proto(
         max_in_flight=message.max_in_flight,
         ordered=message.ordered,
         retention_us=retention,
-        start_position=StartPosition.NEW,
-        start_time_us=0,
+        start_position=start,
+        start_time_us=start_time,
         created_at_us=now_us,
         max_age_us=max_age,
         retry_delays_us=delays,

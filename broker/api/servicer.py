@@ -30,7 +30,6 @@ from broker.errors import (
     invalid_argument,
     not_found,
     unavailable,
-    unimplemented,
 )
 from broker.names import filter_error, normalize_filters
 from broker.storage.interface import (
@@ -322,9 +321,15 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         event, deliveries = await self.engine.event_with_deliveries(request.event_id)
         if event is None:
             raise not_found("event", request.event_id)
+        limits = await self.engine.concurrency(
+            {d.subscription for d in deliveries if d.state is DeliveryState.READY}
+        )
         return pb.GetEventResponse(
             event=convert.stored_event_message(event),
-            deliveries=[convert.delivery_status_to_proto(d, describe(d)) for d in deliveries],
+            deliveries=[
+                convert.delivery_status_to_proto(d, describe(d, limits.get(d.subscription)))
+                for d in deliveries
+            ],
         )
 
     @unary
@@ -362,15 +367,38 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     async def RedriveDeadLetters(
         self, request: pb.RedriveDeadLettersRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RedriveDeadLettersResponse:
-        """Not yet: dead letters can be listed but not redriven."""
-        raise unimplemented("RedriveDeadLetters")
+        """Make dead letters ready again: some by id, or all matching name and reason."""
+        sub = await self._existing(request.subscription)
+        if not request.event_ids and not request.all:
+            raise invalid_argument(
+                [
+                    FieldViolation(
+                        "event_ids",
+                        "name the events to redrive, or set all=true "
+                        "(optionally narrowed by name and reason)",
+                    )
+                ]
+            )
+        if request.event_ids and request.all:
+            raise invalid_argument([FieldViolation("all", "not together with event_ids")])
+        count = await self.engine.redrive(
+            sub,
+            event_ids=list(request.event_ids),
+            name=request.name.lower() or None,
+            reason=DeadReason(request.reason) if request.reason else None,
+        )
+        return pb.RedriveDeadLettersResponse(redriven_count=count)
 
     @unary
     async def Seek(
         self, request: pb.SeekRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.SeekResponse:
-        """Not yet."""
-        raise unimplemented("Seek")
+        """Replay everything published since a time, and skip what came before."""
+        sub = await self._existing(request.subscription)
+        if not request.HasField("time"):
+            raise invalid_argument([FieldViolation("time", "is required")])
+        await self.engine.seek(sub, convert.timestamp_us(request.time))
+        return pb.SeekResponse()
 
     @unary
     async def GetStats(
@@ -396,8 +424,11 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         )
 
 
-def describe(info: DeliveryInfo) -> str:
-    """One sentence saying why a delivery is where it is."""
+def describe(info: DeliveryInfo, concurrency: tuple[int, int] | None = None) -> str:
+    """One sentence saying why a delivery is where it is.
+
+    `concurrency` is the subscription's (in flight, max in flight), when it has a limit.
+    """
 
     def at(us: int | None) -> str:
         if us is None:
@@ -409,8 +440,18 @@ def describe(info: DeliveryInfo) -> str:
             return f"backing off after attempt {info.attempts} until {at(info.next_time_us)}"
         case DeliveryState.SCHEDULED:
             return f"scheduled until {at(info.next_time_us)}"
+        case DeliveryState.READY if concurrency and concurrency[0] >= concurrency[1]:
+            return (
+                f"ready since {at(info.next_time_us)}, waiting for the concurrency limit "
+                f"({concurrency[0]} of {concurrency[1]} in flight)"
+            )
         case DeliveryState.READY:
             return f"ready since {at(info.next_time_us)}, waiting for a consumer with free credit"
+        case DeliveryState.BLOCKED:
+            return (
+                f"waiting behind an earlier event of ordering key {info.ordering_key!r} "
+                "until it is acked or dead"
+            )
         case DeliveryState.IN_FLIGHT:
             return f"in flight with consumer {info.consumer} until {at(info.next_time_us)}"
         case DeliveryState.ACKED:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from broker.config import Settings
 from broker.domain import (
     AttemptOutcome,
+    DeadReason,
     DeliveryInfo,
     EventDraft,
     LeasedDelivery,
@@ -43,9 +44,13 @@ from broker.storage.interface import (
     DeliveryFailParams,
     DeliveryLeaseParams,
     DeliveryPromoteParams,
+    DeliveryRedriveParams,
     EventInsertParams,
+    MaintenanceParams,
+    SeekOutcome,
     Storage,
     StorageTx,
+    SubscriptionSeekParams,
     SubscriptionUpdateParams,
 )
 
@@ -53,6 +58,8 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EXPIRE_BATCH = 500
+REDRIVE_BATCH = 1000
+MAINTENANCE_BATCH = 1000
 PROMOTE_BATCH = 1000
 TAIL_QUEUE_MAX = 10_000
 DEDUP_PRUNE_BATCH = 1000
@@ -120,6 +127,7 @@ class DeliveryEngine:
         self._tasks = [
             loop.create_task(self._expire_loop(), name="lease-reaper"),
             loop.create_task(self._promote_loop(), name="scheduler"),
+            loop.create_task(self._maintenance_loop(), name="maintenance"),
         ]
 
     async def end_streams(self) -> None:
@@ -404,6 +412,77 @@ class DeliveryEngine:
             _log.info("lease deadline passed for %d deliveries", len(expired))
             self._settled(expired, outcome)
 
+    async def _maintenance_loop(self) -> None:
+        """Apply maximum ages and retention in small batches, so tables stay small."""
+        retention_us = int(self.settings.event_retention_s * 1_000_000)
+        while not self._stopping:
+            await asyncio.sleep(self.settings.maintenance_interval_s)
+            try:
+                while True:
+                    outcome = await self.committer.run(
+                        lambda tx, now: tx.maintenance(
+                            MaintenanceParams(now, retention_us, MAINTENANCE_BATCH)
+                        )
+                    )
+                    if outcome.expired or outcome.deliveries_deleted or outcome.events_deleted:
+                        _log.info(
+                            "maintenance: %d expired by age, %d deliveries and %d events "
+                            "past retention deleted",
+                            outcome.expired,
+                            outcome.deliveries_deleted,
+                            outcome.events_deleted,
+                        )
+                    busiest = max(
+                        outcome.expired, outcome.deliveries_deleted, outcome.events_deleted
+                    )
+                    if busiest < MAINTENANCE_BATCH or self._stopping:
+                        break
+            except Exception:
+                _log.exception("maintenance failed; retrying")
+
+    # -- dead letters and replay -----------------------------------------------
+
+    async def redrive(
+        self,
+        subscription: Subscription,
+        *,
+        event_ids: Sequence[str],
+        name: str | None,
+        reason: DeadReason | None,
+    ) -> int:
+        """Make dead letters ready again, in transactions of at most REDRIVE_BATCH."""
+        total = 0
+        params = DeliveryRedriveParams(
+            subscription.id, 0, REDRIVE_BATCH, tuple(event_ids), name, reason
+        )
+        while True:
+            count = await self.committer.run(
+                lambda tx, now: tx.delivery_redrive(dataclasses.replace(params, now_us=now))
+            )
+            total += count
+            if count < REDRIVE_BATCH or event_ids:
+                break
+        if total:
+            _log.info("redrove %d dead letters of %s", total, subscription.name)
+            self._wake(subscription.id)
+        return total
+
+    async def seek(self, subscription: Subscription, time_us: int) -> SeekOutcome:
+        """Replay what was published since a time; skip what was published before it."""
+        outcome = await self.committer.run(
+            lambda tx, now: tx.subscription_seek(
+                SubscriptionSeekParams(subscription.id, time_us, now)
+            )
+        )
+        _log.info(
+            "seek of %s: %d replayed, %d skipped",
+            subscription.name,
+            outcome.replayed,
+            outcome.skipped,
+        )
+        self._wake(subscription.id)
+        return outcome
+
     # -- subscriptions and inspection ----------------------------------------
 
     async def create_subscription(self, subscription: Subscription) -> Subscription:
@@ -443,6 +522,22 @@ class DeliveryEngine:
 
         def get(tx: StorageTx) -> tuple[StoredEvent | None, list[DeliveryInfo]]:
             return tx.event_get(event_id), tx.delivery_list_for_event(event_id)
+
+        return await self.read(get)
+
+    async def concurrency(self, names: set[str]) -> dict[str, tuple[int, int]]:
+        """(in flight, max in flight) of those subscriptions that have a limit."""
+        if not names:
+            return {}
+
+        def get(tx: StorageTx) -> dict[str, tuple[int, int]]:
+            limits: dict[str, tuple[int, int]] = {}
+            for name in names:
+                sub = tx.subscription_get(name)
+                if sub is not None and sub.max_in_flight > 0:
+                    (counts,) = tx.subscription_counts(name)
+                    limits[name] = (counts.in_flight, sub.max_in_flight)
+            return limits
 
         return await self.read(get)
 

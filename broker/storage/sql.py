@@ -974,6 +974,7 @@ def _delivery_info_from_row(row: Any) -> DeliveryInfo:
         dead_reason=DeadReason(row.dead_reason),
         last_error=row.last_error or "",
         history=tuple(_history_from_json(row.history)),
+        ordering_key=row.ordering_key,
     )
 
 

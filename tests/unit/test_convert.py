@@ -57,10 +57,27 @@ def test_subscription_defaults() -> None:
     assert round_trip.ack_deadline.seconds == 30 and round_trip.retention.seconds == 604800
 
 
-def test_ordered_is_not_implemented_yet() -> None:
+def test_start_time_is_required_with_start_position_time() -> None:
+    message = pb.Subscription(name="s", filter=["a"], start_position=pb.START_POSITION_TIME)
     with pytest.raises(BrokerError) as caught:
-        convert.subscription_from_proto(pb.Subscription(name="s", filter=["a"], ordered=True), NOW)
-    assert caught.value.reason == "NOT_IMPLEMENTED"
+        convert.subscription_from_proto(message, NOW)
+    assert [v.field for v in caught.value.violations] == ["subscription.start_time"]
+
+
+def test_retry_table_and_max_age_round_trip() -> None:
+    message = pb.Subscription(
+        name="s",
+        filter=["a"],
+        ordered=True,
+        retry_policy=pb.RetryPolicy(delays=[duration_pb2.Duration(seconds=s) for s in (1, 5)]),
+        max_age=duration_pb2.Duration(seconds=14 * 86400),
+    )
+    sub = convert.subscription_from_proto(message, NOW)
+    assert sub.ordered and sub.retry_delays_us == (1_000_000, 5_000_000)
+    assert sub.max_age_us == 14 * 86400 * 1_000_000
+    back = convert.subscription_to_proto(sub)
+    assert [d.seconds for d in back.retry_policy.delays] == [1, 5]
+    assert back.max_age.seconds == 14 * 86400
 
 
 def test_update_mask_rejects_unknown_fields() -> None:
