@@ -72,3 +72,12 @@ class StreamReader:
         """Cancel the stream (the consumer disconnects) and wait for the reader."""
         self.call.cancel()
         self.ended.wait(WAIT_S)
+
+
+def subscribe(
+    stub: pb_grpc.EventBrokerServiceStub, readers: list[StreamReader], name: str, **kwargs: Any
+) -> StreamReader:
+    """Open a reader on a subscription, closed by the `readers` fixture after the test."""
+    reader = StreamReader(stub, pb.SubscribeRequest(subscription=name, **kwargs))
+    readers.append(reader)
+    return reader

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +15,7 @@ from grpc_status import rpc_status
 from broker.config import Settings
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
-from tests.e2e.streams import StreamReader
+from tests.e2e.streams import StreamReader, subscribe
 
 Stub = pb_grpc.EventBrokerServiceStub
 
@@ -25,20 +24,6 @@ Stub = pb_grpc.EventBrokerServiceStub
 def broker_settings(any_database_settings: Settings) -> Settings:
     """Every delivery test runs on SQLite and on PostgreSQL."""
     return any_database_settings
-
-
-@pytest.fixture
-def readers() -> Iterator[list[StreamReader]]:
-    opened: list[StreamReader] = []
-    yield opened
-    for reader in opened:
-        reader.close()
-
-
-def subscribe(stub: Stub, readers: list[StreamReader], name: str, **kwargs: Any) -> StreamReader:
-    reader = StreamReader(stub, pb.SubscribeRequest(subscription=name, **kwargs))
-    readers.append(reader)
-    return reader
 
 
 def create(stub: Stub, name: str, *filters: str, **settings: Any) -> pb.Subscription:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +13,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from broker.config import Settings
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
-from tests.e2e.streams import StreamReader
+from tests.e2e.streams import StreamReader, subscribe
 
 Stub = pb_grpc.EventBrokerServiceStub
 ZERO = duration_pb2.Duration(seconds=0)
@@ -24,20 +23,6 @@ ZERO = duration_pb2.Duration(seconds=0)
 def broker_settings(any_database_settings: Settings) -> Settings:
     """Every test here runs on SQLite and on PostgreSQL."""
     return any_database_settings
-
-
-@pytest.fixture
-def readers() -> Iterator[list[StreamReader]]:
-    opened: list[StreamReader] = []
-    yield opened
-    for reader in opened:
-        reader.close()
-
-
-def subscribe(stub: Stub, readers: list[StreamReader], name: str, **kwargs: Any) -> StreamReader:
-    reader = StreamReader(stub, pb.SubscribeRequest(subscription=name, **kwargs))
-    readers.append(reader)
-    return reader
 
 
 def create(stub: Stub, name: str, *filters: str, **settings: Any) -> pb.Subscription:

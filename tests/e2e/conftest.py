@@ -1,0 +1,18 @@
+"""Fixtures of the end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.streams import StreamReader
+
+
+@pytest.fixture
+def readers() -> Iterator[list[StreamReader]]:
+    """Stream readers a test opened; each is closed (the consumer leaves) afterwards."""
+    opened: list[StreamReader] = []
+    yield opened
+    for reader in opened:
+        reader.close()
