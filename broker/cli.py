@@ -90,3 +90,12 @@ def serve(
 def main() -> None:
     """Entry point of the `broker` command."""
     app()
+
+
+def _register_people_commands() -> None:
+    from broker.cli_commands import register
+
+    register(app)
+
+
+_register_people_commands()
