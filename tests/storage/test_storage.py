@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from ulid import ULID
@@ -40,6 +41,7 @@ from broker.storage.interface import (
     SubscriptionSeekParams,
     SubscriptionUpdateParams,
 )
+from broker.storage.migrate import alembic_config
 from broker.storage.schema import metadata
 from broker.storage.sql import SqlStorage
 
@@ -603,3 +605,26 @@ def test_concurrent_publishers_never_open_a_key_twice(storage: Storage) -> None:
         (counts,) = tx.subscription_counts("billing")
     assert counts.ready == 1
     assert len(lease(storage, s.id, 100)) == 1
+
+
+def test_a_newer_broker_upgrades_an_older_database_in_place(storage: Storage) -> None:
+    assert isinstance(storage, SqlStorage)
+    with storage.write_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0001")
+    with storage.write_engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscriptions (name, filters, ack_deadline_us, max_attempts,"
+                " min_backoff_us, max_backoff_us, max_in_flight, ordered, retention_us,"
+                " start_position, start_time, created_at)"
+                " VALUES ('old', '[\"user.*\"]', 30000000, 20, 1000000, 600000000, 0,"
+                " false, 604800000000, 1, 0, 0)"
+            )
+        )
+    storage.migrate()
+    with storage.read() as tx:
+        old = tx.subscription_get("old")
+    assert old is not None
+    assert old.filters == ("user.*",) and old.max_age_us == 0 and old.retry_delays_us == ()
+    publish(storage, draft("user.joined"))
+    assert len(lease(storage, old.id, 10)) == 1
