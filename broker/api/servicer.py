@@ -47,6 +47,8 @@ Resp = TypeVar("Resp")
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
 ACK_IDS_MAX = 10_000
+#: Leaves room in the 255-character consumer column for the `#N` suffix.
+CONSUMER_NAME_MAX_LENGTH = 200
 
 
 async def abort_with(context: aio.ServicerContext[Any, Any], error: BrokerError) -> None:
@@ -483,6 +485,10 @@ def _credit(request: pb.SubscribeRequest) -> tuple[int, int]:
     if not 1 <= max_batch <= config.MAX_BATCH_SIZE_LIMIT:
         violations.append(
             FieldViolation("max_batch_size", f"must be between 1 and {config.MAX_BATCH_SIZE_LIMIT}")
+        )
+    if len(request.consumer_name) > CONSUMER_NAME_MAX_LENGTH:
+        violations.append(
+            FieldViolation("consumer_name", f"at most {CONSUMER_NAME_MAX_LENGTH} characters")
         )
     if request.subscription and request.filter:
         violations.append(

@@ -493,6 +493,23 @@ def test_subscription_management(stub: Stub, readers: list[StreamReader]) -> Non
     assert reason(missing) == "SUBSCRIPTION_NOT_FOUND"
 
 
+def test_bad_subscribe_requests(stub: Stub) -> None:
+    create(stub, "s")
+    for request, field in [
+        (pb.SubscribeRequest(subscription="s", consumer_name="c" * 201), "consumer_name"),
+        (pb.SubscribeRequest(subscription="s", max_outstanding=10_001), "max_outstanding"),
+        (pb.SubscribeRequest(subscription="s", max_batch_size=1001), "max_batch_size"),
+        (pb.SubscribeRequest(subscription="s", filter=["a"]), "filter"),
+        (pb.SubscribeRequest(filter=["a.>.b"]), "filter[0]"),
+        (pb.SubscribeRequest(), "subscription"),
+    ]:
+        reader = StreamReader(stub, request)
+        assert reader.ended.wait(5)
+        assert reader.error is not None
+        assert reader.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in violations(reader.error)
+
+
 def test_subscribe_to_unknown_subscription_is_not_found(stub: Stub) -> None:
     reader = StreamReader(stub, pb.SubscribeRequest(subscription="ghost"))
     assert reader.ended.wait(5)
