@@ -115,6 +115,8 @@ def draft_from_event(
     name = normalize_name(event.name)
     if name is None:
         bad("name", NAME_RULE + (" (it is empty)" if not event.name else ""))
+    if len(event.content_type) > config.CONTENT_TYPE_MAX_LENGTH:
+        bad("content_type", f"at most {config.CONTENT_TYPE_MAX_LENGTH} characters")
     payload, content_type = _payload(event, bad)
     headers = dict(event.headers)
     if len(headers) > config.HEADERS_MAX_COUNT:

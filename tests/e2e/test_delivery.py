@@ -380,6 +380,11 @@ def _bad(call: Any, request: Any) -> grpc.RpcError:
             "not JSON",
         ),
         (pb.Event(name="a", headers={f"h{i}": "v" for i in range(65)}), "event.headers", "64"),
+        (
+            pb.Event(name="a", binary_data=b"x", content_type="t/" + "x" * 300),
+            "event.content_type",
+            "at most 255",
+        ),
     ],
 )
 def test_bad_events_are_invalid_argument_naming_the_field(
