@@ -105,3 +105,8 @@ def already_exists(kind: str, name: str) -> BrokerError:
 def unavailable(message: str) -> BrokerError:
     """UNAVAILABLE: the storage cannot take the request now; retrying may work."""
     return BrokerError(grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE", message)
+
+
+def internal(message: str) -> BrokerError:
+    """INTERNAL: a fault of the broker itself, logged where it happened."""
+    return BrokerError(grpc.StatusCode.INTERNAL, "INTERNAL", message)

@@ -27,6 +27,7 @@ from broker.errors import (
     BrokerError,
     FieldViolation,
     already_exists,
+    internal,
     invalid_argument,
     not_found,
     unavailable,
@@ -83,7 +84,8 @@ def unary(
         except Exception as error:
             mapped = _as_broker_error(error)
             if mapped is None:
-                raise
+                _log.exception("%s failed", method.__name__)
+                mapped = internal(f"{method.__name__} failed inside the broker; see its log")
             await abort_with(context, mapped)
             raise AssertionError("abort returns only by raising") from error
 
