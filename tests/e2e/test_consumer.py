@@ -9,14 +9,13 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from broker.config import Settings
 from eventbroker import (
-    AckResult,
     AsyncClient,
     Client,
     Consumer,
@@ -26,9 +25,6 @@ from eventbroker import (
     NotFound,
     Terminal,
 )
-from eventbroker._dispatch import run_handlers
-from eventbroker._routes import Router
-from eventbroker._settle import Settler
 from eventbroker.types import DeliveryStatus
 from tests.conftest import BrokerThread
 
@@ -341,6 +337,35 @@ def test_extend_keeps_the_lease_longer(client: Client, broker_target: str) -> No
     assert status_of(client, published.event_id, "reports").state == "acked"
 
 
+def test_a_handler_slower_than_the_ack_deadline_keeps_its_lease(
+    client: Client, broker_target: str
+) -> None:
+    """The consumer renews the 1 s lease while the handler runs: no redelivery, attempt 1."""
+    client.create_subscription("reports", "report.*", ack_deadline="1s")
+    published = client.publish("report.run")
+    consumer = Consumer("reports", target=broker_target, max_outstanding=4)
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    @consumer.on("report.run")
+    async def long_job(msg: Message, ctx: Context) -> None:
+        attempts.append(msg.attempt)
+        assert msg.ack_deadline is not None
+        outlived = msg.ack_deadline + timedelta(seconds=2)
+        async with AsyncClient(broker_target) as inspector:
+            # Run until twice the deadline has passed, watching the broker keep the lease.
+            while datetime.now(UTC) < outlived:
+                status = (await inspector.get_event(msg.event_id)).delivery("reports")
+                assert status is not None and status.state == "in_flight", status
+                await asyncio.sleep(0.1)
+        done.set()
+
+    consume(consumer, lambda: wait_for(done))
+    status = status_of(client, published.event_id, "reports")
+    assert attempts == [1]
+    assert status.state == "acked" and status.attempts == 1
+
+
 # -- lifecycle -----------------------------------------------------------------
 
 
@@ -439,167 +464,3 @@ def test_reconnects_when_the_broker_restarts(broker_settings: Settings) -> None:
             runner.join(WAIT_S)
         broker.stop()
     assert not runner.is_alive()
-
-
-# -- handler dispatch, without a broker ----------------------------------------
-
-
-def message(**fields: Any) -> Message:
-    now = datetime.now(UTC)
-    base: dict[str, Any] = {
-        "ack_id": "ack-1",
-        "event_id": "ev-1",
-        "name": "order.new",
-        "data": {"order_id": 1, "amount": 2.0},
-        "content_type": "application/json",
-        "headers": {},
-        "publish_time": now,
-        "delay": timedelta(0),
-        "priority": 0,
-        "attempt": 1,
-        "ack_deadline": now + timedelta(seconds=30),
-        "subscription": "billing",
-    }
-    return Message(**(base | fields))
-
-
-def dispatch(
-    handlers: list[Callable[..., Any]],
-    *,
-    timeout_s: float | None = 5.0,
-    not_applied: tuple[str, ...] = (),
-    model: type[Any] | None = None,
-) -> tuple[Any, list[timedelta]]:
-    """Run handlers (all on `order.*`) for one message; return the verdict and extensions."""
-    extensions: list[timedelta] = []
-    router = Router()
-    for handler in handlers:
-        router.add("order.*", handler, model)
-
-    async def extend_lease(ack_id: str, extension: timedelta) -> AckResult:
-        extensions.append(extension)
-        return AckResult(not_applied)
-
-    async def main() -> Any:
-        delivery = message()
-        context = Context(delivery, extend_lease=extend_lease, stopping=asyncio.Event())
-        return await run_handlers(router.routes_for(delivery.name), delivery, context, timeout_s)
-
-    return asyncio.run(main()), extensions
-
-
-def test_verdict_acks_when_all_return_and_nacks_with_reprs_when_any_raise() -> None:
-    async def fine(msg: Message, ctx: Context) -> None:
-        pass
-
-    async def broken(msg: Message, ctx: Context) -> None:
-        raise KeyError("amount")
-
-    def also_broken(msg: Message, ctx: Context) -> None:
-        raise ValueError("sync")
-
-    assert dispatch([fine, fine])[0].ack
-    verdict, _ = dispatch([fine, broken, also_broken])
-    assert not verdict.ack and not verdict.terminal
-    assert verdict.error == "KeyError('amount'); ValueError('sync')"
-
-
-def test_verdict_is_terminal_when_any_handler_says_so() -> None:
-    async def broken(msg: Message, ctx: Context) -> None:
-        raise KeyError("amount")
-
-    async def hopeless(msg: Message, ctx: Context) -> None:
-        raise Terminal("never")
-
-    verdict, _ = dispatch([broken, hopeless])
-    assert verdict.terminal and "Terminal('never')" in verdict.error
-
-
-def test_slow_handler_times_out_unless_it_extends() -> None:
-    async def slow(msg: Message, ctx: Context) -> None:
-        await asyncio.sleep(0.8)
-
-    async def slow_but_extending(msg: Message, ctx: Context) -> None:
-        assert await ctx.extend(5)
-        await asyncio.sleep(0.8)
-
-    timed_out, _ = dispatch([slow], timeout_s=0.3)
-    assert not timed_out.ack and "TimeoutError" in timed_out.error and "slow" in timed_out.error
-    extended, extensions = dispatch([slow_but_extending], timeout_s=0.3)
-    assert extended.ack
-    assert extensions == [timedelta(seconds=5)]
-
-
-def test_extend_reports_a_lost_lease() -> None:
-    results: list[bool] = []
-
-    async def extend_once(msg: Message, ctx: Context) -> None:
-        results.append(await ctx.extend("2m"))
-
-    verdict, extensions = dispatch([extend_once], not_applied=("ack-1",))
-    assert results == [False] and verdict.ack
-    assert extensions == [timedelta(minutes=2)]
-
-
-def test_model_validation_failure_fails_the_attempt() -> None:
-    got: list[Any] = []
-
-    async def typed(msg: Message, ctx: Context) -> None:
-        got.append(msg.data)
-
-    verdict, _ = dispatch([typed], model=OrderNew)
-    assert verdict.ack and got == [OrderNew(order_id=1, amount=2.0)]
-    refused, _ = dispatch([typed], model=Signup)
-    assert not refused.ack and "validation error" in refused.error
-
-
-def test_registering_a_bad_model_or_pattern_fails_at_once() -> None:
-    consumer = Consumer("billing", target="127.0.0.1:9")
-    with pytest.raises(TypeError, match="model"):
-        consumer.on("order.new", model=dict)
-    with pytest.raises(ValueError, match="pattern"):
-        consumer.on("orders.>.new")(print)
-
-
-class RecordingClient:
-    """Stands in for AsyncClient in the settler: records each Ack and Nack call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[str], bool, str]] = []
-        self.called = asyncio.Event()
-
-    async def ack(self, ack_ids: list[str]) -> AckResult:
-        self.calls.append(("ack", list(ack_ids), False, ""))
-        self.called.set()
-        return AckResult()
-
-    async def nack(self, ack_ids: list[str], *, terminal: bool, error: str) -> AckResult:
-        self.calls.append(("nack", list(ack_ids), terminal, error))
-        self.called.set()
-        return AckResult(not_applied=tuple(ack_ids[:1]))
-
-
-def test_settler_sends_many_acks_in_one_call_and_groups_nacks() -> None:
-    async def main() -> list[tuple[str, list[str], bool, str]]:
-        recorder = RecordingClient()
-        settler = Settler(cast(AsyncClient, recorder), flush_interval_s=0.005, max_pending=100)
-        flushing = asyncio.create_task(settler.run())
-        for index in range(250):
-            settler.ack(f"a{index}")
-        await asyncio.wait_for(recorder.called.wait(), WAIT_S)
-        settler.nack("n1", error="E1", terminal=False)
-        settler.nack("n2", error="E1", terminal=False)
-        settler.nack("n3", error="E2", terminal=False)
-        settler.nack("n4", error="E1", terminal=True)
-        await settler.flush()
-        flushing.cancel()
-        return recorder.calls
-
-    calls = asyncio.run(main())
-    (kind, ids, _, _), *nacks = calls
-    assert kind == "ack" and ids == [f"a{index}" for index in range(250)]
-    assert sorted(nacks) == [
-        ("nack", ["n1", "n2"], False, "E1"),
-        ("nack", ["n3"], False, "E2"),
-        ("nack", ["n4"], True, "E1"),
-    ]

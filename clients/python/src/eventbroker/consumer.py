@@ -8,8 +8,9 @@
     consumer.run()  # until SIGINT/SIGTERM, then drains
 
 One stream to the broker delivers at most `max_outstanding` deliveries at a
-time; each runs its matching handlers (see `eventbroker._dispatch`) and is acked
-or nacked through a batching settler (`eventbroker._settle`). A dropped stream
+time; each runs its matching handlers (see `eventbroker._dispatch`) while the
+leaser keeps its lease (`eventbroker._leaser`), and is acked or nacked through
+a batching settler (`eventbroker._settle`). A dropped stream
 is reconnected with exponential backoff and jitter, forever, until `stop()`;
 errors that retrying cannot fix (bad arguments, unknown subscription, bad key)
 end `run()` by raising.
@@ -34,6 +35,7 @@ from tenacity.wait import wait_random_exponential
 from eventbroker import _models
 from eventbroker._config import TLSConfig
 from eventbroker._dispatch import Context, run_handlers, running_loop
+from eventbroker._leaser import Leaser
 from eventbroker._routes import Router
 from eventbroker._settle import Settler
 from eventbroker.aio import AsyncClient
@@ -93,7 +95,8 @@ class Consumer:
         tls: As for `Client`.
         max_outstanding: Deliveries held at once, hence handlers running at once.
         handler_timeout: Seconds a delivery's handlers may run (`Context.extend`
-            moves it out); None for no limit. Keep it within the ack deadline.
+            moves it out); None for no limit. It may exceed the subscription's
+            ack deadline: while handlers run, their lease is renewed automatically.
         consumer_name: Shown in attempt history and stats; default `host:pid`.
 
     """
@@ -178,17 +181,19 @@ class Consumer:
         stopping = self._attach(asyncio.get_running_loop())
         client = AsyncClient(**self._client_args)
         settler = Settler(client)
-        settler_task = asyncio.create_task(settler.run())
+        leaser = Leaser(client.extend_ack_deadline)
+        helpers = [asyncio.create_task(settler.run()), asyncio.create_task(leaser.run())]
         signals = self._catch_signals() if handle_signals else ()
         try:
-            await self._consume(client, settler, stopping)
+            await self._consume(client, settler, leaser, stopping)
         finally:
             for signum in signals:
                 asyncio.get_running_loop().remove_signal_handler(signum)
             await self._drain(settler)
-            settler_task.cancel()
+            for helper in helpers:
+                helper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await settler_task
+                await asyncio.gather(*helpers)
             await client.close()
             self._detach()
 
@@ -257,7 +262,7 @@ class Consumer:
     # -- the stream ----------------------------------------------------------
 
     async def _consume(
-        self, client: AsyncClient, settler: Settler, stopping: asyncio.Event
+        self, client: AsyncClient, settler: Settler, leaser: Leaser, stopping: asyncio.Event
     ) -> None:
         """Stream sessions until stopping; reconnect with backoff while retrying can help."""
 
@@ -285,10 +290,10 @@ class Consumer:
                 reraise=True,
             ):
                 with attempt:
-                    await self._session(client, settler, stopping)
+                    await self._session(client, settler, leaser, stopping)
 
     async def _session(
-        self, client: AsyncClient, settler: Settler, stopping: asyncio.Event
+        self, client: AsyncClient, settler: Settler, leaser: Leaser, stopping: asyncio.Event
     ) -> None:
         """One stream: returns on stop (after draining) or after a healthy stream dropped."""
         if stopping.is_set():
@@ -302,7 +307,7 @@ class Consumer:
             max_batch_size=min(self.max_outstanding, MAX_BATCH_SIZE),
             consumer_name=self.consumer_name,
         )
-        reader = asyncio.create_task(self._read(stream, client, settler, stopping, received))
+        reader = asyncio.create_task(self._read(stream, settler, leaser, stopping, received))
         stop_wait = asyncio.create_task(stopping.wait())
         try:
             await asyncio.wait({reader, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -331,8 +336,8 @@ class Consumer:
     async def _read(
         self,
         stream: AsyncIterator[list[Message]],
-        client: AsyncClient,
         settler: Settler,
+        leaser: Leaser,
         stopping: asyncio.Event,
         received: asyncio.Event,
     ) -> None:
@@ -341,19 +346,23 @@ class Consumer:
             for message in batch:
                 if stopping.is_set():
                     continue
-                task = asyncio.create_task(self._deliver(message, client, settler, stopping))
+                task = asyncio.create_task(self._deliver(message, settler, leaser, stopping))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
 
     async def _deliver(
-        self, message: Message, client: AsyncClient, settler: Settler, stopping: asyncio.Event
+        self, message: Message, settler: Settler, leaser: Leaser, stopping: asyncio.Event
     ) -> None:
         try:
             routes = self._router.routes_for(message.name)
             if not routes:
                 _log.warning("no handler for %s (event %s); nacked", message.name, message.event_id)
-            context = Context(message, extend_lease=client.extend_ack_deadline, stopping=stopping)
-            verdict = await run_handlers(routes, message, context, self.handler_timeout)
+            context = Context(message, extend_lease=leaser.extend, stopping=stopping)
+            leaser.hold(message)
+            try:
+                verdict = await run_handlers(routes, message, context, self.handler_timeout)
+            finally:
+                leaser.release(message.ack_id)
         except Exception as error:
             _log.exception("delivery of %s %s failed", message.name, message.event_id)
             settler.nack(message.ack_id, error=repr(error), terminal=False)

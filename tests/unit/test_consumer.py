@@ -1,0 +1,298 @@
+"""The consumer runtime's machinery without a broker: verdicts, timeouts, settler, leaser."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import grpc
+import pytest
+from pydantic import BaseModel
+
+from eventbroker import AckResult, AsyncClient, Consumer, Context, Message, Terminal, Unavailable
+from eventbroker._dispatch import run_handlers
+from eventbroker._leaser import Leaser
+from eventbroker._routes import Router
+from eventbroker._settle import Settler
+
+WAIT_S = 10.0
+
+
+@dataclass
+class OrderNew:
+    order_id: int
+    amount: float
+
+
+class Signup(BaseModel):
+    user_id: int
+    plan: str
+
+
+# -- handler dispatch ----------------------------------------------------------
+
+
+def message(**fields: Any) -> Message:
+    now = datetime.now(UTC)
+    base: dict[str, Any] = {
+        "ack_id": "ack-1",
+        "event_id": "ev-1",
+        "name": "order.new",
+        "data": {"order_id": 1, "amount": 2.0},
+        "content_type": "application/json",
+        "headers": {},
+        "publish_time": now,
+        "delay": timedelta(0),
+        "priority": 0,
+        "attempt": 1,
+        "ack_deadline": now + timedelta(seconds=30),
+        "subscription": "billing",
+    }
+    return Message(**(base | fields))
+
+
+def dispatch(
+    handlers: list[Callable[..., Any]],
+    *,
+    timeout_s: float | None = 5.0,
+    not_applied: tuple[str, ...] = (),
+    model: type[Any] | None = None,
+) -> tuple[Any, list[timedelta]]:
+    """Run handlers (all on `order.*`) for one message; return the verdict and extensions."""
+    extensions: list[timedelta] = []
+    router = Router()
+    for handler in handlers:
+        router.add("order.*", handler, model)
+
+    async def extend_lease(ack_id: str, extension: timedelta) -> AckResult:
+        extensions.append(extension)
+        return AckResult(not_applied)
+
+    async def main() -> Any:
+        delivery = message()
+        context = Context(delivery, extend_lease=extend_lease, stopping=asyncio.Event())
+        return await run_handlers(router.routes_for(delivery.name), delivery, context, timeout_s)
+
+    return asyncio.run(main()), extensions
+
+
+def test_verdict_acks_when_all_return_and_nacks_with_reprs_when_any_raise() -> None:
+    async def fine(msg: Message, ctx: Context) -> None:
+        pass
+
+    async def broken(msg: Message, ctx: Context) -> None:
+        raise KeyError("amount")
+
+    def also_broken(msg: Message, ctx: Context) -> None:
+        raise ValueError("sync")
+
+    assert dispatch([fine, fine])[0].ack
+    verdict, _ = dispatch([fine, broken, also_broken])
+    assert not verdict.ack and not verdict.terminal
+    assert verdict.error == "KeyError('amount'); ValueError('sync')"
+
+
+def test_verdict_is_terminal_when_any_handler_says_so() -> None:
+    async def broken(msg: Message, ctx: Context) -> None:
+        raise KeyError("amount")
+
+    async def hopeless(msg: Message, ctx: Context) -> None:
+        raise Terminal("never")
+
+    verdict, _ = dispatch([broken, hopeless])
+    assert verdict.terminal and "Terminal('never')" in verdict.error
+
+
+def test_slow_handler_times_out_unless_it_extends() -> None:
+    async def slow(msg: Message, ctx: Context) -> None:
+        await asyncio.sleep(0.8)
+
+    async def slow_but_extending(msg: Message, ctx: Context) -> None:
+        assert await ctx.extend(5)
+        await asyncio.sleep(0.8)
+
+    timed_out, _ = dispatch([slow], timeout_s=0.3)
+    assert not timed_out.ack and "TimeoutError" in timed_out.error and "slow" in timed_out.error
+    extended, extensions = dispatch([slow_but_extending], timeout_s=0.3)
+    assert extended.ack
+    assert extensions == [timedelta(seconds=5)]
+
+
+def test_extend_reports_a_lost_lease() -> None:
+    results: list[bool] = []
+
+    async def extend_once(msg: Message, ctx: Context) -> None:
+        results.append(await ctx.extend("2m"))
+
+    verdict, extensions = dispatch([extend_once], not_applied=("ack-1",))
+    assert results == [False] and verdict.ack
+    assert extensions == [timedelta(minutes=2)]
+
+
+def test_model_validation_failure_fails_the_attempt() -> None:
+    got: list[Any] = []
+
+    async def typed(msg: Message, ctx: Context) -> None:
+        got.append(msg.data)
+
+    verdict, _ = dispatch([typed], model=OrderNew)
+    assert verdict.ack and got == [OrderNew(order_id=1, amount=2.0)]
+    refused, _ = dispatch([typed], model=Signup)
+    assert not refused.ack and "validation error" in refused.error
+
+
+def test_registering_a_bad_model_or_pattern_fails_at_once() -> None:
+    consumer = Consumer("billing", target="127.0.0.1:9")
+    with pytest.raises(TypeError, match="model"):
+        consumer.on("order.new", model=dict)
+    with pytest.raises(ValueError, match="pattern"):
+        consumer.on("orders.>.new")(print)
+
+
+class RecordingClient:
+    """Stands in for AsyncClient in the settler: records each Ack and Nack call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str], bool, str]] = []
+        self.called = asyncio.Event()
+
+    async def ack(self, ack_ids: list[str]) -> AckResult:
+        self.calls.append(("ack", list(ack_ids), False, ""))
+        self.called.set()
+        return AckResult()
+
+    async def nack(self, ack_ids: list[str], *, terminal: bool, error: str) -> AckResult:
+        self.calls.append(("nack", list(ack_ids), terminal, error))
+        self.called.set()
+        return AckResult(not_applied=tuple(ack_ids[:1]))
+
+
+def test_settler_sends_many_acks_in_one_call_and_groups_nacks() -> None:
+    async def main() -> list[tuple[str, list[str], bool, str]]:
+        recorder = RecordingClient()
+        settler = Settler(cast(AsyncClient, recorder), flush_interval_s=0.005, max_pending=100)
+        flushing = asyncio.create_task(settler.run())
+        for index in range(250):
+            settler.ack(f"a{index}")
+        await asyncio.wait_for(recorder.called.wait(), WAIT_S)
+        settler.nack("n1", error="E1", terminal=False)
+        settler.nack("n2", error="E1", terminal=False)
+        settler.nack("n3", error="E2", terminal=False)
+        settler.nack("n4", error="E1", terminal=True)
+        await settler.flush()
+        flushing.cancel()
+        return recorder.calls
+
+    calls = asyncio.run(main())
+    (kind, ids, _, _), *nacks = calls
+    assert kind == "ack" and ids == [f"a{index}" for index in range(250)]
+    assert sorted(nacks) == [
+        ("nack", ["n1", "n2"], False, "E1"),
+        ("nack", ["n3"], False, "E2"),
+        ("nack", ["n4"], True, "E1"),
+    ]
+
+
+# -- lease renewal -------------------------------------------------------------
+
+
+class RecordingExtender:
+    """Stands in for `AsyncClient.extend_ack_deadline`: records calls, loses or fails on cue."""
+
+    def __init__(self, *, lose: tuple[str, ...] = (), failures: int = 0) -> None:
+        self.calls: list[tuple[list[str], timedelta]] = []
+        self.lose = lose
+        self.failures = failures
+        self.called = asyncio.Condition()
+
+    async def __call__(self, ack_ids: list[str], extension: timedelta) -> AckResult:
+        async with self.called:
+            self.calls.append((list(ack_ids), extension))
+            self.called.notify_all()
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable(grpc.StatusCode.UNAVAILABLE, "broker restarting")
+        return AckResult(tuple(ack_id for ack_id in ack_ids if ack_id in self.lose))
+
+    async def wait_calls(self, count: int) -> None:
+        async with self.called:
+            await asyncio.wait_for(self.called.wait_for(lambda: len(self.calls) >= count), WAIT_S)
+
+
+def leased(ack_id: str, seconds: float) -> Message:
+    return message(ack_id=ack_id, ack_deadline=datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+def test_leases_coming_due_together_are_renewed_in_one_call_by_their_length() -> None:
+    async def main() -> RecordingExtender:
+        extender = RecordingExtender()
+        leaser = Leaser(extender)
+        renewing = asyncio.create_task(leaser.run())
+        for index in range(3):
+            leaser.hold(leased(f"a{index}", 1.0))
+        leaser.hold(leased("long", 600.0))
+        await extender.wait_calls(2)
+        renewing.cancel()
+        return extender
+
+    calls = asyncio.run(main()).calls
+    # The three 1 s leases come due within the same 10 %: one call, then the next round.
+    assert calls[0] == (["a0", "a1", "a2"], timedelta(seconds=1))
+    assert calls[1] == (["a0", "a1", "a2"], timedelta(seconds=1))
+    assert all("long" not in ids for ids, _ in calls)
+
+
+def test_a_released_or_lost_lease_is_no_longer_renewed() -> None:
+    async def main() -> tuple[RecordingExtender, int]:
+        extender = RecordingExtender(lose=("lost",))
+        leaser = Leaser(extender)
+        renewing = asyncio.create_task(leaser.run())
+        leaser.hold(leased("lost", 1.0))
+        leaser.hold(leased("kept", 1.0))
+        leaser.hold(leased("done", 1.0))
+        leaser.release("done")
+        await extender.wait_calls(2)
+        renewing.cancel()
+        return extender, len(leaser)
+
+    extender, held = asyncio.run(main())
+    assert extender.calls[0][0] == ["lost", "kept"]
+    assert extender.calls[1][0] == ["kept"]
+    assert held == 1
+
+
+def test_a_failed_renewal_is_retried_after_a_pause_not_at_once() -> None:
+    async def main() -> tuple[RecordingExtender, list[float]]:
+        extender = RecordingExtender(failures=1)
+        leaser = Leaser(extender)
+        renewing = asyncio.create_task(leaser.run())
+        leaser.hold(leased("a", 2.0))
+        await extender.wait_calls(1)
+        first = asyncio.get_running_loop().time()
+        await extender.wait_calls(2)
+        second = asyncio.get_running_loop().time()
+        renewing.cancel()
+        return extender, [first, second]
+
+    extender, (first, second) = asyncio.run(main())
+    assert [ids for ids, _ in extender.calls] == [["a"], ["a"]]
+    assert second - first >= 0.15, "a failing broker must not be called in a tight loop"
+
+
+def test_extend_through_the_leaser_sets_the_length_of_later_renewals() -> None:
+    async def main() -> tuple[RecordingExtender, AckResult]:
+        extender = RecordingExtender()
+        leaser = Leaser(extender)
+        renewing = asyncio.create_task(leaser.run())
+        leaser.hold(leased("a", 600.0))
+        result = await leaser.extend("a", timedelta(seconds=1))
+        await extender.wait_calls(2)
+        renewing.cancel()
+        return extender, result
+
+    extender, result = asyncio.run(main())
+    assert result == AckResult()
+    assert extender.calls == [(["a"], timedelta(seconds=1))] * 2
