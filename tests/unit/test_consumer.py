@@ -65,7 +65,7 @@ def dispatch(
     extensions: list[timedelta] = []
     router = Router()
     for handler in handlers:
-        router.add("order.*", handler, model)
+        router.add("order.*", handler, model, timeout_s)
 
     async def extend_lease(ack_id: str, extension: timedelta) -> AckResult:
         extensions.append(extension)
@@ -74,7 +74,7 @@ def dispatch(
     async def main() -> Any:
         delivery = message()
         context = Context(delivery, extend_lease=extend_lease, stopping=asyncio.Event())
-        return await run_handlers(router.routes_for(delivery.name), delivery, context, timeout_s)
+        return await run_handlers(router.routes_for(delivery.name), delivery, context)
 
     return asyncio.run(main()), extensions
 
@@ -119,6 +119,46 @@ def test_slow_handler_times_out_unless_it_extends() -> None:
     extended, extensions = dispatch([slow_but_extending], timeout_s=0.3)
     assert extended.ack
     assert extensions == [timedelta(seconds=5)]
+
+
+def test_each_handler_has_its_own_timeout() -> None:
+    router = Router()
+
+    async def quick_but_slow(msg: Message, ctx: Context) -> None:
+        await asyncio.sleep(0.8)
+
+    async def patient(msg: Message, ctx: Context) -> None:
+        await asyncio.sleep(0.8)
+
+    router.add("order.*", quick_but_slow, None, 0.2)
+    router.add("order.*", patient, None, 5.0)
+
+    async def main() -> Any:
+        delivery = message()
+
+        async def extend_lease(ack_id: str, extension: timedelta) -> AckResult:
+            return AckResult()
+
+        context = Context(delivery, extend_lease=extend_lease, stopping=asyncio.Event())
+        return await run_handlers(router.routes_for(delivery.name), delivery, context)
+
+    verdict = asyncio.run(main())
+    assert not verdict.ack
+    assert "quick_but_slow did not finish within 0.2 s" in verdict.error
+    assert "patient" not in verdict.error
+
+
+def test_consumer_timeouts_default_to_the_consumer_and_read_durations() -> None:
+    consumer = Consumer("billing", target="127.0.0.1:9", handler_timeout=7)
+    consumer.on("order.a")(print)
+    consumer.on("order.b", timeout="2m")(print)
+    consumer.on("order.c", timeout=None)(print)
+    timeouts = [route.timeout_s for route in consumer._router.routes_for("order.a")]
+    assert timeouts == [7]
+    assert [r.timeout_s for r in consumer._router.routes_for("order.b")] == [120.0]
+    assert [r.timeout_s for r in consumer._router.routes_for("order.c")] == [None]
+    with pytest.raises(ValueError, match="positive"):
+        consumer.on("order.d", timeout=0)
 
 
 def test_extend_reports_a_lost_lease() -> None:

@@ -1,8 +1,9 @@
 """Running one delivery's handlers: their `Context`, the timeout, and the ack-or-nack verdict.
 
-All handlers whose pattern matches run concurrently. The delivery is acked when
-every one returns; it is nacked with the failures' reprs when any raises or
-outlives the handler timeout, and nacked as terminal when any raises `Terminal`.
+All handlers whose pattern matches run concurrently, each within its own
+timeout. The delivery is acked when every one returns; it is nacked with the
+failures' reprs when any raises or outlives its timeout, and nacked as terminal
+when any raises `Terminal`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Context:
     One context is shared by all handlers of a delivery.
     """
 
-    __slots__ = ("_deadline", "_extend_lease", "_loop", "_message", "_stopping", "_timeout")
+    __slots__ = ("_deadline", "_extend_lease", "_loop", "_message", "_stopping", "_timeouts")
 
     def __init__(
         self,
@@ -47,7 +48,7 @@ class Context:
         self._extend_lease = extend_lease
         self._stopping = stopping
         self._loop = asyncio.get_running_loop()
-        self._timeout: asyncio.Timeout | None = None
+        self._timeouts: list[asyncio.Timeout] = []
 
     @property
     def message(self) -> Message:
@@ -72,8 +73,8 @@ class Context:
     async def extend(self, extension: float | timedelta | str) -> bool:
         """Keep the lease for `extension` from now (seconds, a timedelta or `"5m"`; 1 s .. 12 h).
 
-        The consumer's own handler timeout moves out as far, so the handler is not
-        cancelled before its new deadline.
+        The handlers' timeouts move out as far, so no handler is cancelled before
+        the new deadline.
 
         Returns:
             False when the lease was already lost (expired or given to another
@@ -91,9 +92,11 @@ class Context:
         if result.not_applied:
             return False
         self._deadline = datetime.now(UTC) + length
-        when = self._timeout.when() if self._timeout is not None else None
-        if self._timeout is not None and when is not None:
-            self._timeout.reschedule(max(when, self._loop.time() + length.total_seconds()))
+        extended_to = self._loop.time() + length.total_seconds()
+        for timeout in self._timeouts:  # only those of handlers still running
+            when = timeout.when()
+            if when is not None and not timeout.expired():
+                timeout.reschedule(max(when, extended_to))
         return True
 
     def extend_sync(self, extension: float | timedelta | str) -> bool:
@@ -108,7 +111,10 @@ class Context:
         return asyncio.run_coroutine_threadsafe(self.extend(extension), self._loop).result()
 
     def _watch(self, timeout: asyncio.Timeout) -> None:
-        self._timeout = timeout
+        self._timeouts.append(timeout)
+
+    def _unwatch(self, timeout: asyncio.Timeout) -> None:
+        self._timeouts.remove(timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,22 +133,20 @@ class Verdict:
     terminal: bool = False
 
 
-async def run_handlers(
-    routes: Sequence[Route], message: Message, context: Context, timeout_s: float | None
-) -> Verdict:
+async def run_handlers(routes: Sequence[Route], message: Message, context: Context) -> Verdict:
     """Run every route's handler for one delivery concurrently and judge the outcome."""
     if not routes:
         return Verdict(ack=False, error=f"no handler for {message.name}")
-    tasks = [asyncio.create_task(_invoke(route, message, context)) for route in routes]
+    tasks = [asyncio.create_task(_run_route(route, message, context)) for route in routes]
     try:
-        async with asyncio.timeout(timeout_s) as scope:
-            context._watch(scope)
-            await asyncio.wait(tasks)
-    except TimeoutError:
-        pass
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        raise
     failures: list[BaseException] = []
     for route, task in zip(routes, tasks, strict=True):
-        error = await _failure(route, task, timeout_s)
+        error = _failure(route, task)
         if error is not None:
             _log.warning(
                 "handler %s failed on %s %s (attempt %d): %r",
@@ -163,6 +167,24 @@ async def run_handlers(
     )
 
 
+async def _run_route(route: Route, message: Message, context: Context) -> None:
+    """Run one handler within its timeout (which `Context.extend` may move out)."""
+    scope = asyncio.timeout(route.timeout_s)
+    try:
+        async with scope:
+            context._watch(scope)
+            try:
+                await _invoke(route, message, context)
+            finally:
+                context._unwatch(scope)
+    except TimeoutError:
+        if scope.expired():
+            raise TimeoutError(
+                f"handler {route.handler_name} did not finish within {route.timeout_s:g} s"
+            ) from None
+        raise
+
+
 async def _invoke(route: Route, message: Message, context: Context) -> None:
     if route.model is not None:
         message = dataclasses.replace(message, data=_models.validate(route.model, message.data))
@@ -172,14 +194,7 @@ async def _invoke(route: Route, message: Message, context: Context) -> None:
         await asyncio.to_thread(route.handler, message, context)
 
 
-async def _failure(
-    route: Route, task: asyncio.Task[None], timeout_s: float | None
-) -> BaseException | None:
-    if not task.done():
-        task.cancel()
-        await asyncio.wait([task])
-        if task.cancelled():
-            return TimeoutError(f"handler {route.handler_name} did not finish within {timeout_s} s")
+def _failure(route: Route, task: asyncio.Task[None]) -> BaseException | None:
     if task.cancelled():
         return asyncio.CancelledError(f"handler {route.handler_name} was cancelled")
     return task.exception()

@@ -41,12 +41,13 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One registered handler: the pattern it listens to and the model its data becomes."""
+    """One registered handler: its pattern, the model its data becomes, how long it may run."""
 
     pattern: str
     matcher: re.Pattern[str]
     handler: Callable[..., Any]
     model: type[Any] | None
+    timeout_s: float | None = None
 
     @property
     def handler_name(self) -> str:
@@ -64,9 +65,15 @@ class Router:
     def __bool__(self) -> bool:
         return bool(self._routes)
 
-    def add(self, pattern: str, handler: Callable[..., Any], model: type[Any] | None) -> Route:
+    def add(
+        self,
+        pattern: str,
+        handler: Callable[..., Any],
+        model: type[Any] | None,
+        timeout_s: float | None = None,
+    ) -> Route:
         """Register a handler for names matching `pattern` (validated now)."""
-        route = Route(pattern, compile_pattern(pattern), handler, model)
+        route = Route(pattern, compile_pattern(pattern), handler, model, timeout_s)
         self._routes.append(route)
         self._by_name.clear()
         return route

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -34,6 +36,7 @@ from tenacity.wait import wait_random_exponential
 
 from eventbroker import _models
 from eventbroker._config import TLSConfig
+from eventbroker._delay import parse_duration
 from eventbroker._dispatch import Context, run_handlers, running_loop
 from eventbroker._leaser import Leaser
 from eventbroker._routes import Router
@@ -68,6 +71,12 @@ FATAL_CODES = frozenset(
 )
 
 
+class _Default(enum.Enum):
+    """Marks an argument left to the consumer's default."""
+
+    HANDLER_TIMEOUT = "handler_timeout"
+
+
 class _StreamEndedError(Exception):
     """The broker ended the stream without an error before it delivered anything."""
 
@@ -82,7 +91,7 @@ class Consumer:
     """Runs handlers for the deliveries of one subscription, acking and nacking for them.
 
     Each delivery runs every handler whose pattern matches its name, concurrently:
-    all return, and it is acked; any raises or takes longer than `handler_timeout`,
+    all return, and it is acked; any raises or takes longer than its timeout,
     and it is nacked with the error (the broker retries after the subscription's
     backoff); any raises `Terminal`, and it is dead-lettered. A delivery that no
     handler matches is nacked too ("no handler for <name>"), never dropped.
@@ -94,9 +103,10 @@ class Consumer:
         api_key: Bearer key; default `EVENTBROKER_API_KEY`.
         tls: As for `Client`.
         max_outstanding: Deliveries held at once, hence handlers running at once.
-        handler_timeout: Seconds a delivery's handlers may run (`Context.extend`
-            moves it out); None for no limit. It may exceed the subscription's
-            ack deadline: while handlers run, their lease is renewed automatically.
+        handler_timeout: Default seconds a handler may run (`Context.extend` moves
+            it out; `on(..., timeout=)` sets one handler's own); None for no limit.
+            It may exceed the subscription's ack deadline: while handlers run,
+            their lease is renewed automatically.
         consumer_name: Shown in attempt history and stats; default `host:pid`.
 
     """
@@ -129,7 +139,13 @@ class Consumer:
 
     # -- registration --------------------------------------------------------
 
-    def on(self, pattern: str, *, model: type[Any] | None = None) -> Callable[[Handler], Handler]:
+    def on(
+        self,
+        pattern: str,
+        *,
+        model: type[Any] | None = None,
+        timeout: float | timedelta | str | _Default | None = _Default.HANDLER_TIMEOUT,
+    ) -> Callable[[Handler], Handler]:
         """Register the decorated function as a handler for events matching `pattern`.
 
         Args:
@@ -137,6 +153,8 @@ class Consumer:
                 (the rest): `"user.joined"`, `"user.*"`, `"orders.>"`. Case-insensitive.
             model: A dataclass or pydantic model: the handler then gets `msg.data`
                 validated into it (data that does not fit fails the attempt).
+            timeout: How long this handler may run (seconds, a timedelta or `"10m"`);
+                None for no limit; default the consumer's `handler_timeout`.
 
         The handler is `async def handler(msg: Message, ctx: Context)`, or a plain
         function of the same arguments, which runs in a worker thread.
@@ -145,12 +163,26 @@ class Consumer:
         """
         if model is not None:
             _models.check_model(model)
+        timeout_s = self._timeout_s(timeout)
 
         def register(handler: Handler) -> Handler:
-            self._router.add(pattern, handler, model)
+            self._router.add(pattern, handler, model, timeout_s)
             return handler
 
         return register
+
+    def _timeout_s(self, timeout: float | timedelta | str | _Default | None) -> float | None:
+        if timeout is _Default.HANDLER_TIMEOUT:
+            return self.handler_timeout
+        if timeout is None:
+            return None
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+            seconds = float(timeout)
+        else:
+            seconds = parse_duration(timeout).total_seconds()
+        if seconds <= 0:
+            raise ValueError(f"timeout must be positive; got {timeout!r}")
+        return seconds
 
     # -- running -------------------------------------------------------------
 
@@ -360,7 +392,7 @@ class Consumer:
             context = Context(message, extend_lease=leaser.extend, stopping=stopping)
             leaser.hold(message)
             try:
-                verdict = await run_handlers(routes, message, context, self.handler_timeout)
+                verdict = await run_handlers(routes, message, context)
             finally:
                 leaser.release(message.ack_id)
         except Exception as error:
