@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,8 +78,8 @@ def log_signal() -> Iterator[Callable[[str], LogSignal]]:
         return signal
 
     yield make
-    for signal in added:
-        logger.removeHandler(signal)
+    for added_signal in added:
+        logger.removeHandler(added_signal)
 
 
 def consume(consumer: Consumer, until: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -399,6 +403,55 @@ def test_stop_drains_in_flight_handlers_and_settles_them(
     assert status_of(client, first.event_id, "billing").state == "acked"
     assert status_of(client, second.event_id, "billing").state != "acked"
     assert not consumer.stopping
+
+
+CONSUMER_SCRIPT = """
+import asyncio, sys
+from eventbroker import Consumer
+
+consumer = Consumer("jobs", target=sys.argv[1], max_outstanding=1)
+
+@consumer.on("job.run")
+async def work(msg, ctx):
+    print("started", msg.data["n"], flush=True)
+    while not ctx.stopping:  # a long job that wraps up when asked to
+        await asyncio.sleep(0.01)
+    print("finished", msg.data["n"], flush=True)
+
+consumer.run()
+print("drained", flush=True)
+"""
+
+
+def test_sigterm_drains_the_consumer_process(
+    client: Client, broker_target: str, tmp_path: Path
+) -> None:
+    client.create_subscription("jobs", "job.*")
+    first = client.publish("job.run", {"n": 1})
+    second = client.publish("job.run", {"n": 2})
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), broker_target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().strip()]
+        assert lines == ["started 1"]
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines += [line for line in rest.splitlines() if not line.startswith(("INFO", "WARNING"))]
+    assert proc.returncode == 0, rest
+    assert lines == ["started 1", "finished 1", "drained"], rest
+    assert status_of(client, first.event_id, "jobs").state == "acked"
+    assert status_of(client, second.event_id, "jobs").state == "ready"
 
 
 def test_stop_before_run_makes_run_return_at_once() -> None:
