@@ -7,6 +7,8 @@ take everything queued, run it in one write transaction and commit once, then
 answer every caller. If the batch fails, each operation is run again alone, so
 one bad operation (say, a subscription that already exists) fails only its own
 caller. Operations must therefore have no effects outside the transaction.
+A batch that collides with another broker's transaction (a deadlock on
+PostgreSQL) is run again, a few times, before anyone is told.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from broker.storage.interface import Storage, StorageTx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from broker.storage.interface import Storage, StorageConflictError, StorageTx
 
 T = TypeVar("T")
 #: An operation: runs inside a write transaction, given the time in microseconds.
@@ -27,6 +32,8 @@ Operation = Callable[[StorageTx, int], T]
 
 _log = logging.getLogger(__name__)
 _STOP = object()
+#: Runs of a batch that keeps colliding with other transactions, before it fails.
+CONFLICT_ATTEMPTS = 5
 
 
 class Committer:
@@ -96,8 +103,14 @@ class Committer:
     def _commit(self, batch: list[tuple[Operation[Any], concurrent.futures.Future[Any]]]) -> None:
         now = self._clock()
         try:
-            with self._storage.write() as tx:
-                results = [operation(tx, now) for operation, _ in batch]
+            for attempt in Retrying(
+                retry=retry_if_exception_type(StorageConflictError),
+                stop=stop_after_attempt(CONFLICT_ATTEMPTS),
+                wait=wait_random_exponential(multiplier=0.002, max=0.05),
+                reraise=True,
+            ):
+                with attempt, self._storage.write() as tx:
+                    results = [operation(tx, now) for operation, _ in batch]
         except BaseException as error:  # answered to the caller, never lost
             if len(batch) == 1:
                 _resolve(batch[0][1], error=error)

@@ -35,6 +35,10 @@ class StorageUnavailableError(Exception):
     """The database cannot be reached or cannot write now (disk full, locked, down)."""
 
 
+class StorageConflictError(StorageUnavailableError):
+    """Two transactions collided (a deadlock or serialization failure); running again works."""
+
+
 class SubscriptionExistsError(Exception):
     """A subscription of that name already exists."""
 

@@ -8,6 +8,7 @@ durable (`synchronous_commit=on`) before a publish is acknowledged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -34,11 +35,29 @@ class PostgresTx(SqlTx):
     def _locked(self, query: sa.Select[Any]) -> sa.Select[Any]:
         return query.with_for_update()
 
+    # Advisory locks, held to the end of the transaction and always taken in sorted
+    # order. Ordering keys use the pair (subscription id >= 1, hash of the key), a
+    # subscription the pair (0, its id), and dedup ids the single 64-bit key space,
+    # which PostgreSQL keeps apart from the pairs.
+
     def _lock_ordering_key(self, subscription_id: int, key: str) -> None:
-        # Held to the end of the transaction; keys are always taken in sorted order.
         self.conn.execute(
             sa.text("SELECT pg_advisory_xact_lock(:sub, hashtext(:key))"),
             {"sub": subscription_id, "key": key},
+        )
+
+    def _lock_subscription(self, subscription_id: int) -> None:
+        self.conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(0, :sub)"), {"sub": subscription_id}
+        )
+
+    def _lock_dedup_ids(self, dedup_ids: Sequence[str]) -> None:
+        self.conn.execute(
+            sa.text(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(id, 0)))"
+                " FROM (SELECT unnest(CAST(:ids AS text[])) AS id ORDER BY 1) AS sorted"
+            ),
+            {"ids": list(dedup_ids)},
         )
 
 

@@ -47,6 +47,7 @@ from broker.storage.interface import (
     MaintenanceParams,
     PromoteOutcome,
     SeekOutcome,
+    StorageConflictError,
     StorageUnavailableError,
     SubscriptionBackfillParams,
     SubscriptionExistsError,
@@ -103,12 +104,22 @@ class SqlTx:
     def _lock_ordering_key(self, subscription_id: int, key: str) -> None:
         """Serialise transactions that move one ordering key. Dialects override."""
 
+    def _lock_subscription(self, subscription_id: int) -> None:
+        """Serialise transactions that lease for one subscription. Dialects override."""
+
+    def _lock_dedup_ids(self, dedup_ids: Sequence[str]) -> None:
+        """Serialise transactions that publish under the same dedup ids. Dialects override."""
+
     # -- events --------------------------------------------------------------
 
     def event_insert_many(self, params: EventInsertParams) -> list[PublishOutcome]:
         """Store events and their deliveries; duplicates store nothing."""
         now = params.now_us
-        existing = self._live_dedup_ids([d.dedup_id for d in params.drafts if d.dedup_id], now)
+        dedup_ids = sorted({d.dedup_id for d in params.drafts if d.dedup_id})
+        if dedup_ids:
+            # Two brokers publishing one dedup id at once: the second waits, then sees it.
+            self._lock_dedup_ids(dedup_ids)
+        existing = self._live_dedup_ids(dedup_ids, now)
         subscriptions = list(self._subscriptions_by_id().values())
         event_rows: list[dict[str, Any]] = []
         delivery_rows: list[dict[str, Any]] = []
@@ -174,6 +185,10 @@ class SqlTx:
                     next_scheduled_us=deliver_at if scheduled and ready_ids else None,
                 )
             )
+        for subscription_id, key in sorted(ordered_keys):
+            # Taken before the rows exist, so that a key's deliveries are numbered in
+            # the order their transactions commit, whichever broker wrote them.
+            self._lock_ordering_key(subscription_id, key)
         if dedup_rows:
             self.conn.execute(
                 sa.delete(_dd).where(
@@ -225,6 +240,8 @@ class SqlTx:
             return {}
         budget = sum(r.count for r in params.requests)
         if sub.max_in_flight > 0:
+            # Count and claim under one lock, or two brokers could each fill the last slot.
+            self._lock_subscription(sub.id)
             in_flight = self.conn.execute(
                 sa.select(sa.func.count())
                 .select_from(_d)
@@ -881,13 +898,20 @@ class SqlStorage:
         self.read_engine.dispose()
 
 
+#: PostgreSQL's serialization_failure and deadlock_detected: the transaction may be run again.
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+
+
 @contextmanager
 def _storage_errors() -> Iterator[None]:
     """Turn a database that cannot serve now into StorageUnavailableError."""
     try:
         yield
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
-        raise StorageUnavailableError(str(error.orig or error).strip()) from error
+        message = str(error.orig or error).strip()
+        if getattr(error.orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+            raise StorageConflictError(message) from error
+        raise StorageUnavailableError(message) from error
     except sa_exc.DBAPIError as error:
         if error.connection_invalidated:
             raise StorageUnavailableError(str(error.orig or error).strip()) from error

@@ -431,6 +431,44 @@ def test_competing_leasers_never_share_a_delivery(storage: Storage) -> None:
     assert len(everything) == total
 
 
+def run_together(count: int, work: Any) -> list[Any]:
+    """Run `work(index)` in `count` threads released at once; return their results."""
+    start = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(index: int) -> None:
+        start.wait()
+        results[index] = work(index)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_competing_leasers_never_pass_max_in_flight(storage: Storage) -> None:
+    s = create(storage, sub(max_in_flight=5))
+    publish(storage, *[draft() for _ in range(200)])
+    for _ in range(10):
+        leased = run_together(4, lambda i: lease(storage, s.id, 5, consumer=f"c{i}"))
+        together = [ack_id for part in leased for ack_id in part]
+        assert len(together) == 5, leased
+        ack(storage, together)
+
+
+def test_concurrent_publishes_of_one_dedup_id_store_one_event(storage: Storage) -> None:
+    create(storage, sub())
+    for round_ in range(5):
+        ids = run_together(4, lambda i, r=round_: publish(storage, draft(dedup_id=f"order-{r}")))
+        assert len({event_id for (event_id,) in ids}) == 1, ids
+    with storage.read() as tx:
+        assert tx.event_count() == 5
+        (counts,) = tx.subscription_counts("billing")
+    assert counts.ready == 5
+
+
 def ordered_draft(key: str, name: str = "user.x", **kwargs: Any) -> EventDraft:
     return dataclasses.replace(draft(name, **kwargs), ordering_key=key)
 
