@@ -460,7 +460,7 @@ class DeliveryEngine:
                 lambda tx, now: tx.delivery_redrive(dataclasses.replace(params, now_us=now))
             )
             total += count
-            if count < REDRIVE_BATCH or event_ids:
+            if count < REDRIVE_BATCH:
                 break
         if total:
             _log.info("redrove %d dead letters of %s", total, subscription.name)

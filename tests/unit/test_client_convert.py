@@ -332,6 +332,126 @@ def test_event_info_names_states_and_reasons() -> None:
     assert info.delivery("other") is None
 
 
+def test_max_age_and_retry_table_are_sent_and_read() -> None:
+    created = convert.create_subscription_request(
+        "s", "a.*", {"max_age": "1h", "retry_delays": ["1s", 30_000], "max_attempts": None}
+    ).subscription
+    assert created.max_age.ToTimedelta() == timedelta(hours=1)
+    assert [d.ToTimedelta() for d in created.retry_policy.delays] == [
+        timedelta(seconds=1),
+        timedelta(seconds=30),
+    ]
+    update = convert.update_subscription_request("s", {"retry_delays": "10s", "max_age": None})
+    assert list(update.update_mask) == ["retry_policy.delays", "max_age"]
+    assert [d.ToTimedelta() for d in update.subscription.retry_policy.delays] == [
+        timedelta(seconds=10)
+    ]
+    assert not update.subscription.HasField("max_age")  # unset: no maximum age
+    with pytest.raises(ValueError, match=r"retry_delays\[1\]"):
+        convert.update_subscription_request("s", {"retry_delays": ["1s", "soon"]})
+    sub = convert.subscription_from_proto(created)
+    assert sub.max_age == timedelta(hours=1) and len(sub.retry_delays) == 2
+    plain = convert.subscription_from_proto(pb.Subscription(name="p"))
+    assert (plain.max_age, plain.retry_delays) == (None, ())
+
+
+def test_blocked_state_reads_like_the_others() -> None:
+    response = pb.GetEventResponse(
+        deliveries=[pb.DeliveryStatus(subscription="fifo", state=pb.DELIVERY_STATE_BLOCKED)]
+    )
+    status = convert.event_info(response).delivery("fifo")
+    assert status is not None and (status.state, status.dead_reason) == ("blocked", None)
+
+
+def test_dead_letter_pages_are_read_with_reason_and_time_of_death() -> None:
+    ended = NOW + timedelta(seconds=3)
+    history = [
+        pb.Attempt(attempt=1, end_time=convert.to_timestamp(NOW)),
+        pb.Attempt(attempt=2, end_time=convert.to_timestamp(ended), error="boom"),
+    ]
+    stored = pb.StoredEvent(
+        event_id="e1",
+        event=pb.Event(name="order.new", binary_data=b"{}", content_type="application/json"),
+        publish_time=convert.to_timestamp(NOW),
+    )
+    exhausted = pb.DeliveryStatus(
+        subscription="billing",
+        state=pb.DELIVERY_STATE_DEAD,
+        attempts=2,
+        dead_reason=pb.DEAD_REASON_ATTEMPTS_EXHAUSTED,
+        last_error="boom",
+        history=history,
+    )
+    expired = pb.DeliveryStatus(
+        subscription="billing", state=pb.DELIVERY_STATE_DEAD, dead_reason=pb.DEAD_REASON_EXPIRED
+    )
+    page = convert.dead_letter_page(
+        pb.ListDeadLettersResponse(
+            dead_letters=[
+                pb.DeadLetter(event=stored, delivery=exhausted),
+                pb.DeadLetter(event=stored, delivery=expired),
+            ],
+            next_page_token="t2",
+        )
+    )
+    first, second = page.items
+    assert (first.reason, first.attempts, first.data) == ("attempts_exhausted", 2, {})
+    assert first.dead_time == ended and [a.attempt for a in first.history] == [1, 2]
+    assert (second.reason, second.dead_time) == ("expired", None)
+    assert page.next_page_token == "t2"
+    last = convert.dead_letter_page(pb.ListDeadLettersResponse())
+    assert (last.items, last.next_page_token) == ((), None)
+    event = pb.GetEventResponse(event=stored, deliveries=[exhausted])
+    assert convert.dead_letter_from_event(event, "billing") == first
+    assert convert.dead_letter_from_event(event, "other") is None
+
+
+def test_dead_letter_filters_take_reason_names() -> None:
+    request = convert.list_dead_letters_request(
+        "s", name="order.new", reason="Nacked_Terminal", page_size=5, page_token=None
+    )
+    assert (request.name, request.reason, request.page_size, request.page_token) == (
+        "order.new",
+        pb.DEAD_REASON_NACKED_TERMINAL,
+        5,
+        "",
+    )
+    assert convert.dead_reason(None) == pb.DEAD_REASON_UNSPECIFIED
+    with pytest.raises(ValueError, match="attempts_exhausted, nacked_terminal, expired"):
+        convert.dead_reason("tired")
+
+
+def test_redrive_ids_go_in_chunks_and_all_in_one_request() -> None:
+    ids = [f"e{i}" for i in range(2_500)]
+    chunks = convert.redrive_requests("s", event_ids=ids, name=None, reason=None, all=False)
+    assert [len(r.event_ids) for r in chunks] == [1_000, 1_000, 500]
+    assert [i for r in chunks for i in r.event_ids] == ids
+    assert not any(r.all for r in chunks)
+    (everything,) = convert.redrive_requests(
+        "s", event_ids=None, name="a.b", reason="expired", all=True
+    )
+    assert (everything.all, everything.name, everything.reason) == (
+        True,
+        "a.b",
+        pb.DEAD_REASON_EXPIRED,
+    )
+    assert list(everything.event_ids) == []
+    assert convert.redrive_requests("s", event_ids=[], name=None, reason=None, all=False) == []
+    (one,) = convert.redrive_requests("s", event_ids="e1", name=None, reason=None, all=False)
+    assert list(one.event_ids) == ["e1"]
+    with pytest.raises(ValueError, match="all=True"):
+        convert.redrive_requests("s", event_ids=None, name=None, reason=None, all=False)
+    with pytest.raises(ValueError, match="not both"):
+        convert.redrive_requests("s", event_ids=["e1"], name=None, reason=None, all=True)
+
+
+def test_seek_takes_a_time_and_naive_means_utc() -> None:
+    request = convert.seek_request("s", NOW.replace(tzinfo=None))
+    assert request.time.ToDatetime(tzinfo=UTC) == NOW
+    with pytest.raises(TypeError, match="datetime"):
+        convert.seek_request("s", "yesterday")  # type: ignore[arg-type]
+
+
 def test_stats_are_read_per_subscription() -> None:
     stats = convert.stats(
         pb.GetStatsResponse(

@@ -22,6 +22,8 @@ from eventbroker.types import (
     AckIds,
     AckResult,
     Attempt,
+    DeadLetterInfo,
+    DeadLetterPage,
     DeliveryStatus,
     DurationLike,
     EventInfo,
@@ -39,6 +41,8 @@ JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 #: The broker takes at most this many ack ids per Ack, Nack or ExtendAckDeadline.
 ACK_IDS_PER_CALL = 10_000
+#: Event ids per RedriveDeadLetters call when many are redriven by id.
+REDRIVE_IDS_PER_CALL = 1_000
 _SAFE_INTEGER = 2**53
 
 #: update_subscription keys and the field paths of their update mask.
@@ -50,10 +54,18 @@ SETTING_PATHS = {
     "max_backoff": "retry_policy.max_backoff",
     "max_in_flight": "max_in_flight",
     "retention": "retention",
+    "max_age": "max_age",
+    "retry_delays": "retry_policy.delays",
 }
 _START_POSITIONS = {
     "new": pb.START_POSITION_NEW,
     "beginning": pb.START_POSITION_BEGINNING,
+}
+#: Dead reasons by their client names (`attempts_exhausted`, `nacked_terminal`, `expired`).
+DEAD_REASONS = {
+    name.removeprefix("DEAD_REASON_").lower(): value
+    for name, value in pb.DeadReason.items()
+    if value != pb.DEAD_REASON_UNSPECIFIED
 }
 
 
@@ -220,6 +232,14 @@ def _duration_setting(key: str, value: DurationLike) -> duration_pb2.Duration:
         raise ValueError(f"{key}: {error}") from error
 
 
+def _duration_table(
+    key: str, value: DurationLike | Sequence[DurationLike]
+) -> list[duration_pb2.Duration]:
+    """A retry table; one duration (a string is one, not a sequence of letters) is one entry."""
+    items = [value] if isinstance(value, str | timedelta | int | float) else list(value)
+    return [_duration_setting(f"{key}[{index}]", item) for index, item in enumerate(items)]
+
+
 def _apply_settings(message: pb.Subscription, changes: Mapping[str, Any]) -> list[str]:
     """Copy settings into a Subscription message; return their update-mask paths."""
     paths = []
@@ -235,6 +255,10 @@ def _apply_settings(message: pb.Subscription, changes: Mapping[str, Any]) -> lis
             setattr(message, key, value or 0)
         elif key in ("min_backoff", "max_backoff"):
             getattr(message.retry_policy, key).CopyFrom(_duration_setting(key, value))
+        elif key == "retry_delays":
+            message.retry_policy.delays.extend(_duration_table(key, value))
+        elif key == "max_age" and value is None:
+            pass  # unset in the message: no maximum age
         else:
             getattr(message, key).CopyFrom(_duration_setting(key, value))
     return paths
@@ -299,6 +323,8 @@ def subscription_from_proto(message: pb.Subscription) -> Subscription:
         ordered=message.ordered,
         retention=message.retention.ToTimedelta(),
         create_time=_optional_time(message, "create_time"),
+        max_age=message.max_age.ToTimedelta() if message.HasField("max_age") else None,
+        retry_delays=tuple(delay.ToTimedelta() for delay in policy.delays),
     )
 
 
@@ -414,6 +440,10 @@ def _attempt(message: pb.Attempt) -> Attempt:
     )
 
 
+def _dead_reason_name(value: int) -> str:
+    return _enum_name(pb.DeadReason, value, "DEAD_REASON_")
+
+
 def _delivery_status(message: pb.DeliveryStatus) -> DeliveryStatus:
     dead = message.dead_reason != pb.DEAD_REASON_UNSPECIFIED
     return DeliveryStatus(
@@ -422,9 +452,7 @@ def _delivery_status(message: pb.DeliveryStatus) -> DeliveryStatus:
         attempts=message.attempts,
         next_time=_optional_time(message, "next_time"),
         consumer=message.consumer,
-        dead_reason=_enum_name(pb.DeadReason, message.dead_reason, "DEAD_REASON_")
-        if dead
-        else None,
+        dead_reason=_dead_reason_name(message.dead_reason) if dead else None,
         last_error=message.last_error,
         reason=message.reason,
         history=tuple(_attempt(a) for a in message.history),
@@ -448,6 +476,151 @@ def event_info(response: pb.GetEventResponse) -> EventInfo:
         dedup_id=event.id or None,
         deliveries=tuple(_delivery_status(d) for d in response.deliveries),
     )
+
+
+# -- dead letters and seek ------------------------------------------------------
+
+
+def dead_reason(value: str | None) -> pb.DeadReason.ValueType:
+    """The proto DeadReason of a client name; None (any reason) is UNSPECIFIED.
+
+    Raises:
+        ValueError: The name is not a dead reason.
+
+    """
+    if value is None:
+        return pb.DEAD_REASON_UNSPECIFIED
+    reason = DEAD_REASONS.get(value.lower())
+    if reason is None:
+        raise ValueError(f"reason must be one of {', '.join(DEAD_REASONS)}; got {value!r}")
+    return reason
+
+
+def list_dead_letters_request(
+    subscription: str,
+    *,
+    name: str | None,
+    reason: str | None,
+    page_size: int,
+    page_token: str | None,
+) -> pb.ListDeadLettersRequest:
+    """A ListDeadLetters request for one page, filtered by event name and dead reason.
+
+    Raises:
+        ValueError: `reason` is not a dead reason.
+
+    """
+    return pb.ListDeadLettersRequest(
+        subscription=subscription,
+        page_size=page_size,
+        page_token=page_token or "",
+        name=name or "",
+        reason=dead_reason(reason),
+    )
+
+
+def _dead_letter_info(stored: pb.StoredEvent, delivery: pb.DeliveryStatus) -> DeadLetterInfo:
+    event = stored.event
+    history = tuple(_attempt(a) for a in delivery.history)
+    expired = delivery.dead_reason == pb.DEAD_REASON_EXPIRED
+    return DeadLetterInfo(
+        event_id=stored.event_id,
+        name=event.name,
+        data=_payload(event),
+        content_type=event.content_type,
+        headers=dict(event.headers),
+        publish_time=_optional_time(stored, "publish_time"),
+        subscription=delivery.subscription,
+        reason=_dead_reason_name(delivery.dead_reason),
+        description=delivery.reason,
+        last_error=delivery.last_error,
+        attempts=delivery.attempts,
+        # The broker reports no time of death; a failed attempt that kills a
+        # delivery ends at that moment, so the last attempt's end is it.
+        dead_time=history[-1].end_time if history and not expired else None,
+        history=history,
+        priority=event.priority,
+        ordering_key=event.ordering_key or None,
+        dedup_id=event.id or None,
+    )
+
+
+def dead_letter_page(response: pb.ListDeadLettersResponse) -> DeadLetterPage:
+    """A DeadLetterPage from a ListDeadLetters response."""
+    return DeadLetterPage(
+        items=tuple(_dead_letter_info(d.event, d.delivery) for d in response.dead_letters),
+        next_page_token=response.next_page_token or None,
+    )
+
+
+def dead_letter_from_event(
+    response: pb.GetEventResponse, subscription: str
+) -> DeadLetterInfo | None:
+    """The event's dead letter in `subscription`, or None when it is not dead there."""
+    for delivery in response.deliveries:
+        if delivery.subscription == subscription and delivery.state == pb.DELIVERY_STATE_DEAD:
+            return _dead_letter_info(response.event, delivery)
+    return None
+
+
+def redrive_requests(
+    subscription: str,
+    *,
+    event_ids: Iterable[str] | None,
+    name: str | None,
+    reason: str | None,
+    all: bool,
+) -> list[pb.RedriveDeadLettersRequest]:
+    """RedriveDeadLetters requests: the events named, in chunks, or `all` matching the filters.
+
+    An empty `event_ids` gives no request at all (never "everything").
+
+    Raises:
+        ValueError: `reason` is not a dead reason, or `event_ids` and `all` are both
+            given or both left out (nothing is sent).
+
+    """
+    if event_ids is None and not all:
+        raise ValueError(
+            "name the event_ids to redrive, or pass all=True (narrowed by name and reason if given)"
+        )
+    if event_ids is not None and all:
+        raise ValueError("give event_ids or all=True, not both")
+    reason_value = dead_reason(reason)
+    if all:
+        chunks: list[list[str]] = [[]]
+    else:
+        ids = [event_ids] if isinstance(event_ids, str) else list(event_ids or ())
+        chunks = [
+            ids[i : i + REDRIVE_IDS_PER_CALL] for i in range(0, len(ids), REDRIVE_IDS_PER_CALL)
+        ]
+    return [
+        pb.RedriveDeadLettersRequest(
+            subscription=subscription,
+            event_ids=chunk,
+            name=name or "",
+            reason=reason_value,
+            all=all,
+        )
+        for chunk in chunks
+    ]
+
+
+def redriven_count(responses: Iterable[pb.RedriveDeadLettersResponse]) -> int:
+    """How many dead letters the chunked RedriveDeadLetters calls made ready again."""
+    return sum(response.redriven_count for response in responses)
+
+
+def seek_request(subscription: str, to: datetime) -> pb.SeekRequest:
+    """A Seek request to a time (naive means UTC).
+
+    Raises:
+        TypeError: `to` is not a datetime.
+
+    """
+    if not isinstance(to, datetime):
+        raise TypeError(f"seek takes a datetime; got {type(to).__name__}")
+    return pb.SeekRequest(subscription=subscription, time=to_timestamp(to))
 
 
 def stats(response: pb.GetStatsResponse) -> Stats:

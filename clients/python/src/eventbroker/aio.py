@@ -7,7 +7,7 @@ through `eventbroker._convert`, the same code the blocking client uses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
@@ -17,11 +17,13 @@ from grpc import aio
 
 from eventbroker import _convert as convert
 from eventbroker._config import ConnectionConfig, TLSConfig
-from eventbroker.client import DEFAULT_TIMEOUT_S
+from eventbroker.client import DEAD_LETTER_PAGE_SIZE, DEFAULT_TIMEOUT_S
 from eventbroker.errors import error_from_rpc
 from eventbroker.types import (
     AckIds,
     AckResult,
+    DeadLetterInfo,
+    DeadLetterPage,
     DelayLike,
     DurationLike,
     EventInfo,
@@ -148,6 +150,8 @@ class AsyncClient:
         ordered: bool = False,
         start: str | datetime | None = None,
         retention: DurationLike | None = None,
+        max_age: DurationLike | None = None,
+        retry_delays: Sequence[DurationLike] | None = None,
     ) -> Subscription:
         """Create a durable subscription (see `Client.create_subscription`)."""
         settings = {
@@ -157,6 +161,8 @@ class AsyncClient:
             "max_backoff": max_backoff,
             "max_in_flight": max_in_flight,
             "retention": retention,
+            "max_age": max_age,
+            "retry_delays": retry_delays,
         }
         request = convert.create_subscription_request(
             name, filter, settings, ordered=ordered, start=start
@@ -205,6 +211,68 @@ class AsyncClient:
         """Delivery counts and rates, for one subscription or all of them."""
         request = pb.GetStatsRequest(subscription=subscription or "")
         return convert.stats(await self._call(self._stub.GetStats, request))
+
+    # -- dead letters and replay ---------------------------------------------
+
+    async def list_dead_letters(
+        self,
+        subscription: str,
+        *,
+        name: str | None = None,
+        reason: str | None = None,
+        page_size: int = DEAD_LETTER_PAGE_SIZE,
+        page_token: str | None = None,
+    ) -> DeadLetterPage:
+        """One page of a subscription's dead letters (see `Client.list_dead_letters`)."""
+        request = convert.list_dead_letters_request(
+            subscription, name=name, reason=reason, page_size=page_size, page_token=page_token
+        )
+        return convert.dead_letter_page(await self._call(self._stub.ListDeadLetters, request))
+
+    async def iter_dead_letters(
+        self,
+        subscription: str,
+        *,
+        name: str | None = None,
+        reason: str | None = None,
+        page_size: int = DEAD_LETTER_PAGE_SIZE,
+    ) -> AsyncIterator[DeadLetterInfo]:
+        """Every dead letter of a subscription, oldest first, fetched a page at a time."""
+        token: str | None = None
+        while True:
+            page = await self.list_dead_letters(
+                subscription, name=name, reason=reason, page_size=page_size, page_token=token
+            )
+            for item in page.items:
+                yield item
+            token = page.next_page_token
+            if token is None:
+                return
+
+    async def get_dead_letter(self, subscription: str, event_id: str) -> DeadLetterInfo | None:
+        """One event's dead letter in a subscription; None if it is not dead there."""
+        response = await self._call(self._stub.GetEvent, pb.GetEventRequest(event_id=event_id))
+        return convert.dead_letter_from_event(response, subscription)
+
+    async def redrive_dead_letters(
+        self,
+        subscription: str,
+        *,
+        event_ids: Iterable[str] | None = None,
+        name: str | None = None,
+        reason: str | None = None,
+        all: bool = False,
+    ) -> int:
+        """Make dead letters ready again; returns how many (see `Client.redrive_dead_letters`)."""
+        requests = convert.redrive_requests(
+            subscription, event_ids=event_ids, name=name, reason=reason, all=all
+        )
+        responses = [await self._call(self._stub.RedriveDeadLetters, r) for r in requests]
+        return convert.redriven_count(responses)
+
+    async def seek(self, subscription: str, to: datetime) -> None:
+        """Replay what was published since `to`, skip what came before (see `Client.seek`)."""
+        await self._call(self._stub.Seek, convert.seek_request(subscription, to))
 
     # -- consuming (low level; see Consumer for the runtime) -----------------
 

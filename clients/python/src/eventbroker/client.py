@@ -7,7 +7,7 @@ subclasses instead of `grpc.RpcError`.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
@@ -20,6 +20,8 @@ from eventbroker.errors import error_from_rpc
 from eventbroker.types import (
     AckIds,
     AckResult,
+    DeadLetterInfo,
+    DeadLetterPage,
     DelayLike,
     DurationLike,
     EventInfo,
@@ -37,6 +39,8 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 DEFAULT_TIMEOUT_S = 30.0
+#: Dead letters per ListDeadLetters call unless asked otherwise (the broker takes 1,000).
+DEAD_LETTER_PAGE_SIZE = 100
 
 
 class Client:
@@ -174,6 +178,8 @@ class Client:
         ordered: bool = False,
         start: str | datetime | None = None,
         retention: DurationLike | None = None,
+        max_age: DurationLike | None = None,
+        retry_delays: Sequence[DurationLike] | None = None,
     ) -> Subscription:
         """Create a durable subscription; settings left as None take the broker's defaults.
 
@@ -190,6 +196,11 @@ class Client:
             ordered: FIFO per ordering key.
             start: `"new"` (default), `"beginning"`, or a `datetime` to start from.
             retention: How long acked and dead deliveries stay queryable (default 7 days).
+            max_age: Dead-letter deliveries of events older than this (reason `expired`)
+                instead of delivering or retrying them (default: no maximum age).
+            retry_delays: An explicit retry table instead of the exponential backoff: the
+                delay after attempt n is `retry_delays[n-1]`, and the last entry repeats
+                (e.g. `["10s", "1m", "10m"]`; at most 100 entries).
 
         Returns:
             The subscription with every setting filled in.
@@ -202,6 +213,8 @@ class Client:
             "max_backoff": max_backoff,
             "max_in_flight": max_in_flight,
             "retention": retention,
+            "max_age": max_age,
+            "retry_delays": retry_delays,
         }
         request = convert.create_subscription_request(
             name, filter, settings, ordered=ordered, start=start
@@ -232,6 +245,10 @@ class Client:
     ) -> Subscription:
         """Change the settings given (and only those), e.g. `max_attempts=5, filter="user.*"`.
 
+        The keys are those of `SubscriptionChanges` (the settings of
+        `create_subscription` but `ordered` and `start`). `max_in_flight=None`,
+        `max_age=None` and `retry_delays=[]` remove a limit, age or table.
+
         Returns:
             The subscription with its new settings.
 
@@ -255,6 +272,124 @@ class Client:
         """Delivery counts and rates, for one subscription or all of them."""
         request = pb.GetStatsRequest(subscription=subscription or "")
         return convert.stats(self._call(self._stub.GetStats, request))
+
+    # -- dead letters and replay ---------------------------------------------
+
+    def list_dead_letters(
+        self,
+        subscription: str,
+        *,
+        name: str | None = None,
+        reason: str | None = None,
+        page_size: int = DEAD_LETTER_PAGE_SIZE,
+        page_token: str | None = None,
+    ) -> DeadLetterPage:
+        """One page of a subscription's dead letters, oldest first.
+
+        Args:
+            subscription: Subscription name.
+            name: Only events with this name.
+            reason: Only those that died for this reason: `attempts_exhausted`,
+                `nacked_terminal` or `expired`.
+            page_size: Most dead letters on the page (at most 1,000).
+            page_token: The `next_page_token` of the previous page; None for the first.
+
+        Returns:
+            The dead letters and the token of the next page (None on the last).
+
+        Raises:
+            ValueError: `reason` is not one of the three (nothing was sent).
+            NotFound: There is no such subscription.
+
+        """
+        request = convert.list_dead_letters_request(
+            subscription, name=name, reason=reason, page_size=page_size, page_token=page_token
+        )
+        return convert.dead_letter_page(self._call(self._stub.ListDeadLetters, request))
+
+    def iter_dead_letters(
+        self,
+        subscription: str,
+        *,
+        name: str | None = None,
+        reason: str | None = None,
+        page_size: int = DEAD_LETTER_PAGE_SIZE,
+    ) -> Iterator[DeadLetterInfo]:
+        """Every dead letter of a subscription, oldest first, fetched a page at a time.
+
+        Takes the filters of `list_dead_letters`; `page_size` is how many each call fetches.
+        """
+        token: str | None = None
+        while True:
+            page = self.list_dead_letters(
+                subscription, name=name, reason=reason, page_size=page_size, page_token=token
+            )
+            yield from page.items
+            token = page.next_page_token
+            if token is None:
+                return
+
+    def get_dead_letter(self, subscription: str, event_id: str) -> DeadLetterInfo | None:
+        """One event's dead letter in a subscription; None if it is not dead there.
+
+        Raises:
+            NotFound: There is no such event.
+
+        """
+        response = self._call(self._stub.GetEvent, pb.GetEventRequest(event_id=event_id))
+        return convert.dead_letter_from_event(response, subscription)
+
+    def redrive_dead_letters(
+        self,
+        subscription: str,
+        *,
+        event_ids: Iterable[str] | None = None,
+        name: str | None = None,
+        reason: str | None = None,
+        all: bool = False,
+    ) -> int:
+        """Make dead letters ready again; their attempts are counted afresh from 1.
+
+        Give either `event_ids`, or `all=True` for every dead letter (narrowed by
+        `name` and `reason` when given). Many ids go in several calls of 1,000.
+
+        Args:
+            subscription: Subscription name.
+            event_ids: The events to redrive; ids that are not dead there are skipped.
+                An empty collection redrives nothing.
+            name: Only events with this name.
+            reason: Only those that died for this reason (see `list_dead_letters`).
+            all: Redrive every dead letter that matches `name` and `reason`.
+
+        Returns:
+            How many deliveries were made ready again.
+
+        Raises:
+            ValueError: Neither or both of `event_ids` and `all`, or an unknown `reason`
+                (nothing was sent).
+
+        """
+        requests = convert.redrive_requests(
+            subscription, event_ids=event_ids, name=name, reason=reason, all=all
+        )
+        return convert.redriven_count(
+            self._call(self._stub.RedriveDeadLetters, r) for r in requests
+        )
+
+    def seek(self, subscription: str, to: datetime) -> None:
+        """Move a subscription to a time: replay what was published since, skip what came before.
+
+        Events published at or after `to` are delivered again (acked and dead ones
+        too, attempts counted afresh); waiting deliveries of events published before
+        it are marked acked. Deliveries in flight are left to their consumers.
+
+        Args:
+            subscription: Subscription name.
+            to: The time (naive means UTC): in the past to replay, now or later to skip
+                the backlog.
+
+        """
+        self._call(self._stub.Seek, convert.seek_request(subscription, to))
 
     # -- consuming (low level; see Consumer for the runtime) -----------------
 

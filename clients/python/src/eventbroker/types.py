@@ -118,6 +118,11 @@ class Subscription:
         ordered: FIFO per ordering key.
         retention: How long acked and dead deliveries stay queryable.
         create_time: When it was created.
+        max_age: Deliveries of events older than this are dead-lettered (reason
+            `expired`) instead of delivered or retried; None for no maximum age.
+        retry_delays: The explicit retry table, if any: the delay after attempt n is
+            `retry_delays[n-1]`, and the last entry repeats. Empty means the
+            exponential backoff between `min_backoff` and `max_backoff`.
 
     """
 
@@ -131,10 +136,16 @@ class Subscription:
     ordered: bool
     retention: timedelta
     create_time: datetime | None
+    max_age: timedelta | None = None
+    retry_delays: tuple[timedelta, ...] = ()
 
 
 class SubscriptionChanges(TypedDict, total=False):
-    """Settings `update_subscription` may change; only the keys given are changed."""
+    """Settings `update_subscription` may change; only the keys given are changed.
+
+    `max_in_flight=None` removes the concurrency limit, `max_age=None` the maximum
+    age, and `retry_delays=[]` the retry table (back to the exponential backoff).
+    """
 
     filter: str | Sequence[str]
     ack_deadline: DurationLike
@@ -143,6 +154,8 @@ class SubscriptionChanges(TypedDict, total=False):
     max_backoff: DurationLike
     max_in_flight: int | None
     retention: DurationLike
+    max_age: DurationLike | None
+    retry_delays: Sequence[DurationLike]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +236,8 @@ class DeliveryStatus:
 
     Attributes:
         subscription: Subscription name.
-        state: `scheduled`, `ready`, `in_flight`, `acked` or `dead`.
+        state: `scheduled`, `ready`, `in_flight`, `acked`, `dead`, or `blocked` (waiting
+            behind an earlier event of its ordering key in an ordered subscription).
         attempts: Attempts made so far.
         next_time: When it becomes ready (scheduled) or its lease ends (in flight).
         consumer: The consumer holding it (in flight).
@@ -292,3 +306,61 @@ class AckResult:
     """
 
     not_applied: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterInfo:
+    """A dead-lettered delivery: the event, why it died, and its attempts.
+
+    Attributes:
+        event_id: The broker-assigned event id (what `redrive_dead_letters` takes).
+        name: Event name, lower-cased.
+        data: Decoded JSON value, or `bytes` for binary payloads.
+        content_type: Content type of the payload.
+        headers: Headers given at publish.
+        publish_time: When the event was published.
+        subscription: The subscription it died in.
+        reason: Why it died: `attempts_exhausted`, `nacked_terminal` or `expired`
+            (older than the subscription's `max_age`).
+        description: A sentence saying why it died, with the last error.
+        last_error: The last nack's error (empty if none was given).
+        attempts: Attempts made before it died.
+        dead_time: When it died: the end of its last attempt. None for `expired`,
+            which the broker applies without an attempt and does not timestamp.
+        history: Past attempts, oldest first (the broker keeps the last 20).
+        priority: Priority given at publish.
+        ordering_key: Ordering key given at publish, if any.
+        dedup_id: Deduplication id given at publish, if any.
+
+    """
+
+    event_id: str
+    name: str
+    data: Any
+    content_type: str
+    headers: Mapping[str, str]
+    publish_time: datetime | None
+    subscription: str
+    reason: str
+    description: str
+    last_error: str
+    attempts: int
+    dead_time: datetime | None
+    history: tuple[Attempt, ...] = ()
+    priority: int = 0
+    ordering_key: str | None = None
+    dedup_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    """One page of a subscription's dead letters, oldest first.
+
+    Attributes:
+        items: The dead letters on this page.
+        next_page_token: Pass it as `page_token` for the next page; None on the last.
+
+    """
+
+    items: tuple[DeadLetterInfo, ...]
+    next_page_token: str | None = None
