@@ -1,4 +1,4 @@
-"""The `broker` commands for people: publish, tail, subscriptions, events and stats.
+"""The `broker` commands for people: publish, tail, subscriptions, events, dead letters, stats.
 
 They talk to a running broker through the Python client (`eventbroker.Client`),
 print tables a person can read, and turn broker errors into one readable line
@@ -12,14 +12,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from enum import StrEnum
+from itertools import islice
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventbroker import BrokerError, Client, Stats, Subscription
+from eventbroker import BrokerError, Client, DeadLetterInfo, Stats, Subscription
 
 TargetOption = Annotated[
     str | None,
@@ -40,6 +43,17 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 subs_app = typer.Typer(help="Manage durable subscriptions.", no_args_is_help=True)
 events_app = typer.Typer(help="Look at stored events.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Inspect and redrive dead letters: deliveries that failed for good.",
+    no_args_is_help=True,
+)
+
+#: Event ids per redrive call of `broker dlq redrive` (the progress bar moves per call).
+REDRIVE_IDS_PER_CALL = 100
+#: Dead letters per page when `broker dlq` lists them (the broker's maximum).
+DLQ_PAGE_SIZE = 1_000
+#: Characters of the last error shown in the `broker dlq list` table.
+ERROR_WIDTH_CHARS = 60
 
 
 @contextmanager
@@ -68,6 +82,12 @@ def _seconds(value: timedelta | None) -> str:
 
 def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="milliseconds") if value is not None else "-"
+
+
+def _data_text(data: Any, content_type: str) -> str:
+    if isinstance(data, bytes):
+        return f"<{len(data)} bytes {content_type}>"
+    return json.dumps(data, separators=(",", ":"))
 
 
 def publish(
@@ -127,11 +147,7 @@ def tail(
     with client_for(target, api_key) as client:
         try:
             for message in client.tail(filter):
-                data = (
-                    json.dumps(message.data, separators=(",", ":"))
-                    if not isinstance(message.data, bytes)
-                    else f"<{len(message.data)} bytes {message.content_type}>"
-                )
+                data = _data_text(message.data, message.content_type)
                 print(_when(message.publish_time), message.name, message.event_id, data, flush=True)
         except KeyboardInterrupt:
             return
@@ -175,6 +191,8 @@ def subs_get(name: str, target: TargetOption = None, api_key: ApiKeyOption = Non
         ("backoff", f"{_seconds(sub.min_backoff)} .. {_seconds(sub.max_backoff)}"),
         ("max in flight", str(sub.max_in_flight or "unlimited")),
         ("ordered", "yes" if sub.ordered else "no"),
+        ("retry table", ", ".join(_seconds(d) for d in sub.retry_delays) or "none (backoff)"),
+        ("max age", _seconds(sub.max_age) if sub.max_age else "none"),
         ("retention", _seconds(sub.retention)),
         ("created", _when(sub.create_time)),
     ]
@@ -297,6 +315,220 @@ def events_show(event_id: str, target: TargetOption = None, api_key: ApiKeyOptio
     out.print(table)
 
 
+# -- dead letters ----------------------------------------------------------------
+
+
+class DeadReason(StrEnum):
+    """Why a delivery was dead-lettered, as `--reason` takes it."""
+
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    NACKED_TERMINAL = "nacked_terminal"
+    EXPIRED = "expired"
+
+
+SubscriptionArgument = Annotated[str, typer.Argument(help="Subscription name.")]
+NameOption = Annotated[str | None, typer.Option("--name", help="Only events with this name.")]
+ReasonOption = Annotated[
+    DeadReason | None,
+    typer.Option(
+        "--reason",
+        case_sensitive=False,
+        help="Only those that died for this reason (expired: older than the max age).",
+    ),
+]
+
+
+def _dead_letters(count: int) -> str:
+    return f"{count:,} dead letter{'' if count == 1 else 's'}"
+
+
+def _reason(value: DeadReason | None) -> str | None:
+    return value.value if value is not None else None
+
+
+def _shorten(text: str, width: int) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) > width or line != text.strip():
+        return line[: width - 1] + "…"
+    return line
+
+
+@dlq_app.command("list")
+def dlq_list(
+    subscription: SubscriptionArgument,
+    name: NameOption = None,
+    reason: ReasonOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 50,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """List a subscription's dead letters, oldest first."""
+    with client_for(target, api_key) as client:
+        letters = list(
+            islice(
+                client.iter_dead_letters(
+                    subscription,
+                    name=name,
+                    reason=_reason(reason),
+                    page_size=min(limit + 1, DLQ_PAGE_SIZE),
+                ),
+                limit + 1,
+            )
+        )
+    if not letters:
+        out.print(f"no dead letters in {subscription}" + (" match" if name or reason else ""))
+        return
+    more = len(letters) > limit
+    table = Table(
+        title=f"Dead letters of {subscription}",
+        caption=f"only the first {limit} are shown; raise --limit for more" if more else None,
+    )
+    for column in ("event id", "name", "reason", "attempts", "last error", "died at"):
+        table.add_column(column, justify="right" if column == "attempts" else "left")
+    for letter in letters[:limit]:
+        table.add_row(
+            letter.event_id,
+            letter.name,
+            letter.reason,
+            str(letter.attempts),
+            _shorten(letter.last_error, ERROR_WIDTH_CHARS),
+            _when(letter.dead_time),
+        )
+    out.print(table)
+
+
+def _dead_letter_table(letter: DeadLetterInfo) -> Table:
+    table = Table(title=f"Dead letter {letter.event_id}", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    rows = [
+        ("event id", letter.event_id),
+        ("name", letter.name),
+        ("subscription", letter.subscription),
+        ("reason", letter.reason),
+        ("why", letter.description),
+        ("attempts", str(letter.attempts)),
+        ("last error", letter.last_error or "-"),
+        ("died at", _when(letter.dead_time)),
+        ("published", _when(letter.publish_time)),
+        ("priority", str(letter.priority)),
+        ("ordering key", letter.ordering_key or "-"),
+        ("dedup id", letter.dedup_id or "-"),
+        ("headers", ", ".join(f"{k}={v}" for k, v in letter.headers.items()) or "-"),
+        ("data", _data_text(letter.data, letter.content_type)),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+@dlq_app.command("show")
+def dlq_show(
+    subscription: SubscriptionArgument,
+    event_id: Annotated[str, typer.Argument(help="Event id, as `broker dlq list` shows it.")],
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Show one dead letter: the event, why it died, and its attempt history."""
+    with client_for(target, api_key) as client:
+        letter = client.get_dead_letter(subscription, event_id)
+    if letter is None:
+        err.print(
+            f"[red]error[/red] event {event_id} is not a dead letter of {subscription} "
+            f"(`broker events show {event_id}` says where it stands)"
+        )
+        raise typer.Exit(1)
+    out.print(_dead_letter_table(letter))
+    history = Table(title="Attempts, oldest first")
+    for column in ("attempt", "delivered", "ended", "consumer", "outcome", "error"):
+        history.add_column(column, justify="right" if column == "attempt" else "left")
+    for attempt in letter.history:
+        history.add_row(
+            str(attempt.attempt),
+            _when(attempt.delivered_time),
+            _when(attempt.end_time),
+            attempt.consumer,
+            attempt.outcome,
+            attempt.error or "-",
+        )
+    if letter.history:
+        out.print(history)
+    else:
+        out.print("no attempts: it died before it was delivered")
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    subscription: SubscriptionArgument,
+    event_ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Event ids to redrive; leave out to select with the options."),
+    ] = None,
+    name: NameOption = None,
+    reason: ReasonOption = None,
+    redrive_all: Annotated[
+        bool,
+        typer.Option("--all", help="Redrive every dead letter (narrowed by --name and --reason)."),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before redriving a selection.")
+    ] = False,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Deliver dead letters again, counting their attempts afresh from 1.
+
+    Name the events, or select them with --name and --reason, or take every one
+    with --all. A selection is listed first and confirmed (unless --yes), then
+    redriven in calls of 100 ids with a progress bar.
+    """
+    if event_ids and redrive_all:
+        err.print("[red]error[/red] give EVENT_IDS or --all, not both")
+        raise typer.Exit(1)
+    if not event_ids and not (name or reason or redrive_all):
+        err.print(
+            f"[red]error[/red] this would redrive every dead letter of {subscription}: "
+            "say so with --all, or give EVENT_IDS, --name or --reason"
+        )
+        raise typer.Exit(1)
+    with client_for(target, api_key) as client:
+        ids = list(event_ids or [])
+        if not ids:
+            letters = client.iter_dead_letters(
+                subscription, name=name, reason=_reason(reason), page_size=DLQ_PAGE_SIZE
+            )
+            ids = [letter.event_id for letter in letters]
+            if not ids:
+                out.print(f"no dead letters in {subscription} match")
+                return
+            if not yes:
+                typer.confirm(
+                    f"Redrive {_dead_letters(len(ids))} of {subscription}?", abort=True, err=True
+                )
+        redriven = 0
+        progress = Progress(
+            TextColumn("redriving"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+        )
+        with progress:
+            task = progress.add_task("redrive", total=len(ids))
+            for start in range(0, len(ids), REDRIVE_IDS_PER_CALL):
+                chunk = ids[start : start + REDRIVE_IDS_PER_CALL]
+                redriven += client.redrive_dead_letters(
+                    subscription, event_ids=chunk, name=name, reason=_reason(reason)
+                )
+                progress.advance(task, len(chunk))
+    skipped = len(ids) - redriven
+    note = f" ({skipped:,} of the {len(ids):,} ids were not dead there)" if skipped else ""
+    out.print(f"redrove {_dead_letters(redriven)} of {subscription}{note}")
+
+
+# -- stats -----------------------------------------------------------------------
+
+
 def _stats_table(stats: Stats) -> Table:
     table = Table(
         title=f"{stats.events} events stored, {stats.publish_rate:.1f} published/s",
@@ -350,3 +582,4 @@ def register(app: typer.Typer) -> None:
     app.command()(stats)
     app.add_typer(subs_app, name="subs")
     app.add_typer(events_app, name="events")
+    app.add_typer(dlq_app, name="dlq")
