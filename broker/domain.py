@@ -166,7 +166,8 @@ class SettleOutcome:
 
     applied: tuple[str, ...]
     not_applied: tuple[str, ...]
-    #: Subscriptions with deliveries ready again (to wake their dispatchers).
+    #: Subscriptions that may deliver more now (to wake their dispatchers): deliveries
+    #: ready again, an ordering key moved on, or a concurrency-limit slot freed.
     ready_subscription_ids: frozenset[int] = frozenset()
     #: Earliest time a delivery given back becomes ready, if scheduled.
     next_scheduled_us: int | None = None

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,6 +36,7 @@ from broker.engine.backoff import subscription_retry_delay_us
 from broker.engine.committer import Committer
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
 from broker.engine.rates import RateMeter
+from broker.engine.wakeups import Wakeups
 from broker.names import matches
 from broker.storage.interface import (
     DeliveryAckParams,
@@ -117,12 +118,17 @@ class DeliveryEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[object]] = set()
         self._stopping = False
+        self._wakeups: Wakeups | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
         """Start group commit and the timers for leases and scheduled deliveries."""
         self.committer.start()
+        notifier = self.storage.notifier()
+        if notifier is not None:
+            self._wakeups = Wakeups(notifier, self._on_remote_wake, self._on_remote_delete)
+            self._wakeups.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._expire_loop(), name="lease-reaper"),
@@ -149,6 +155,8 @@ class DeliveryEngine:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._wakeups is not None:
+            await self._wakeups.stop()
         self.committer.stop()
 
     async def read(self, operation: Callable[[StorageTx], T]) -> T:
@@ -173,10 +181,7 @@ class DeliveryEngine:
         for draft, outcome in zip(drafts, outcomes, strict=True):
             if outcome.duplicate:
                 continue
-            for subscription_id in outcome.ready_subscription_ids:
-                self._wake(subscription_id)
-            if outcome.next_scheduled_us is not None:
-                self._schedule(outcome.next_scheduled_us)
+            self._ready(outcome.ready_subscription_ids, outcome.next_scheduled_us)
             if self._tails:
                 self._feed_tails(draft, now)
         return outcomes
@@ -341,15 +346,47 @@ class DeliveryEngine:
             if dispatcher.subscription_id not in woken:
                 woken.add(dispatcher.subscription_id)
                 dispatcher.wake()
-        for subscription_id in outcome.ready_subscription_ids:
+        self._ready(outcome.ready_subscription_ids, outcome.next_scheduled_us)
+
+    def _ready(self, subscription_ids: Collection[int], due_us: int | None = None) -> None:
+        """Wake these subscriptions' dispatchers and the scheduler here and on other brokers.
+
+        The subscriptions may deliver more now; a delivery comes due at `due_us`.
+        """
+        for subscription_id in subscription_ids:
             self._wake(subscription_id)
-        if outcome.next_scheduled_us is not None:
-            self._schedule(outcome.next_scheduled_us)
+        if due_us is not None:
+            self._schedule(due_us)
+        if self._wakeups is not None:
+            self._wakeups.ready(subscription_ids, due_us)
 
     def _wake(self, subscription_id: int) -> None:
         dispatcher = self._dispatchers.get(subscription_id)
         if dispatcher is not None:
             dispatcher.wake()
+
+    def _on_remote_wake(self, subscription_ids: frozenset[int] | None, due_us: int | None) -> None:
+        """Another broker made deliveries ready (None: perhaps anything) or scheduled one."""
+        if subscription_ids is None:
+            for dispatcher in self._dispatchers.values():
+                dispatcher.wake()
+            self._timer_wake.set()
+        else:
+            for subscription_id in subscription_ids:
+                self._wake(subscription_id)
+        if due_us is not None:
+            self._schedule(due_us)
+
+    def _on_remote_delete(self, subscription_ids: frozenset[int]) -> None:
+        """Another broker deleted subscriptions: end their streams here too."""
+        for subscription_id in subscription_ids:
+            dispatcher = self._dispatchers.get(subscription_id)
+            if dispatcher is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self._forget(subscription_id, "the subscription was deleted")
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     # -- timers: scheduled deliveries and expired leases ---------------------
 
@@ -382,8 +419,7 @@ class DeliveryEngine:
             self._next_due_us = result.next_scheduled_us
             if result.promoted >= PROMOTE_BATCH:
                 self._next_due_us = self.clock()
-            for subscription_id in result.ready_subscription_ids:
-                self._wake(subscription_id)
+            self._ready(result.ready_subscription_ids)
 
     async def _expire_loop(self) -> None:
         while not self._stopping:
@@ -464,7 +500,7 @@ class DeliveryEngine:
                 break
         if total:
             _log.info("redrove %d dead letters of %s", total, subscription.name)
-            self._wake(subscription.id)
+            self._ready([subscription.id])
         return total
 
     async def seek(self, subscription: Subscription, time_us: int) -> SeekOutcome:
@@ -480,7 +516,7 @@ class DeliveryEngine:
             outcome.replayed,
             outcome.skipped,
         )
-        self._wake(subscription.id)
+        self._ready([subscription.id])
         return outcome
 
     # -- subscriptions and inspection ----------------------------------------
@@ -495,7 +531,7 @@ class DeliveryEngine:
             lambda tx, now: tx.subscription_update(SubscriptionUpdateParams(subscription))
         )
         if updated is not None:
-            self._wake(updated.id)
+            self._ready([updated.id])
         return updated
 
     async def delete_subscription(self, name: str) -> bool:
@@ -503,13 +539,19 @@ class DeliveryEngine:
         subscription = await self.read(lambda tx: tx.subscription_get(name))
         deleted = await self.committer.run(lambda tx, now: tx.subscription_delete(name))
         if deleted and subscription is not None:
-            dispatcher = self._dispatchers.pop(subscription.id, None)
-            if dispatcher is not None:
-                for ack_id, (_, holder) in list(self._holders.items()):
-                    if holder is dispatcher:
-                        del self._holders[ack_id]
-                await dispatcher.stop(f"subscription {name!r} was deleted")
+            await self._forget(subscription.id, f"subscription {name!r} was deleted")
+            if self._wakeups is not None:
+                self._wakeups.deleted(subscription.id)
         return deleted
+
+    async def _forget(self, subscription_id: int, reason: str) -> None:
+        """End a deleted subscription's streams here and forget its leases."""
+        dispatcher = self._dispatchers.pop(subscription_id, None)
+        if dispatcher is not None:
+            for ack_id, (_, holder) in list(self._holders.items()):
+                if holder is dispatcher:
+                    del self._holders[ack_id]
+            await dispatcher.stop(reason)
 
     async def subscription(self, name: str) -> Subscription | None:
         """One subscription by name."""

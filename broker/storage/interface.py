@@ -8,6 +8,7 @@ reading the clock, so tests can move time.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -308,6 +309,28 @@ class StorageTx(Protocol):
         ...
 
 
+class Notifier(Protocol):
+    """Carries short messages between the broker processes sharing one database."""
+
+    def notify(self, payload: str) -> None:
+        """Send a message (at most 7,000 bytes) to every listening broker, this one included.
+
+        Raises:
+            StorageUnavailableError: The database cannot be reached.
+
+        """
+        ...
+
+    def listen(self, on_message: Callable[[str], None], stop: threading.Event) -> None:
+        """Call `on_message` (on this thread) for each message, until `stop` is set.
+
+        Raises:
+            StorageUnavailableError: The connection was lost; call again to resume.
+
+        """
+        ...
+
+
 class Storage(Protocol):
     """A database the broker keeps its state in."""
 
@@ -331,6 +354,10 @@ class Storage(Protocol):
 
     def read(self) -> AbstractContextManager[StorageTx]:
         """A read-only transaction."""
+        ...
+
+    def notifier(self) -> Notifier | None:
+        """Messages between brokers on this database; None where only one broker may run."""
         ...
 
     def close(self) -> None:

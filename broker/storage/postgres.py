@@ -3,20 +3,29 @@
 Ready rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent leasers in
 any process each take different rows and never wait on one another; rows read
 before an update (acks, nacks) are locked with `FOR UPDATE`. Commits are
-durable (`synchronous_commit=on`) before a publish is acknowledged.
+durable (`synchronous_commit=on`) before a publish is acknowledged. Brokers
+tell each other what became ready with `NOTIFY` on one channel
+(`PostgresNotifier`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from broker.storage.sql import SqlStorage, SqlTx
+from broker.storage.interface import Notifier, StorageUnavailableError
+from broker.storage.sql import SqlStorage, SqlTx, storage_errors
 
 POOL_SIZE = 8
+#: The `LISTEN`/`NOTIFY` channel brokers on one database share.
+CHANNEL = "eventbroker_wakeup"
+#: How often a listener looks at its stop flag while no message comes.
+LISTEN_POLL_S = 0.5
 
 
 class PostgresTx(SqlTx):
@@ -78,3 +87,40 @@ class PostgresStorage(SqlStorage):
             dbapi_connection.commit()
 
         return engine, engine
+
+    def notifier(self) -> Notifier:
+        """`NOTIFY` on the shared pool; `LISTEN` on a connection of its own."""
+        return PostgresNotifier(self.write_engine)
+
+
+class PostgresNotifier:
+    """Messages between brokers on one database, over `LISTEN`/`NOTIFY`.
+
+    `NOTIFY` is delivered to every session listening on the database once the
+    sending transaction commits; a listener that reconnects may have missed
+    some, which its caller makes up for (by looking at everything once).
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def notify(self, payload: str) -> None:
+        """Send one message to every listening broker."""
+        with storage_errors(), self._engine.connect() as conn:
+            conn.execute(
+                sa.text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": CHANNEL, "payload": payload},
+            )
+            conn.commit()
+
+    def listen(self, on_message: Callable[[str], None], stop: threading.Event) -> None:
+        """Hand every message to `on_message` until `stop` is set."""
+        try:
+            with psycopg.connect(self._dsn, autocommit=True) as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                while not stop.is_set():
+                    for notification in conn.notifies(timeout=LISTEN_POLL_S):
+                        on_message(notification.payload)
+        except psycopg.Error as error:
+            raise StorageUnavailableError(str(error).strip()) from error

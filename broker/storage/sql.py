@@ -45,6 +45,7 @@ from broker.storage.interface import (
     EventInsertParams,
     MaintenanceOutcome,
     MaintenanceParams,
+    Notifier,
     PromoteOutcome,
     SeekOutcome,
     StorageConflictError,
@@ -323,7 +324,17 @@ class SqlTx:
             )
         keys = {(r.subscription_id, r.ordering_key) for r in live.values() if r.ordering_key}
         ready, next_scheduled = self._gate(keys, params.now_us) if keys else (set(), None)
+        ready |= self._slots_freed(live.values())
         return SettleOutcome(tuple(applied), tuple(not_applied), frozenset(ready), next_scheduled)
+
+    def _slots_freed(self, rows: Iterable[Any]) -> set[int]:
+        """Subscriptions with a concurrency limit that settling these leases makes room in."""
+        subs = self._subscriptions_by_id()
+        return {
+            row.subscription_id
+            for row in rows
+            if (sub := subs.get(row.subscription_id)) is not None and sub.max_in_flight > 0
+        }
 
     def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
         """Give live leases back for retry, or dead-letter them."""
@@ -398,6 +409,7 @@ class SqlTx:
             unblocked, due = self._gate(dead_keys, now)
             ready_subs |= unblocked
             next_scheduled = _earliest(next_scheduled, due)
+        ready_subs |= self._slots_freed(live.values())
         return SettleOutcome(
             tuple(applied), tuple(not_applied), frozenset(ready_subs), next_scheduled
         )
@@ -877,20 +889,24 @@ class SqlStorage:
         """Create or upgrade the schema to the newest version."""
         from broker.storage.migrate import upgrade
 
-        with _storage_errors(), self.write_engine.begin() as conn:
+        with storage_errors(), self.write_engine.begin() as conn:
             upgrade(conn)
 
     @contextmanager
     def write(self) -> Iterator[SqlTx]:
         """A write transaction, committed on leaving without error."""
-        with _storage_errors(), self.write_engine.begin() as conn:
+        with storage_errors(), self.write_engine.begin() as conn:
             yield self.tx_class(conn)
 
     @contextmanager
     def read(self) -> Iterator[SqlTx]:
         """A read-only transaction."""
-        with _storage_errors(), self.read_engine.connect() as conn:
+        with storage_errors(), self.read_engine.connect() as conn:
             yield self.tx_class(conn)
+
+    def notifier(self) -> Notifier | None:
+        """None: a dialect that lets several brokers share a database overrides this."""
+        return None
 
     def close(self) -> None:
         """Release every connection."""
@@ -903,7 +919,7 @@ _CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
 
 
 @contextmanager
-def _storage_errors() -> Iterator[None]:
+def storage_errors() -> Iterator[None]:
     """Turn a database that cannot serve now into StorageUnavailableError."""
     try:
         yield
