@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Annotated
 
 import typer
@@ -62,15 +61,19 @@ def serve(
     log_level: Annotated[
         str, typer.Option(envvar="BROKER_LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
+    processes: Annotated[
+        int,
+        typer.Option(
+            envvar="BROKER_PROCESSES",
+            help="Broker processes sharing the port (several need PostgreSQL).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the broker until SIGTERM or Ctrl-C."""
     from broker.app import serve as run_broker
+    from broker.supervisor import Supervisor, check_processes, configure_logging
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(log_level)
     try:
         settings = Settings(
             listen=listen,
@@ -82,8 +85,11 @@ def serve(
             dedup_window_s=dedup_window_s,
             shutdown_grace_s=shutdown_grace_s,
         )
+        check_processes(settings, processes)
     except SettingsError as error:
         raise typer.BadParameter(str(error)) from error
+    if processes > 1:
+        raise typer.Exit(Supervisor(settings, processes, log_level).run())
     asyncio.run(run_broker(settings))
 
 

@@ -69,6 +69,10 @@ class Settings:
     event_retention_s: float = RETENTION_DEFAULT_S
     #: How often maximum ages and retention are applied.
     maintenance_interval_s: float = 10.0
+    #: Share the port with other broker processes (`SO_REUSEPORT`); off, a port in use
+    #: is an error, so a second broker started by mistake does not quietly take half
+    #: the connections.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         checks = [

@@ -38,7 +38,7 @@ def build_server(
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(settings.reuse_port)),
         ]
     )
     pb_grpc.add_EventBrokerServiceServicer_to_server(EventBrokerServicer(engine), server)
