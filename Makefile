@@ -46,9 +46,12 @@ typecheck: $(STAMP) ## mypy --strict on the handwritten code and the tests
 bench: $(STAMP) ## Quick local benchmark: publish and end-to-end throughput (SQLite)
 	$(PY) -m tests.bench.quick
 
+bench-scale: $(STAMP) ## One broker process against two on the local PostgreSQL
+	$(PY) -m tests.bench.scale
+
 check: proto-check lint typecheck test ## Everything CI runs
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install run test proto proto-check lint format typecheck bench check clean
+.PHONY: help install run test proto proto-check lint format typecheck bench bench-scale check clean

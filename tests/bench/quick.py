@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,16 +39,23 @@ def _progress(label: str, done: int, total: int) -> None:
     print(f"\r  {label}: {done}/{total}", end="", file=sys.stderr, flush=True)
 
 
-def batched_publish(stub: pb_grpc.EventBrokerServiceStub, total: int, callers: int) -> float:
-    """Events/s acknowledged, 100 events per BatchPublish, `callers` in parallel."""
+Stubs = Sequence[pb_grpc.EventBrokerServiceStub]
+
+
+def batched_publish(stubs: Stubs, total: int, callers: int) -> float:
+    """Events/s acknowledged, 100 events per BatchPublish, `callers` in parallel.
+
+    Call `i` goes through `stubs[i % len(stubs)]` (one channel each, so that
+    brokers sharing a port each get connections).
+    """
     batches = total // 100
     request = pb.BatchPublishRequest(events=[_event("bench.batch") for _ in range(100)])
     done = 0
     lock = threading.Lock()
 
-    def one(_: int) -> None:
+    def one(index: int) -> None:
         nonlocal done
-        stub.BatchPublish(request, timeout=30)
+        stubs[index % len(stubs)].BatchPublish(request, timeout=30)
         with lock:
             done += 1
             if done % 20 == 0:
@@ -82,9 +89,12 @@ def single_publish(
     return total / elapsed, cuts[49] * 1000, cuts[98] * 1000
 
 
-def end_to_end(stub: pb_grpc.EventBrokerServiceStub, total: int, consumers: int) -> float:
-    """Events/s published, delivered and acked with `consumers` consumers."""
-    stub.CreateSubscription(
+def end_to_end(stubs: Stubs, total: int, consumers: int) -> float:
+    """Events/s published, delivered and acked with `consumers` consumers.
+
+    Consumer `i` and publish call `i` use `stubs[i % len(stubs)]`.
+    """
+    stubs[0].CreateSubscription(
         pb.CreateSubscriptionRequest(
             subscription=pb.Subscription(name="bench-e2e", filter=["bench.e2e"])
         )
@@ -94,7 +104,7 @@ def end_to_end(stub: pb_grpc.EventBrokerServiceStub, total: int, consumers: int)
     finished = threading.Event()
     calls = []
 
-    def consume() -> None:
+    def consume(stub: pb_grpc.EventBrokerServiceStub) -> None:
         nonlocal acked
         call = stub.Subscribe(
             pb.SubscribeRequest(
@@ -115,13 +125,21 @@ def end_to_end(stub: pb_grpc.EventBrokerServiceStub, total: int, consumers: int)
         except grpc.RpcError:
             return
 
-    threads = [threading.Thread(target=consume, daemon=True) for _ in range(consumers)]
+    threads = [
+        threading.Thread(target=consume, args=(stubs[i % len(stubs)],), daemon=True)
+        for i in range(consumers)
+    ]
     for thread in threads:
         thread.start()
     request = pb.BatchPublishRequest(events=[_event("bench.e2e") for _ in range(100)])
     start = time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda _: stub.BatchPublish(request, timeout=30), range(total // 100)))
+        list(
+            pool.map(
+                lambda i: stubs[i % len(stubs)].BatchPublish(request, timeout=30),
+                range(total // 100),
+            )
+        )
     while not finished.wait(1.0):
         _progress("end to end (acked)", acked, total)
         if time.perf_counter() - start > TIME_LIMIT_S:
@@ -146,7 +164,7 @@ def run(database_url: str, events: int, log: Path) -> None:
             workloads: list[tuple[str, Callable[[], str]]] = [
                 (
                     "batched publish (100/call, 4 callers)",
-                    lambda: f"{batched_publish(stub, events, 4):,.0f} events/s",
+                    lambda: f"{batched_publish([stub], events, 4):,.0f} events/s",
                 ),
                 (
                     "single publish (1/call, 16 callers)",
@@ -156,7 +174,7 @@ def run(database_url: str, events: int, log: Path) -> None:
                 ),
                 (
                     "end to end (publish, consume, ack; 4 consumers)",
-                    lambda: f"{end_to_end(stub, events, 4):,.0f} events/s",
+                    lambda: f"{end_to_end([stub], events, 4):,.0f} events/s",
                 ),
             ]
             for label, workload in workloads:
