@@ -199,6 +199,8 @@ class DeliveryInfo:
     history: tuple[AttemptRecord, ...] = field(default_factory=tuple)
     #: Set on deliveries of ordered subscriptions.
     ordering_key: str | None = None
+    #: When the delivery last changed state (a dead letter: when it died).
+    updated_at_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

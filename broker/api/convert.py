@@ -552,6 +552,8 @@ def delivery_status_to_proto(info: DeliveryInfo, reason: str) -> pb.DeliveryStat
     )
     if info.next_time_us is not None:
         message.next_time.CopyFrom(to_timestamp(info.next_time_us))
+    if info.updated_at_us is not None:
+        message.update_time.CopyFrom(to_timestamp(info.updated_at_us))
     return message
 
 

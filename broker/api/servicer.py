@@ -401,8 +401,8 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         sub = await self._existing(request.subscription)
         if not request.HasField("time"):
             raise invalid_argument([FieldViolation("time", "is required")])
-        await self.engine.seek(sub, convert.timestamp_us(request.time))
-        return pb.SeekResponse()
+        outcome = await self.engine.seek(sub, convert.timestamp_us(request.time))
+        return pb.SeekResponse(replayed=outcome.replayed, skipped=outcome.skipped)
 
     @unary
     async def GetStats(

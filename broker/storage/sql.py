@@ -1015,6 +1015,7 @@ def _delivery_info_from_row(row: Any) -> DeliveryInfo:
         last_error=row.last_error or "",
         history=tuple(_history_from_json(row.history)),
         ordering_key=row.ordering_key,
+        updated_at_us=row.updated_at,
     )
 
 

@@ -10,7 +10,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from broker.config import Settings
-from eventbroker import AsyncClient, Client, DeadLetterInfo, InvalidArgument, Message, NotFound
+from eventbroker import (
+    AsyncClient,
+    Client,
+    DeadLetterInfo,
+    InvalidArgument,
+    Message,
+    NotFound,
+    SeekResult,
+)
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader, subscribe
@@ -229,7 +237,7 @@ def test_seek_back_replays_acked_events(
     assert client.ack([d.ack_id for d in first]).not_applied == ()
     assert reader.nothing_within(0.2)
 
-    client.seek("replay", start)
+    assert client.seek("replay", start) == SeekResult(replayed=3, skipped=0)
     again = reader.take(3)
     assert sorted(d.event_id for d in again) == sorted(ids)
     assert {d.attempt for d in again} == {1}
@@ -244,7 +252,8 @@ def test_seek_forward_skips_the_backlog(
     waiting = client.get_stats("skip").subscription("skip")
     assert waiting is not None and waiting.ready == 3
 
-    client.seek("skip", datetime.now(UTC).replace(tzinfo=None))  # naive means UTC
+    result = client.seek("skip", datetime.now(UTC).replace(tzinfo=None))  # naive means UTC
+    assert result == SeekResult(replayed=0, skipped=3)
     skipped = client.get_stats("skip").subscription("skip")
     assert skipped is not None and (skipped.ready, skipped.acked) == (0, 3)
     assert {state(client, e, "skip") for e in backlog} == {"acked"}
@@ -316,7 +325,9 @@ def test_max_age_dead_letters_old_events_as_expired(client: Client) -> None:
     wait_until(lambda: bool(client.list_dead_letters("fresh-only").items))
     (letter,) = client.list_dead_letters("fresh-only", reason="expired").items
     assert (letter.event_id, letter.reason, letter.attempts) == (published.event_id, "expired", 0)
-    assert letter.history == () and letter.dead_time is None
+    assert letter.history == () and letter.dead_time is not None
+    assert letter.publish_time is not None
+    assert letter.dead_time - letter.publish_time >= timedelta(seconds=1)
     assert "maximum age" in letter.description
 
 

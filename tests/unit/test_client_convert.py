@@ -381,6 +381,7 @@ def test_dead_letter_pages_are_read_with_reason_and_time_of_death() -> None:
         dead_reason=pb.DEAD_REASON_ATTEMPTS_EXHAUSTED,
         last_error="boom",
         history=history,
+        update_time=convert.to_timestamp(ended),
     )
     expired = pb.DeliveryStatus(
         subscription="billing", state=pb.DELIVERY_STATE_DEAD, dead_reason=pb.DEAD_REASON_EXPIRED

@@ -30,6 +30,7 @@ from eventbroker.types import (
     EventSpec,
     Message,
     PublishResult,
+    SeekResult,
     Stats,
     Subscription,
     SubscriptionChanges,
@@ -456,6 +457,7 @@ def _delivery_status(message: pb.DeliveryStatus) -> DeliveryStatus:
         last_error=message.last_error,
         reason=message.reason,
         history=tuple(_attempt(a) for a in message.history),
+        update_time=_optional_time(message, "update_time"),
     )
 
 
@@ -522,7 +524,6 @@ def list_dead_letters_request(
 def _dead_letter_info(stored: pb.StoredEvent, delivery: pb.DeliveryStatus) -> DeadLetterInfo:
     event = stored.event
     history = tuple(_attempt(a) for a in delivery.history)
-    expired = delivery.dead_reason == pb.DEAD_REASON_EXPIRED
     return DeadLetterInfo(
         event_id=stored.event_id,
         name=event.name,
@@ -535,9 +536,7 @@ def _dead_letter_info(stored: pb.StoredEvent, delivery: pb.DeliveryStatus) -> De
         description=delivery.reason,
         last_error=delivery.last_error,
         attempts=delivery.attempts,
-        # The broker reports no time of death; a failed attempt that kills a
-        # delivery ends at that moment, so the last attempt's end is it.
-        dead_time=history[-1].end_time if history and not expired else None,
+        dead_time=_optional_time(delivery, "update_time"),
         history=history,
         priority=event.priority,
         ordering_key=event.ordering_key or None,
@@ -609,6 +608,11 @@ def redrive_requests(
 def redriven_count(responses: Iterable[pb.RedriveDeadLettersResponse]) -> int:
     """How many dead letters the chunked RedriveDeadLetters calls made ready again."""
     return sum(response.redriven_count for response in responses)
+
+
+def seek_result(response: pb.SeekResponse) -> SeekResult:
+    """A SeekResult from a Seek response."""
+    return SeekResult(replayed=response.replayed, skipped=response.skipped)
 
 
 def seek_request(subscription: str, to: datetime) -> pb.SeekRequest:

@@ -30,6 +30,7 @@ from eventbroker.types import (
     EventSpec,
     Message,
     PublishResult,
+    SeekResult,
     Stats,
     Subscription,
     SubscriptionChanges,
@@ -270,9 +271,10 @@ class AsyncClient:
         responses = [await self._call(self._stub.RedriveDeadLetters, r) for r in requests]
         return convert.redriven_count(responses)
 
-    async def seek(self, subscription: str, to: datetime) -> None:
+    async def seek(self, subscription: str, to: datetime) -> SeekResult:
         """Replay what was published since `to`, skip what came before (see `Client.seek`)."""
-        await self._call(self._stub.Seek, convert.seek_request(subscription, to))
+        response = await self._call(self._stub.Seek, convert.seek_request(subscription, to))
+        return convert.seek_result(response)
 
     # -- consuming (low level; see Consumer for the runtime) -----------------
 

@@ -28,6 +28,7 @@ from eventbroker.types import (
     EventSpec,
     Message,
     PublishResult,
+    SeekResult,
     Stats,
     Subscription,
     SubscriptionChanges,
@@ -376,7 +377,7 @@ class Client:
             self._call(self._stub.RedriveDeadLetters, r) for r in requests
         )
 
-    def seek(self, subscription: str, to: datetime) -> None:
+    def seek(self, subscription: str, to: datetime) -> SeekResult:
         """Move a subscription to a time: replay what was published since, skip what came before.
 
         Events published at or after `to` are delivered again (acked and dead ones
@@ -388,8 +389,12 @@ class Client:
             to: The time (naive means UTC): in the past to replay, now or later to skip
                 the backlog.
 
+        Returns:
+            How many deliveries were replayed and how many skipped.
+
         """
-        self._call(self._stub.Seek, convert.seek_request(subscription, to))
+        response = self._call(self._stub.Seek, convert.seek_request(subscription, to))
+        return convert.seek_result(response)
 
     # -- consuming (low level; see Consumer for the runtime) -----------------
 

@@ -245,6 +245,7 @@ class DeliveryStatus:
         last_error: The last nack's error.
         reason: A sentence saying why the delivery is where it is.
         history: Past attempts, oldest first.
+        update_time: When it last changed state (dead: when it died; acked: when acked).
 
     """
 
@@ -257,6 +258,21 @@ class DeliveryStatus:
     last_error: str
     reason: str
     history: tuple[Attempt, ...] = ()
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeekResult:
+    """What a seek changed.
+
+    Attributes:
+        replayed: Deliveries made ready again (events published at or after the time).
+        skipped: Waiting deliveries of earlier events, marked acked undelivered.
+
+    """
+
+    replayed: int
+    skipped: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,8 +341,7 @@ class DeadLetterInfo:
         description: A sentence saying why it died, with the last error.
         last_error: The last nack's error (empty if none was given).
         attempts: Attempts made before it died.
-        dead_time: When it died: the end of its last attempt. None for `expired`,
-            which the broker applies without an attempt and does not timestamp.
+        dead_time: When it died.
         history: Past attempts, oldest first (the broker keeps the last 20).
         priority: Priority given at publish.
         ordering_key: Ordering key given at publish, if any.

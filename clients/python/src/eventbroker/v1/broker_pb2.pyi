@@ -1204,6 +1204,7 @@ class DeliveryStatus(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
     subscription: _builtins.str
     """Subscription name."""
     state: Global___DeliveryState.ValueType
@@ -1231,6 +1232,12 @@ class DeliveryStatus(_message.Message):
         which attempt succeeded.
         """
 
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the delivery last changed state: for a dead letter, when it died; for
+        an acknowledged one, when it was acked.
+        """
+
     def __init__(
         self,
         *,
@@ -1243,10 +1250,11 @@ class DeliveryStatus(_message.Message):
         last_error: _builtins.str = ...,
         history: _abc.Iterable[Global___Attempt] | None = ...,
         reason: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_time", b"next_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_time", b"next_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "consumer", b"consumer", "dead_reason", b"dead_reason", "history", b"history", "last_error", b"last_error", "next_time", b"next_time", "reason", b"reason", "state", b"state", "subscription", b"subscription"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "consumer", b"consumer", "dead_reason", b"dead_reason", "history", b"history", "last_error", b"last_error", "next_time", b"next_time", "reason", b"reason", "state", b"state", "subscription", b"subscription", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1506,16 +1514,29 @@ Global___SeekRequest: _TypeAlias = SeekRequest  # noqa: Y015
 
 @_typing.final
 class SeekResponse(_message.Message):
-    """SeekResponse is empty."""
+    """SeekResponse says what the seek changed."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.int
+    """Deliveries made ready again: published at or after the time, and already
+    acked or dead (or new to the subscription).
+    """
+    skipped: _builtins.int
+    """Deliveries of events published before the time that were still waiting,
+    now marked acknowledged without being delivered.
+    """
     def __init__(
         self,
+        *,
+        replayed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
