@@ -25,7 +25,7 @@ POOL_SIZE = 8
 #: The `LISTEN`/`NOTIFY` channel brokers on one database share.
 CHANNEL = "eventbroker_wakeup"
 #: How often a listener looks at its stop flag while no message comes.
-LISTEN_POLL_S = 0.5
+LISTEN_POLL_S = 0.1
 
 
 class PostgresTx(SqlTx):

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broker.config import Settings
 from eventbroker import (
     AsyncClient,
     Client,
@@ -24,12 +23,6 @@ from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader, subscribe
 
 WAIT_S = 10.0
-
-
-@pytest.fixture
-def broker_settings(any_database_settings: Settings) -> Settings:
-    """Every test here runs on SQLite and on PostgreSQL."""
-    return any_database_settings
 
 
 @pytest.fixture

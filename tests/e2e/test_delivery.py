@@ -12,18 +12,11 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from broker.config import Settings
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader, subscribe
 
 Stub = pb_grpc.EventBrokerServiceStub
-
-
-@pytest.fixture
-def broker_settings(any_database_settings: Settings) -> Settings:
-    """Every delivery test runs on SQLite and on PostgreSQL."""
-    return any_database_settings
 
 
 def create(stub: Stub, name: str, *filters: str, **settings: Any) -> pb.Subscription:

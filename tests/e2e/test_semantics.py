@@ -10,19 +10,12 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from broker.config import Settings
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader, subscribe
 
 Stub = pb_grpc.EventBrokerServiceStub
 ZERO = duration_pb2.Duration(seconds=0)
-
-
-@pytest.fixture
-def broker_settings(any_database_settings: Settings) -> Settings:
-    """Every test here runs on SQLite and on PostgreSQL."""
-    return any_database_settings
 
 
 def create(stub: Stub, name: str, *filters: str, **settings: Any) -> pb.Subscription:
