@@ -9,6 +9,11 @@ one bad operation (say, a subscription that already exists) fails only its own
 caller. Operations must therefore have no effects outside the transaction.
 A batch that collides with another broker's transaction (a deadlock on
 PostgreSQL) is run again, a few times, before anyone is told.
+
+Group commit shares the transaction; `Coalescer` also shares the statements.
+Many callers' publishes, say, each a few rows, become one operation that
+inserts all their rows with one statement per table, since a statement costs
+far more to issue from Python than a row costs to write.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
@@ -27,6 +34,8 @@ from tenacity.wait import wait_random_exponential
 from broker.storage.interface import Storage, StorageConflictError, StorageTx
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 #: An operation: runs inside a write transaction, given the time in microseconds.
 Operation = Callable[[StorageTx, int], T]
 
@@ -136,3 +145,72 @@ def _resolve(
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+@dataclass(eq=False)
+class _Joined(Generic[Item, Result]):
+    """Items joined into one operation; open until the operation starts."""
+
+    items: list[Item] = field(default_factory=list)
+    size: int = 0
+    future: concurrent.futures.Future[list[Result]] | None = None
+
+
+class Coalescer(Generic[Item, Result]):
+    """Joins the items of many callers into one operation of the next group commit.
+
+    `run_many(tx, now, items)` returns one result per item, in order. Items join
+    the pending operation until it starts running (or holds `max_size`), so the
+    busier the committer, the more each operation carries. If the joined
+    operation fails, each caller's item runs again alone, so that one bad item
+    fails only its own caller.
+    """
+
+    def __init__(
+        self,
+        committer: Committer,
+        run_many: Callable[[StorageTx, int, list[Item]], list[Result]],
+        *,
+        max_size: int,
+        size_of: Callable[[Item], int] = lambda _: 1,
+    ) -> None:
+        self._committer = committer
+        self._run_many = run_many
+        self._max_size = max_size
+        self._size_of = size_of
+        self._lock = threading.Lock()
+        self._open: _Joined[Item, Result] | None = None
+        self.operations = 0
+        """Joined operations run (for tests and stats)."""
+
+    async def run(self, item: Item) -> Result:
+        """Run `item` in the next joined operation and return its result."""
+        size = self._size_of(item)
+        with self._lock:
+            joined = self._open
+            if joined is None or joined.size + size > self._max_size:
+                joined = _Joined()
+                self._open = joined
+                joined.future = self._committer.submit(partial(self._run_joined, joined))
+            index = len(joined.items)
+            joined.items.append(item)
+            joined.size += size
+            future = joined.future
+        assert future is not None
+        try:
+            results = await asyncio.wrap_future(future)
+        except Exception:
+            if len(joined.items) == 1:
+                raise
+            return (await self._committer.run(partial(self._run_alone, item)))[0]
+        return results[index]
+
+    def _run_joined(self, joined: _Joined[Item, Result], tx: StorageTx, now: int) -> list[Result]:
+        with self._lock:
+            if self._open is joined:
+                self._open = None  # closed: later items join the next operation
+        self.operations += 1
+        return self._run_many(tx, now, joined.items)
+
+    def _run_alone(self, item: Item, tx: StorageTx, now: int) -> list[Result]:
+        return self._run_many(tx, now, [item])

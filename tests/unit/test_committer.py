@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from broker.engine.committer import Committer
+from broker.engine.committer import Coalescer, Committer
 
 
 class FakeStorage:
@@ -67,3 +67,51 @@ def test_a_failing_operation_fails_alone() -> None:
     with pytest.raises(ValueError, match="bad"):
         futures[1].result(5)
     committer.stop()
+
+
+def test_coalescer_joins_items_waiting_for_the_committer_into_one_operation() -> None:
+    storage = FakeStorage()  # the gate holds the first transaction back
+    committer = Committer(storage, lambda: 7)  # type: ignore[arg-type]
+    committer.start()
+    calls: list[list[int]] = []
+
+    def run_many(tx: Any, now: int, items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return [item * 10 + now for item in items]
+
+    coalescer: Coalescer[int, int] = Coalescer(committer, run_many, max_size=3)
+
+    async def main() -> list[int]:
+        tasks = [asyncio.ensure_future(coalescer.run(i)) for i in range(7)]
+        await asyncio.sleep(0)  # every item is queued before the committer may run
+        storage.gate.set()
+        return list(await asyncio.gather(*tasks))
+
+    assert asyncio.run(main()) == [i * 10 + 7 for i in range(7)]
+    committer.stop()
+    assert calls == [[0, 1, 2], [3, 4, 5], [6]]
+    assert coalescer.operations == 3
+
+
+def test_coalescer_runs_each_item_alone_when_the_joined_operation_fails() -> None:
+    storage = FakeStorage()
+    committer = Committer(storage, lambda: 0)  # type: ignore[arg-type]
+    committer.start()
+
+    def run_many(tx: Any, now: int, items: list[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("unlucky")
+        return [-item for item in items]
+
+    coalescer: Coalescer[int, int] = Coalescer(committer, run_many, max_size=100)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(coalescer.run(i)) for i in (1, 13, 2)]
+        await asyncio.sleep(0)
+        storage.gate.set()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    first, unlucky, second = asyncio.run(main())
+    committer.stop()
+    assert (first, second) == (-1, -2)
+    assert isinstance(unlucky, ValueError)
