@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,71 +16,9 @@ from broker.storage.sql import SqlStorage
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.checker import QueueChecker
+from tests.e2e.processes import BrokerProcess as BrokerProcess  # re-exported for the benchmarks
+from tests.e2e.processes import publish_batches
 from tests.e2e.streams import StreamReader
-
-START_TIMEOUT_S = 30
-_PORT_RE = re.compile(r"\(port (\d+)\)")
-
-
-class BrokerProcess:
-    """`broker serve` in a child process, on a database of the test's."""
-
-    def __init__(self, database_url: str, log: Path) -> None:
-        self.database_url = database_url
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def start(self) -> BrokerProcess:
-        """Start it and wait until it listens (its log names the port)."""
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "from broker.cli import main; main()",
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--database-url",
-                    self.database_url,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            text = self.log.read_bytes()[offset:].decode(errors="replace")
-            match = _PORT_RE.search(text)
-            if match:
-                self.port = int(match.group(1))
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"broker exited early:\n{text}")
-            time.sleep(0.05)
-        raise AssertionError("broker did not start in time")
-
-    @property
-    def target(self) -> str:
-        """HOST:PORT to dial."""
-        return f"127.0.0.1:{self.port}"
-
-    def kill(self) -> None:
-        """Kill -9: no shutdown, no flush, no lease given back."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self) -> None:
-        """SIGTERM and wait, if it still runs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture
@@ -96,28 +28,6 @@ def broker_process(tmp_path: Path) -> Iterator[BrokerProcess]:
         yield process
     finally:
         process.terminate()
-
-
-def _publisher(target: str, checker: QueueChecker, stop: threading.Event, batch: int) -> None:
-    """Publish batches until stopped, recording each outcome."""
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.EventBrokerServiceStub(channel)
-        while not stop.is_set():
-            ids = [uuid.uuid4().hex for _ in range(batch)]
-            for publish_id in ids:
-                checker.attempt(publish_id)
-            request = pb.BatchPublishRequest(
-                events=[pb.Event(name="orders.created", id=i) for i in ids]
-            )
-            try:
-                stub.BatchPublish(request, timeout=5)
-            except grpc.RpcError as error:
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    for publish_id in ids:
-                        checker.failed(publish_id)
-                return  # the broker is gone: outcome unknown
-            for publish_id in ids:
-                checker.ok(publish_id)
 
 
 def test_acknowledged_publishes_survive_kill_9(broker_process: BrokerProcess) -> None:
@@ -132,7 +42,7 @@ def test_acknowledged_publishes_survive_kill_9(broker_process: BrokerProcess) ->
     checker = QueueChecker()
     stop = threading.Event()
     publishers = [
-        threading.Thread(target=_publisher, args=(broker_process.target, checker, stop, 20))
+        threading.Thread(target=publish_batches, args=(broker_process.target, checker, stop, 20))
         for _ in range(4)
     ]
     for thread in publishers:
