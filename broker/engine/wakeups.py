@@ -123,13 +123,15 @@ class Wakeups:
         """Listen until stopped, reconnecting with backoff; after a gap, wake everything."""
         first = True
 
-        def listen_once() -> None:
+        def on_listening() -> None:
             nonlocal first
             if not first:
                 _log.info("listening for other brokers again")
                 self._call(self._on_wake, None, None)  # messages may have been missed
             first = False
-            self._notifier.listen(self._received, self._stop)
+
+        def listen_once() -> None:
+            self._notifier.listen(self._received, self._stop, on_listening)
 
         def log_retry(state: object) -> None:
             _log.warning("lost the connection that hears other brokers; reconnecting")

@@ -321,8 +321,16 @@ class Notifier(Protocol):
         """
         ...
 
-    def listen(self, on_message: Callable[[str], None], stop: threading.Event) -> None:
+    def listen(
+        self,
+        on_message: Callable[[str], None],
+        stop: threading.Event,
+        on_listening: Callable[[], None],
+    ) -> None:
         """Call `on_message` (on this thread) for each message, until `stop` is set.
+
+        `on_listening` is called once the connection hears messages, before the
+        first one: what was sent before then is not heard.
 
         Raises:
             StorageUnavailableError: The connection was lost; call again to resume.

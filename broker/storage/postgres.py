@@ -114,11 +114,17 @@ class PostgresNotifier:
             )
             conn.commit()
 
-    def listen(self, on_message: Callable[[str], None], stop: threading.Event) -> None:
+    def listen(
+        self,
+        on_message: Callable[[str], None],
+        stop: threading.Event,
+        on_listening: Callable[[], None],
+    ) -> None:
         """Hand every message to `on_message` until `stop` is set."""
         try:
             with psycopg.connect(self._dsn, autocommit=True) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
+                on_listening()
                 while not stop.is_set():
                     for notification in conn.notifies(timeout=LISTEN_POLL_S):
                         on_message(notification.payload)
