@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from broker.domain import LeasedDelivery, LeaseRequest
+from broker.storage.interface import StorageUnavailableError
 
 _log = logging.getLogger(__name__)
 _consumer_ids = itertools.count(1)
@@ -129,6 +130,11 @@ class SubscriptionDispatcher:
                 return
             try:
                 await self._fill()
+            except StorageUnavailableError as error:
+                _log.warning(
+                    "dispatch of subscription %s waits for the database: %s", self.name, error
+                )
+                await asyncio.sleep(self._poll_interval_s)
             except Exception:
                 _log.exception("dispatch of subscription %s failed; retrying", self.name)
                 await asyncio.sleep(self._poll_interval_s)

@@ -51,6 +51,7 @@ from broker.storage.interface import (
     SeekOutcome,
     Storage,
     StorageTx,
+    StorageUnavailableError,
     SubscriptionSeekParams,
     SubscriptionUpdateParams,
 )
@@ -412,6 +413,10 @@ class DeliveryEngine:
                     lambda tx, now: tx.delivery_promote(DeliveryPromoteParams(now, PROMOTE_BATCH))
                 )
                 await self.committer.run(lambda tx, now: tx.dedup_prune(now, DEDUP_PRUNE_BATCH))
+            except StorageUnavailableError as error:
+                _log.warning("promoting scheduled deliveries waits for the database: %s", error)
+                await asyncio.sleep(self.settings.poll_interval_s)
+                continue
             except Exception:
                 _log.exception("promoting scheduled deliveries failed; retrying")
                 await asyncio.sleep(self.settings.poll_interval_s)
@@ -426,6 +431,8 @@ class DeliveryEngine:
             await asyncio.sleep(self.settings.reaper_interval_s)
             try:
                 await self._expire_once()
+            except StorageUnavailableError as error:
+                _log.warning("expiring leases waits for the database: %s", error)
             except Exception:
                 _log.exception("expiring leases failed; retrying")
 
@@ -445,7 +452,9 @@ class DeliveryEngine:
 
         expired, outcome = await self.committer.run(expire)
         if expired:
-            _log.info("lease deadline passed for %d deliveries", len(expired))
+            # Settled meanwhile (a late ack, another broker's reaper) is not counted.
+            if outcome.applied:
+                _log.info("lease deadline passed for %d deliveries", len(outcome.applied))
             self._settled(expired, outcome)
 
     async def _maintenance_loop(self) -> None:
@@ -473,6 +482,8 @@ class DeliveryEngine:
                     )
                     if busiest < MAINTENANCE_BATCH or self._stopping:
                         break
+            except StorageUnavailableError as error:
+                _log.warning("maintenance waits for the database: %s", error)
             except Exception:
                 _log.exception("maintenance failed; retrying")
 

@@ -513,6 +513,9 @@ def test_database_outage_is_survived(
             lambda: all(any(c == 1 for c, _ in log.received_by(i)) for i in crossing), WAKE_S
         )
         _drain(checker, log, RECOVERY_TIMEOUT_S)
+        # What waited for the database said so in a line, not in a traceback.
+        for broker in brokers:
+            assert "Traceback" not in broker.log_text(), broker.log
     finally:
         for consumer in consumers:
             consumer.stop()
