@@ -287,6 +287,12 @@ class Counter:
         if self.count >= self.target:
             self.reached.set()
 
+    def retarget(self, target: int) -> None:
+        """A new target (fewer were sent than planned: the time cap stopped the publishers)."""
+        self.target = target
+        if self.count >= target:
+            self.reached.set()
+
     async def wait(self, deadline: float, progress: Progress) -> bool:
         """Wait until the target or the deadline, drawing progress; True if reached."""
         while not self.reached.is_set():

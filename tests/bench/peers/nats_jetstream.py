@@ -245,7 +245,7 @@ class NatsPeer(Peer):
             published = await run_calls(
                 total // plan.batch_size, plan.e2e_publishers, call, deadline
             )
-            counter.target = published.done * plan.batch_size
+            counter.retarget(published.done * plan.batch_size)
             reached = await counter.wait(deadline, self.progress)
             elapsed = time.perf_counter() - start
         finally:
@@ -328,7 +328,7 @@ class NatsPeer(Peer):
             published = await run_calls(
                 total // plan.batch_size, plan.batch_callers, call, deadline
             )
-            counter.target = published.done * plan.batch_size * len(durables)
+            counter.retarget(published.done * plan.batch_size * len(durables))
             reached = await counter.wait(deadline, self.progress)
             elapsed = time.perf_counter() - start
         finally:

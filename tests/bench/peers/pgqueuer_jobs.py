@@ -260,7 +260,7 @@ class PgqueuerPeer(Peer):
             published = await run_calls(
                 total // plan.batch_size, plan.e2e_publishers, call, deadline
             )
-            handled.target = published.done * plan.batch_size
+            handled.retarget(published.done * plan.batch_size)
             reached = await self._wait_recorded(queries, "bench_e2e", handled, deadline)
             elapsed = time.perf_counter() - start
         finally:
@@ -301,7 +301,7 @@ class PgqueuerPeer(Peer):
 
             deadline = self.deadline()
             sent, took = await paced(plan.latency_rate, total, deadline, send)
-            handled.target = sent
+            handled.retarget(sent)
             await handled.wait(min(deadline, time.perf_counter() + 5), self.progress)
         finally:
             await self._finish(workers, tasks, connections)

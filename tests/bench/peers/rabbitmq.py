@@ -252,7 +252,7 @@ class RabbitPeer(Peer):
             published = await run_calls(
                 total // plan.batch_size, plan.e2e_publishers, call, deadline
             )
-            counter.target = published.done * plan.batch_size
+            counter.retarget(published.done * plan.batch_size)
             reached = await counter.wait(deadline, self.progress)
             elapsed = time.perf_counter() - start
         finally:
@@ -327,7 +327,7 @@ class RabbitPeer(Peer):
             published = await run_calls(
                 total // plan.batch_size, plan.batch_callers, call, deadline
             )
-            counter.target = published.done * plan.batch_size * len(queues)
+            counter.retarget(published.done * plan.batch_size * len(queues))
             reached = await counter.wait(deadline, self.progress)
             elapsed = time.perf_counter() - start
         finally:
