@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -17,6 +19,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the broker, the client and the dev tools
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
 
 run: $(STAMP) ## Start the broker on 127.0.0.1:50051 with ./broker.db
 	$(VENV)/bin/broker serve
@@ -43,8 +49,8 @@ format: $(STAMP) ## ruff format and ruff check --fix
 typecheck: $(STAMP) ## mypy --strict on the handwritten code and the tests
 	$(VENV)/bin/mypy
 
-bench: $(STAMP) ## Quick local benchmark: publish and end-to-end throughput (SQLite)
-	$(PY) -m tests.bench.quick
+bench: $(BENCH_STAMP) ## This broker beside NATS, RabbitMQ and pgqueuer; one table, bench-results.json
+	$(PY) -m tests.bench.run $(BENCH_ARGS)
 
 bench-scale: $(STAMP) ## One broker process against two on the local PostgreSQL
 	$(PY) -m tests.bench.scale
