@@ -317,6 +317,11 @@ def latency_result(latencies_ms: list[float], sent: int, took_s: float, plan: Pl
     }
     capped = sent < int(plan.latency_rate * plan.latency_s)
     notes = []
+    if figures["rate_per_s"] < 0.95 * plan.latency_rate:
+        notes.append(
+            f"kept up only {figures['rate_per_s']:,.0f} of the {plan.latency_rate:,} events/s "
+            "asked: the sender waits while 1,000 publishes are outstanding"
+        )
     if len(latencies_ms) < sent:
         notes.append(f"{sent - len(latencies_ms)} of {sent} events not received by the cap")
     return Result(figures, notes, capped or len(latencies_ms) < sent)
