@@ -33,7 +33,7 @@ from broker.domain import (
     SubscriptionCounts,
 )
 from broker.engine.backoff import subscription_retry_delay_us
-from broker.engine.committer import Committer
+from broker.engine.committer import Coalescer, Committer
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
 from broker.engine.rates import RateMeter
 from broker.engine.wakeups import Wakeups
@@ -64,6 +64,8 @@ REDRIVE_BATCH = 1000
 MAINTENANCE_BATCH = 1000
 PROMOTE_BATCH = 1000
 TAIL_QUEUE_MAX = 10_000
+#: Most events that many publish calls put into one joined insert.
+PUBLISH_JOIN_MAX_EVENTS = 2000
 DEDUP_PRUNE_BATCH = 1000
 
 
@@ -109,6 +111,9 @@ class DeliveryEngine:
             clock,
             workers=storage.max_concurrent_writers,
             batch_max=settings.commit_batch_max,
+        )
+        self._publishes: Coalescer[Sequence[EventDraft], list[PublishOutcome]] = Coalescer(
+            self.committer, self._insert_events, max_size=PUBLISH_JOIN_MAX_EVENTS, size_of=len
         )
         self.rates = Rates()
         self._dispatchers: dict[int, SubscriptionDispatcher] = {}
@@ -173,10 +178,7 @@ class DeliveryEngine:
 
     async def publish(self, drafts: Sequence[EventDraft]) -> list[PublishOutcome]:
         """Store events all or none, then wake the subscriptions they are ready in."""
-        params_window = self.settings.dedup_window_us
-        outcomes = await self.committer.run(
-            lambda tx, now: tx.event_insert_many(EventInsertParams(drafts, now, params_window))
-        )
+        outcomes = await self._publishes.run(drafts)
         self.rates.published.add(sum(1 for o in outcomes if not o.duplicate))
         now = self.clock()
         for draft, outcome in zip(drafts, outcomes, strict=True):
@@ -186,6 +188,20 @@ class DeliveryEngine:
             if self._tails:
                 self._feed_tails(draft, now)
         return outcomes
+
+    def _insert_events(
+        self, tx: StorageTx, now: int, requests: list[Sequence[EventDraft]]
+    ) -> list[list[PublishOutcome]]:
+        """Insert the events of many publish calls with one statement per table."""
+        drafts = [draft for request in requests for draft in request]
+        params = EventInsertParams(drafts, now, self.settings.dedup_window_us)
+        outcomes = tx.event_insert_many(params)
+        split: list[list[PublishOutcome]] = []
+        start = 0
+        for request in requests:
+            split.append(outcomes[start : start + len(request)])
+            start += len(request)
+        return split
 
     def _feed_tails(self, draft: EventDraft, now_us: int) -> None:
         event = StoredEvent(
