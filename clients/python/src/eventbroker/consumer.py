@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-from tenacity.wait import wait_random_exponential
+from tenacity.wait import wait_exponential, wait_random
 
 from eventbroker import _models
 from eventbroker._config import TLSConfig
@@ -54,8 +54,14 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 DEFAULT_MAX_OUTSTANDING = 100
 DEFAULT_HANDLER_TIMEOUT_S = 30.0
 MAX_BATCH_SIZE = 100
+#: Reconnect backoff: 0.1 s growing by 1.6 per failure up to 10 s (as gRPC's own
+#: reconnect grows), plus up to half a second of jitter so consumers spread out.
+#: Refused connections fail fast, so a doubling backoff would reach its maximum
+#: within a broker's restart and leave consumers idle long after it is back.
 RECONNECT_INITIAL_S = 0.1
-RECONNECT_MAX_S = 30.0
+RECONNECT_GROWTH = 1.6
+RECONNECT_MAX_S = 10.0
+RECONNECT_JITTER_S = 0.5
 #: A stream that lived this long, or delivered anything, was healthy: when it
 #: drops, reconnecting starts again from the shortest backoff.
 HEALTHY_STREAM_S = 10.0
@@ -316,7 +322,10 @@ class Consumer:
         while not stopping.is_set():
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_retryable),
-                wait=wait_random_exponential(multiplier=RECONNECT_INITIAL_S, max=RECONNECT_MAX_S),
+                wait=wait_exponential(
+                    multiplier=RECONNECT_INITIAL_S, exp_base=RECONNECT_GROWTH, max=RECONNECT_MAX_S
+                )
+                + wait_random(0, RECONNECT_JITTER_S),
                 sleep=sleep_unless_stopping,
                 before_sleep=log_retry,
                 reraise=True,
