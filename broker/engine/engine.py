@@ -36,6 +36,7 @@ from broker.engine.backoff import subscription_retry_delay_us
 from broker.engine.committer import Coalescer, Committer
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
 from broker.engine.rates import RateMeter
+from broker.engine.recent import RecentEvents
 from broker.engine.wakeups import Wakeups
 from broker.names import matches
 from broker.storage.interface import (
@@ -115,6 +116,7 @@ class DeliveryEngine:
         self._publishes: Coalescer[Sequence[EventDraft], list[PublishOutcome]] = Coalescer(
             self.committer, self._insert_events, max_size=PUBLISH_JOIN_MAX_EVENTS, size_of=len
         )
+        self.recent_events = RecentEvents()
         self.rates = Rates()
         self._dispatchers: dict[int, SubscriptionDispatcher] = {}
         self._holders: dict[str, tuple[ConsumerStream, SubscriptionDispatcher]] = {}
@@ -196,6 +198,11 @@ class DeliveryEngine:
         drafts = [draft for request in requests for draft in request]
         params = EventInsertParams(drafts, now, self.settings.dedup_window_us)
         outcomes = tx.event_insert_many(params)
+        self.recent_events.put_many(
+            stored_event(draft, now)
+            for draft, outcome in zip(drafts, outcomes, strict=True)
+            if not outcome.duplicate and draft.deliver_at_us <= now
+        )
         split: list[list[PublishOutcome]] = []
         start = 0
         for request in requests:
@@ -204,19 +211,7 @@ class DeliveryEngine:
         return split
 
     def _feed_tails(self, draft: EventDraft, now_us: int) -> None:
-        event = StoredEvent(
-            event_id=draft.event_id,
-            name=draft.name,
-            payload=draft.payload,
-            content_type=draft.content_type,
-            headers=draft.headers,
-            dedup_id=draft.dedup_id,
-            priority=draft.priority,
-            ordering_key=draft.ordering_key,
-            published_at_us=now_us,
-            deliver_at_us=max(draft.deliver_at_us, now_us),
-            delay_us=draft.delay_us,
-        )
+        event = stored_event(draft, now_us)
         for tail in self._tails:
             if matches(tail.filters, draft.name):
                 try:
@@ -269,8 +264,11 @@ class DeliveryEngine:
     async def _lease(
         self, subscription_id: int, requests: Sequence[LeaseRequest]
     ) -> dict[str, list[LeasedDelivery]]:
+        known = self.recent_events.get_many
         return await self.committer.run(
-            lambda tx, now: tx.delivery_lease(DeliveryLeaseParams(subscription_id, requests, now))
+            lambda tx, now: tx.delivery_lease(
+                DeliveryLeaseParams(subscription_id, requests, now, known_events=known)
+            )
         )
 
     def _on_leased(
@@ -617,6 +615,23 @@ class DeliveryEngine:
             return tx.subscription_counts(name), tx.event_count()
 
         return await self.read(get)
+
+
+def stored_event(draft: EventDraft, now_us: int) -> StoredEvent:
+    """The event as storage keeps it once `draft` is published at `now_us`."""
+    return StoredEvent(
+        event_id=draft.event_id,
+        name=draft.name,
+        payload=draft.payload,
+        content_type=draft.content_type,
+        headers=draft.headers,
+        dedup_id=draft.dedup_id,
+        priority=draft.priority,
+        ordering_key=draft.ordering_key,
+        published_at_us=now_us,
+        deliver_at_us=max(draft.deliver_at_us, now_us),
+        delay_us=draft.delay_us,
+    )
 
 
 def _with_now(params: DeliveryFailParams, now: int) -> DeliveryFailParams:

@@ -9,7 +9,7 @@ reading the clock, so tests can move time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -55,11 +55,16 @@ class EventInsertParams:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryLeaseParams:
-    """Lease ready deliveries of one subscription to its consumers."""
+    """Lease ready deliveries of one subscription to its consumers.
+
+    `known_events` may supply events the caller holds in memory, so that only
+    the others are read from the database.
+    """
 
     subscription_id: int
     requests: Sequence[LeaseRequest]
     now_us: int
+    known_events: Callable[[Collection[str]], Mapping[str, StoredEvent]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -273,7 +273,9 @@ class SqlTx:
             claimed.extend((request.consumer, row) for row in rows)
             if len(rows) < count:
                 break  # nothing more is ready
-        events = self._events_by_id(row.event_id for _, row in claimed)
+        wanted = {row.event_id for _, row in claimed}
+        events = dict(params.known_events(wanted)) if params.known_events and wanted else {}
+        events.update(self._events_by_id(wanted - events.keys()))
         leased: dict[str, list[LeasedDelivery]] = {}
         for consumer, row in sorted(claimed, key=lambda c: (c[1].rank, c[1].id)):
             leased.setdefault(consumer, []).append(

@@ -431,6 +431,33 @@ def test_competing_leasers_never_share_a_delivery(storage: Storage) -> None:
     assert len(everything) == total
 
 
+def test_lease_takes_known_events_from_the_caller_and_reads_the_rest(storage: Storage) -> None:
+    s = create(storage, sub())
+    first, second = draft(), draft()
+    publish(storage, first, second)
+    remembered = dataclasses.replace(
+        storage_event(storage, first.event_id), payload=b'{"from":"memory"}'
+    )
+    asked: list[set[str]] = []
+
+    def known(ids: Any) -> dict[str, Any]:
+        asked.append(set(ids))
+        return {first.event_id: remembered}
+
+    with storage.write() as tx:
+        leased = tx.delivery_lease(
+            DeliveryLeaseParams(s.id, [LeaseRequest("c1", 10)], T0, known_events=known)
+        )
+    payloads = {d.event.event_id: d.event.payload for d in leased["c1"]}
+    assert asked == [{first.event_id, second.event_id}]
+    assert payloads == {first.event_id: b'{"from":"memory"}', second.event_id: b'{"n":1}'}
+
+
+def storage_event(storage: Storage, event_id: str) -> Any:
+    with storage.read() as tx:
+        return tx.event_get(event_id)
+
+
 def run_together(count: int, work: Any) -> list[Any]:
     """Run `work(index)` in `count` threads released at once; return their results."""
     start = threading.Barrier(count)
