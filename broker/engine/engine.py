@@ -120,6 +120,8 @@ class DeliveryEngine:
         self.rates = Rates()
         self._dispatchers: dict[int, SubscriptionDispatcher] = {}
         self._holders: dict[str, tuple[ConsumerStream, SubscriptionDispatcher]] = {}
+        #: When each lease held here ends, as far as this broker knows (µs).
+        self._held_until: dict[str, int] = {}
         self._tails: list[TailStream] = []
         self._next_due_us: int | None = None
         self._timer_wake = asyncio.Event()
@@ -279,6 +281,7 @@ class DeliveryEngine:
     ) -> None:
         for delivery in deliveries:
             self._holders[delivery.ack_id] = (consumer, dispatcher)
+            self._held_until[delivery.ack_id] = delivery.ack_deadline_us
         self.rates.delivered.setdefault(consumer.subscription, RateMeter()).add(len(deliveries))
 
     def _release_soon(self, ack_ids: Sequence[str]) -> None:
@@ -319,6 +322,10 @@ class DeliveryEngine:
         )
         # Ids that are no longer live are not held by anyone: return their credit.
         self._settled(outcome.not_applied, outcome)
+        until = self.clock() + extension_us
+        for ack_id in outcome.applied:
+            if ack_id in self._held_until:
+                self._held_until[ack_id] = until
         return outcome
 
     async def _fail(
@@ -352,6 +359,7 @@ class DeliveryEngine:
         woken: set[int] = set()
         for ack_id in ack_ids:
             holder = self._holders.pop(ack_id, None)
+            self._held_until.pop(ack_id, None)
             if holder is None:
                 continue
             consumer, dispatcher = holder
@@ -445,6 +453,7 @@ class DeliveryEngine:
             await asyncio.sleep(self.settings.reaper_interval_s)
             try:
                 await self._expire_once()
+                await self._release_lost_leases()
             except StorageUnavailableError as error:
                 _log.warning("expiring leases waits for the database: %s", error)
             except Exception:
@@ -470,6 +479,30 @@ class DeliveryEngine:
             if outcome.applied:
                 _log.info("lease deadline passed for %d deliveries", len(outcome.applied))
             self._settled(expired, outcome)
+
+    async def _release_lost_leases(self) -> None:
+        """Return the credit of leases held here that another broker expired.
+
+        This broker's own reaper settles the leases it expires, but with several
+        brokers on one database another's reaper may get there first; the
+        consumer's slot would then stay taken until it acked that ack id. So
+        leases held here past their deadline are looked up, and those no longer
+        live are settled here too. One still live was extended through another
+        broker: it is looked at again a reaper interval later.
+        """
+        now = self.clock()
+        overdue = [ack_id for ack_id, until in self._held_until.items() if until < now]
+        if not overdue:
+            return
+        live = await self.read(lambda tx: tx.delivery_live_leases(overdue))
+        lost = [ack_id for ack_id in overdue if ack_id not in live]
+        recheck = now + int(self.settings.reaper_interval_s * 1_000_000)
+        for ack_id in live:
+            if ack_id in self._held_until:
+                self._held_until[ack_id] = recheck
+        if lost:
+            _log.info("%d leases held here were expired by another broker", len(lost))
+            self._settled(lost, SettleOutcome((), tuple(lost)))
 
     async def _maintenance_loop(self) -> None:
         """Apply maximum ages and retention in small batches, so tables stay small."""
@@ -576,6 +609,7 @@ class DeliveryEngine:
             for ack_id, (_, holder) in list(self._holders.items()):
                 if holder is dispatcher:
                     del self._holders[ack_id]
+                    self._held_until.pop(ack_id, None)
             await dispatcher.stop(reason)
 
     async def subscription(self, name: str) -> Subscription | None:

@@ -253,6 +253,10 @@ class StorageTx(Protocol):
         """Leases whose deadline has passed."""
         ...
 
+    def delivery_live_leases(self, ack_ids: Sequence[str]) -> set[str]:
+        """Which of these ack ids are still live leases (in flight, same attempt)."""
+        ...
+
     def delivery_promote(self, params: DeliveryPromoteParams) -> PromoteOutcome:
         """Make due scheduled deliveries ready."""
         ...

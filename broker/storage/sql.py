@@ -437,6 +437,26 @@ class SqlTx:
         )
         return [AckId(row.id, row.attempt) for row in rows]
 
+    def delivery_live_leases(self, ack_ids: Sequence[str]) -> set[str]:
+        """Which of these ack ids are still live leases (in flight, same attempt)."""
+        parsed = {text: AckId.parse(text) for text in ack_ids}
+        wanted = {a.delivery_id for a in parsed.values() if a is not None}
+        if not wanted:
+            return set()
+        attempts = {
+            row.id: row.attempt
+            for row in self.conn.execute(
+                sa.select(_d.c.id, _d.c.attempt).where(
+                    _d.c.id.in_(wanted), _d.c.state == DeliveryState.IN_FLIGHT
+                )
+            )
+        }
+        return {
+            text
+            for text, ack in parsed.items()
+            if ack is not None and attempts.get(ack.delivery_id) == ack.attempt
+        }
+
     def delivery_promote(self, params: DeliveryPromoteParams) -> PromoteOutcome:
         """Make due scheduled deliveries ready."""
         due = (

@@ -12,6 +12,10 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from broker.config import Settings
+from broker.domain import AttemptOutcome
+from broker.storage import open_storage
+from broker.storage.interface import DeliveryExpiredListParams, DeliveryFailParams
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader, subscribe
@@ -185,6 +189,39 @@ def test_unacked_delivery_comes_back_after_the_deadline(
     late = stub.Ack(pb.AckRequest(ack_ids=[first.ack_id]))
     assert list(late.not_applied_ack_ids) == [first.ack_id]
     assert stub.Ack(pb.AckRequest(ack_ids=[second.ack_id])).not_applied_ack_ids == []
+
+
+def test_credit_of_a_lease_another_broker_expired_comes_back(
+    stub: Stub, readers: list[StreamReader], broker_settings: Settings
+) -> None:
+    """Another broker's reaper expires a lease held here: the consumer's slot frees."""
+    create(stub, "shared", ack_deadline=duration_pb2.Duration(seconds=1), retry_policy=no_backoff())
+    reader = subscribe(stub, readers, "shared", max_outstanding=1)
+    first_id, second_id = publish(stub), publish(stub)
+    (first,) = reader.take(1)
+    assert first.event_id == first_id
+    # The other broker's clock runs a minute ahead: it expires the lease at once.
+    other = open_storage(broker_settings.database_url)
+    ahead_us = (int(datetime.now(UTC).timestamp()) + 60) * 1_000_000
+    try:
+        with other.write() as tx:
+            expired = tx.delivery_expired_list(DeliveryExpiredListParams(ahead_us, 10))
+            assert [str(a) for a in expired] == [first.ack_id]
+            tx.delivery_fail(
+                DeliveryFailParams(
+                    ack_ids=[first.ack_id],
+                    now_us=ahead_us,
+                    outcome=AttemptOutcome.EXPIRED,
+                    retry_delay=lambda subscription, attempt: 0,
+                    immediate=True,
+                )
+            )
+    finally:
+        other.close()
+    # Once the deadline passes here, this broker sees the lease gone and frees the slot.
+    (after,) = reader.take(1, timeout=5)
+    assert after.ack_id != first.ack_id
+    assert after.event_id in (first_id, second_id)
 
 
 def test_nack_retries_with_attempt_counter_then_dead(
