@@ -88,9 +88,13 @@ class SqlTx:
 
     _deliveries = _d
 
-    def __init__(self, conn: sa.Connection) -> None:
+    def __init__(
+        self, conn: sa.Connection, subscriptions: dict[int, Subscription] | None = None
+    ) -> None:
         self.conn = conn
-        self._subscriptions: dict[int, Subscription] | None = None
+        self._subscriptions = subscriptions
+        #: Set when this transaction created, changed or deleted a subscription.
+        self.subscriptions_changed = False
 
     # -- dialect hooks -------------------------------------------------------
 
@@ -801,6 +805,7 @@ class SqlTx:
         except sa_exc.IntegrityError as error:
             raise SubscriptionExistsError(subscription.name) from error
         self._subscriptions = None
+        self.subscriptions_changed = True
         created = self.subscription_get_by_id(int(new_id))
         assert created is not None
         if created.start_position is StartPosition.BEGINNING:
@@ -838,6 +843,7 @@ class SqlTx:
             values.pop(fixed)
         result = self.conn.execute(sa.update(_s).where(_s.c.name == sub.name).values(**values))
         self._subscriptions = None
+        self.subscriptions_changed = True
         if result.rowcount == 0:
             return None
         return self.subscription_get(sub.name)
@@ -850,6 +856,7 @@ class SqlTx:
         self.conn.execute(sa.delete(_d).where(_d.c.subscription_id == sub.id))
         self.conn.execute(sa.delete(_s).where(_s.c.id == sub.id))
         self._subscriptions = None
+        self.subscriptions_changed = True
         return True
 
     def subscription_counts(self, name: str | None) -> list[SubscriptionCounts]:
@@ -899,10 +906,14 @@ class SqlStorage:
     dialect: ClassVar[str]
     max_concurrent_writers: int = 1
     tx_class: ClassVar[type[SqlTx]]
+    #: Keep the subscriptions between transactions (sound only where every write
+    #: to the database goes through this object: one process, one writer).
+    caches_subscriptions: ClassVar[bool] = False
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.write_engine, self.read_engine = self._create_engines(url)
+        self._subscriptions_cache: dict[int, Subscription] | None = None
 
     def _create_engines(self, url: str) -> tuple[sa.Engine, sa.Engine]:
         raise NotImplementedError
@@ -918,13 +929,16 @@ class SqlStorage:
     def write(self) -> Iterator[SqlTx]:
         """A write transaction, committed on leaving without error."""
         with storage_errors(), self.write_engine.begin() as conn:
-            yield self.tx_class(conn)
+            tx = self.tx_class(conn, self._subscriptions_cache)
+            yield tx
+        if self.caches_subscriptions:  # committed: what it read or wrote is the truth now
+            self._subscriptions_cache = None if tx.subscriptions_changed else tx._subscriptions
 
     @contextmanager
     def read(self) -> Iterator[SqlTx]:
         """A read-only transaction."""
         with storage_errors(), self.read_engine.connect() as conn:
-            yield self.tx_class(conn)
+            yield self.tx_class(conn, self._subscriptions_cache)
 
     def notifier(self) -> Notifier | None:
         """None: a dialect that lets several brokers share a database overrides this."""

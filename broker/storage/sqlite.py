@@ -44,6 +44,10 @@ class SqliteStorage(SqlStorage):
     dialect: ClassVar[str] = "sqlite"
     tx_class: ClassVar[type[SqlTx]] = SqliteTx
     max_concurrent_writers = 1
+    # One broker process and one writer own the file, so the subscriptions read by
+    # one transaction stay true until a transaction of ours changes them: every
+    # publish, lease and settle is spared reading them again.
+    caches_subscriptions = True
 
     def _create_engines(self, url: str) -> tuple[sa.Engine, sa.Engine]:
         writer = sa.create_engine(
