@@ -214,3 +214,31 @@ class SubscriptionCounts:
     acked: int
     dead: int
     oldest_waiting_us: int | None
+
+
+class Scope(enum.StrEnum):
+    """What an API key may do."""
+
+    PUBLISH = "publish"
+    """Publish and BatchPublish (events whose names match the key's patterns)."""
+    SUBSCRIBE = "subscribe"
+    """Subscribe, Ack, Nack and ExtendAckDeadline."""
+    ADMIN = "admin"
+    """Manage subscriptions, dead letters, Seek, GetEvent and GetStats."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored: never the secret itself, only its SHA-256.
+
+    `patterns` (name patterns as in filters) limit the event names a key may
+    publish and the subscriptions it may use; empty means no limit.
+    """
+
+    key_id: str
+    name: str
+    secret_sha256: str
+    scopes: frozenset[Scope]
+    patterns: tuple[str, ...]
+    created_at_us: int
+    revoked_at_us: int | None = None

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from broker.domain import (
     AckId,
+    ApiKey,
     DeadReason,
     DeliveryInfo,
     EventDraft,
@@ -255,6 +256,26 @@ class StorageTx(Protocol):
 
     def delivery_live_leases(self, ack_ids: Sequence[str]) -> set[str]:
         """Which of these ack ids are still live leases (in flight, same attempt)."""
+        ...
+
+    def api_key_create(self, key: ApiKey) -> None:
+        """Store a new API key."""
+        ...
+
+    def api_key_get(self, key_id: str) -> ApiKey | None:
+        """One API key by id, revoked or not."""
+        ...
+
+    def api_key_list(self) -> list[ApiKey]:
+        """Every API key, oldest first."""
+        ...
+
+    def api_key_revoke(self, key_id: str, now_us: int) -> bool:
+        """Revoke a key; False if there is no such key or it was revoked already."""
+        ...
+
+    def api_key_active_count(self) -> int:
+        """How many keys are not revoked (none: the broker runs without keys)."""
         ...
 
     def delivery_promote(self, params: DeliveryPromoteParams) -> PromoteOutcome:

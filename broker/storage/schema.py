@@ -106,3 +106,15 @@ deliveries = sa.Table(
     sa.Index("ix_deliveries_event_id", "event_id"),
     sa.Index("ix_deliveries_subscription_state", "subscription_id", "state"),
 )
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.String(100), nullable=False),
+    sa.Column("patterns", sa.Text(), nullable=True),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("revoked_at", sa.BigInteger(), nullable=True),
+)

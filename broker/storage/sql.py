@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 
 from broker.domain import (
     AckId,
+    ApiKey,
     AttemptOutcome,
     AttemptRecord,
     DeadReason,
@@ -24,6 +25,7 @@ from broker.domain import (
     DeliveryState,
     LeasedDelivery,
     PublishOutcome,
+    Scope,
     SettleOutcome,
     StartPosition,
     StoredEvent,
@@ -62,6 +64,7 @@ _d = schema.deliveries
 _e = schema.events
 _s = schema.subscriptions
 _dd = schema.dedup
+_k = schema.api_keys
 
 _SETTLE_COLUMNS = (
     _d.c.id,
@@ -460,6 +463,50 @@ class SqlTx:
             for text, ack in parsed.items()
             if ack is not None and attempts.get(ack.delivery_id) == ack.attempt
         }
+
+    # -- API keys ------------------------------------------------------------
+
+    def api_key_create(self, key: ApiKey) -> None:
+        """Store a new API key."""
+        self.conn.execute(
+            sa.insert(_k).values(
+                id=key.key_id,
+                name=key.name,
+                secret_sha256=key.secret_sha256,
+                scopes=",".join(sorted(key.scopes)),
+                patterns="\n".join(key.patterns) or None,
+                created_at=key.created_at_us,
+                revoked_at=key.revoked_at_us,
+            )
+        )
+
+    def api_key_get(self, key_id: str) -> ApiKey | None:
+        """One API key by id, revoked or not."""
+        row = self.conn.execute(sa.select(_k).where(_k.c.id == key_id)).first()
+        return _api_key_from_row(row) if row is not None else None
+
+    def api_key_list(self) -> list[ApiKey]:
+        """Every API key, oldest first."""
+        rows = self.conn.execute(sa.select(_k).order_by(_k.c.created_at, _k.c.id))
+        return [_api_key_from_row(row) for row in rows]
+
+    def api_key_revoke(self, key_id: str, now_us: int) -> bool:
+        """Revoke a key; False if there is no such key or it was revoked already."""
+        return bool(
+            self.conn.execute(
+                sa.update(_k)
+                .where(_k.c.id == key_id, _k.c.revoked_at.is_(None))
+                .values(revoked_at=now_us)
+            ).rowcount
+        )
+
+    def api_key_active_count(self) -> int:
+        """How many keys are not revoked."""
+        return int(
+            self.conn.execute(
+                sa.select(sa.func.count()).select_from(_k).where(_k.c.revoked_at.is_(None))
+            ).scalar_one()
+        )
 
     def delivery_promote(self, params: DeliveryPromoteParams) -> PromoteOutcome:
         """Make due scheduled deliveries ready."""
@@ -977,6 +1024,18 @@ def _earliest(a: int | None, b: int | None) -> int | None:
     if a is None:
         return b
     return a if b is None else min(a, b)
+
+
+def _api_key_from_row(row: Any) -> ApiKey:
+    return ApiKey(
+        key_id=row.id,
+        name=row.name,
+        secret_sha256=row.secret_sha256,
+        scopes=frozenset(Scope(s) for s in row.scopes.split(",") if s),
+        patterns=tuple(row.patterns.split("\n")) if row.patterns else (),
+        created_at_us=row.created_at,
+        revoked_at_us=row.revoked_at,
+    )
 
 
 def _event_from_row(row: Any) -> StoredEvent:

@@ -17,11 +17,13 @@ from ulid import ULID
 
 from broker.domain import (
     AckId,
+    ApiKey,
     AttemptOutcome,
     DeadReason,
     DeliveryState,
     EventDraft,
     LeaseRequest,
+    Scope,
     StartPosition,
     Subscription,
 )
@@ -456,6 +458,35 @@ def test_lease_takes_known_events_from_the_caller_and_reads_the_rest(storage: St
 def storage_event(storage: Storage, event_id: str) -> Any:
     with storage.read() as tx:
         return tx.event_get(event_id)
+
+
+def test_api_keys_are_stored_listed_and_revoked(storage: Storage) -> None:
+    key = ApiKey(
+        key_id="k1",
+        name="billing service",
+        secret_sha256="ab" * 32,
+        scopes=frozenset({Scope.PUBLISH, Scope.SUBSCRIBE}),
+        patterns=("order.*", "billing"),
+        created_at_us=T0,
+    )
+    other = dataclasses.replace(key, key_id="k2", scopes=frozenset({Scope.ADMIN}), patterns=())
+    with storage.write() as tx:
+        assert tx.api_key_active_count() == 0
+        tx.api_key_create(key)
+        tx.api_key_create(other)
+    with storage.read() as tx:
+        assert tx.api_key_get("k1") == key
+        assert tx.api_key_get("nope") is None
+        assert [k.key_id for k in tx.api_key_list()] == ["k1", "k2"]
+        assert tx.api_key_active_count() == 2
+    with storage.write() as tx:
+        assert tx.api_key_revoke("k1", T0 + S)
+        assert not tx.api_key_revoke("k1", T0 + 2 * S)
+        assert not tx.api_key_revoke("nope", T0)
+    with storage.read() as tx:
+        revoked = tx.api_key_get("k1")
+        assert revoked is not None and revoked.revoked_at_us == T0 + S
+        assert tx.api_key_active_count() == 1
 
 
 def run_together(count: int, work: Any) -> list[Any]:
