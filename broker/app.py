@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from grpc import aio
 from grpc_health.v1 import health
 
 from broker.api.server import build_server, set_serving
-from broker.config import Settings
+from broker.config import Settings, SettingsError
 from broker.engine.engine import DeliveryEngine, wall_clock_us
 from broker.storage import Storage, open_storage
 
@@ -35,6 +36,7 @@ class BrokerApp:
         storage = open_storage(self.settings.database_url)
         await asyncio.to_thread(storage.migrate)
         self.storage = storage
+        await asyncio.to_thread(self._check_exposure, storage)
         self.engine = DeliveryEngine(storage, self.settings, self.clock)
         await self.engine.start()
         self.server, self._health = build_server(self.engine, self.settings)
@@ -51,6 +53,32 @@ class BrokerApp:
         )
         return self.port
 
+    def _check_exposure(self, storage: Storage) -> None:
+        """Refuse to listen beyond loopback without keys, unless told to (then warn).
+
+        Raises:
+            SettingsError: A non-loopback address, no API key, and no `insecure`.
+
+        """
+        host = self.settings.listen.rsplit(":", 1)[0].strip("[]")
+        if _is_loopback(host):
+            return
+        with storage.read() as tx:
+            keys = tx.api_key_active_count()
+        if keys:
+            return
+        if not self.settings.insecure:
+            storage.close()
+            raise SettingsError(
+                f"listen={self.settings.listen!r}: beyond loopback the broker needs API keys "
+                "(broker keys create NAME --scope ...) or an explicit --insecure"
+            )
+        _log.warning(
+            "listening on %s with no API key: anyone who reaches it may publish, "
+            "consume and delete (--insecure)",
+            self.settings.listen,
+        )
+
     async def stop(self) -> None:
         """Stop accepting, let calls finish within the grace period, give leases back."""
         if self._health is not None:
@@ -64,6 +92,15 @@ class BrokerApp:
         if self.storage is not None:
             self.storage.close()
         _log.info("broker stopped")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, "" or "0.0.0.0"-like wildcards: treat as exposed
 
 
 async def serve(settings: Settings) -> None:

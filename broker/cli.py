@@ -61,6 +61,13 @@ def serve(
     log_level: Annotated[
         str, typer.Option(envvar="BROKER_LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            envvar="BROKER_INSECURE",
+            help="Listen beyond loopback with no API key (anyone may call).",
+        ),
+    ] = False,
     processes: Annotated[
         int,
         typer.Option(
@@ -84,13 +91,17 @@ def serve(
             batch_max_bytes=batch_max_bytes,
             dedup_window_s=dedup_window_s,
             shutdown_grace_s=shutdown_grace_s,
+            insecure=insecure,
         )
         check_processes(settings, processes)
     except SettingsError as error:
         raise typer.BadParameter(str(error)) from error
-    if processes > 1:
-        raise typer.Exit(Supervisor(settings, processes, log_level).run())
-    asyncio.run(run_broker(settings))
+    try:
+        if processes > 1:
+            raise typer.Exit(Supervisor(settings, processes, log_level).run())
+        asyncio.run(run_broker(settings))
+    except SettingsError as error:
+        raise typer.BadParameter(str(error)) from error
 
 
 def main() -> None:
@@ -99,9 +110,10 @@ def main() -> None:
 
 
 def _register_people_commands() -> None:
-    from broker.cli_commands import register
+    from broker import cli_commands, cli_keys
 
-    register(app)
+    cli_commands.register(app)
+    cli_keys.register(app)
 
 
 _register_people_commands()

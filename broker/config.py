@@ -73,6 +73,10 @@ class Settings:
     #: is an error, so a second broker started by mistake does not quietly take half
     #: the connections.
     reuse_port: bool = False
+    #: Listen beyond loopback even though no API key exists (anyone may call).
+    insecure: bool = False
+    #: How long API keys read from the database are trusted before being read again.
+    api_key_cache_s: float = 2.0
 
     def __post_init__(self) -> None:
         checks = [

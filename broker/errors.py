@@ -110,3 +110,13 @@ def unavailable(message: str) -> BrokerError:
 def internal(message: str) -> BrokerError:
     """INTERNAL: a fault of the broker itself, logged where it happened."""
     return BrokerError(grpc.StatusCode.INTERNAL, "INTERNAL", message)
+
+
+def unauthenticated(message: str) -> BrokerError:
+    """UNAUTHENTICATED: no API key, or one the broker does not know (or revoked)."""
+    return BrokerError(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID", message)
+
+
+def permission_denied(reason: str, message: str, **metadata: str) -> BrokerError:
+    """PERMISSION_DENIED: a valid key without the scope or the name the call needs."""
+    return BrokerError(grpc.StatusCode.PERMISSION_DENIED, reason, message, metadata=metadata)

