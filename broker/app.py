@@ -7,7 +7,9 @@ import ipaddress
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health
 
@@ -40,7 +42,11 @@ class BrokerApp:
         self.engine = DeliveryEngine(storage, self.settings, self.clock)
         await self.engine.start()
         self.server, self._health = build_server(self.engine, self.settings)
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        credentials = _server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = self.server.add_secure_port(self.settings.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await self.server.start()
@@ -92,6 +98,23 @@ class BrokerApp:
         if self.storage is not None:
             self.storage.close()
         _log.info("broker stopped")
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the PEM files, requiring client certificates for mutual TLS."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        chain = Path(settings.tls_cert_file).read_bytes()
+        key = Path(settings.tls_key_file).read_bytes()
+        client_ca = (
+            Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+        )
+    except OSError as error:
+        raise SettingsError(f"cannot read a TLS file: {error}") from error
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def _is_loopback(host: str) -> bool:

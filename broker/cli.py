@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Annotated
 
 import typer
@@ -18,8 +19,29 @@ app = typer.Typer(
 
 
 @app.callback()
-def _group() -> None:
-    """A durable event broker spoken to over gRPC."""
+def _group(
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Talk to the broker over TLS (default roots).")
+    ] = False,
+    tls_ca: Annotated[
+        str | None, typer.Option("--tls-ca", help="TLS: the CA that signed the broker (PEM).")
+    ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option("--tls-cert", help="Mutual TLS: this client's certificate.")
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option("--tls-key", help="Mutual TLS: this client's key.")
+    ] = None,
+) -> None:
+    """A durable event broker spoken to over gRPC.
+
+    The TLS options apply to the commands that talk to a broker (publish, tail,
+    subs, ...), as the client's EVENTBROKER_TLS_* variables do.
+    """
+    given = {"": "1" if tls else None, "_CA": tls_ca, "_CERT": tls_cert, "_KEY": tls_key}
+    for suffix, value in given.items():
+        if value:
+            os.environ[f"EVENTBROKER_TLS{suffix}"] = value
 
 
 def _sqlite_url(value: str) -> str:
@@ -61,6 +83,21 @@ def serve(
     log_level: Annotated[
         str, typer.Option(envvar="BROKER_LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(envvar="BROKER_TLS_CERT", help="TLS certificate chain (PEM); with --tls-key."),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option(envvar="BROKER_TLS_KEY", help="TLS private key (PEM)."),
+    ] = None,
+    tls_client_ca: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BROKER_TLS_CLIENT_CA",
+            help="Mutual TLS: require client certificates signed by this CA (PEM).",
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -92,6 +129,9 @@ def serve(
             dedup_window_s=dedup_window_s,
             shutdown_grace_s=shutdown_grace_s,
             insecure=insecure,
+            tls_cert_file=tls_cert,
+            tls_key_file=tls_key,
+            tls_client_ca_file=tls_client_ca,
         )
         check_processes(settings, processes)
     except SettingsError as error:

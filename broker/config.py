@@ -77,6 +77,11 @@ class Settings:
     insecure: bool = False
     #: How long API keys read from the database are trusted before being read again.
     api_key_cache_s: float = 2.0
+    #: TLS: the broker's certificate chain and private key (PEM files); both or neither.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    #: Mutual TLS: clients must present a certificate signed by this CA (PEM file).
+    tls_client_ca_file: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -95,6 +100,16 @@ class Settings:
             ("event_retention_s", self.event_retention_s > 0, "must be positive"),
             ("maintenance_interval_s", self.maintenance_interval_s > 0, "must be positive"),
             ("listen", ":" in self.listen, "must be HOST:PORT"),
+            (
+                "tls_key_file",
+                (self.tls_cert_file is None) == (self.tls_key_file is None),
+                "the certificate and the key go together",
+            ),
+            (
+                "tls_client_ca_file",
+                self.tls_client_ca_file is None or self.tls_cert_file is not None,
+                "mutual TLS needs the broker's own certificate and key too",
+            ),
         ]
         for name, ok, why in checks:
             if not ok:

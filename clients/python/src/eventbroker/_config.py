@@ -16,6 +16,10 @@ from grpc import aio
 
 TARGET_ENV = "EVENTBROKER_TARGET"
 API_KEY_ENV = "EVENTBROKER_API_KEY"
+#: TLS from the environment: EVENTBROKER_TLS=1, and EVENTBROKER_TLS_CA / _CERT / _KEY /
+#: _SERVER_NAME (any of them set also turns TLS on).
+TLS_ENV = "EVENTBROKER_TLS"
+_TLS_FILES = ("ca", "cert", "key", "server_name")
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -51,6 +55,20 @@ class TLSConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("TLSConfig: cert_file and key_file go together (mutual TLS)")
 
+    @classmethod
+    def from_environment(cls) -> TLSConfig | None:
+        """TLS from `EVENTBROKER_TLS` (1/true) and the `EVENTBROKER_TLS_*` files, if set."""
+        files = {name: os.environ.get(f"{TLS_ENV}_{name.upper()}") or None for name in _TLS_FILES}
+        enabled = os.environ.get(TLS_ENV, "").lower() in ("1", "true", "yes", "on")
+        if not enabled and not any(files.values()):
+            return None
+        return cls(
+            ca_file=files["ca"],
+            cert_file=files["cert"],
+            key_file=files["key"],
+            server_name=files["server_name"],
+        )
+
     def credentials(self) -> grpc.ChannelCredentials:
         """Channel credentials for grpc, reading the PEM files now."""
         return grpc.ssl_channel_credentials(
@@ -75,6 +93,8 @@ class ConnectionConfig:
         """Fill what the caller left out from `EVENTBROKER_TARGET` / `EVENTBROKER_API_KEY`."""
         resolved_target = target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
         resolved_key = api_key or os.environ.get(API_KEY_ENV) or None
+        if tls is None:
+            tls = TLSConfig.from_environment()
         tls_config = TLSConfig() if tls is True else tls or None
         return cls(target=resolved_target, api_key=resolved_key, tls=tls_config)
 
