@@ -83,6 +83,16 @@ def serve(
     log_level: Annotated[
         str, typer.Option(envvar="BROKER_LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
+    max_streams: Annotated[
+        int, typer.Option(envvar="BROKER_MAX_STREAMS", help="Subscribe streams open at most.")
+    ] = 20_000,
+    max_streams_per_connection: Annotated[
+        int,
+        typer.Option(
+            envvar="BROKER_MAX_STREAMS_PER_CONNECTION",
+            help="Subscribe streams open at most over one client connection.",
+        ),
+    ] = 1_000,
     tls_cert: Annotated[
         str | None,
         typer.Option(envvar="BROKER_TLS_CERT", help="TLS certificate chain (PEM); with --tls-key."),
@@ -129,6 +139,8 @@ def serve(
             dedup_window_s=dedup_window_s,
             shutdown_grace_s=shutdown_grace_s,
             insecure=insecure,
+            max_streams=max_streams,
+            max_streams_per_connection=max_streams_per_connection,
             tls_cert_file=tls_cert,
             tls_key_file=tls_key,
             tls_client_ca_file=tls_client_ca,

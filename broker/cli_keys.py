@@ -78,6 +78,12 @@ def keys_create(
             help="Limit to these name patterns (events published, subscriptions used).",
         ),
     ] = None,
+    rate: Annotated[
+        int | None,
+        typer.Option(
+            "--rate", min=1, help="Publish at most this many events per second (per broker)."
+        ),
+    ] = None,
     database_url: DatabaseOption = config.DEFAULT_DATABASE_URL,
 ) -> None:
     """Make a key and print it once: keep it, the broker cannot show it again."""
@@ -85,7 +91,7 @@ def keys_create(
         problem = filter_error(pattern)
         if problem is not None:
             raise typer.BadParameter(f"{pattern!r} {problem}", param_hint="--names")
-    token, key = new_key(name, scope, names or (), _now_us())
+    token, key = new_key(name, scope, names or (), _now_us(), publish_rate=rate)
     with _storage(database_url) as storage, storage.write() as tx:
         tx.api_key_create(key)
     err.print(f"created key {key.key_id} for {name!r}: {', '.join(sorted(key.scopes))}")
@@ -98,7 +104,7 @@ def keys_list(database_url: DatabaseOption = config.DEFAULT_DATABASE_URL) -> Non
     with _storage(database_url) as storage, storage.read() as tx:
         keys = tx.api_key_list()
     table = Table(title=f"{len(keys)} API keys", title_justify="left")
-    for column in ("id", "name", "scopes", "names", "created", "revoked"):
+    for column in ("id", "name", "scopes", "names", "rate/s", "created", "revoked"):
         table.add_column(column)
     for key in keys:
         table.add_row(
@@ -106,6 +112,7 @@ def keys_list(database_url: DatabaseOption = config.DEFAULT_DATABASE_URL) -> Non
             key.name,
             ", ".join(sorted(key.scopes)),
             ", ".join(key.patterns) or "any",
+            str(key.publish_rate) if key.publish_rate else "-",
             _when(key.created_at_us),
             _when(key.revoked_at_us),
         )

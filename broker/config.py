@@ -75,6 +75,9 @@ class Settings:
     reuse_port: bool = False
     #: Listen beyond loopback even though no API key exists (anyone may call).
     insecure: bool = False
+    #: Subscribe streams open at once: in all, and over one client connection.
+    max_streams: int = 20_000
+    max_streams_per_connection: int = 1_000
     #: How long API keys read from the database are trusted before being read again.
     api_key_cache_s: float = 2.0
     #: TLS: the broker's certificate chain and private key (PEM files); both or neither.
@@ -100,6 +103,12 @@ class Settings:
             ("event_retention_s", self.event_retention_s > 0, "must be positive"),
             ("maintenance_interval_s", self.maintenance_interval_s > 0, "must be positive"),
             ("listen", ":" in self.listen, "must be HOST:PORT"),
+            ("max_streams", self.max_streams >= 1, "must be at least 1"),
+            (
+                "max_streams_per_connection",
+                1 <= self.max_streams_per_connection <= self.max_streams,
+                "must be between 1 and max_streams",
+            ),
             (
                 "tls_key_file",
                 (self.tls_cert_file is None) == (self.tls_key_file is None),

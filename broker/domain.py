@@ -233,6 +233,7 @@ class ApiKey:
 
     `patterns` (name patterns as in filters) limit the event names a key may
     publish and the subscriptions it may use; empty means no limit.
+    `publish_rate` caps the events per second it may publish (per broker process).
     """
 
     key_id: str
@@ -242,3 +243,4 @@ class ApiKey:
     patterns: tuple[str, ...]
     created_at_us: int
     revoked_at_us: int | None = None
+    publish_rate: int | None = None

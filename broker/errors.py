@@ -120,3 +120,8 @@ def unauthenticated(message: str) -> BrokerError:
 def permission_denied(reason: str, message: str, **metadata: str) -> BrokerError:
     """PERMISSION_DENIED: a valid key without the scope or the name the call needs."""
     return BrokerError(grpc.StatusCode.PERMISSION_DENIED, reason, message, metadata=metadata)
+
+
+def resource_exhausted(reason: str, message: str, **metadata: str) -> BrokerError:
+    """RESOURCE_EXHAUSTED: a limit on rate or on concurrent use was reached; retry later."""
+    return BrokerError(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, message, metadata=metadata)

@@ -23,8 +23,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
+
 from broker.domain import ApiKey, Scope
-from broker.errors import permission_denied, unauthenticated
+from broker.errors import permission_denied, resource_exhausted, unauthenticated
 from broker.names import matches
 from broker.storage.interface import StorageTx
 
@@ -42,7 +46,11 @@ def secret_sha256(secret: str) -> str:
 
 
 def new_key(
-    name: str, scopes: Iterable[Scope], patterns: Sequence[str], now_us: int
+    name: str,
+    scopes: Iterable[Scope],
+    patterns: Sequence[str],
+    now_us: int,
+    publish_rate: int | None = None,
 ) -> tuple[str, ApiKey]:
     """A fresh key: the token to hand out (once) and what to store."""
     key_id = secrets.token_hex(6)
@@ -54,6 +62,7 @@ def new_key(
         scopes=frozenset(scopes),
         patterns=tuple(p.lower() for p in patterns),
         created_at_us=now_us,
+        publish_rate=publish_rate,
     )
     return f"{KEY_PREFIX}_{key_id}_{secret}", stored
 
@@ -94,6 +103,7 @@ class Authenticator:
         self._clock_s = clock_s
         self._active: tuple[float, int] | None = None
         self._keys: dict[str, tuple[float, ApiKey | None]] = {}
+        self._rates = FixedWindowRateLimiter(MemoryStorage())
 
     async def enabled(self) -> bool:
         """Whether any key exists (if none, the broker runs open)."""
@@ -157,6 +167,26 @@ class Authenticator:
                     f"(allowed: {', '.join(key.patterns)})",
                     **{kind.replace(" ", "_"): name},
                 )
+
+    def allow_publish(self, key: ApiKey | None, events: int) -> None:
+        """Count `events` against the key's publish rate, if it has one.
+
+        Raises:
+            BrokerError: RESOURCE_EXHAUSTED when the key has used its rate for this second.
+
+        """
+        if key is None or key.publish_rate is None:
+            return
+        limit = RateLimitItemPerSecond(key.publish_rate)
+        # A refused call must not use up the window: test first, count only what passes.
+        fits = self._rates.test(limit, key.key_id, cost=events)
+        if not fits or not self._rates.hit(limit, key.key_id, cost=events):
+            raise resource_exhausted(
+                "PUBLISH_RATE_EXCEEDED",
+                f"the API key {key.key_id!r} may publish at most {key.publish_rate} events "
+                "per second (per broker); slow down and retry",
+                limit=str(key.publish_rate),
+            )
 
     async def _key(self, key_id: str) -> ApiKey | None:
         now = self._clock_s()

@@ -11,6 +11,7 @@ import base64
 import binascii
 import functools
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from broker.errors import (
     internal,
     invalid_argument,
     not_found,
+    resource_exhausted,
     unavailable,
 )
 from broker.names import filter_error, matches, normalize_filters
@@ -100,6 +102,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self.engine = engine
         self.settings = engine.settings
         self.auth = Authenticator(engine.read, cache_s=self.settings.api_key_cache_s)
+        self._streams = Counter[str]()  # open Subscribe streams by client connection
 
     async def _key(self, context: aio.ServicerContext[Any, Any], scope: Scope) -> ApiKey | None:
         """The caller's key if it may use `scope` (None: the broker runs without keys)."""
@@ -123,6 +126,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         key = await self._key(context, Scope.PUBLISH)
         draft = convert.draft_from_publish(request, self.settings, self.engine.clock())
         self.auth.allow_names(key, "event name", [draft.name])
+        self.auth.allow_publish(key, 1)
         (outcome,) = await self.engine.publish([draft])
         return pb.PublishResponse(
             event_id=outcome.event_id, status=_publish_status(outcome.duplicate)
@@ -138,6 +142,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
             request.events, request.ByteSize(), self.settings, self.engine.clock()
         )
         self.auth.allow_names(key, "event name", [d.name for d in drafts])
+        self.auth.allow_publish(key, len(drafts))
         outcomes = await self.engine.publish(drafts)
         return pb.BatchPublishResponse(
             results=[
@@ -152,8 +157,54 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self, request: pb.SubscribeRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubscribeResponse]:
         """Stream deliveries to a consumer, or new events to an ephemeral tail."""
+        peer = context.peer()
         try:
             key = await self._key(context, Scope.SUBSCRIBE)
+            self._open_stream(peer)
+        except Exception as error:
+            mapped = _as_broker_error(error)
+            if mapped is None:
+                raise
+            await abort_with(context, mapped)
+            return
+        try:
+            async for response in self._subscribe(request, context, key):
+                yield response
+        finally:
+            self._close_stream(peer)
+
+    def _open_stream(self, peer: str) -> None:
+        """Count a new stream, or refuse it when a stream limit is reached."""
+        total = self.settings.max_streams
+        if self._streams.total() >= total:
+            raise resource_exhausted(
+                "TOO_MANY_STREAMS",
+                f"the broker has {total} Subscribe streams open, its limit (--max-streams)",
+                limit=str(total),
+            )
+        per_connection = self.settings.max_streams_per_connection
+        if self._streams[peer] >= per_connection:
+            raise resource_exhausted(
+                "TOO_MANY_STREAMS_PER_CONNECTION",
+                f"this connection has {per_connection} Subscribe streams open, the limit "
+                "(--max-streams-per-connection); open another connection or close one",
+                limit=str(per_connection),
+            )
+        self._streams[peer] += 1
+
+    def _close_stream(self, peer: str) -> None:
+        self._streams[peer] -= 1
+        if self._streams[peer] <= 0:
+            del self._streams[peer]
+
+    async def _subscribe(
+        self,
+        request: pb.SubscribeRequest,
+        context: aio.ServicerContext[Any, Any],
+        key: ApiKey | None,
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        """The body of Subscribe, once the caller may and a stream slot is taken."""
+        try:
             max_outstanding, max_batch = _credit(request)
             if request.subscription:
                 self.auth.allow_names(key, "subscription", [request.subscription])

@@ -115,6 +115,7 @@ api_keys = sa.Table(
     sa.Column("secret_sha256", sa.String(64), nullable=False),
     sa.Column("scopes", sa.String(100), nullable=False),
     sa.Column("patterns", sa.Text(), nullable=True),
+    sa.Column("publish_rate", sa.Integer(), nullable=True),
     sa.Column("created_at", sa.BigInteger(), nullable=False),
     sa.Column("revoked_at", sa.BigInteger(), nullable=True),
 )

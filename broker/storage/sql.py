@@ -475,6 +475,7 @@ class SqlTx:
                 secret_sha256=key.secret_sha256,
                 scopes=",".join(sorted(key.scopes)),
                 patterns="\n".join(key.patterns) or None,
+                publish_rate=key.publish_rate,
                 created_at=key.created_at_us,
                 revoked_at=key.revoked_at_us,
             )
@@ -1035,6 +1036,7 @@ def _api_key_from_row(row: Any) -> ApiKey:
         patterns=tuple(row.patterns.split("\n")) if row.patterns else (),
         created_at_us=row.created_at,
         revoked_at_us=row.revoked_at,
+        publish_rate=row.publish_rate,
     )
 
 

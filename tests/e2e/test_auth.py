@@ -19,10 +19,11 @@ from broker.app import BrokerApp
 from broker.config import Settings, SettingsError
 from broker.domain import Scope
 from broker.storage import open_storage
-from eventbroker import Client, PermissionDenied, Unauthenticated
+from eventbroker import Client, PermissionDenied, ResourceExhausted, Unauthenticated
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.conftest import BrokerThread
+from tests.e2e.streams import StreamReader, subscribe
 
 WAIT_S = 10.0
 Stub = pb_grpc.EventBrokerServiceStub
@@ -266,3 +267,62 @@ def test_keys_from_the_command_line(broker_settings: Settings, tmp_path: Any) ->
     assert again.returncode == 1 and "revoked already" in again.stderr
     bad = broker("create", "x", "--scope", "nonsense")
     assert bad.returncode == 2
+
+
+def test_a_key_with_a_publish_rate_is_held_to_it(
+    broker_settings: Settings, broker_target: str
+) -> None:
+    token, key = new_key(
+        "slow", [Scope.PUBLISH, Scope.ADMIN], (), time.time_ns() // 1000, publish_rate=5
+    )
+    storage = open_storage(broker_settings.database_url)
+    try:
+        with storage.write() as tx:
+            tx.api_key_create(key)
+    finally:
+        storage.close()
+    with Client(broker_target, api_key=token) as client:
+        # More than the rate in one call can never fit in a second.
+        with pytest.raises(ResourceExhausted) as exhausted:
+            client.publish_batch([{"name": "order.new"}] * 6)
+        assert exhausted.value.reason == "PUBLISH_RATE_EXCEEDED"
+        assert "at most 5 events per second" in exhausted.value.message
+        assert len(client.publish_batch([{"name": "order.new"}] * 5)) == 5
+        assert client.get_stats().events == 5  # the refused batch stored nothing
+
+
+def test_stream_limits_in_all_and_per_connection(
+    broker_settings: Settings, readers: list[StreamReader]
+) -> None:
+    settings = dataclasses.replace(broker_settings, max_streams=2, max_streams_per_connection=1)
+    broker = BrokerThread(settings).start()
+    channels = [
+        grpc.insecure_channel(broker.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(3)
+    ]
+    try:
+        first, second, third = (pb_grpc.EventBrokerServiceStub(c) for c in channels)
+        first.CreateSubscription(
+            pb.CreateSubscriptionRequest(subscription=pb.Subscription(name="s", filter=["a.b"]))
+        )
+        held = subscribe(first, readers, "s")
+        assert held.nothing_within(0.2) and held.error is None
+        again = subscribe(first, readers, "s")
+        assert again.ended.wait(WAIT_S) and again.error is not None
+        assert again.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-streams-per-connection" in (again.error.details() or "")
+        other = subscribe(second, readers, "s")
+        assert other.nothing_within(0.2) and other.error is None
+        over = subscribe(third, readers, "s")
+        assert over.ended.wait(WAIT_S) and over.error is not None
+        assert over.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-streams)" in (over.error.details() or "")
+        held.close()  # a slot frees
+        after = subscribe(third, readers, "s")
+        assert after.nothing_within(0.3) and after.error is None
+    finally:
+        for reader in readers:
+            reader.close()
+        for channel in channels:
+            channel.close()
+        broker.stop()

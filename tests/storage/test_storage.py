@@ -469,6 +469,7 @@ def test_api_keys_are_stored_listed_and_revoked(storage: Storage) -> None:
         secret_sha256="ab" * 32,
         scopes=frozenset({Scope.PUBLISH, Scope.SUBSCRIBE}),
         patterns=("order.*", "billing"),
+        publish_rate=500,
         created_at_us=T0,
     )
     other = dataclasses.replace(key, key_id="k2", scopes=frozenset({Scope.ADMIN}), patterns=())

@@ -1,4 +1,4 @@
-"""API keys: scopes, optional name patterns, the SHA-256 of the secret, revocation.
+"""API keys: scopes, optional name patterns and publish rate, the secret's SHA-256, revocation.
 
 Revision ID: 0003
 Revises: 0002
@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("secret_sha256", sa.String(64), nullable=False),
         sa.Column("scopes", sa.String(100), nullable=False),
         sa.Column("patterns", sa.Text(), nullable=True),
+        sa.Column("publish_rate", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("revoked_at", sa.BigInteger(), nullable=True),
     )
