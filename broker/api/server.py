@@ -12,11 +12,10 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from broker.api.servicer import EventBrokerServicer
+from broker.api.servicer import EventBrokerServicer, add_to_server
 from broker.config import Settings
 from broker.engine.engine import DeliveryEngine
 from eventbroker.v1 import broker_pb2 as pb
-from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventBrokerService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -41,7 +40,7 @@ def build_server(
             ("grpc.so_reuseport", int(settings.reuse_port)),
         ]
     )
-    pb_grpc.add_EventBrokerServiceServicer_to_server(EventBrokerServicer(engine), server)
+    add_to_server(EventBrokerServicer(engine), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)

@@ -83,6 +83,8 @@ def unary(
     @functools.wraps(method)
     async def handler(self: Any, request: Req, context: aio.ServicerContext[Req, Resp]) -> Resp:
         try:
+            if isinstance(request, Undecodable):
+                raise request.refusal()
             return await method(self, request, context)
         except Exception as error:
             mapped = _as_broker_error(error)
@@ -159,6 +161,8 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         """Stream deliveries to a consumer, or new events to an ephemeral tail."""
         peer = context.peer()
         try:
+            if isinstance(request, Undecodable):
+                raise request.refusal()
             key = await self._key(context, Scope.SUBSCRIBE)
             self._open_stream(peer)
         except Exception as error:
@@ -435,7 +439,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
             after_delivery_id=after,
             limit=size + 1,
             name=request.name.lower() or None,
-            reason=DeadReason(request.reason) if request.reason else None,
+            reason=_dead_reason(request.reason),
         )
         letters = await self.engine.read(lambda tx: tx.dead_letter_list(params))
         next_token = (
@@ -475,7 +479,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
             sub,
             event_ids=list(request.event_ids),
             name=request.name.lower() or None,
-            reason=DeadReason(request.reason) if request.reason else None,
+            reason=_dead_reason(request.reason),
         )
         return pb.RedriveDeadLettersResponse(redriven_count=count)
 
@@ -627,3 +631,71 @@ def _rate(meters: dict[str, Any], subscription: str) -> float:
 def _allowed(key: ApiKey, name: str) -> bool:
     """Whether a key's name patterns (if any) let it use this name."""
     return not key.patterns or matches(key.patterns, name)
+
+
+def _dead_reason(value: int) -> DeadReason | None:
+    """The reason filter of a dead-letter request; 0 for any."""
+    if not value:
+        return None
+    try:
+        return DeadReason(value)
+    except ValueError:
+        known = ", ".join(f"{r.value} ({r.name})" for r in DeadReason if r.value)
+        raise invalid_argument(
+            [FieldViolation("reason", f"unknown dead reason {value}; one of {known}")]
+        ) from None
+
+
+class Undecodable:
+    """Stands in for a request whose bytes are not the message the method takes."""
+
+    def __init__(self, message_name: str, error: Exception) -> None:
+        self.message_name = message_name
+        self.error = error
+
+    def refusal(self) -> BrokerError:
+        """INVALID_ARGUMENT saying the request could not be read."""
+        return invalid_argument(
+            [
+                FieldViolation(
+                    "request", f"is not a valid {self.message_name} message ({self.error})"
+                )
+            ]
+        )
+
+
+def add_to_server(servicer: EventBrokerServicer, server: aio.Server) -> None:
+    """Register the service with deserializers that turn unreadable bytes into a refusal.
+
+    grpc's generated registration answers a request it cannot parse with UNKNOWN;
+    here such a request reaches the method as `Undecodable` and is refused with
+    INVALID_ARGUMENT, like any other bad input.
+    """
+    service = pb.DESCRIPTOR.services_by_name["EventBrokerService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_safe_parser(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
+def _safe_parser(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception as error:  # DecodeError, or a depth or size limit
+            return Undecodable(message_class.DESCRIPTOR.full_name, error)
+
+    return parse

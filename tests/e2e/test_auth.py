@@ -105,7 +105,7 @@ RPCS: list[tuple[str, Any, Scope]] = [
         "UpdateSubscription",
         pb.UpdateSubscriptionRequest(
             subscription=pb.Subscription(name="billing", max_attempts=3),
-            update_mask={"paths": ["max_attempts"]},
+            update_mask=["max_attempts"],
         ),
         Scope.ADMIN,
     ),
