@@ -6,13 +6,18 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from google.protobuf import duration_pb2
 
-from eventbroker import Client
+from broker.storage.sql import SqlStorage
+from eventbroker import Client, Unavailable
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
+from tests.conftest import TEST_SETTINGS, BrokerThread, sqlite_url
 from tests.e2e.streams import StreamReader, subscribe
 
 WAIT_S = 10.0
@@ -100,3 +105,51 @@ def test_a_slow_consumer_slows_only_itself(
     assert held.event_id not in {d.event_id for d in got}
     assert len(other.take(50)) == 50  # another subscription is not held up either
     assert slow.nothing_within(0.3)  # and the slow one was never sent past its credit
+
+
+def set_max_pages(storage: SqlStorage, pages: int | None) -> int:
+    """Cap the SQLite file at `pages` pages (None: as it is now); return the cap."""
+    with storage.write_engine.connect() as conn:  # the one writer connection
+        if pages is None:
+            pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+        return int(conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}").scalar_one())
+
+
+@pytest.fixture
+def sqlite_broker(tmp_path: Path) -> Iterator[BrokerThread]:
+    broker = BrokerThread(replace(TEST_SETTINGS, database_url=sqlite_url(tmp_path))).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing(
+    sqlite_broker: BrokerThread,
+) -> None:
+    """SQLite's page cap gives the broker the very error a full disk gives (SQLITE_FULL)."""
+    broker_server = sqlite_broker
+    storage = broker_server.app.storage
+    assert isinstance(storage, SqlStorage)
+    payload = {"pad": "x" * 4000}
+    with Client(broker_server.target) as client:
+        client.create_subscription("orders", "order.*")
+        before = [client.publish("order.new", payload).event_id for _ in range(5)]
+        set_max_pages(storage, None)  # no room left
+        messages: list[str] = []
+        for _ in range(20):
+            try:
+                client.publish("order.new", payload)
+            except Unavailable as error:
+                messages.append(error.message)
+        assert messages, "the capped file took every publish"
+        assert all("full" in message for message in messages), messages
+        set_max_pages(storage, 1_000_000)  # room again
+        after = client.publish("order.new", payload).event_id
+        received: set[str] = set()
+        for batch in client.subscribe("orders", max_outstanding=100):
+            received.update(m.event_id for m in batch)
+            client.ack(batch)
+            if received >= {*before, after}:
+                break
+    assert {*before, after} <= received
