@@ -17,12 +17,15 @@ from collections.abc import Collection, Iterable
 
 from broker.domain import StoredEvent
 
-#: Bytes of payload kept at most (about 30,000 events of 1 KiB).
-RECENT_EVENTS_MAX_BYTES = 32 * 1024 * 1024
+#: Bytes kept at most, payloads plus `ENTRY_OVERHEAD_BYTES` each (about 5,000 events
+#: of 1 KiB: seconds of traffic, which is what first deliveries need).
+RECENT_EVENTS_MAX_BYTES = 8 * 1024 * 1024
+#: What one remembered event costs besides its payload (objects, strings, dict slot).
+ENTRY_OVERHEAD_BYTES = 600
 
 
 class RecentEvents:
-    """A thread-safe LRU of stored events, bounded by payload bytes."""
+    """A thread-safe LRU of stored events, bounded by bytes."""
 
     def __init__(self, max_bytes: int = RECENT_EVENTS_MAX_BYTES) -> None:
         self._max_bytes = max_bytes
@@ -42,10 +45,10 @@ class RecentEvents:
                 if event.event_id in self._events:
                     continue
                 self._events[event.event_id] = event
-                self._bytes += len(event.payload)
+                self._bytes += len(event.payload) + ENTRY_OVERHEAD_BYTES
             while self._bytes > self._max_bytes and self._events:
                 _, old = self._events.popitem(last=False)
-                self._bytes -= len(old.payload)
+                self._bytes -= len(old.payload) + ENTRY_OVERHEAD_BYTES
 
     def get_many(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
         """The events of these ids that are remembered."""

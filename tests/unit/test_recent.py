@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from broker.domain import StoredEvent
-from broker.engine.recent import RecentEvents
+from broker.engine.recent import ENTRY_OVERHEAD_BYTES, RecentEvents
 
 
 def event(event_id: str, size: int) -> StoredEvent:
@@ -21,10 +21,10 @@ def event(event_id: str, size: int) -> StoredEvent:
 
 
 def test_recent_events_are_found_and_the_oldest_go_past_the_byte_bound() -> None:
-    recent = RecentEvents(max_bytes=250)
+    recent = RecentEvents(max_bytes=250 + 2 * ENTRY_OVERHEAD_BYTES)
     recent.put_many([event("a", 100), event("b", 100)])
     assert set(recent.get_many({"a", "b", "c"})) == {"a", "b"}
-    recent.put_many([event("c", 100)])  # 300 bytes: "a" goes
+    recent.put_many([event("c", 100)])  # three entries are over the bound: "a" goes
     assert set(recent.get_many({"a", "b", "c"})) == {"b", "c"}
     assert len(recent) == 2
     assert (recent.hits, recent.misses) == (4, 2)
