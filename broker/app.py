@@ -10,10 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from aiohttp import web
 from grpc import aio
 from grpc_health.v1 import health
 
+from broker.api.http import build_http_app
 from broker.api.server import build_server, set_serving
+from broker.api.servicer import EventBrokerServicer
 from broker.config import Settings, SettingsError
 from broker.engine.engine import DeliveryEngine, wall_clock_us
 from broker.storage import Storage, open_storage
@@ -32,6 +35,8 @@ class BrokerApp:
         self.server: aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self.port = 0
+        self.http_port = 0
+        self._http: web.AppRunner | None = None
 
     async def start(self) -> int:
         """Open and migrate the database, start the engine and serve; return the bound port."""
@@ -41,7 +46,8 @@ class BrokerApp:
         await asyncio.to_thread(self._check_exposure, storage)
         self.engine = DeliveryEngine(storage, self.settings, self.clock)
         await self.engine.start()
-        self.server, self._health = build_server(self.engine, self.settings)
+        servicer = EventBrokerServicer(self.engine)
+        self.server, self._health = build_server(self.engine, self.settings, servicer)
         credentials = _server_credentials(self.settings)
         if credentials is None:
             self.port = self.server.add_insecure_port(self.settings.listen)
@@ -50,6 +56,7 @@ class BrokerApp:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await self.server.start()
+        await self._start_http(servicer)
         await set_serving(self._health, True)
         _log.info(
             "broker listening on %s (port %d), database %s",
@@ -59,6 +66,26 @@ class BrokerApp:
         )
         return self.port
 
+    async def _start_http(self, servicer: EventBrokerServicer) -> None:
+        """Serve JSON ingest, metrics and a health check on `http_listen` (empty: none)."""
+        if not self.settings.http_listen:
+            return
+        host, _, port = self.settings.http_listen.rpartition(":")
+        self._http = web.AppRunner(build_http_app(servicer), access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(
+            self._http, host.strip("[]"), int(port), reuse_port=self.settings.reuse_port
+        )
+        await site.start()
+        server = site._server  # aiohttp keeps the bound sockets here
+        sockets = getattr(server, "sockets", None) or ()
+        self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
+        _log.info(
+            "http listening on %s (http port %d): /v1/events, /metrics, /healthz",
+            self.settings.http_listen,
+            self.http_port,
+        )
+
     def _check_exposure(self, storage: Storage) -> None:
         """Refuse to listen beyond loopback without keys, unless told to (then warn).
 
@@ -66,8 +93,8 @@ class BrokerApp:
             SettingsError: A non-loopback address, no API key, and no `insecure`.
 
         """
-        host = self.settings.listen.rsplit(":", 1)[0].strip("[]")
-        if _is_loopback(host):
+        addresses = [a for a in (self.settings.listen, self.settings.http_listen) if a]
+        if all(_is_loopback(a.rsplit(":", 1)[0].strip("[]")) for a in addresses):
             return
         with storage.read() as tx:
             keys = tx.api_key_active_count()
@@ -76,7 +103,8 @@ class BrokerApp:
         if not self.settings.insecure:
             storage.close()
             raise SettingsError(
-                f"listen={self.settings.listen!r}: beyond loopback the broker needs API keys "
+                f"listen={self.settings.listen!r}, http_listen={self.settings.http_listen!r}: "
+                "beyond loopback the broker needs API keys "
                 "(broker keys create NAME --scope ...) or an explicit --insecure"
             )
         _log.warning(
@@ -91,6 +119,8 @@ class BrokerApp:
             await set_serving(self._health, False)
         if self.engine is not None:
             await self.engine.end_streams()
+        if self._http is not None:
+            await self._http.cleanup()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
         if self.engine is not None:

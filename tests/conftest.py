@@ -31,6 +31,7 @@ REQUIRE_PG_ENV = "BROKER_REQUIRE_POSTGRES"
 #: Fast timers so tests about expiry and scheduling finish in a second or two.
 TEST_SETTINGS = Settings(
     listen="127.0.0.1:0",
+    http_listen="127.0.0.1:0",
     poll_interval_s=0.2,
     reaper_interval_s=0.05,
     maintenance_interval_s=0.2,

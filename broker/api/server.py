@@ -24,7 +24,7 @@ MAX_CONCURRENT_STREAMS = 1000
 
 
 def build_server(
-    engine: DeliveryEngine, settings: Settings
+    engine: DeliveryEngine, settings: Settings, servicer: EventBrokerServicer | None = None
 ) -> tuple[aio.Server, health.aio.HealthServicer]:
     """A gRPC server with the broker, reflection and health services (not started)."""
     limit = settings.grpc_max_message_bytes
@@ -40,7 +40,7 @@ def build_server(
             ("grpc.so_reuseport", int(settings.reuse_port)),
         ]
     )
-    add_to_server(EventBrokerServicer(engine), server)
+    add_to_server(servicer or EventBrokerServicer(engine), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)

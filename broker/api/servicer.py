@@ -65,7 +65,8 @@ async def abort_with(context: aio.ServicerContext[Any, Any], error: BrokerError)
     )
 
 
-def _as_broker_error(error: Exception) -> BrokerError | None:
+def as_broker_error(error: Exception) -> BrokerError | None:
+    """The broker error an exception stands for, or None for a surprise."""
     if isinstance(error, BrokerError):
         return error
     if isinstance(error, StorageUnavailableError):
@@ -87,7 +88,7 @@ def unary(
                 raise request.refusal()
             return await method(self, request, context)
         except Exception as error:
-            mapped = _as_broker_error(error)
+            mapped = as_broker_error(error)
             if mapped is None:
                 _log.exception("%s failed", method.__name__)
                 mapped = internal(f"{method.__name__} failed inside the broker; see its log")
@@ -140,6 +141,12 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     ) -> pb.BatchPublishResponse:
         """Store many events in one transaction."""
         key = await self._key(context, Scope.PUBLISH)
+        return await self.publish_batch(key, request)
+
+    async def publish_batch(
+        self, key: ApiKey | None, request: pb.BatchPublishRequest
+    ) -> pb.BatchPublishResponse:
+        """Validate and store a batch for an authorized caller (gRPC or HTTP)."""
         drafts = convert.drafts_from_batch(
             request.events, request.ByteSize(), self.settings, self.engine.clock()
         )
@@ -166,7 +173,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
             key = await self._key(context, Scope.SUBSCRIBE)
             self._open_stream(peer)
         except Exception as error:
-            mapped = _as_broker_error(error)
+            mapped = as_broker_error(error)
             if mapped is None:
                 raise
             await abort_with(context, mapped)
@@ -220,7 +227,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
                 return
             subscription = await self.engine.subscription(request.subscription)
         except Exception as error:
-            mapped = _as_broker_error(error)
+            mapped = as_broker_error(error)
             if mapped is None:
                 raise
             await abort_with(context, mapped)

@@ -35,6 +35,7 @@ from broker.domain import (
 from broker.engine.backoff import subscription_retry_delay_us
 from broker.engine.committer import Coalescer, Committer
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
+from broker.engine.metrics import BrokerMetrics
 from broker.engine.rates import RateMeter
 from broker.engine.recent import RecentEvents
 from broker.engine.wakeups import Wakeups
@@ -117,6 +118,7 @@ class DeliveryEngine:
             self.committer, self._insert_events, max_size=PUBLISH_JOIN_MAX_EVENTS, size_of=len
         )
         self.recent_events = RecentEvents()
+        self.metrics = BrokerMetrics()
         self.rates = Rates()
         self._dispatchers: dict[int, SubscriptionDispatcher] = {}
         self._holders: dict[str, tuple[ConsumerStream, SubscriptionDispatcher]] = {}
@@ -183,7 +185,11 @@ class DeliveryEngine:
     async def publish(self, drafts: Sequence[EventDraft]) -> list[PublishOutcome]:
         """Store events all or none, then wake the subscriptions they are ready in."""
         outcomes = await self._publishes.run(drafts)
-        self.rates.published.add(sum(1 for o in outcomes if not o.duplicate))
+        new = sum(1 for o in outcomes if not o.duplicate)
+        self.rates.published.add(new)
+        self.metrics.events_published.inc(new)
+        if new < len(outcomes):
+            self.metrics.events_duplicate.inc(len(outcomes) - new)
         now = self.clock()
         for draft, outcome in zip(drafts, outcomes, strict=True):
             if outcome.duplicate:
@@ -283,6 +289,12 @@ class DeliveryEngine:
             self._holders[delivery.ack_id] = (consumer, dispatcher)
             self._held_until[delivery.ack_id] = delivery.ack_deadline_us
         self.rates.delivered.setdefault(consumer.subscription, RateMeter()).add(len(deliveries))
+        self.metrics.deliveries.labels(consumer.subscription).inc(len(deliveries))
+        now = self.clock()
+        latency = self.metrics.delivery_latency.labels(consumer.subscription)
+        for delivery in deliveries:
+            if delivery.attempt == 1:
+                latency.observe(max(0, now - delivery.event.deliver_at_us) / 1_000_000)
 
     def _release_soon(self, ack_ids: Sequence[str]) -> None:
         """Give leases back in the background (called where awaiting is not possible)."""
@@ -366,6 +378,7 @@ class DeliveryEngine:
             consumer.outstanding.discard(ack_id)
             if acked:
                 self.rates.acked.setdefault(consumer.subscription, RateMeter()).add()
+                self.metrics.acks.labels(consumer.subscription).inc()
             if dispatcher.subscription_id not in woken:
                 woken.add(dispatcher.subscription_id)
                 dispatcher.wake()

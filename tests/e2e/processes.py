@@ -48,6 +48,8 @@ class BrokerProcess:
                     "serve",
                     "--listen",
                     "127.0.0.1:0",
+                    "--http-listen",
+                    "127.0.0.1:0",
                     "--database-url",
                     self.database_url,
                 ],

@@ -43,6 +43,8 @@ class Supervised:
                 str(processes),
                 "--listen",
                 f"127.0.0.1:{self.port}",
+                "--http-listen",
+                "127.0.0.1:0",
                 "--database-url",
                 database_url,
             ],

@@ -1,0 +1,141 @@
+"""The HTTP side with a plain HTTP client: JSON ingest, metrics, health."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from broker.api.auth import new_key
+from broker.config import Settings
+from broker.domain import Scope
+from broker.storage import open_storage
+from eventbroker import Client
+from tests.conftest import BrokerThread
+
+WAIT_S = 10.0
+
+
+def http(
+    broker: BrokerThread,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    token: str | None = None,
+) -> tuple[int, Any, dict[str, str]]:
+    """Status, decoded body (JSON or text) and headers of one request."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{broker.app.http_port}{path}", data=data, method=method
+    )
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT_S) as response:
+            status, payload, headers = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        status, payload, headers = error.code, error.read(), dict(error.headers)
+    kind = headers.get("Content-Type", "")
+    return status, json.loads(payload) if "json" in kind else payload.decode(), headers
+
+
+def test_ingest_one_event_or_many_like_batch_publish(broker_server: BrokerThread) -> None:
+    status, body, _ = http(
+        broker_server, "POST", "/v1/events", {"name": "user.joined", "data": {"plan": "pro"}}
+    )
+    assert status == 200
+    ((result),) = body["results"]
+    assert result["status"] == "PUBLISH_STATUS_CREATED"
+    with Client(broker_server.target) as client:
+        assert client.get_event(result["event_id"]).data == {"plan": "pro"}
+    events = [{"name": "order.new", "id": "o-1"}, {"name": "order.new", "id": "o-1"}]
+    status, body, _ = http(broker_server, "POST", "/v1/events", events)
+    assert status == 200
+    first, second = body["results"]
+    assert first["status"] == "PUBLISH_STATUS_CREATED"
+    assert second == {"event_id": first["event_id"], "status": "PUBLISH_STATUS_DUPLICATE"}
+
+
+def test_bad_input_gets_the_same_errors_and_stores_nothing(broker_server: BrokerThread) -> None:
+    def events_stored() -> int:
+        with Client(broker_server.target) as client:
+            return client.get_stats().events
+
+    status, body, _ = http(
+        broker_server, "POST", "/v1/events", [{"name": "ok.one"}, {"name": "bad name"}]
+    )
+    assert status == 400
+    assert body["error"]["code"] == "INVALID_ARGUMENT"
+    assert [v["field"] for v in body["error"]["field_violations"]] == ["events[1].name"]
+    status, body, _ = http(broker_server, "POST", "/v1/events", raw=b'{"name": "a", "data": NaN}')
+    assert status == 400 and "NaN" in body["error"]["field_violations"][0]["description"]
+    status, body, _ = http(broker_server, "POST", "/v1/events", raw=b"not json")
+    assert status == 400 and body["error"]["field_violations"][0]["field"] == "body"
+    status, body, _ = http(broker_server, "POST", "/v1/events", {"name": "a", "nope": 1})
+    assert status == 400 and "nope" in body["error"]["field_violations"][0]["description"]
+    status, body, _ = http(broker_server, "POST", "/v1/events", [{"name": "a"}] * 1001)
+    assert status == 400 and "limit is 1000" in json.dumps(body)
+    big = {"name": "big.one", "data": {"pad": "x" * (300 * 1024)}}
+    status, body, _ = http(broker_server, "POST", "/v1/events", big)
+    assert status == 413 and body["error"]["reason"] == "SIZE_LIMIT_EXCEEDED"
+    assert events_stored() == 0
+
+
+def test_metrics_in_prometheus_format(broker_server: BrokerThread) -> None:
+    with Client(broker_server.target) as client:
+        client.create_subscription("billing", "order.*")
+        client.publish_batch([{"name": "order.new"}] * 3)
+        for batch in client.subscribe("billing", max_outstanding=10):
+            client.ack(batch[:2])
+            break
+    status, text, headers = http(broker_server, "GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert "eventbroker_events_published_total 3.0" in text
+    assert 'eventbroker_deliveries_total{subscription="billing"} 3.0' in text
+    assert 'eventbroker_acks_total{subscription="billing"} 2.0' in text
+    assert 'eventbroker_deliveries_by_state{state="in_flight",subscription="billing"}' in text
+    assert 'eventbroker_delivery_latency_seconds_count{subscription="billing"} 3.0' in text
+    assert "eventbroker_stored_events 3.0" in text
+
+
+def test_health(broker_server: BrokerThread) -> None:
+    status, text, _ = http(broker_server, "GET", "/healthz")
+    assert (status, text) == (200, "ok\n")
+
+
+@pytest.fixture
+def broker_settings(any_database_settings: Settings) -> Settings:
+    """Keys are read on every call here, so a key made by a test counts at once."""
+    return dataclasses.replace(any_database_settings, api_key_cache_s=0.0)
+
+
+def test_the_same_bearer_keys(broker_server: BrokerThread, broker_settings: Settings) -> None:
+    keys = {}
+    storage = open_storage(broker_settings.database_url)
+    try:
+        with storage.write() as tx:
+            for scope in (Scope.PUBLISH, Scope.SUBSCRIBE, Scope.ADMIN):
+                token, key = new_key("http", [scope], (), time.time_ns() // 1000)
+                tx.api_key_create(key)
+                keys[scope] = token
+    finally:
+        storage.close()
+    event = {"name": "order.new"}
+    status, body, headers = http(broker_server, "POST", "/v1/events", event)
+    assert status == 401 and body["error"]["code"] == "UNAUTHENTICATED"
+    assert headers["WWW-Authenticate"] == "Bearer"
+    status, body, _ = http(broker_server, "POST", "/v1/events", event, token=keys[Scope.SUBSCRIBE])
+    assert status == 403 and body["error"]["reason"] == "SCOPE_MISSING"
+    status, _, _ = http(broker_server, "POST", "/v1/events", event, token=keys[Scope.PUBLISH])
+    assert status == 200
+    assert http(broker_server, "GET", "/metrics")[0] == 401
+    assert http(broker_server, "GET", "/metrics", token=keys[Scope.ADMIN])[0] == 200
+    assert http(broker_server, "GET", "/healthz")[0] == 200
