@@ -125,7 +125,8 @@ def serve(
 ) -> None:
     """Run the broker until SIGTERM or Ctrl-C."""
     from broker.app import serve as run_broker
-    from broker.supervisor import Supervisor, check_processes, configure_logging
+    from broker.logs import configure_logging
+    from broker.supervisor import Supervisor, check_processes
 
     configure_logging(log_level)
     try:

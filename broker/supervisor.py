@@ -23,6 +23,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from broker.config import Settings, SettingsError
+from broker.logs import configure_logging
 from broker.storage import open_storage
 
 _log = logging.getLogger(__name__)
@@ -32,13 +33,6 @@ HEALTHY_AFTER_S = 10.0
 RESTART_DELAY_MAX_S = 30.0
 #: Beyond the grace period, how long stopping processes get before they are killed.
 KILL_AFTER_S = 10.0
-LOG_FORMAT = "time=%(asctime)s level=%(levelname)s pid=%(process)d logger=%(name)s msg=%(message)r"
-
-
-def configure_logging(level: str) -> None:
-    """Key=value log lines at `level`, in this process."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def check_processes(settings: Settings, processes: int) -> None:

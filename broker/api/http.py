@@ -25,6 +25,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from broker import logs
 from broker.api.servicer import EventBrokerServicer, as_broker_error
 from broker.domain import Scope
 from broker.errors import BrokerError, FieldViolation, internal, invalid_argument
@@ -117,6 +118,7 @@ def build_http_app(servicer: EventBrokerServicer) -> web.Application:
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Broker errors, storage errors and surprises as JSON errors; aiohttp's own pass."""
+    logs.request_id.set(logs.request_id_from(request.headers.items()) or "-")
     try:
         return await handler(request)
     except web.HTTPException:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from broker import config
+from broker import config, logs
 from broker.api import convert
 from broker.api.auth import Authenticator
 from broker.domain import US_PER_S, ApiKey, DeadReason, DeliveryInfo, DeliveryState, Scope
@@ -83,6 +83,7 @@ def unary(
 
     @functools.wraps(method)
     async def handler(self: Any, request: Req, context: aio.ServicerContext[Req, Resp]) -> Resp:
+        logs.request_id.set(logs.request_id_from(context.invocation_metadata()) or "-")
         try:
             if isinstance(request, Undecodable):
                 raise request.refusal()
@@ -167,6 +168,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     ) -> AsyncIterator[pb.SubscribeResponse]:
         """Stream deliveries to a consumer, or new events to an ephemeral tail."""
         peer = context.peer()
+        logs.request_id.set(logs.request_id_from(context.invocation_metadata()) or "-")
         try:
             if isinstance(request, Undecodable):
                 raise request.refusal()
