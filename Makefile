@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+BROWSER_STAMP := $(VENV)/.installed-browser
+# apt-get as root, else through sudo (the dashboard test drives Debian's chromium)
+APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) apt-get
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
@@ -27,7 +30,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 run: $(STAMP) ## Start the broker on 127.0.0.1:50051 with ./broker.db
 	$(VENV)/bin/broker serve
 
-test: $(STAMP) ## Run the whole test suite (PostgreSQL tests need BROKER_TEST_DATABASE_URL)
+$(BROWSER_STAMP): $(STAMP)
+	command -v chromium >/dev/null 2>&1 || $(APT) install -y -q chromium \
+	  || ($(APT) update -q && $(APT) install -y -q chromium)
+	touch $(BROWSER_STAMP)
+
+test: $(STAMP) $(BROWSER_STAMP) ## Run the whole test suite (PostgreSQL tests need BROKER_TEST_DATABASE_URL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP) ## Regenerate the stubs in clients/python/src/eventbroker/v1

@@ -4,6 +4,12 @@
                       message in JSON (`{"name": "user.joined", "data": {...}}`);
                       the same bearer key, validation, limits and response as
                       `BatchPublish` (`{"results": [{"event_id": ..., "status": ...}]}`)
+    POST /v1/rpc/<Method>
+                      any unary RPC of the service, its request and response in
+                      JSON (`/v1/rpc/GetStats`, `/v1/rpc/RedriveDeadLetters`, ...),
+                      through the very servicer the gRPC server runs: the same keys,
+                      checks and errors; the dashboard speaks this
+    GET  /            the live dashboard (see `broker/api/dashboard.html`)
     GET  /metrics     Prometheus text format (admin scope once keys exist)
     GET  /healthz     200 while the broker serves
 
@@ -18,11 +24,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 from aiohttp import web
 from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from broker import logs
@@ -109,9 +117,37 @@ def build_http_app(servicer: EventBrokerServicer) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    async def rpc(request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if method not in UNARY_METHODS:
+            raise web.HTTPNotFound(text=f"no unary RPC {method!r}")
+        request_class = UNARY_METHODS[method]
+        try:
+            body = await request.json(loads=_strict_loads) if request.can_read_body else {}
+            message = json_format.ParseDict(body, request_class())
+        except (ValueError, json_format.ParseError) as error:
+            raise invalid_argument([FieldViolation("body", str(error))]) from None
+        context = _HttpCallContext(request)
+        try:
+            response = await getattr(servicer, method)(message, context)
+        except _AbortedError as aborted:
+            return error_response(aborted.error)
+        return web.json_response(
+            json_format.MessageToDict(
+                response,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            )
+        )
+
+    async def dashboard(request: web.Request) -> web.Response:
+        return web.Response(text=DASHBOARD_HTML, content_type="text/html")
+
     app.router.add_post("/v1/events", ingest)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/rpc/{method}", rpc)
+    app.router.add_get("/", dashboard)
     return app
 
 
@@ -129,6 +165,62 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             _log.exception("%s %s failed", request.method, request.path)
             mapped = internal(f"{request.method} {request.path} failed inside the broker")
         return error_response(mapped)
+
+
+def _unary_methods() -> dict[str, Any]:
+    """The request class of each unary RPC, by name."""
+    service = pb.DESCRIPTOR.services_by_name["EventBrokerService"]
+    return {
+        m.name: getattr(pb, m.input_type.name) for m in service.methods if not m.server_streaming
+    }
+
+
+UNARY_METHODS = _unary_methods()
+DASHBOARD_HTML = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+class _AbortedError(Exception):
+    """A servicer method ended the call with an error status."""
+
+    def __init__(self, error: BrokerError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _HttpCallContext:
+    """What a unary servicer method needs of a gRPC call, for one HTTP request."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return [(k.lower(), v) for k, v in self._request.headers.items()]
+
+    def peer(self) -> str:
+        return f"http:{self._request.remote}"
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> None:
+        error = BrokerError(code, code.name, details)
+        for key, value in trailing_metadata or ():
+            if key == "grpc-status-details-bin":
+                error = _from_status(code, details, value)
+        raise _AbortedError(error)
+
+
+def _from_status(code: grpc.StatusCode, message: str, raw: bytes) -> BrokerError:
+    """A BrokerError back from the google.rpc.Status the servicer sent."""
+    status = status_pb2.Status.FromString(raw)
+    reason, violations = code.name, []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(info):
+            reason = info.reason
+        elif detail.Unpack(bad):
+            violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    return BrokerError(code, reason, message, violations)
 
 
 def _strict_loads(text: str) -> Any:

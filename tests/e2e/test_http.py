@@ -139,3 +139,22 @@ def test_the_same_bearer_keys(broker_server: BrokerThread, broker_settings: Sett
     assert http(broker_server, "GET", "/metrics")[0] == 401
     assert http(broker_server, "GET", "/metrics", token=keys[Scope.ADMIN])[0] == 200
     assert http(broker_server, "GET", "/healthz")[0] == 200
+
+
+def test_every_unary_rpc_in_json(broker_server: BrokerThread) -> None:
+    status, body, _ = http(
+        broker_server,
+        "POST",
+        "/v1/rpc/CreateSubscription",
+        {"subscription": {"name": "mails", "filter": ["user.*"], "ack_deadline": "45s"}},
+    )
+    assert status == 200 and body["subscription"]["ack_deadline"] == "45s"
+    status, body, _ = http(broker_server, "POST", "/v1/rpc/GetStats", {})
+    assert status == 200 and body["subscriptions"][0]["subscription"] == "mails"
+    status, body, _ = http(broker_server, "POST", "/v1/rpc/GetSubscription", {"name": "nope"})
+    assert status == 404 and body["error"]["reason"] == "SUBSCRIPTION_NOT_FOUND"
+    status, body, _ = http(broker_server, "POST", "/v1/rpc/Ack", {"ack_ids": []})
+    assert status == 400 and body["error"]["field_violations"][0]["field"] == "ack_ids"
+    assert http(broker_server, "POST", "/v1/rpc/Subscribe", {})[0] == 404  # a stream: gRPC only
+    status, body, _ = http(broker_server, "GET", "/")
+    assert status == 200 and "<title>eventbroker</title>" in body

@@ -1,0 +1,90 @@
+"""The live dashboard, in a real headless browser (Debian's chromium through playwright).
+
+`make test` installs chromium; without it the test skips locally and fails in CI
+(`BROKER_REQUIRE_BROWSER=1`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventbroker import Client
+from tests.conftest import BrokerThread
+
+WAIT_MS = 10_000
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def page(broker_server: BrokerThread) -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        message = "the dashboard test needs Debian's chromium (make test installs it)"
+        if os.environ.get("BROKER_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+            tab.goto(f"http://127.0.0.1:{broker_server.app.http_port}/")
+            yield tab
+        finally:
+            browser.close()
+
+
+def cell(page: Any, subscription: str, column: str) -> Any:
+    return page.locator(f'#subscriptions tr[data-subscription="{subscription}"] td.{column}')
+
+
+def test_the_dashboard_updates_live_explains_and_redrives(
+    page: Any, broker_server: BrokerThread, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    with Client(broker_server.target) as client:
+        client.create_subscription("billing", "order.*")
+        expect(cell(page, "billing", "ready")).to_have_text("0", timeout=WAIT_MS)
+        published = [r.event_id for r in client.publish_batch([{"name": "order.new"}] * 3)]
+        # The numbers change without a reload.
+        expect(cell(page, "billing", "ready")).to_have_text("3", timeout=WAIT_MS)
+        expect(page.locator("#events-stored")).to_have_text("3", timeout=WAIT_MS)
+
+        for batch in client.subscribe("billing", max_outstanding=3):
+            client.ack(batch[:1])
+            client.nack(batch[1:2], terminal=True, error="card declined")
+            break
+        expect(cell(page, "billing", "acked")).to_have_text("1", timeout=WAIT_MS)
+        expect(cell(page, "billing", "dead")).to_have_text("1", timeout=WAIT_MS)
+
+        # Why is it waiting: the third, given back when the stream closed, waits for one.
+        held = batch[2].event_id
+        page.fill("#event-id", held)
+        page.click("#event-search")
+        expect(page.locator('#event-result li[data-subscription="billing"]')).to_contain_text(
+            "waiting for a consumer", timeout=WAIT_MS
+        )
+
+        # The dead letter, its reason and error, and redrive from the page.
+        dead = batch[1].event_id
+        page.select_option("#dlq-subscription", "billing")
+        row = page.locator(f'#dlq tr[data-event-id="{dead}"]')
+        expect(row).to_contain_text("card declined", timeout=WAIT_MS)
+        expect(row).to_contain_text("nacked_terminal")
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        row.locator("button.redrive").click()
+        expect(row).to_have_count(0, timeout=WAIT_MS)
+        expect(cell(page, "billing", "dead")).to_have_text("0", timeout=WAIT_MS)
+        status = client.get_event(dead).delivery("billing")
+        assert status is not None and status.state == "ready"
+    assert set(published) >= {held, dead}
+    shot = tmp_path / "dashboard.png"
+    assert shot.stat().st_size > 10_000
+    shutil.copy(shot, Path(os.environ.get("BROKER_SCREENSHOT_DIR", tmp_path)) / "dashboard.png")
