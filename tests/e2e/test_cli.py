@@ -119,3 +119,51 @@ def _read_available(process: subprocess.Popen[str]) -> str:
             break
         chunks.append(data.decode())
     return "".join(chunks)
+
+
+def test_stats_watch_refreshes_until_interrupted(broker_target: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    with Client(broker_target) as client:
+        client.create_subscription("watched", "w.*")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from broker.cli import main; main()", "stats", "--watch", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "EVENTBROKER_TARGET": broker_target,
+            "COLUMNS": "200",
+            "TTY_INTERACTIVE": "1",
+            "TTY_COMPATIBLE": "1",
+        },
+    )
+    seen: list[str] = []
+    refreshed = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "watched" in line and line.split("│")[3].strip() == "2":  # ready column
+                refreshed.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        with Client(broker_target) as client:
+            client.publish_batch([{"name": "w.x"}] * 2)
+        assert refreshed.wait(15), "".join(seen[-20:])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
