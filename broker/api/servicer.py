@@ -65,6 +65,14 @@ async def abort_with(context: aio.ServicerContext[Any, Any], error: BrokerError)
     )
 
 
+async def _abort_mapped(context: aio.ServicerContext[Any, Any], error: Exception) -> None:
+    """End a stream with the broker error `error` stands for; re-raise a surprise."""
+    mapped = as_broker_error(error)
+    if mapped is None:
+        raise error
+    await abort_with(context, mapped)
+
+
 def as_broker_error(error: Exception) -> BrokerError | None:
     """The broker error an exception stands for, or None for a surprise."""
     if isinstance(error, BrokerError):
@@ -175,10 +183,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
             key = await self._key(context, Scope.SUBSCRIBE)
             self._open_stream(peer)
         except Exception as error:
-            mapped = as_broker_error(error)
-            if mapped is None:
-                raise
-            await abort_with(context, mapped)
+            await _abort_mapped(context, error)
             return
         try:
             async for response in self._subscribe(request, context, key):
@@ -229,10 +234,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
                 return
             subscription = await self.engine.subscription(request.subscription)
         except Exception as error:
-            mapped = as_broker_error(error)
-            if mapped is None:
-                raise
-            await abort_with(context, mapped)
+            await _abort_mapped(context, error)
             return
         if subscription is None:
             await abort_with(context, not_found("subscription", request.subscription))

@@ -14,7 +14,6 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from broker.api.auth import new_key
 from broker.app import BrokerApp
 from broker.config import Settings, SettingsError
 from broker.domain import Scope
@@ -23,22 +22,11 @@ from eventbroker import Client, PermissionDenied, ResourceExhausted, Unauthentic
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.conftest import BrokerThread
+from tests.e2e.keys import make_key
 from tests.e2e.streams import StreamReader, subscribe
 
 WAIT_S = 10.0
 Stub = pb_grpc.EventBrokerServiceStub
-
-
-def make_key(database_url: str, *scopes: Scope, names: tuple[str, ...] = ()) -> str:
-    """A key stored straight in the broker's database, as `broker keys create` does."""
-    token, key = new_key("test", scopes, names, time.time_ns() // 1000)
-    storage = open_storage(database_url)
-    try:
-        with storage.write() as tx:
-            tx.api_key_create(key)
-    finally:
-        storage.close()
-    return token
 
 
 @pytest.fixture
@@ -272,15 +260,7 @@ def test_keys_from_the_command_line(broker_settings: Settings, tmp_path: Any) ->
 def test_a_key_with_a_publish_rate_is_held_to_it(
     broker_settings: Settings, broker_target: str
 ) -> None:
-    token, key = new_key(
-        "slow", [Scope.PUBLISH, Scope.ADMIN], (), time.time_ns() // 1000, publish_rate=5
-    )
-    storage = open_storage(broker_settings.database_url)
-    try:
-        with storage.write() as tx:
-            tx.api_key_create(key)
-    finally:
-        storage.close()
+    token = make_key(broker_settings.database_url, Scope.PUBLISH, Scope.ADMIN, publish_rate=5)
     with Client(broker_target, api_key=token) as client:
         # More than the rate in one call can never fit in a second.
         with pytest.raises(ResourceExhausted) as exhausted:

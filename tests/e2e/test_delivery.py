@@ -319,7 +319,7 @@ def test_disconnect_gives_deliveries_back_at_once(stub: Stub, readers: list[Stre
     held = first_consumer.take(3)
     first_consumer.close()
     second_consumer = subscribe(stub, readers, "leave", max_outstanding=5)
-    again = second_consumer.take(3, timeout=5)  # far sooner than the 30 s deadline
+    again = second_consumer.take(3, timeout=10)  # far sooner than the 30 s deadline
     assert {d.event_id for d in again} == {d.event_id for d in held}
     assert {d.attempt for d in again} == {2}
 

@@ -156,17 +156,10 @@ def _json_documents(text: str) -> list[dict[str, Any]]:
 
 
 def test_an_api_key_through_grpcurl_header(grpcurl: Any, broker_settings: Any) -> None:
-    from broker.api.auth import new_key
     from broker.domain import Scope
-    from broker.storage import open_storage
+    from tests.e2e.keys import make_key
 
-    token, key = new_key("grpcurl", [Scope.PUBLISH], (), time.time_ns() // 1000)
-    storage = open_storage(broker_settings.database_url)
-    try:
-        with storage.write() as tx:
-            tx.api_key_create(key)
-    finally:
-        storage.close()
+    token = make_key(broker_settings.database_url, Scope.PUBLISH)
     publish = f"{SERVICE}/Publish"
     event = {"event": {"name": "user.joined"}}
     deadline = time.monotonic() + 10  # the broker re-reads keys within seconds

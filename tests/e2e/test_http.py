@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 import pytest
 
-from broker.api.auth import new_key
 from broker.config import Settings
 from broker.domain import Scope
-from broker.storage import open_storage
 from eventbroker import Client
 from tests.conftest import BrokerThread
+from tests.e2e.keys import make_key
 
 WAIT_S = 10.0
 
@@ -118,16 +116,8 @@ def broker_settings(any_database_settings: Settings) -> Settings:
 
 
 def test_the_same_bearer_keys(broker_server: BrokerThread, broker_settings: Settings) -> None:
-    keys = {}
-    storage = open_storage(broker_settings.database_url)
-    try:
-        with storage.write() as tx:
-            for scope in (Scope.PUBLISH, Scope.SUBSCRIBE, Scope.ADMIN):
-                token, key = new_key("http", [scope], (), time.time_ns() // 1000)
-                tx.api_key_create(key)
-                keys[scope] = token
-    finally:
-        storage.close()
+    url = broker_settings.database_url
+    keys = {scope: make_key(url, scope) for scope in (Scope.PUBLISH, Scope.SUBSCRIBE, Scope.ADMIN)}
     event = {"name": "order.new"}
     status, body, headers = http(broker_server, "POST", "/v1/events", event)
     assert status == 401 and body["error"]["code"] == "UNAUTHENTICATED"
