@@ -17,7 +17,7 @@ import pytest
 from eventbroker import Client
 
 START_TIMEOUT_S = 30.0
-_LISTENING_RE = re.compile(r"pid=(\d+) logger=broker\.app msg='broker listening")
+_LISTENING_RE = re.compile(r"pid=(\d+) logger=broker\.app [^\n]*?msg='broker listening")
 
 
 def free_port() -> int:
