@@ -84,10 +84,7 @@ def build_http_app(servicer: EventBrokerServicer) -> web.Application:
 
     async def ingest(request: web.Request) -> web.Response:
         key = await servicer.auth.authorize(request.headers.items(), Scope.PUBLISH)
-        try:
-            body = await request.json(loads=_strict_loads)
-        except ValueError as error:
-            raise invalid_argument([FieldViolation("body", f"is not JSON: {error}")]) from None
+        body = await _json_body(request)
         items = body if isinstance(body, list) else [body]
         events = []
         for index, item in enumerate(items):
@@ -122,10 +119,10 @@ def build_http_app(servicer: EventBrokerServicer) -> web.Application:
         if method not in UNARY_METHODS:
             raise web.HTTPNotFound(text=f"no unary RPC {method!r}")
         request_class = UNARY_METHODS[method]
+        body = await _json_body(request) if request.can_read_body else {}
         try:
-            body = await request.json(loads=_strict_loads) if request.can_read_body else {}
             message = json_format.ParseDict(body, request_class())
-        except (ValueError, json_format.ParseError) as error:
+        except json_format.ParseError as error:
             raise invalid_argument([FieldViolation("body", str(error))]) from None
         context = _HttpCallContext(request)
         try:
@@ -221,6 +218,14 @@ def _from_status(code: grpc.StatusCode, message: str, raw: bytes) -> BrokerError
         elif detail.Unpack(bad):
             violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
     return BrokerError(code, reason, message, violations)
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body, or INVALID_ARGUMENT naming the body."""
+    try:
+        return await request.json(loads=_strict_loads)
+    except ValueError as error:
+        raise invalid_argument([FieldViolation("body", f"is not JSON: {error}")]) from None
 
 
 def _strict_loads(text: str) -> Any:

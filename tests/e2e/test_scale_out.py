@@ -34,6 +34,19 @@ class Pair:
         self.stubs = [pb_grpc.EventBrokerServiceStub(c) for c in self.channels]
         self.clients = [Client(b.target) for b in self.brokers]
 
+    def stop_second(self) -> None:
+        """Stop the second broker for good (close() then skips it)."""
+        self.clients.pop().close()
+        self.channels.pop().close()
+        self.brokers.pop().stop()
+
+    def idle_consumer(self, readers: list[StreamReader]) -> StreamReader:
+        """Subscription "billing" made on the first broker, consumed there, nothing yet."""
+        self.clients[0].create_subscription("billing", "order.*")
+        reader = subscribe(self.stubs[0], readers, "billing", max_outstanding=10)
+        assert reader.nothing_within(0.3)  # attached and idle
+        return reader
+
     def close(self) -> None:
         for client in self.clients:
             client.close()
@@ -53,11 +66,8 @@ def pair(postgres_url: str) -> Iterator[Pair]:
 def test_a_publish_on_one_broker_wakes_a_consumer_on_the_other(
     pair: Pair, readers: list[StreamReader]
 ) -> None:
-    first, second = pair.clients
-    first.create_subscription("billing", "order.*")
-    reader = subscribe(pair.stubs[0], readers, "billing", max_outstanding=10)
-    assert reader.nothing_within(0.3)  # attached and idle
-    published = second.publish("order.new", {"n": 1})
+    reader = pair.idle_consumer(readers)
+    published = pair.clients[1].publish("order.new", {"n": 1})
     (delivery,) = reader.take(1, timeout=WAKE_S)
     assert delivery.event_id == published.event_id
 
@@ -65,18 +75,11 @@ def test_a_publish_on_one_broker_wakes_a_consumer_on_the_other(
 def test_a_delayed_event_comes_due_on_the_broker_with_the_consumer(
     pair: Pair, readers: list[StreamReader]
 ) -> None:
-    first, second = pair.clients
-    first.create_subscription("billing", "order.*")
-    reader = subscribe(pair.stubs[0], readers, "billing", max_outstanding=10)
-    assert reader.nothing_within(0.3)
+    reader = pair.idle_consumer(readers)
     # The publishing broker goes away before the event is due: the other one
     # must have scheduled its own timer from the wake-up message.
-    published = second.publish("order.later", delay=timedelta(seconds=1))
-    pair.clients[1].close()
-    pair.brokers[1].stop()
-    pair.brokers.pop()
-    pair.clients.pop()
-    pair.channels.pop().close()
+    published = pair.clients[1].publish("order.later", delay=timedelta(seconds=1))
+    pair.stop_second()
     (delivery,) = reader.take(1, timeout=WAKE_S)
     assert delivery.event_id == published.event_id
 
@@ -100,11 +103,8 @@ def test_an_ack_on_one_broker_frees_the_concurrency_slot_on_the_other(
 def test_a_subscription_deleted_on_one_broker_ends_streams_on_the_other(
     pair: Pair, readers: list[StreamReader]
 ) -> None:
-    first, second = pair.clients
-    first.create_subscription("billing", "order.*")
-    reader = subscribe(pair.stubs[0], readers, "billing", max_outstanding=10)
-    assert reader.nothing_within(0.3)
-    second.delete_subscription("billing")
+    reader = pair.idle_consumer(readers)
+    pair.clients[1].delete_subscription("billing")
     assert reader.ended.wait(WAKE_S)
     assert reader.error is not None and reader.error.code() == grpc.StatusCode.NOT_FOUND
 

@@ -243,14 +243,18 @@ class BrokerPeer(Peer):
         self.process = await asyncio.to_thread(BrokerProcess(url, log).start)
         self.channels = Channels(self.process.target)
 
-    async def stop(self) -> None:
-        """Stop the broker and drop what it stored."""
+    async def _stop_process(self) -> None:
+        """Close the channels and stop the broker process, if running."""
         if self.channels is not None:
             await self.channels.close()
             self.channels = None
         if self.process is not None:
             await asyncio.to_thread(self.process.terminate)
             self.process = None
+
+    async def stop(self) -> None:
+        """Stop the broker and drop what it stored."""
+        await self._stop_process()
         for name in self.databases:
             await asyncio.to_thread(drop_database, self.pg_url, name)
         self.databases.clear()
@@ -523,12 +527,7 @@ class BrokerPostgresPeer(BrokerPeer):
         processes sharing the port. The single broker of the other workloads
         is stopped first so that it takes no CPU.
         """
-        if self.channels is not None:
-            await self.channels.close()
-            self.channels = None
-        if self.process is not None:
-            await asyncio.to_thread(self.process.terminate)
-            self.process = None
+        await self._stop_process()
         plan = dataclasses.replace(self.plan, events=self.plan.scale_events)
         figures: dict[str, float] = {}
         capped = False
