@@ -15,16 +15,20 @@ BENCH_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+# Every install goes through constraints.txt: the versions tested, so a new release
+# of a tool cannot turn a green main red overnight (`make lock` refreshes them).
+PIP_INSTALL := $(PY) -m pip install --quiet -c constraints.txt
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e clients/python -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the broker, the client and the dev tools
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PIP_INSTALL) -e '.[bench]'
 	touch $(BENCH_STAMP)
 
 run: $(STAMP) ## Start the broker on 127.0.0.1:50051 with ./broker.db
@@ -65,7 +69,14 @@ bench-scale: $(STAMP) ## One broker process against two on the local PostgreSQL
 
 check: proto-check lint typecheck test ## Everything CI runs
 
+lock: ## Re-resolve the dependencies to their newest versions and pin them in constraints.txt
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet ./clients/python '.[dev]'
+	{ sed -n '1,2p' constraints.txt; .venv-lock/bin/pip freeze --all | grep -v '^eventbroker'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-lock
+
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install run test proto proto-check lint format typecheck bench bench-scale check clean
+.PHONY: help install run test proto proto-check lint format typecheck bench bench-scale check lock clean

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import random
 
+from tenacity import RetryCallState
+from tenacity.wait import wait_exponential
+
 from broker.domain import Subscription
+
+#: Our own generator, so that the shared `random` of an embedding program is left alone.
+_jitter = random.Random()
 
 
 def retry_delay_us(attempt: int, min_us: int, max_us: int) -> int:
@@ -20,7 +26,7 @@ def retry_delay_us(attempt: int, min_us: int, max_us: int) -> int:
     exponent = max(attempt - 1, 0)
     ceiling = max_us if exponent >= 62 else min(max_us, min_us * (1 << exponent))
     floor = min(ceiling, max(min_us, ceiling // 2))
-    return random.randint(floor, ceiling) if ceiling > floor else ceiling
+    return _jitter.randint(floor, ceiling) if ceiling > floor else ceiling
 
 
 def subscription_retry_delay_us(subscription: Subscription, attempt: int) -> int:
@@ -29,3 +35,15 @@ def subscription_retry_delay_us(subscription: Subscription, attempt: int) -> int
     if table:
         return table[min(attempt, len(table)) - 1]
     return retry_delay_us(attempt, subscription.min_backoff_us, subscription.max_backoff_us)
+
+
+class wait_jittered_exponential(wait_exponential):
+    """tenacity's `wait_random_exponential` ("full jitter"), drawing from our own generator.
+
+    tenacity's own draws from the shared `random`, which an embedding program
+    (or a property-based test generating its examples) may have seeded.
+    """
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        """A delay drawn between 0 and the exponential value."""
+        return _jitter.uniform(0, super().__call__(retry_state))

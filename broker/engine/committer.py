@@ -29,8 +29,8 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 
+from broker.engine.backoff import wait_jittered_exponential
 from broker.storage.interface import Storage, StorageConflictError, StorageTx
 
 T = TypeVar("T")
@@ -115,7 +115,7 @@ class Committer:
             for attempt in Retrying(
                 retry=retry_if_exception_type(StorageConflictError),
                 stop=stop_after_attempt(CONFLICT_ATTEMPTS),
-                wait=wait_random_exponential(multiplier=0.002, max=0.05),
+                wait=wait_jittered_exponential(multiplier=0.002, max=0.05),
                 reraise=True,
             ):
                 with attempt, self._storage.write() as tx:

@@ -22,6 +22,9 @@ from broker.storage.interface import StorageUnavailableError
 
 _log = logging.getLogger(__name__)
 _consumer_ids = itertools.count(1)
+#: The broker's own generator: drawing from the shared `random` would move the
+#: sequence of an application (or a test) that embeds the broker and seeds it.
+_jitter = random.Random()
 
 #: Leases for the subscription: (subscription id, requests) -> deliveries per consumer.
 LeaseFn = Callable[[int, Sequence[LeaseRequest]], Awaitable[dict[str, list[LeasedDelivery]]]]
@@ -122,7 +125,7 @@ class SubscriptionDispatcher:
     async def _run(self) -> None:
         while not self._stopping:
             # Jittered polling fallback, so brokers sharing a database don't poll in step.
-            timeout = self._poll_interval_s * random.uniform(0.8, 1.2)
+            timeout = self._poll_interval_s * _jitter.uniform(0.8, 1.2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()

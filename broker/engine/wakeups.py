@@ -25,8 +25,8 @@ import uuid
 from collections.abc import Callable, Iterable
 
 from tenacity import Retrying, retry_if_exception_type
-from tenacity.wait import wait_random_exponential
 
+from broker.engine.backoff import wait_jittered_exponential
 from broker.storage.interface import Notifier, StorageUnavailableError
 
 _log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Wakeups:
         with contextlib.suppress(StorageUnavailableError):
             for attempt in Retrying(
                 retry=retry_if_exception_type(StorageUnavailableError),
-                wait=wait_random_exponential(multiplier=0.1, max=RECONNECT_MAX_S),
+                wait=wait_jittered_exponential(multiplier=0.1, max=RECONNECT_MAX_S),
                 sleep=pause,
                 before_sleep=log_retry,
             ):

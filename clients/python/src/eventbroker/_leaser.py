@@ -40,6 +40,8 @@ RENEW_AT_FRACTION = 0.75
 BATCH_FRACTION = 0.1
 #: Up to this fraction of a lease is taken off its renewal time at random.
 JITTER_FRACTION = 0.05
+#: The client's own generator: the application's shared `random` is left alone.
+_jitter = random.Random()
 #: The shortest and longest lease the broker grants (`ExtendAckDeadline` limits).
 MIN_LEASE_S = 1.0
 MAX_LEASE_S = 12 * 3600.0
@@ -101,7 +103,7 @@ class Leaser:
         return result
 
     def _track(self, ack_id: str, length_s: float, ends_at: float) -> None:
-        jitter_s = random.uniform(0.0, JITTER_FRACTION * length_s)
+        jitter_s = _jitter.uniform(0.0, JITTER_FRACTION * length_s)
         renew_at = ends_at - (1.0 - RENEW_AT_FRACTION) * length_s - jitter_s
         self._leases[ack_id] = _Lease(length_s=length_s, renew_at=renew_at)
         self._changed.set()
