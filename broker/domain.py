@@ -9,7 +9,7 @@ reach above the storage.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 US_PER_S = 1_000_000
@@ -128,6 +128,33 @@ class LeaseRequest:
 
     consumer: str
     count: int
+
+
+def share_credit(wants: Sequence[int], budget: int) -> list[int]:
+    """Split `budget` deliveries among consumers wanting `wants`, evenly, in turn.
+
+    Each gets an equal part of what is left (the first ones one more when it
+    does not divide), and what a consumer cannot take goes to the others. The
+    caller rotates the order between calls, so that a budget of one (a
+    concurrency limit with one free slot) goes to each consumer in turn rather
+    than always to the first.
+    """
+    given = [0] * len(wants)
+    left = budget
+    active = [i for i, want in enumerate(wants) if want > 0]
+    while left > 0 and active:
+        each = max(left // len(active), 1)
+        still: list[int] = []
+        for i in active:
+            take = min(each, wants[i] - given[i], left)
+            given[i] += take
+            left -= take
+            if given[i] < wants[i]:
+                still.append(i)
+            if left == 0:
+                break
+        active = still
+    return given
 
 
 @dataclass(frozen=True, slots=True)

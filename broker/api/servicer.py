@@ -248,16 +248,16 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         )
         self.engine.attach(subscription, consumer)
         try:
-            while True:
-                batch = await consumer.outbox.get()
-                if batch is None:
-                    break
-                yield pb.SubscribeResponse(
-                    deliveries=[
-                        convert.delivery_to_proto(d, json_as_binary=consumer.json_as_binary)
-                        for d in batch
-                    ]
-                )
+            while (taken := await consumer.next_batch()) is not None:
+                batch, count = taken
+                if batch:
+                    yield pb.SubscribeResponse(
+                        deliveries=[
+                            convert.delivery_to_proto(d, json_as_binary=consumer.json_as_binary)
+                            for d in batch
+                        ]
+                    )
+                consumer.written(count)
         finally:
             self.engine.detach(subscription.id, consumer)
         if "deleted" in consumer.end_reason:

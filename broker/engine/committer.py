@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -80,14 +81,25 @@ class Committer:
             thread.join()
 
     def submit(self, operation: Operation[T]) -> concurrent.futures.Future[T]:
-        """Queue an operation; the future resolves after its transaction commits."""
+        """Queue an operation from any thread; the future resolves after its commit."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((operation, future))
+        return future
+
+    def schedule(self, operation: Operation[T]) -> asyncio.Future[T]:
+        """Queue an operation from the event loop; the future resolves after its commit.
+
+        Every future of one batch that belongs to one loop is resolved by a
+        single call into that loop: one thread hand-off per transaction, not
+        one per caller.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put((operation, future))
         return future
 
     async def run(self, operation: Operation[T]) -> T:
         """Run an operation in the next group commit and return its result."""
-        return await asyncio.wrap_future(self.submit(operation))
+        return await self.schedule(operation)
 
     def _work(self) -> None:
         while True:
@@ -109,7 +121,7 @@ class Committer:
             if stop_seen:
                 return
 
-    def _commit(self, batch: list[tuple[Operation[Any], concurrent.futures.Future[Any]]]) -> None:
+    def _commit(self, batch: list[tuple[Operation[Any], AnyFuture]]) -> None:
         now = self._clock()
         try:
             for attempt in Retrying(
@@ -122,29 +134,45 @@ class Committer:
                     results = [operation(tx, now) for operation, _ in batch]
         except BaseException as error:  # answered to the caller, never lost
             if len(batch) == 1:
-                _resolve(batch[0][1], error=error)
+                _answer([(batch[0][1], None, error)])
             else:
                 for item in batch:
                     self._commit([item])
             return
         self.transactions += 1
         self.operations += len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
-            _resolve(future, result=result)
+        _answer(
+            [(future, result, None) for (_, future), result in zip(batch, results, strict=True)]
+        )
 
 
-def _resolve(
-    future: concurrent.futures.Future[Any],
-    *,
-    result: Any = None,
-    error: BaseException | None = None,
-) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+#: A caller's future: from `submit` (any thread) or `schedule` (an event loop).
+AnyFuture = concurrent.futures.Future[Any] | asyncio.Future[Any]
+Answer = tuple[AnyFuture, Any, BaseException | None]
+
+
+def _answer(answers: list[Answer]) -> None:
+    """Resolve futures: thread futures here, each loop's futures in one call into it."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Answer]] = {}
+    for answer in answers:
+        future = answer[0]
+        if isinstance(future, asyncio.Future):
+            by_loop.setdefault(future.get_loop(), []).append(answer)
+        else:
+            _resolve([answer])
+    for loop, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            loop.call_soon_threadsafe(_resolve, mine)
+
+
+def _resolve(answers: list[Answer]) -> None:
+    for future, result, error in answers:
+        if future.done():  # cancelled by its caller
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 @dataclass(eq=False)
@@ -153,7 +181,7 @@ class _Joined(Generic[Item, Result]):
 
     items: list[Item] = field(default_factory=list)
     size: int = 0
-    future: concurrent.futures.Future[list[Result]] | None = None
+    future: asyncio.Future[list[Result]] | None = None
 
 
 class Coalescer(Generic[Item, Result]):
@@ -191,14 +219,14 @@ class Coalescer(Generic[Item, Result]):
             if joined is None or joined.size + size > self._max_size:
                 joined = _Joined()
                 self._open = joined
-                joined.future = self._committer.submit(partial(self._run_joined, joined))
+                joined.future = self._committer.schedule(partial(self._run_joined, joined))
             index = len(joined.items)
             joined.items.append(item)
             joined.size += size
             future = joined.future
         assert future is not None
         try:
-            results = await asyncio.wrap_future(future)
+            results = await asyncio.shield(future)
         except Exception:
             if len(joined.items) == 1:
                 raise

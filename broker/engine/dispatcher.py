@@ -34,7 +34,14 @@ ReleaseFn = Callable[[Sequence[str]], None]
 
 @dataclass(eq=False)
 class ConsumerStream:
-    """One connected consumer: its credit, what it holds, and its outbox."""
+    """One connected consumer: its credit, what it holds, and its outbox.
+
+    Credit counts what the consumer holds and what waits to be written to its
+    stream, whichever is more: a lease that expires while its delivery still
+    waits in the outbox frees no credit until the delivery has left. So a
+    consumer that stops reading holds at most its credit in the broker's
+    memory, however many of its leases expire.
+    """
 
     subscription: str
     label: str
@@ -43,10 +50,14 @@ class ConsumerStream:
     json_as_binary: bool = False
     id: str = field(init=False)
     outstanding: set[str] = field(default_factory=set)
+    #: Deliveries queued in the outbox or being written to the stream.
+    unsent: int = 0
     #: Batches to send; None ends the stream (shutdown or subscription deleted).
     outbox: asyncio.Queue[list[LeasedDelivery] | None] = field(default_factory=asyncio.Queue)
     closed: bool = False
     end_reason: str = ""
+    #: Tells the dispatcher that credit came free (set when it is attached).
+    wake: Callable[[], None] = lambda: None
 
     def __post_init__(self) -> None:
         self.id = f"{self.label}#{next(_consumer_ids)}"
@@ -54,13 +65,35 @@ class ConsumerStream:
     @property
     def free(self) -> int:
         """How many more deliveries this consumer may be sent now."""
-        return 0 if self.closed else self.max_outstanding - len(self.outstanding)
+        if self.closed:
+            return 0
+        return self.max_outstanding - max(len(self.outstanding), self.unsent)
 
     def send(self, deliveries: list[LeasedDelivery]) -> None:
         """Queue deliveries as stream messages of at most max_batch_size each."""
         self.outstanding.update(d.ack_id for d in deliveries)
+        self.unsent += len(deliveries)
         for start in range(0, len(deliveries), self.max_batch_size):
             self.outbox.put_nowait(deliveries[start : start + self.max_batch_size])
+
+    async def next_batch(self) -> tuple[list[LeasedDelivery], int] | None:
+        """The next batch to write (None: the stream ends), and how many it took off the outbox.
+
+        Deliveries whose lease ended while they waited (expired, or given back)
+        are left out: their ack ids are dead already. Call `written` with the
+        count once the batch is written.
+        """
+        batch = await self.outbox.get()
+        if batch is None:
+            return None
+        return [d for d in batch if d.ack_id in self.outstanding], len(batch)
+
+    def written(self, count: int) -> None:
+        """`count` deliveries left the outbox: their room counts as credit again."""
+        was_counted = max(len(self.outstanding), self.unsent)
+        self.unsent -= count
+        if max(len(self.outstanding), self.unsent) < was_counted:
+            self.wake()
 
     def end(self, reason: str) -> None:
         """End the stream after what is queued."""
@@ -92,6 +125,7 @@ class SubscriptionDispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._turn = 0
 
     def start(self) -> None:
         """Start the dispatch task."""
@@ -105,6 +139,7 @@ class SubscriptionDispatcher:
 
     def add(self, consumer: ConsumerStream) -> None:
         """Attach a consumer and look for deliveries for it."""
+        consumer.wake = self.wake
         self.consumers.append(consumer)
         self.wake()
 
@@ -148,6 +183,10 @@ class SubscriptionDispatcher:
             wanting = [c for c in self.consumers if c.free > 0]
             if not wanting:
                 return
+            # Whoever came first last time comes last now: a concurrency limit's
+            # free slots go to each consumer in turn (see share_credit).
+            self._turn = (self._turn + 1) % len(wanting)
+            wanting = wanting[self._turn :] + wanting[: self._turn]
             requests = [LeaseRequest(c.id, c.free) for c in wanting]
             leased = await self._lease(self.subscription_id, requests)
             got = 0

@@ -18,6 +18,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from broker.domain import AckId
 from broker.storage.interface import Notifier, StorageUnavailableError
 from broker.storage.sql import SqlStorage, SqlTx, storage_errors
 
@@ -31,15 +32,15 @@ LISTEN_POLL_S = 0.1
 class PostgresTx(SqlTx):
     """PostgreSQL's claims and locks."""
 
-    def _ready_ids(self, subscription_id: int, limit: int) -> sa.Select[tuple[int]]:
-        d = self._deliveries
-        return (
-            sa.select(d.c.id)
-            .where(d.c.subscription_id == subscription_id, d.c.state == 2)
-            .order_by(d.c.rank, d.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+    _placeholder: ClassVar[str] = "%s"
+
+    def _claim_sql(self) -> str:
+        return _CLAIM_SQL
+
+    def _ack_statement(self, pairs: Sequence[AckId], now_us: int) -> tuple[str, list[Any]]:
+        ids = [a.delivery_id for a in pairs]
+        attempts = [a.attempt for a in pairs]
+        return _ACK_SQL, [now_us, ids, attempts, now_us]
 
     def _locked(self, query: sa.Select[Any]) -> sa.Select[Any]:
         return query.with_for_update()
@@ -68,6 +69,23 @@ class PostgresTx(SqlTx):
             ),
             {"ids": list(dedup_ids)},
         )
+
+
+_CLAIM_SQL = (
+    "UPDATE deliveries SET state = 3, attempt = attempt + 1, leased_at = %s,"
+    " lease_expires_at = %s, consumer = %s, updated_at = %s"
+    " WHERE id IN (SELECT id FROM deliveries WHERE subscription_id = %s AND state = 2"
+    " ORDER BY rank, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, event_id, attempt, rank"
+)
+# An UPDATE re-checks its WHERE on a row another transaction changed meanwhile,
+# so two brokers settling one lease cannot both apply: the second finds it gone.
+_ACK_SQL = (
+    "UPDATE deliveries AS d SET state = 4, lease_expires_at = NULL, updated_at = %s"
+    " FROM unnest(%s::bigint[], %s::int[]) AS a(id, attempt)"
+    " WHERE d.id = a.id AND d.attempt = a.attempt AND d.state = 3 AND d.lease_expires_at > %s"
+    " RETURNING d.id, d.attempt, d.subscription_id, d.ordering_key"
+)
 
 
 class PostgresStorage(SqlStorage):

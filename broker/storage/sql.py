@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, ClassVar
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -31,6 +31,7 @@ from broker.domain import (
     StoredEvent,
     Subscription,
     SubscriptionCounts,
+    share_credit,
 )
 from broker.names import matches
 from broker.storage import schema
@@ -86,10 +87,50 @@ BACKFILL_PAGE = 1000
 OrderedKey = tuple[int, str]
 
 
+class _Claimed(NamedTuple):
+    """A delivery row a lease claimed."""
+
+    id: int
+    event_id: str
+    attempt: int
+    rank: int
+
+
+class _Acked(NamedTuple):
+    """A delivery row an ack settled."""
+
+    id: int
+    attempt: int
+    subscription_id: int
+    ordering_key: str | None
+
+
+def _ack_order(ack: AckId) -> tuple[int, int]:
+    """Rows are touched in id order, so that two settling transactions cannot deadlock."""
+    return (ack.delivery_id, ack.attempt)
+
+
+#: The hot statements, run through the driver: a statement costs far more to
+#: issue through SQLAlchemy's compiled-statement machinery than a row costs to
+#: write. Written with `?`; a dialect whose driver takes `%s` converts them.
+_INSERT_EVENT_SQL = (
+    "INSERT INTO events (id, name, payload, content_type, headers, dedup_id, priority,"
+    " ordering_key, published_at, deliver_at, delay_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_DELIVERY_SQL = (
+    "INSERT INTO deliveries (subscription_id, event_id, state, rank, ordering_key, ready_at,"
+    " attempt, dead_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?)"
+)
+#: Most ack ids matched by one statement (two bound parameters each).
+ACK_CHUNK = 2000
+
+
 class SqlTx:
     """The operations of one transaction on one connection."""
 
     _deliveries = _d
+    #: The driver's placeholder for a bound parameter.
+    _placeholder: ClassVar[str] = "?"
 
     def __init__(
         self, conn: sa.Connection, subscriptions: dict[int, Subscription] | None = None
@@ -99,11 +140,26 @@ class SqlTx:
         #: Set when this transaction created, changed or deleted a subscription.
         self.subscriptions_changed = False
 
-    # -- dialect hooks -------------------------------------------------------
+    def _cursor(self) -> Any:
+        """A cursor of the driver's own, inside this transaction."""
+        return self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
-    def _ready_ids(self, subscription_id: int, limit: int) -> sa.Select[tuple[int]]:
-        """Ids of ready deliveries to claim, best first. Dialects override."""
+    def _sql(self, text: str) -> str:
+        return text if self._placeholder == "?" else text.replace("?", self._placeholder)
+
+    def _claim_sql(self) -> str:
+        """Lease up to N ready deliveries, best first, returning them. Dialects override."""
         raise NotImplementedError
+
+    def _ack_statement(self, pairs: Sequence[AckId], now_us: int) -> tuple[str, list[Any]]:
+        """Acknowledge the live leases among these ack ids, returning their rows.
+
+        The statement returns `id, attempt, subscription_id, ordering_key` of
+        each row it settled. Dialects override.
+        """
+        raise NotImplementedError
+
+    # -- dialect hooks -------------------------------------------------------
 
     def _locked(self, query: sa.Select[Any]) -> sa.Select[Any]:
         """Lock rows read before an update, where the dialect needs it."""
@@ -129,8 +185,8 @@ class SqlTx:
             self._lock_dedup_ids(dedup_ids)
         existing = self._live_dedup_ids(dedup_ids, now)
         subscriptions = list(self._subscriptions_by_id().values())
-        event_rows: list[dict[str, Any]] = []
-        delivery_rows: list[dict[str, Any]] = []
+        event_rows: list[tuple[Any, ...]] = []
+        delivery_rows: list[tuple[Any, ...]] = []
         dedup_rows: list[dict[str, Any]] = []
         outcomes: list[PublishOutcome] = []
         ordered_keys: set[OrderedKey] = set()
@@ -150,37 +206,36 @@ class SqlTx:
                 )
             deliver_at = max(draft.deliver_at_us, now)
             event_rows.append(
-                {
-                    "id": draft.event_id,
-                    "name": draft.name,
-                    "payload": draft.payload,
-                    "content_type": draft.content_type,
-                    "headers": json.dumps(dict(draft.headers)) if draft.headers else None,
-                    "dedup_id": draft.dedup_id,
-                    "priority": draft.priority,
-                    "ordering_key": draft.ordering_key,
-                    "published_at": now,
-                    "deliver_at": deliver_at,
-                    "delay_us": draft.delay_us,
-                }
+                (
+                    draft.event_id,
+                    draft.name,
+                    draft.payload,
+                    draft.content_type,
+                    json.dumps(dict(draft.headers)) if draft.headers else None,
+                    draft.dedup_id,
+                    draft.priority,
+                    draft.ordering_key,
+                    now,
+                    deliver_at,
+                    draft.delay_us,
+                )
             )
             scheduled = deliver_at > now
+            state = int(DeliveryState.SCHEDULED if scheduled else DeliveryState.READY)
             ready_ids: set[int] = set()
             for sub in subscriptions:
                 if not matches(sub.filters, draft.name):
                     continue
                 delivery_rows.append(
-                    {
-                        "subscription_id": sub.id,
-                        "event_id": draft.event_id,
-                        "state": DeliveryState.SCHEDULED if scheduled else DeliveryState.READY,
-                        "rank": -draft.priority,
-                        "ordering_key": draft.ordering_key if sub.ordered else None,
-                        "ready_at": deliver_at,
-                        "attempt": 0,
-                        "dead_reason": DeadReason.NONE,
-                        "updated_at": now,
-                    }
+                    (
+                        sub.id,
+                        draft.event_id,
+                        state,
+                        -draft.priority,
+                        draft.ordering_key if sub.ordered else None,
+                        deliver_at,
+                        now,
+                    )
                 )
                 ready_ids.add(sub.id)
                 if sub.ordered and draft.ordering_key:
@@ -205,10 +260,12 @@ class SqlTx:
                 )
             )
             self.conn.execute(sa.insert(_dd), dedup_rows)
-        if event_rows:
-            self.conn.execute(sa.insert(_e), event_rows)
-        if delivery_rows:
-            self.conn.execute(sa.insert(_d), delivery_rows)
+        cursor = self._cursor() if event_rows else None
+        if cursor is not None:
+            cursor.executemany(self._sql(_INSERT_EVENT_SQL), event_rows)
+            if delivery_rows:
+                cursor.executemany(self._sql(_INSERT_DELIVERY_SQL), delivery_rows)
+            cursor.close()
         if ordered_keys:
             self._gate(ordered_keys, now)
         return outcomes
@@ -259,27 +316,18 @@ class SqlTx:
         now = params.now_us
         expires = now + sub.ack_deadline_us
         claimed: list[tuple[str, Any]] = []
-        for request in params.requests:
-            count = min(request.count, budget)
+        shares = share_credit([r.count for r in params.requests], budget)
+        cursor = self._cursor()
+        claim = self._claim_sql()
+        for request, count in zip(params.requests, shares, strict=True):
             if count <= 0:
-                break
-            rows = self.conn.execute(
-                sa.update(_d)
-                .where(_d.c.id.in_(self._ready_ids(sub.id, count).scalar_subquery()))
-                .values(
-                    state=DeliveryState.IN_FLIGHT,
-                    attempt=_d.c.attempt + 1,
-                    leased_at=now,
-                    lease_expires_at=expires,
-                    consumer=request.consumer,
-                    updated_at=now,
-                )
-                .returning(_d.c.id, _d.c.event_id, _d.c.attempt, _d.c.rank)
-            ).all()
-            budget -= len(rows)
+                continue
+            cursor.execute(claim, (now, expires, request.consumer, now, sub.id, count))
+            rows = [_Claimed(*row) for row in cursor.fetchall()]
             claimed.extend((request.consumer, row) for row in rows)
             if len(rows) < count:
                 break  # nothing more is ready
+        cursor.close()
         wanted = {row.event_id for _, row in claimed}
         events = dict(params.known_events(wanted)) if params.known_events and wanted else {}
         events.update(self._events_by_id(wanted - events.keys()))
@@ -296,8 +344,15 @@ class SqlTx:
             )
         return leased
 
-    def _live_leases(self, ack_ids: Sequence[str]) -> tuple[dict[int, Any], list[str], list[str]]:
-        """Rows of the live leases named, and the ack ids applied and not applied."""
+    def _live_leases(
+        self, ack_ids: Sequence[str], unexpired_at_us: int | None = None
+    ) -> tuple[dict[int, Any], list[str], list[str]]:
+        """Rows of the live leases named, and the ack ids applied and not applied.
+
+        With `unexpired_at_us`, a lease whose deadline has passed by then is not
+        live, whether or not a reaper has got to it yet: a late ack, nack or
+        extension has no effect (the reaper's own expiry passes None).
+        """
         parsed = {text: AckId.parse(text) for text in ack_ids}
         wanted = {a.delivery_id for a in parsed.values() if a is not None}
         rows: dict[int, Any] = {}
@@ -305,6 +360,8 @@ class SqlTx:
             query = sa.select(*_SETTLE_COLUMNS).where(
                 _d.c.id.in_(wanted), _d.c.state == DeliveryState.IN_FLIGHT
             )
+            if unexpired_at_us is not None:
+                query = query.where(_d.c.lease_expires_at > unexpired_at_us)
             rows = {row.id: row for row in self.conn.execute(self._locked(query))}
         applied: list[str] = []
         not_applied: list[str] = []
@@ -319,18 +376,30 @@ class SqlTx:
         return live, applied, not_applied
 
     def delivery_ack(self, params: DeliveryAckParams) -> SettleOutcome:
-        """Acknowledge live leases; others are reported not applied."""
-        live, applied, not_applied = self._live_leases(params.ack_ids)
-        if live:
-            self.conn.execute(
-                sa.update(_d)
-                .where(_d.c.id.in_(list(live)))
-                .values(
-                    state=DeliveryState.ACKED,
-                    lease_expires_at=None,
-                    updated_at=params.now_us,
-                )
-            )
+        """Acknowledge live leases; others are reported not applied.
+
+        One statement per chunk both finds and settles them: a lease is live
+        while its row is in flight at the ack id's attempt and its deadline has
+        not passed.
+        """
+        parsed = {text: AckId.parse(text) for text in params.ack_ids}
+        pairs = sorted({a for a in parsed.values() if a is not None}, key=_ack_order)
+        live: dict[int, _Acked] = {}
+        if pairs:
+            cursor = self._cursor()
+            for start in range(0, len(pairs), ACK_CHUNK):
+                chunk = pairs[start : start + ACK_CHUNK]
+                cursor.execute(*self._ack_statement(chunk, params.now_us))
+                live.update((row[0], _Acked(*row)) for row in cursor.fetchall())
+            cursor.close()
+        applied: list[str] = []
+        not_applied: list[str] = []
+        for text, ack in parsed.items():
+            row = live.get(ack.delivery_id) if ack is not None else None
+            if ack is not None and row is not None and row.attempt == ack.attempt:
+                applied.append(text)
+            else:
+                not_applied.append(text)
         keys = {(r.subscription_id, r.ordering_key) for r in live.values() if r.ordering_key}
         ready, next_scheduled = self._gate(keys, params.now_us) if keys else (set(), None)
         ready |= self._slots_freed(live.values())
@@ -347,7 +416,10 @@ class SqlTx:
 
     def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
         """Give live leases back for retry, or dead-letter them."""
-        live, applied, not_applied = self._live_leases(params.ack_ids)
+        # A consumer's nack comes too late once the deadline has passed; the reaper's
+        # expiry and a departing consumer's release take the lease whatever its deadline.
+        late_at = params.now_us if params.outcome == AttemptOutcome.NACKED else None
+        live, applied, not_applied = self._live_leases(params.ack_ids, late_at)
         if not live:
             return SettleOutcome(tuple(applied), tuple(not_applied))
         subs = self._subscriptions_by_id()
@@ -425,7 +497,7 @@ class SqlTx:
 
     def delivery_extend(self, params: DeliveryExtendParams) -> SettleOutcome:
         """Extend live leases."""
-        live, applied, not_applied = self._live_leases(params.ack_ids)
+        live, applied, not_applied = self._live_leases(params.ack_ids, params.now_us)
         if live:
             self.conn.execute(
                 sa.update(_d)
@@ -976,7 +1048,7 @@ class SqlStorage:
     @contextmanager
     def write(self) -> Iterator[SqlTx]:
         """A write transaction, committed on leaving without error."""
-        with storage_errors(), self.write_engine.begin() as conn:
+        with storage_errors(), self._writer() as conn, conn.begin():
             tx = self.tx_class(conn, self._subscriptions_cache)
             yield tx
         if self.caches_subscriptions:  # committed: what it read or wrote is the truth now
@@ -991,6 +1063,10 @@ class SqlStorage:
     def notifier(self) -> Notifier | None:
         """None: a dialect that lets several brokers share a database overrides this."""
         return None
+
+    def _writer(self) -> AbstractContextManager[sa.Connection]:
+        """A connection to write on, from the pool. Dialects may keep one instead."""
+        return self.write_engine.connect()
 
     def close(self) -> None:
         """Release every connection."""

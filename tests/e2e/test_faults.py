@@ -6,10 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf import duration_pb2
 
@@ -105,6 +108,72 @@ def test_a_slow_consumer_slows_only_itself(
     assert held.event_id not in {d.event_id for d in got}
     assert len(other.take(50)) == 50  # another subscription is not held up either
     assert slow.nothing_within(0.3)  # and the slow one was never sent past its credit
+
+
+def test_a_consumer_that_stops_reading_holds_at_most_its_credit(
+    broker_server: BrokerThread, stub: pb_grpc.EventBrokerServiceStub
+) -> None:
+    """Its leases expire again and again, but the broker queues no more than its credit.
+
+    The stream is opened and never read: after the client's transport buffers
+    fill, nothing more can be written to it. Each expiry gives the deliveries
+    back (and redelivers them to nobody else), but the broker must not lease
+    more to a stream whose earlier deliveries still wait to be written.
+    """
+    stub.CreateSubscription(
+        pb.CreateSubscriptionRequest(
+            subscription=pb.Subscription(
+                name="stuck",
+                filter=["big.*"],
+                ack_deadline=duration_pb2.Duration(seconds=1),
+                retry_policy=pb.RetryPolicy(
+                    min_backoff=duration_pb2.Duration(nanos=10_000_000),
+                    max_backoff=duration_pb2.Duration(nanos=10_000_000),
+                ),
+            )
+        )
+    )
+    big = pb.Event(name="big.x", binary_data=b"x" * 128 * 1024, content_type="text/plain")
+    for _ in range(5):
+        stub.BatchPublish(pb.BatchPublishRequest(events=[big] * 20))
+    # Without BDP probing the client's receive window stays small, so what it
+    # does not read soon stops the broker's writes instead of filling the client.
+    channel = grpc.insecure_channel(broker_server.target, options=[("grpc.http2.bdp_probe", 0)])
+    call = pb_grpc.EventBrokerServiceStub(channel).Subscribe(
+        pb.SubscribeRequest(subscription="stuck", max_outstanding=10, max_batch_size=1)
+    )
+    try:
+        metrics = f"http://127.0.0.1:{broker_server.app.http_port}/metrics"
+
+        def leased() -> float:
+            return _metric(metrics, 'eventbroker_deliveries_total{subscription="stuck"}')
+
+        deadline = time.monotonic() + WAIT_S
+        while leased() < 10:
+            assert time.monotonic() < deadline, "the first credit's worth was never leased"
+            time.sleep(0.05)
+        # Over three and a half ack deadlines every lease expires at least three
+        # times; a broker blind to the unread stream leases ten more each time.
+        in_flight_seen_zero = False
+        until = time.monotonic() + 3.5
+        while time.monotonic() < until:
+            assert leased() <= 20, f"{leased():.0f} leased to a stream that reads nothing"
+            stats = stub.GetStats(pb.GetStatsRequest(subscription="stuck")).subscriptions[0]
+            in_flight_seen_zero |= stats.in_flight == 0
+            time.sleep(0.1)
+        assert in_flight_seen_zero, "the leases never expired"
+    finally:
+        call.cancel()
+        channel.close()
+
+
+def _metric(url: str, series: str) -> float:
+    """One series' value from a Prometheus text page."""
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+    return 0.0
 
 
 def set_max_pages(storage: SqlStorage, pages: int | None) -> int:

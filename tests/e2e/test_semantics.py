@@ -87,6 +87,32 @@ def test_burst_of_30_at_most_6_at_once_fifo_all_completed(
     assert lease_times == sorted(lease_times)
 
 
+def test_a_concurrency_limit_is_shared_fairly_between_consumers(
+    stub: Stub, readers: list[StreamReader]
+) -> None:
+    """Two consumers with credit to spare share a limit of 6 instead of one taking all."""
+    create(stub, "shared", max_in_flight=6)
+    consumers = [subscribe(stub, readers, "shared", max_outstanding=10) for _ in range(2)]
+    wait_for(lambda: _consumers(stub, "shared") == 2)
+    publish_many(stub, [pb.Event(name="task.share") for _ in range(30)])
+    received = [0, 0]
+    holding: list[pb.Delivery] = []
+    while sum(received) < 30:
+        for index, consumer in enumerate(consumers):
+            got = consumer.take_available(0.02)
+            received[index] += len(got)
+            holding += got
+        assert len(holding) <= 6, f"{len(holding)} in flight at once"
+        if holding:  # one at a time: each ack frees one slot to be shared
+            stub.Ack(pb.AckRequest(ack_ids=[holding.pop(0).ack_id]))
+    assert min(received) >= 9, f"deliveries per consumer: {received}"
+
+
+def _consumers(stub: Stub, subscription: str) -> int:
+    stats = stub.GetStats(pb.GetStatsRequest(subscription=subscription)).subscriptions
+    return stats[0].consumers if stats else 0
+
+
 def test_ordered_key_waits_for_its_predecessor(stub: Stub, readers: list[StreamReader]) -> None:
     create(stub, "orders", ordered=True)
     reader = subscribe(stub, readers, "orders", max_outstanding=10)

@@ -275,6 +275,30 @@ def test_late_ack_of_expired_lease_has_no_effect(storage: Storage) -> None:
     assert states(storage, event_id) == {"billing": DeliveryState.IN_FLIGHT}
 
 
+def test_ack_nack_or_extend_after_the_deadline_has_no_effect_before_the_reaper_runs(
+    storage: Storage,
+) -> None:
+    s = create(storage, sub(ack_deadline_us=10 * S))
+    event_ids = publish(storage, draft(), draft(), draft())
+    acked, nacked, extended = lease(storage, s.id, 3)
+    late = T0 + 10 * S  # the deadline itself: the lease is over
+    with storage.write() as tx:
+        ack = tx.delivery_ack(DeliveryAckParams([acked], late))
+        extend = tx.delivery_extend(DeliveryExtendParams([extended], 60 * S, late))
+    nack = fail(storage, [nacked], late, error="too late")
+    assert ack.not_applied == (acked,) and ack.applied == ()
+    assert extend.not_applied == (extended,)
+    assert nack.not_applied == (nacked,)  # type: ignore[attr-defined]
+    assert {e: states(storage, e)["billing"] for e in event_ids} == dict.fromkeys(
+        event_ids, DeliveryState.IN_FLIGHT
+    )
+    with storage.read() as tx:  # the reaper still finds all three, with their attempt
+        expired = tx.delivery_expired_list(DeliveryExpiredListParams(late, 10))
+    assert sorted(str(a) for a in expired) == sorted([acked, nacked, extended])
+    with storage.write() as tx:  # one microsecond earlier, the same ack was in time
+        assert tx.delivery_ack(DeliveryAckParams([acked], late - 1)).applied == (acked,)
+
+
 def test_nack_backs_off_then_dead_letters_after_max_attempts(storage: Storage) -> None:
     s = create(storage, sub(max_attempts=2))
     (event_id,) = publish(storage, draft())
