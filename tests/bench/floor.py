@@ -75,6 +75,18 @@ class FloorServicer(pb_grpc.EventBrokerServiceServicer):
         """Accept the acks without looking at them."""
         return pb.AckResponse()
 
+    async def CreateSubscription(
+        self, request: pb.CreateSubscriptionRequest, context: Any
+    ) -> pb.CreateSubscriptionResponse:
+        """Accept the subscription without keeping it."""
+        return pb.CreateSubscriptionResponse(subscription=request.subscription)
+
+    async def DeleteSubscription(
+        self, request: pb.DeleteSubscriptionRequest, context: Any
+    ) -> pb.DeleteSubscriptionResponse:
+        """Nothing to delete."""
+        return pb.DeleteSubscriptionResponse()
+
 
 async def serve(listen: str) -> None:
     """Serve until SIGTERM or SIGINT."""

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 SQLITE, PG, NATS, PGQ = "broker-sqlite", "broker-pg", "nats", "pgqueuer"
+RABBIT, FLOOR = "rabbitmq", "grpc-floor"
 
 Report = dict[str, Any]
 
@@ -27,24 +28,53 @@ class Row:
     label: str
     workload: str
     figure: str
-    unit: str  # "rate", "ms", "MiB", "x"
+    unit: str  # "rate", "ms", "MiB", "us", "x"
     vs_nats: bool = True
     vs_pgqueuer: bool = False
+    vs_floor: bool = False
+
+
+def _cpu(workload: str) -> Row:
+    """The server's CPU time per event in a workload (its process time over events)."""
+    return Row("  server CPU us/event", workload, "cpu_us_per_event", "us", vs_floor=True)
 
 
 ROWS = [
-    Row("batched publish, 100/call: ev/s", "batched_publish", "events_per_s", "rate"),
-    Row("single publish, 16 callers: ev/s", "single_publish", "events_per_s", "rate"),
+    Row(
+        "batched publish, 100/call: ev/s",
+        "batched_publish",
+        "events_per_s",
+        "rate",
+        vs_pgqueuer=True,
+        vs_floor=True,
+    ),
+    _cpu("batched_publish"),
+    Row(
+        "single publish, 16 callers: ev/s", "single_publish", "events_per_s", "rate", vs_floor=True
+    ),
     Row("  single publish p50 ms", "single_publish", "p50_ms", "ms"),
     Row("  single publish p99 ms", "single_publish", "p99_ms", "ms"),
-    Row("end to end, 4 consumers: ev/s", "end_to_end", "events_per_s", "rate", vs_pgqueuer=True),
+    _cpu("single_publish"),
+    Row(
+        "end to end, 4 consumers: ev/s",
+        "end_to_end",
+        "events_per_s",
+        "rate",
+        vs_pgqueuer=True,
+        vs_floor=True,
+    ),
+    _cpu("end_to_end"),
     Row("publish->handler @1k/s p50 ms", "latency", "p50_ms", "ms"),
     Row("  publish->handler p99 ms", "latency", "p99_ms", "ms"),
+    Row("  publish->handler kept up: ev/s", "latency", "rate_per_s", "rate"),
+    _cpu("latency"),
     Row("fan-out x10: publish ev/s", "fan_out", "publish_events_per_s", "rate"),
     Row("  fan-out x10: deliveries/s", "fan_out", "deliveries_per_s", "rate"),
     Row("  fan-out publish cost", "fan_out", "publish_cost", "x"),
+    _cpu("fan_out"),
     Row("10k idle streams: RSS MiB", "idle_streams", "rss_mib", "MiB", vs_nats=False),
     Row("2 processes / 1 (PG), e2e", "scale_out", "e2e_ratio", "x", vs_nats=False),
+    Row("unread streams: RSS growth MiB", "slow_consumer", "rss_growth_mib", "MiB", vs_nats=False),
 ]
 
 
@@ -89,6 +119,8 @@ def add_ratios(report: Report) -> None:
             pairs += [(SQLITE, NATS), (PG, NATS)]
         if row.vs_pgqueuer:
             pairs += [(SQLITE, PGQ), (PG, PGQ)]
+        if row.vs_floor:
+            pairs += [(SQLITE, FLOOR), (PG, FLOOR)]
         if pairs:
             ratios[f"{row.workload}.{row.figure}"] = {
                 f"{mine}/{theirs}": ratio(report, row, mine, theirs) for mine, theirs in pairs
@@ -101,7 +133,7 @@ def _number(value: float, unit: str) -> str:
         return f"{value:,.0f}"
     if unit == "ms":
         return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
-    if unit == "MiB":
+    if unit in ("MiB", "us"):
         return f"{value:,.0f}"
     return f"x{value:.2f}"
 
@@ -162,6 +194,7 @@ def render(report: Report, console: Console) -> None:
     ratio_columns = [
         ("broker / NATS\n(SQLite / PG)", NATS, "vs_nats"),
         ("broker / pgqueuer\n(SQLite / PG)", PGQ, "vs_pgqueuer"),
+        ("broker / grpc floor\n(SQLite / PG)", FLOOR, "vs_floor"),
     ]
     for title, *_ in ratio_columns:
         table.add_column(title, justify="right", style="cyan", no_wrap=True)
@@ -211,7 +244,10 @@ def method_notes(report: Report) -> list[str]:
         f"single, {plan['latency_rate']:,}/s for {plan['latency_s']:g} s, "
         f"{plan['fanout_events']:,} fanned out; each workload stops at {plan['cap_s']:g} s "
         "(* = stopped by that cap: the figure is what completed).",
-        "Ratios: a broker figure over NATS's (or pgqueuer's); for ms and MiB lower is better.",
+        "Ratios: a broker figure over NATS's (or pgqueuer's, or the grpc.aio floor's: a "
+        "server of the same service that stores nothing); for ms, MiB and us lower is better.",
+        "Server CPU us/event: the server process's user+system CPU time over the events of the "
+        "workload (the broker's own process; the client is not counted).",
         "Publish cost of fan-out: batched publish events/s over fan-out publish events/s "
         "(with the fan-out consumers running).",
     ]
@@ -250,36 +286,61 @@ class Goal:
 
 
 GOALS = [
+    Goal("end to end >= 1.0x NATS (SQLite)", SQLITE, "end_to_end", "events_per_s", ">=", 1, NATS),
     Goal(
-        "batched publish >= 3x NATS (SQLite)",
+        "end to end >= 1.0x pgqueuer (PostgreSQL)", PG, "end_to_end", "events_per_s", ">=", 1, PGQ
+    ),
+    Goal(
+        "batched publish >= 0.8x NATS (SQLite)",
         SQLITE,
         "batched_publish",
         "events_per_s",
         ">=",
-        3,
+        0.8,
         NATS,
     ),
     Goal(
-        "batched publish >= 2x NATS (PostgreSQL)",
+        "batched publish >= 0.6x pgqueuer (PostgreSQL)",
         PG,
         "batched_publish",
         "events_per_s",
         ">=",
-        2,
-        NATS,
+        0.6,
+        PGQ,
     ),
-    Goal("end to end >= 2x NATS (SQLite)", SQLITE, "end_to_end", "events_per_s", ">=", 2, NATS),
-    Goal("end to end >= 2x NATS (PostgreSQL)", PG, "end_to_end", "events_per_s", ">=", 2, NATS),
-    Goal("end to end >= 3x pgqueuer (SQLite)", SQLITE, "end_to_end", "events_per_s", ">=", 3, PGQ),
-    Goal("end to end >= 3x pgqueuer (PostgreSQL)", PG, "end_to_end", "events_per_s", ">=", 3, PGQ),
-    Goal("publish->handler p50 <= 2 ms at 1k/s (SQLite)", SQLITE, "latency", "p50_ms", "<=", 2),
-    Goal("publish->handler p99 <= 10 ms at 1k/s (SQLite)", SQLITE, "latency", "p99_ms", "<=", 10),
+    Goal(
+        "single publish >= 0.7x the grpc.aio floor (SQLite)",
+        SQLITE,
+        "single_publish",
+        "events_per_s",
+        ">=",
+        0.7,
+        FLOOR,
+    ),
+    Goal("publish->handler keeps up 990/s (SQLite)", SQLITE, "latency", "rate_per_s", ">=", 990),
+    Goal(
+        "publish->handler p50 <= 2x RabbitMQ (SQLite)", SQLITE, "latency", "p50_ms", "<=", 2, RABBIT
+    ),
+    Goal(
+        "publish->handler p99 <= 2x RabbitMQ (SQLite)", SQLITE, "latency", "p99_ms", "<=", 2, RABBIT
+    ),
+    Goal("publish->handler keeps up 990/s (PostgreSQL)", PG, "latency", "rate_per_s", ">=", 990),
+    Goal(
+        "publish->handler p50 <= 4x RabbitMQ (PostgreSQL)", PG, "latency", "p50_ms", "<=", 4, RABBIT
+    ),
+    Goal("fan-out to 10 costs publish <= 3x (SQLite)", SQLITE, "fan_out", "publish_cost", "<=", 3),
     Goal("10k idle streams < 1 GiB RSS", SQLITE, "idle_streams", "rss_mib", "<", 1024),
-    Goal("fan-out to 10 costs publish < 3x (SQLite)", SQLITE, "fan_out", "publish_cost", "<", 3),
-    Goal("fan-out to 10 costs publish < 3x (PostgreSQL)", PG, "fan_out", "publish_cost", "<", 3),
     Goal("two processes on PostgreSQL >= 1.6x one", PG, "scale_out", "e2e_ratio", ">=", 1.6),
+    Goal(
+        "consumers that stop reading: broker RSS flat (<= +32 MiB)",
+        SQLITE,
+        "slow_consumer",
+        "rss_growth_mib",
+        "<=",
+        32,
+    ),
 ]
-UNITS = {"p50_ms": " ms", "p99_ms": " ms", "rss_mib": " MiB"}
+UNITS = {"p50_ms": " ms", "p99_ms": " ms", "rss_mib": " MiB", "rss_growth_mib": " MiB"}
 
 
 def evaluate_goals(report: Report) -> None:

@@ -34,7 +34,16 @@ from typing import Any
 
 from rich.console import Console
 
-from tests.bench.peers.base import Endpoints, NotApplicable, Peer, Plan, Progress, Unavailable
+from tests.bench.peers.base import (
+    Endpoints,
+    NotApplicable,
+    Peer,
+    Plan,
+    Progress,
+    Unavailable,
+    cpu_seconds,
+)
+from tests.bench.peers.grpc_floor import GrpcFloorPeer
 from tests.bench.peers.nats_jetstream import NatsPeer
 from tests.bench.peers.pgqueuer_jobs import PgqueuerPeer
 from tests.bench.peers.rabbitmq import RabbitPeer
@@ -43,7 +52,14 @@ from tests.bench.report import Report, add_derived, add_ratios, evaluate_goals, 
 
 SYSTEMS: dict[str, type[Peer]] = {
     peer.key: peer
-    for peer in (BrokerSqlitePeer, BrokerPostgresPeer, NatsPeer, RabbitPeer, PgqueuerPeer)
+    for peer in (
+        BrokerSqlitePeer,
+        BrokerPostgresPeer,
+        GrpcFloorPeer,
+        NatsPeer,
+        RabbitPeer,
+        PgqueuerPeer,
+    )
 }
 OURS = ("broker-sqlite", "broker-pg")
 WORKLOADS = [
@@ -54,10 +70,11 @@ WORKLOADS = [
     ("fan_out", "fan-out"),
     ("idle_streams", "idle streams"),
     ("scale_out", "two processes against one"),
+    ("slow_consumer", "consumers that stop reading"),
 ]
 HARD_CAP_GRACE_S = 30.0
 #: Workloads made of several capped parts: their hard cap is this many caps.
-CAPS_PER_WORKLOAD = {"scale_out": 4, "idle_streams": 2}
+CAPS_PER_WORKLOAD = {"scale_out": 4, "idle_streams": 2, "slow_consumer": 3}
 
 
 def _workload(peer: Peer, key: str) -> Callable[[], Awaitable[Any]]:
@@ -104,6 +121,8 @@ async def _run_one(
     hard_cap_s = plan.cap_s * CAPS_PER_WORKLOAD.get(workload, 1) + HARD_CAP_GRACE_S
     progress.begin(label)
     began = time.perf_counter()
+    pid = peer.server_pid()
+    cpu_before = cpu_seconds(pid) if pid else None
     try:
         result = await asyncio.wait_for(_workload(peer, workload)(), hard_cap_s)
     except NotApplicable as error:
@@ -117,6 +136,11 @@ async def _run_one(
         progress.end(f"error: {error!r}")
         return {"status": "error", "reason": repr(error)}
     took = time.perf_counter() - began
+    cpu_after = cpu_seconds(pid) if pid else None
+    events = result.figures.get("events", 0.0)
+    if cpu_before is not None and cpu_after is not None and events > 0:
+        # The server's own CPU per event: steadier than throughput on a shared machine.
+        result.figures["cpu_us_per_event"] = (cpu_after - cpu_before) * 1e6 / events
     shown = ", ".join(f"{k} {v:,.1f}" for k, v in result.figures.items() if not math.isnan(v))
     progress.end(f"{shown} ({took:.1f} s{', capped' if result.capped else ''})")
     return {

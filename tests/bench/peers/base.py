@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,9 @@ class Plan:
     idle_streams: int = 10_000
     idle_processes: int = 4
     scale_events: int = 20_000
+    slow_streams: int = 3  # consumers that stop reading
+    slow_events: int = 30_000
+    slow_s: float = 120.0  # how long the broker's memory is watched
     cap_s: float = 60.0  # hard time cap of one workload
 
     @classmethod
@@ -70,6 +74,8 @@ class Plan:
             idle_streams=300,
             idle_processes=1,
             scale_events=400,
+            slow_events=300,
+            slow_s=2.0,
             cap_s=15.0,
         )
 
@@ -179,9 +185,26 @@ class Peer:
         """Two broker processes against one."""
         raise NotApplicable("measured for this broker only")
 
+    async def slow_consumer(self) -> Result:
+        """Broker memory while consumers stop reading their streams."""
+        raise NotApplicable("measured for this broker only")
+
+    def server_pid(self) -> int | None:
+        """The server process to charge CPU time to, where the peer runs one itself."""
+        return None
+
     def deadline(self) -> float:
         """The `time.perf_counter` value at which a workload starting now must stop."""
         return time.perf_counter() + self.plan.cap_s
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a running process, or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -314,6 +337,7 @@ def latency_result(latencies_ms: list[float], sent: int, took_s: float, plan: Pl
         "rate_per_s": sent / took_s if took_s > 0 else math.nan,
         "received": float(len(latencies_ms)),
         "sent": float(sent),
+        "events": float(sent),
     }
     capped = sent < int(plan.latency_rate * plan.latency_s)
     notes = []

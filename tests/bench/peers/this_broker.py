@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import psycopg
+from google.protobuf import duration_pb2
 from grpc import aio
 
 from eventbroker.v1 import broker_pb2 as pb
@@ -178,6 +179,7 @@ async def batched_publish(channels: Channels, plan: Plan, progress: Progress) ->
     return Result(
         {
             "events_per_s": done.done * plan.batch_size / done.elapsed_s,
+            "events": float(done.done * plan.batch_size),
             "p50_ms": percentile(done.latencies_s, 50) * 1000,
             "p99_ms": percentile(done.latencies_s, 99) * 1000,
         },
@@ -214,10 +216,35 @@ async def end_to_end(channels: Channels, plan: Plan, progress: Progress) -> Resu
     return Result(
         {
             "events_per_s": min(counter.count, total) / elapsed,
+            "events": float(min(counter.count, total)),
             "publish_events_per_s": published.done * plan.batch_size / published.elapsed_s,
         },
         consumers.errors,
         capped=not reached or counter.target < total,
+    )
+
+
+async def single_publish(
+    channels: Channels, plan: Plan, progress: Progress, deadline: float
+) -> Result:
+    """Events/s and p50/p99 of one event per Publish, `single_callers` at once."""
+    request = pb.PublishRequest(event=_event("bench.single", payload()))
+    total = plan.single_events
+
+    async def call(index: int) -> None:
+        await channels[index].Publish(request, timeout=30)
+
+    done = await run_calls(
+        total, plan.single_callers, call, deadline, lambda n: progress.update(n, total)
+    )
+    return Result(
+        {
+            "events_per_s": done.done / done.elapsed_s,
+            "events": float(done.done),
+            "p50_ms": percentile(done.latencies_s, 50) * 1000,
+            "p99_ms": percentile(done.latencies_s, 99) * 1000,
+        },
+        capped=done.done < total,
     )
 
 
@@ -263,34 +290,19 @@ class BrokerPeer(Peer):
         assert self.channels is not None, "start() first"
         return self.channels
 
+    def server_pid(self) -> int | None:
+        """The `broker serve` process, whose CPU time the report divides by events."""
+        if self.process is None or self.process.proc is None:
+            return None
+        return self.process.proc.pid
+
     async def batched_publish(self) -> Result:
         """Events/s acknowledged, 100 events per BatchPublish."""
         return await batched_publish(self._channels(), self.plan, self.progress)
 
     async def single_publish(self) -> Result:
         """Events/s and p50/p99 of one event per Publish, `single_callers` at once."""
-        channels = self._channels()
-        request = pb.PublishRequest(event=_event("bench.single", payload()))
-        total = self.plan.single_events
-
-        async def call(index: int) -> None:
-            await channels[index].Publish(request, timeout=30)
-
-        done = await run_calls(
-            total,
-            self.plan.single_callers,
-            call,
-            self.deadline(),
-            lambda n: self.progress.update(n, total),
-        )
-        return Result(
-            {
-                "events_per_s": done.done / done.elapsed_s,
-                "p50_ms": percentile(done.latencies_s, 50) * 1000,
-                "p99_ms": percentile(done.latencies_s, 99) * 1000,
-            },
-            capped=done.done < total,
-        )
+        return await single_publish(self._channels(), self.plan, self.progress, self.deadline())
 
     async def end_to_end(self) -> Result:
         """Publish and consume with acks, `e2e_consumers` consumers."""
@@ -365,6 +377,7 @@ class BrokerPeer(Peer):
             {
                 "publish_events_per_s": published.done * plan.batch_size / published.elapsed_s,
                 "deliveries_per_s": counter.count / elapsed,
+                "events": float(published.done * plan.batch_size),
             },
             consumers.errors,
             capped=not reached or published.done * plan.batch_size < total,
@@ -476,6 +489,69 @@ class BrokerSqlitePeer(BrokerPeer):
             },
             notes,
             capped=attached < plan.idle_streams,
+        )
+
+    async def slow_consumer(self) -> Result:
+        """Broker RSS while consumers stop reading, sampled for `slow_s` seconds.
+
+        `slow_streams` streams of credit 10,000 on a subscription with a 1 s ack
+        deadline each read one message and then nothing more, while their
+        leases expire again and again. A broker that fills an unread stream's
+        outbox whenever credit comes back grows without bound; one that counts
+        what waits to be written as held stays flat.
+        """
+        assert self.process is not None and self.process.proc is not None
+        pid = self.process.proc.pid
+        channels = self._channels()
+        plan = self.plan
+        name = f"bench-slow-{uuid.uuid4().hex[:8]}"
+        await channels[0].CreateSubscription(
+            pb.CreateSubscriptionRequest(
+                subscription=pb.Subscription(
+                    name=name,
+                    filter=["bench.slow"],
+                    ack_deadline=duration_pb2.Duration(seconds=1),
+                    max_attempts=1000,
+                    retry_policy=pb.RetryPolicy(
+                        min_backoff=duration_pb2.Duration(nanos=100_000_000),
+                        max_backoff=duration_pb2.Duration(nanos=100_000_000),
+                    ),
+                )
+            ),
+            timeout=30,
+        )
+        request = pb.BatchPublishRequest(
+            events=[_event("bench.slow", payload()) for _ in range(plan.batch_size)]
+        )
+        for index in range(plan.slow_events // plan.batch_size):
+            await channels[index].BatchPublish(request, timeout=30)
+        calls = []
+        samples: list[float] = []
+        try:
+            for index in range(plan.slow_streams):
+                call = channels[index].Subscribe(
+                    pb.SubscribeRequest(subscription=name, max_outstanding=10_000)
+                )
+                await call.read()  # attached and delivering; from now on it reads nothing
+                calls.append(call)
+            start = time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < plan.slow_s:
+                samples.append(rss_kib(pid)[0] / 1024)
+                self.progress.update(int(elapsed), int(plan.slow_s))
+                await asyncio.sleep(1.0)
+            samples.append(rss_kib(pid)[0] / 1024)
+        finally:
+            for call in calls:
+                call.cancel()
+            await _delete_subscription(channels[0], name)
+        return Result(
+            {
+                "rss_start_mib": samples[0],
+                "rss_end_mib": samples[-1],
+                "rss_growth_mib": samples[-1] - samples[0],
+                "rss_peak_mib": max(samples),
+                "seconds": plan.slow_s,
+            }
         )
 
 
