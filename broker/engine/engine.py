@@ -32,19 +32,19 @@ from broker.domain import (
     Subscription,
     SubscriptionCounts,
 )
-from broker.engine.backoff import subscription_retry_delay_us
+from broker.engine import backoff
 from broker.engine.committer import Coalescer, Committer
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
 from broker.engine.metrics import BrokerMetrics
 from broker.engine.rates import RateMeter
 from broker.engine.recent import RecentEvents
+from broker.engine.settle import fail_leases
 from broker.engine.wakeups import Wakeups
 from broker.names import matches
 from broker.storage.interface import (
     DeliveryAckParams,
     DeliveryExpiredListParams,
     DeliveryExtendParams,
-    DeliveryFailParams,
     DeliveryLeaseParams,
     DeliveryPromoteParams,
     DeliveryRedriveParams,
@@ -57,6 +57,7 @@ from broker.storage.interface import (
     SubscriptionSeekParams,
     SubscriptionUpdateParams,
 )
+from broker.transitions import Failure
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +70,7 @@ TAIL_QUEUE_MAX = 10_000
 #: Most events that many publish calls put into one joined insert.
 PUBLISH_JOIN_MAX_EVENTS = 2000
 DEDUP_PRUNE_BATCH = 1000
+EXPIRED = Failure(AttemptOutcome.EXPIRED)
 
 
 def wall_clock_us() -> int:
@@ -350,17 +352,10 @@ class DeliveryEngine:
         immediate: bool = False,
         error: str = "",
     ) -> SettleOutcome:
-        params = DeliveryFailParams(
-            ack_ids=ack_ids,
-            now_us=0,
-            outcome=outcome_kind,
-            retry_delay=subscription_retry_delay_us,
-            error=error,
-            delay_us=delay_us,
-            terminal=terminal,
-            immediate=immediate,
+        failure = Failure(outcome_kind, error, delay_us, terminal, immediate)
+        outcome = await self.committer.run(
+            lambda tx, now: fail_leases(tx, now, ack_ids, failure, backoff.draw)
         )
-        outcome = await self.committer.run(lambda tx, now: tx.delivery_fail(_with_now(params, now)))
         self._settled(ack_ids, outcome)
         return outcome
 
@@ -478,13 +473,7 @@ class DeliveryEngine:
                 str(a)
                 for a in tx.delivery_expired_list(DeliveryExpiredListParams(now, EXPIRE_BATCH))
             ]
-            params = DeliveryFailParams(
-                ack_ids=expired,
-                now_us=now,
-                outcome=AttemptOutcome.EXPIRED,
-                retry_delay=subscription_retry_delay_us,
-            )
-            return expired, tx.delivery_fail(params)
+            return expired, fail_leases(tx, now, expired, EXPIRED, backoff.draw)
 
         expired, outcome = await self.committer.run(expire)
         if expired:
@@ -679,7 +668,3 @@ def stored_event(draft: EventDraft, now_us: int) -> StoredEvent:
         deliver_at_us=max(draft.deliver_at_us, now_us),
         delay_us=draft.delay_us,
     )
-
-
-def _with_now(params: DeliveryFailParams, now: int) -> DeliveryFailParams:
-    return dataclasses.replace(params, now_us=now)

@@ -28,9 +28,7 @@ from broker.domain import (
     Subscription,
     SubscriptionCounts,
 )
-
-#: The delay in microseconds before a subscription's failed attempt is retried.
-RetryDelay = Callable[[Subscription, int], int]
+from broker.transitions import AfterFailure, FailingLease
 
 
 class StorageUnavailableError(Exception):
@@ -77,22 +75,31 @@ class DeliveryAckParams:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryFailParams:
-    """Give leases back: nacked, released by a consumer that left, or expired.
+class DeliveryFailingParams:
+    """Find the live leases among ack ids that are about to fail, and lock them.
 
-    With `terminal` the deliveries die now; with `delay_us` they are ready
-    after that delay; otherwise after the subscription's backoff (`retry_delay`),
-    or at once when `immediate` (a consumer that disconnected).
+    With `unexpired_at_us`, a lease whose deadline has passed by then is not live.
     """
 
     ack_ids: Sequence[str]
+    unexpired_at_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FailingLeases:
+    """The live leases found, and which ack ids they are (the others are not applied)."""
+
+    leases: list[FailingLease]
+    applied: tuple[str, ...]
+    not_applied: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailParams:
+    """Write what failing leases become, as `broker.transitions` decided it."""
+
+    changes: Sequence[AfterFailure]
     now_us: int
-    outcome: int
-    retry_delay: RetryDelay
-    error: str = ""
-    delay_us: int | None = None
-    terminal: bool = False
-    immediate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,8 +249,12 @@ class StorageTx(Protocol):
         """Acknowledge live leases; others are reported not applied."""
         ...
 
+    def delivery_failing(self, params: DeliveryFailingParams) -> FailingLeases:
+        """The live leases among these ack ids, locked until the transaction ends."""
+        ...
+
     def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
-        """Give live leases back for retry, or dead-letter them."""
+        """Write retried or dead deliveries; says which subscriptions may deliver more."""
         ...
 
     def delivery_extend(self, params: DeliveryExtendParams) -> SettleOutcome:

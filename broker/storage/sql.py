@@ -41,11 +41,13 @@ from broker.storage.interface import (
     DeliveryAckParams,
     DeliveryExpiredListParams,
     DeliveryExtendParams,
+    DeliveryFailingParams,
     DeliveryFailParams,
     DeliveryLeaseParams,
     DeliveryPromoteParams,
     DeliveryRedriveParams,
     EventInsertParams,
+    FailingLeases,
     MaintenanceOutcome,
     MaintenanceParams,
     Notifier,
@@ -58,8 +60,7 @@ from broker.storage.interface import (
     SubscriptionSeekParams,
     SubscriptionUpdateParams,
 )
-
-HISTORY_MAX_ATTEMPTS = 20
+from broker.transitions import FailingLease
 
 _d = schema.deliveries
 _e = schema.events
@@ -120,6 +121,10 @@ _INSERT_EVENT_SQL = (
 _INSERT_DELIVERY_SQL = (
     "INSERT INTO deliveries (subscription_id, event_id, state, rank, ordering_key, ready_at,"
     " attempt, dead_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?)"
+)
+_FAIL_SQL = (
+    "UPDATE deliveries SET state = ?, ready_at = ?, history = ?, last_error = ?,"
+    " dead_reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?"
 )
 #: Most ack ids matched by one statement (two bound parameters each).
 ACK_CHUNK = 2000
@@ -414,86 +419,59 @@ class SqlTx:
             if (sub := subs.get(row.subscription_id)) is not None and sub.max_in_flight > 0
         }
 
-    def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
-        """Give live leases back for retry, or dead-letter them."""
-        # A consumer's nack comes too late once the deadline has passed; the reaper's
-        # expiry and a departing consumer's release take the lease whatever its deadline.
-        late_at = params.now_us if params.outcome == AttemptOutcome.NACKED else None
-        live, applied, not_applied = self._live_leases(params.ack_ids, late_at)
-        if not live:
-            return SettleOutcome(tuple(applied), tuple(not_applied))
-        subs = self._subscriptions_by_id()
-        now = params.now_us
-        updates: list[dict[str, Any]] = []
-        dead_keys: set[OrderedKey] = set()
-        ready_subs: set[int] = set()
-        next_scheduled: int | None = None
-        for row in live.values():
-            sub = subs.get(row.subscription_id)
-            history = _history_from_json(row.history)
-            history.append(
-                AttemptRecord(
-                    attempt=row.attempt,
-                    delivered_at_us=row.leased_at or now,
-                    ended_at_us=now,
-                    consumer=row.consumer or "",
-                    outcome=AttemptOutcome(params.outcome),
-                    error=params.error,
-                )
+    def delivery_failing(self, params: DeliveryFailingParams) -> FailingLeases:
+        """The live leases among these ack ids, locked until the transaction ends."""
+        live, applied, not_applied = self._live_leases(params.ack_ids, params.unexpired_at_us)
+        leases = [
+            FailingLease(
+                delivery_id=row.id,
+                attempt=row.attempt,
+                subscription_id=row.subscription_id,
+                leased_at_us=row.leased_at,
+                consumer=row.consumer or "",
+                history=tuple(_history_from_json(row.history)),
+                ordering_key=row.ordering_key,
             )
-            values: dict[str, Any] = {
-                "b_id": row.id,
-                "b_history": _history_to_json(history[-HISTORY_MAX_ATTEMPTS:]),
-                "b_error": params.error or None,
-                "b_dead_reason": DeadReason.NONE,
-            }
-            max_attempts = sub.max_attempts if sub is not None else 1
-            if params.terminal:
-                values |= {"b_state": DeliveryState.DEAD, "b_ready_at": now}
-                values["b_dead_reason"] = DeadReason.NACKED_TERMINAL
-            elif row.attempt >= max_attempts:
-                values |= {"b_state": DeliveryState.DEAD, "b_ready_at": now}
-                values["b_dead_reason"] = DeadReason.ATTEMPTS_EXHAUSTED
-            else:
-                if params.immediate:
-                    delay = 0
-                elif params.delay_us is not None:
-                    delay = params.delay_us
-                else:
-                    assert sub is not None
-                    delay = params.retry_delay(sub, row.attempt)
-                ready_at = now + max(delay, 0)
-                if ready_at > now:
-                    values |= {"b_state": DeliveryState.SCHEDULED, "b_ready_at": ready_at}
-                    next_scheduled = min(next_scheduled or ready_at, ready_at)
-                else:
-                    values |= {"b_state": DeliveryState.READY, "b_ready_at": now}
-                    ready_subs.add(row.subscription_id)
-            updates.append(values)
-            if values["b_state"] == DeliveryState.DEAD and row.ordering_key:
-                dead_keys.add((row.subscription_id, row.ordering_key))
-        self.conn.execute(
-            sa.update(_d)
-            .where(_d.c.id == sa.bindparam("b_id"))
-            .values(
-                state=sa.bindparam("b_state"),
-                ready_at=sa.bindparam("b_ready_at"),
-                history=sa.bindparam("b_history"),
-                last_error=sa.bindparam("b_error"),
-                dead_reason=sa.bindparam("b_dead_reason"),
-                lease_expires_at=None,
-                updated_at=now,
-            ),
-            updates,
+            for row in live.values()
+        ]
+        return FailingLeases(leases, tuple(applied), tuple(not_applied))
+
+    def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
+        """Write retried or dead deliveries; says which subscriptions may deliver more."""
+        if not params.changes:
+            return SettleOutcome((), ())
+        now = params.now_us
+        cursor = self._cursor()
+        cursor.executemany(
+            self._sql(_FAIL_SQL),
+            [
+                (
+                    int(change.state),
+                    change.ready_at_us,
+                    _history_to_json(change.history),
+                    change.error,
+                    int(change.dead_reason),
+                    now,
+                    change.delivery_id,
+                )
+                for change in params.changes
+            ],
         )
+        cursor.close()
+        ready_subs = {c.subscription_id for c in params.changes if c.state == DeliveryState.READY}
+        scheduled = [c.ready_at_us for c in params.changes if c.state == DeliveryState.SCHEDULED]
+        next_scheduled = min(scheduled, default=None)
+        dead_keys = {
+            (c.subscription_id, c.ordering_key)
+            for c in params.changes
+            if c.state == DeliveryState.DEAD and c.ordering_key
+        }
         if dead_keys:
             unblocked, due = self._gate(dead_keys, now)
             ready_subs |= unblocked
             next_scheduled = _earliest(next_scheduled, due)
-        ready_subs |= self._slots_freed(live.values())
-        return SettleOutcome(
-            tuple(applied), tuple(not_applied), frozenset(ready_subs), next_scheduled
-        )
+        ready_subs |= self._slots_freed(params.changes)
+        return SettleOutcome((), (), frozenset(ready_subs), next_scheduled)
 
     def delivery_extend(self, params: DeliveryExtendParams) -> SettleOutcome:
         """Extend live leases."""
@@ -944,9 +922,8 @@ class SqlTx:
         return _subscription_from_row(row) if row is not None else None
 
     def subscription_get_by_id(self, subscription_id: int) -> Subscription | None:
-        """One subscription by id."""
-        row = self.conn.execute(sa.select(_s).where(_s.c.id == subscription_id)).first()
-        return _subscription_from_row(row) if row is not None else None
+        """One subscription by id (from the subscriptions this transaction has read)."""
+        return self._subscriptions_by_id().get(subscription_id)
 
     def subscription_list(self, after_name: str, limit: int) -> list[Subscription]:
         """Subscriptions by name, after a name."""

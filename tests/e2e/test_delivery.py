@@ -14,8 +14,10 @@ from grpc_status import rpc_status
 
 from broker.config import Settings
 from broker.domain import AttemptOutcome
+from broker.engine.settle import fail_leases
 from broker.storage import open_storage
-from broker.storage.interface import DeliveryExpiredListParams, DeliveryFailParams
+from broker.storage.interface import DeliveryExpiredListParams
+from broker.transitions import Failure
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader, subscribe
@@ -207,15 +209,8 @@ def test_credit_of_a_lease_another_broker_expired_comes_back(
         with other.write() as tx:
             expired = tx.delivery_expired_list(DeliveryExpiredListParams(ahead_us, 10))
             assert [str(a) for a in expired] == [first.ack_id]
-            tx.delivery_fail(
-                DeliveryFailParams(
-                    ack_ids=[first.ack_id],
-                    now_us=ahead_us,
-                    outcome=AttemptOutcome.EXPIRED,
-                    retry_delay=lambda subscription, attempt: 0,
-                    immediate=True,
-                )
-            )
+            expiry = Failure(AttemptOutcome.EXPIRED, immediate=True)
+            fail_leases(tx, ahead_us, [first.ack_id], expiry, lambda low, high: low)
     finally:
         other.close()
     # Once the deadline passes here, this broker sees the lease gone and frees the slot.

@@ -25,16 +25,17 @@ from broker.domain import (
     EventDraft,
     LeaseRequest,
     Scope,
+    SettleOutcome,
     StartPosition,
     Subscription,
 )
+from broker.engine.settle import fail_leases
 from broker.storage import Storage
 from broker.storage.interface import (
     DeadLetterListParams,
     DeliveryAckParams,
     DeliveryExpiredListParams,
     DeliveryExtendParams,
-    DeliveryFailParams,
     DeliveryLeaseParams,
     DeliveryPromoteParams,
     DeliveryRedriveParams,
@@ -47,6 +48,7 @@ from broker.storage.interface import (
 from broker.storage.migrate import alembic_config
 from broker.storage.schema import metadata
 from broker.storage.sql import SqlStorage
+from broker.transitions import Failure
 
 S = 1_000_000
 T0 = 1_800_000_000 * S
@@ -121,20 +123,26 @@ def lease(
     return [d.ack_id for d in leased.get(consumer, [])]
 
 
-def no_delay(subscription: Subscription, attempt: int) -> int:
-    return 0
+def lowest(low: int, high: int) -> int:
+    """A backoff draw without jitter: the low end."""
+    return low
 
 
-def fail(storage: Storage, ack_ids: Sequence[str], now: int = T0, **kwargs: object) -> object:
-    params = DeliveryFailParams(
-        ack_ids=ack_ids,
-        now_us=now,
-        outcome=kwargs.pop("outcome", AttemptOutcome.NACKED),  # type: ignore[arg-type]
-        retry_delay=kwargs.pop("retry_delay", no_delay),  # type: ignore[arg-type]
-        **kwargs,  # type: ignore[arg-type]
-    )
+def fail(
+    storage: Storage,
+    ack_ids: Sequence[str],
+    now: int = T0,
+    *,
+    outcome: AttemptOutcome = AttemptOutcome.NACKED,
+    **kwargs: Any,
+) -> SettleOutcome:
+    """Fail leases as the engine does: storage finds them, the decisions say what they become.
+
+    Without a `delay_us`, a retry is ready at once (the backoff is the decisions' to test).
+    """
+    kwargs.setdefault("delay_us", 0)
     with storage.write() as tx:
-        return tx.delivery_fail(params)
+        return fail_leases(tx, now, ack_ids, Failure(outcome, **kwargs), lowest)
 
 
 def states(storage: Storage, event_id: str) -> dict[str, DeliveryState]:
@@ -288,7 +296,7 @@ def test_ack_nack_or_extend_after_the_deadline_has_no_effect_before_the_reaper_r
     nack = fail(storage, [nacked], late, error="too late")
     assert ack.not_applied == (acked,) and ack.applied == ()
     assert extend.not_applied == (extended,)
-    assert nack.not_applied == (nacked,)  # type: ignore[attr-defined]
+    assert nack.not_applied == (nacked,)
     assert {e: states(storage, e)["billing"] for e in event_ids} == dict.fromkeys(
         event_ids, DeliveryState.IN_FLIGHT
     )
@@ -303,9 +311,9 @@ def test_nack_backs_off_then_dead_letters_after_max_attempts(storage: Storage) -
     s = create(storage, sub(max_attempts=2))
     (event_id,) = publish(storage, draft())
     (first,) = lease(storage, s.id, 1)
-    outcome = fail(storage, [first], error="boom", retry_delay=lambda sub, attempt: 5 * S)
+    outcome = fail(storage, [first], error="boom", delay_us=5 * S)
     assert states(storage, event_id) == {"billing": DeliveryState.SCHEDULED}
-    assert outcome.next_scheduled_us == T0 + 5 * S  # type: ignore[attr-defined]
+    assert outcome.next_scheduled_us == T0 + 5 * S
     with storage.write() as tx:
         tx.delivery_promote(DeliveryPromoteParams(T0 + 5 * S, 100))
     (second,) = lease(storage, s.id, 1, now=T0 + 5 * S)
@@ -342,14 +350,8 @@ def test_release_makes_ready_at_once_with_attempt_counted(storage: Storage) -> N
     s = create(storage, sub())
     (event_id,) = publish(storage, draft())
     (first,) = lease(storage, s.id, 1)
-    outcome = fail(
-        storage,
-        [first],
-        outcome=AttemptOutcome.RELEASED,
-        immediate=True,
-        retry_delay=lambda sub, attempt: 99 * S,
-    )
-    assert outcome.ready_subscription_ids == {s.id}  # type: ignore[attr-defined]
+    outcome = fail(storage, [first], outcome=AttemptOutcome.RELEASED, immediate=True)
+    assert outcome.ready_subscription_ids == {s.id}
     assert states(storage, event_id) == {"billing": DeliveryState.READY}
     with storage.write() as tx:
         leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c2", 1)], T0))
