@@ -11,7 +11,7 @@
                       checks and errors; the dashboard speaks this
     GET  /            the live dashboard (see `broker/api/dashboard.html`)
     GET  /metrics     Prometheus text format (admin scope once keys exist)
-    GET  /healthz     200 while the broker serves
+    GET  /healthz     200 while the broker serves, 503 once it is shutting down
 
 Errors are JSON too, with the status a gRPC client would get mapped to HTTP
 (`INVALID_ARGUMENT` 400, `UNAUTHENTICATED` 401, `PERMISSION_DENIED` 403,
@@ -112,6 +112,8 @@ def build_http_app(servicer: EventBrokerServicer) -> web.Application:
         )
 
     async def healthz(request: web.Request) -> web.Response:
+        if servicer.engine.draining:  # shutting down: only held deliveries are settled
+            return web.Response(status=503, text="shutting down\n")
         return web.Response(text="ok\n")
 
     async def rpc(request: web.Request) -> web.Response:

@@ -149,10 +149,23 @@ class DeliveryEngine:
         ]
 
     async def end_streams(self) -> None:
-        """End every consumer stream (first step of a shutdown); leases are released."""
+        """End every consumer stream and stop dispatching (first step of a shutdown).
+
+        What the consumers hold stays theirs: they may still ack, nack or extend it
+        until `stop()` gives back whatever is left.
+        """
         self._stopping = True
         for dispatcher in list(self._dispatchers.values()):
             await dispatcher.stop("broker shutting down")
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began: nothing new is delivered, held leases may still settle."""
+        return self._stopping
+
+    def leases_held(self) -> int:
+        """How many deliveries consumers of this process hold, not yet settled."""
+        return len(self._holders)
 
     async def stop(self) -> None:
         """Give every lease held here back, stop the timers, then group commit."""
@@ -230,7 +243,13 @@ class DeliveryEngine:
     # -- consumers -----------------------------------------------------------
 
     def attach(self, subscription: Subscription, consumer: ConsumerStream) -> None:
-        """Attach a consumer to a subscription's dispatcher (made on first use)."""
+        """Attach a consumer to a subscription's dispatcher (made on first use).
+
+        Once shutdown began the stream is ended at once: nothing more is delivered here.
+        """
+        if self._stopping:
+            consumer.end("broker shutting down")
+            return
         dispatcher = self._dispatchers.get(subscription.id)
         if dispatcher is None:
             dispatcher = SubscriptionDispatcher(
@@ -246,12 +265,16 @@ class DeliveryEngine:
         dispatcher.add(consumer)
 
     def detach(self, subscription_id: int, consumer: ConsumerStream) -> None:
-        """A consumer left: give back what it holds, at once (attempt counted)."""
+        """A consumer left: give back what it holds, at once (attempt counted).
+
+        Not while shutting down: the stream was ended by the broker, and the consumer's
+        running handlers may still settle what it holds (`stop()` gives back the rest).
+        """
         consumer.closed = True
         dispatcher = self._dispatchers.get(subscription_id)
         if dispatcher is not None:
             dispatcher.remove(consumer)
-        if consumer.outstanding:
+        if consumer.outstanding and not self._stopping:
             self._release_soon(list(consumer.outstanding))
 
     def tail(self, filters: tuple[str, ...]) -> TailStream:
