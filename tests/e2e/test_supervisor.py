@@ -17,6 +17,8 @@ import pytest
 from eventbroker import Client
 
 START_TIMEOUT_S = 30.0
+#: A worker's grace period (the default 10 s) and then some.
+STOP_TIMEOUT_S = 20.0
 _LISTENING_RE = re.compile(r"pid=(\d+) logger=broker\.app [^\n]*?msg='broker listening")
 
 
@@ -99,6 +101,27 @@ def alive(pid: int) -> bool:
     return True
 
 
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on the port: it can be bound and listened on without SO_REUSEPORT."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
+        try:
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+        except OSError:
+            return False
+    return True
+
+
 def test_two_processes_share_the_port_and_stop_together(supervised: Supervised) -> None:
     pids = supervised.wait_for_workers(2)
     assert len(set(pids)) == 2
@@ -151,3 +174,52 @@ def test_several_processes_need_postgresql(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "several broker processes need PostgreSQL" in result.stderr
+
+
+def test_workers_die_with_a_killed_supervisor(supervised: Supervised) -> None:
+    pids = supervised.wait_for_workers(2)
+    supervised.proc.kill()  # SIGKILL: the supervisor passes nothing on
+    supervised.proc.wait(10)
+    try:
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(running(pid) for pid in pids), f"orphans left:\n{supervised.text()}"
+        assert port_free(supervised.port)
+    finally:
+        for pid in pids:  # leave no orphan behind when the test fails
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_refused_configuration_ends_the_supervisor_without_restarts(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Without API keys a public address is refused: by every worker, so by the supervisor."""
+    port = free_port()
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from broker.cli import main; main()",
+            "serve",
+            "--processes",
+            "2",
+            "--listen",
+            f"0.0.0.0:{port}",  # refused before anything binds it
+            "--http-listen",
+            "",
+            "--database-url",
+            postgres_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < START_TIMEOUT_S
+    assert "beyond loopback the broker needs API keys" in result.stderr
+    assert "restarting" not in result.stderr
+    assert "broker listening" not in result.stderr
