@@ -13,6 +13,12 @@ API key) would refuse it again after every restart: it exits with
 `EXIT_REFUSED` and sends its one-line reason up a pipe, and the supervisor
 stops the others and fails with that reason instead of restarting. Workers die
 with their supervisor, even one killed with SIGKILL (see `_die_with_parent`).
+
+The workers share the HTTP port too, so a scrape of `/metrics` reaches one of
+them: the supervisor gives them a fresh directory for prometheus-client's
+multiprocess mode, where each keeps its values and any of them reads everyone's
+(see `broker.engine.metrics`); it tells the library of each worker that exits
+and removes the directory when it stops.
 """
 
 from __future__ import annotations
@@ -23,15 +29,20 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from broker.config import Settings, SettingsError
+from broker.engine.metrics import MULTIPROC_DIR_ENV
 from broker.logs import configure_logging
 from broker.storage import open_storage
 
@@ -129,6 +140,7 @@ class Supervisor:
         self._quick_deaths = [0] * processes
         self._restart_at: dict[int, float] = {}
         self._stopping = threading.Event()
+        self._metrics_dir = ""
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status.
@@ -145,6 +157,10 @@ class Supervisor:
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        metrics_dir = tempfile.mkdtemp(prefix="broker-metrics-")
+        previous_dir = os.environ.get(MULTIPROC_DIR_ENV)
+        os.environ[MULTIPROC_DIR_ENV] = metrics_dir  # inherited by every worker
+        self._metrics_dir = metrics_dir
         try:
             for index in range(self.count):
                 self._start(index)
@@ -154,6 +170,11 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._stop_all()
+            if previous_dir is None:
+                os.environ.pop(MULTIPROC_DIR_ENV, None)
+            else:
+                os.environ[MULTIPROC_DIR_ENV] = previous_dir
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -189,6 +210,7 @@ class Supervisor:
                     continue
                 worker.join()
                 self._workers[index] = None
+                self._forget_metrics_of(worker)
                 refusal = self._refusal(index)
                 if worker.exitcode == EXIT_REFUSED and refusal is not None:
                     _log.error("broker process %d refused to start: %s", index, refusal)
@@ -211,6 +233,11 @@ class Supervisor:
                 if now >= when and not self._stopping.is_set():
                     del self._restart_at[index]
                     self._start(index)
+
+    def _forget_metrics_of(self, worker: BaseProcess) -> None:
+        """Drop the live gauges of a worker that exited; its counters still count."""
+        if worker.pid is not None and self._metrics_dir:
+            mark_process_dead(worker.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
 
     def _refusal(self, index: int) -> str | None:
         """The reason the worker sent before it exited, if it refused its configuration."""
@@ -236,6 +263,7 @@ class Supervisor:
                 _log.warning("broker process %s did not stop in time; killing it", worker.pid)
                 worker.kill()
                 worker.join()
+            self._forget_metrics_of(worker)
         for receiver in self._refusals:
             if receiver is not None:
                 receiver.close()

@@ -31,7 +31,7 @@ import grpc
 from aiohttp import web
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker import logs
 from broker.api.servicer import EventBrokerServicer, as_broker_error
@@ -104,10 +104,9 @@ def build_http_app(servicer: EventBrokerServicer) -> web.Application:
         await servicer.auth.authorize(request.headers.items(), Scope.ADMIN)
         engine = servicer.engine
         counts, events = await engine.counts(None)
-        consumers = {c.subscription: engine.consumer_count(c.subscription) for c in counts}
-        engine.metrics.set_counts(counts, events, consumers, engine.clock())
+        engine.metrics.set_counts(counts, events, engine.clock())
         return web.Response(
-            body=generate_latest(engine.metrics.registry),
+            body=engine.metrics.exposition(),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 

@@ -125,6 +125,8 @@ class DeliveryEngine:
         #: When each lease held here ends, as far as this broker knows (µs).
         self._held_until: dict[str, int] = {}
         self._tails: list[TailStream] = []
+        #: Ids of the consumers attached here and not yet detached (the consumers gauge).
+        self._attached: set[str] = set()
         self._next_due_us: int | None = None
         self._timer_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -263,6 +265,8 @@ class DeliveryEngine:
             self._dispatchers[subscription.id] = dispatcher
             dispatcher.start()
         dispatcher.add(consumer)
+        self._attached.add(consumer.id)
+        self.metrics.consumer_attached(subscription.name)
 
     def detach(self, subscription_id: int, consumer: ConsumerStream) -> None:
         """A consumer left: give back what it holds, at once (attempt counted).
@@ -274,6 +278,9 @@ class DeliveryEngine:
         dispatcher = self._dispatchers.get(subscription_id)
         if dispatcher is not None:
             dispatcher.remove(consumer)
+        if consumer.id in self._attached:
+            self._attached.remove(consumer.id)
+            self.metrics.consumer_detached(consumer.subscription)
         if consumer.outstanding and not self._stopping:
             self._release_soon(list(consumer.outstanding))
 

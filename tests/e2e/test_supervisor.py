@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Supervised:
 
     def __init__(self, database_url: str, processes: int, log: Path) -> None:
         self.port = free_port()
+        self.http_port = free_port()  # shared by the workers, as the gRPC port is
         self.log = log
         self.output = log.open("wb")
         self.proc = subprocess.Popen(
@@ -46,7 +48,7 @@ class Supervised:
                 "--listen",
                 f"127.0.0.1:{self.port}",
                 "--http-listen",
-                "127.0.0.1:0",
+                f"127.0.0.1:{self.http_port}",
                 "--database-url",
                 database_url,
             ],
@@ -223,3 +225,18 @@ def test_a_refused_configuration_ends_the_supervisor_without_restarts(
     assert "beyond loopback the broker needs API keys" in result.stderr
     assert "restarting" not in result.stderr
     assert "broker listening" not in result.stderr
+
+
+def test_one_scrape_counts_the_publishes_of_every_process(supervised: Supervised) -> None:
+    supervised.wait_for_workers(2)
+    publishes = 40
+    for n in range(publishes):  # a new connection each: the kernel spreads them over both
+        with Client(supervised.target) as client:
+            client.publish("order.new", {"n": n})
+    for _ in range(10):  # each scrape a new connection, so it may reach either process
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{supervised.http_port}/metrics", timeout=10
+        ) as response:
+            text = response.read().decode()
+        assert f"eventbroker_events_published_total {publishes}.0" in text, text
+        assert f"eventbroker_stored_events {publishes}.0" in text
