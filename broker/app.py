@@ -23,6 +23,12 @@ from broker.storage import Storage, open_storage
 
 _log = logging.getLogger(__name__)
 
+#: Of the shutdown grace period, the part (at most a quarter) left for calls in flight
+#: once the broker stops waiting for held deliveries to be settled.
+FINAL_CALLS_S = 1.0
+#: How often a shutting-down broker looks whether consumers still hold deliveries.
+SETTLE_POLL_S = 0.05
+
 
 class BrokerApp:
     """A running broker; `start()` binds the port, `stop()` shuts down gracefully."""
@@ -114,20 +120,56 @@ class BrokerApp:
         )
 
     async def stop(self) -> None:
-        """Stop accepting, let calls finish within the grace period, give leases back."""
+        """Shut down as a lame duck, then give back what is still held.
+
+        `server.stop()` refuses every new call at once, so calling it first would
+        refuse the acks of handlers still running in consumers: their work would
+        be redelivered and done twice. Instead, in order:
+
+        1. health reports NOT_SERVING (gRPC health and `/healthz`), so balancers
+           and new clients look elsewhere;
+        2. dispatching stops and every Subscribe stream ends with UNAVAILABLE
+           "broker shutting down" (new ones are ended the same way);
+        3. the port stays open and serves Ack, Nack, ExtendAckDeadline and
+           publishes until no lease is held here or the grace period is nearly
+           over (`FINAL_CALLS_S` is kept for calls still in flight);
+        4. the servers stop, letting calls in flight finish within what is left
+           of the grace period, and every lease still held is given back.
+        """
+        loop = asyncio.get_running_loop()
+        grace_s = self.settings.shutdown_grace_s
+        deadline = loop.time() + grace_s
         if self._health is not None:
             await set_serving(self._health, False)
         if self.engine is not None:
             await self.engine.end_streams()
+            await self._wait_for_settlements(deadline - min(FINAL_CALLS_S, grace_s / 4))
         if self._http is not None:
             await self._http.cleanup()
         if self.server is not None:
-            await self.server.stop(self.settings.shutdown_grace_s)
+            await self.server.stop(max(0.0, deadline - loop.time()))
         if self.engine is not None:
             await self.engine.stop()  # gives back every lease still held here
         if self.storage is not None:
             self.storage.close()
         _log.info("broker stopped")
+
+    async def _wait_for_settlements(self, until: float) -> None:
+        """Serve settlements until no lease is held here, or until `until` (loop time)."""
+        assert self.engine is not None
+        loop = asyncio.get_running_loop()
+        held = self.engine.leases_held()
+        if held:
+            _log.info(
+                "waiting up to %.1f s for consumers to settle %d held deliveries",
+                max(0.0, until - loop.time()),
+                held,
+            )
+        while held and loop.time() < until:
+            await asyncio.sleep(SETTLE_POLL_S)
+            held = self.engine.leases_held()
+        if held:
+            _log.info("%d deliveries still held at the end of the grace period", held)
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -11,7 +11,7 @@
                       checks and errors; the dashboard speaks this
     GET  /            the live dashboard (see `broker/api/dashboard.html`)
     GET  /metrics     Prometheus text format (admin scope once keys exist)
-    GET  /healthz     200 while the broker serves
+    GET  /healthz     200 while the broker serves, 503 once it is shutting down
 
 Errors are JSON too, with the status a gRPC client would get mapped to HTTP
 (`INVALID_ARGUMENT` 400, `UNAUTHENTICATED` 401, `PERMISSION_DENIED` 403,
@@ -31,7 +31,7 @@ import grpc
 from aiohttp import web
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker import logs
 from broker.api.servicer import EventBrokerServicer, as_broker_error
@@ -104,14 +104,15 @@ def build_http_app(servicer: EventBrokerServicer) -> web.Application:
         await servicer.auth.authorize(request.headers.items(), Scope.ADMIN)
         engine = servicer.engine
         counts, events = await engine.counts(None)
-        consumers = {c.subscription: engine.consumer_count(c.subscription) for c in counts}
-        engine.metrics.set_counts(counts, events, consumers, engine.clock())
+        engine.metrics.set_counts(counts, events, engine.clock())
         return web.Response(
-            body=generate_latest(engine.metrics.registry),
+            body=engine.metrics.exposition(),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
     async def healthz(request: web.Request) -> web.Response:
+        if servicer.engine.draining:  # shutting down: only held deliveries are settled
+            return web.Response(status=503, text="shutting down\n")
         return web.Response(text="ok\n")
 
     async def rpc(request: web.Request) -> web.Response:

@@ -127,6 +127,8 @@ class DeliveryEngine:
         #: When each lease held here ends, as far as this broker knows (µs).
         self._held_until: dict[str, int] = {}
         self._tails: list[TailStream] = []
+        #: Ids of the consumers attached here and not yet detached (the consumers gauge).
+        self._attached: set[str] = set()
         self._next_due_us: int | None = None
         self._timer_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,10 +153,23 @@ class DeliveryEngine:
         ]
 
     async def end_streams(self) -> None:
-        """End every consumer stream (first step of a shutdown); leases are released."""
+        """End every consumer stream and stop dispatching (first step of a shutdown).
+
+        What the consumers hold stays theirs: they may still ack, nack or extend it
+        until `stop()` gives back whatever is left.
+        """
         self._stopping = True
         for dispatcher in list(self._dispatchers.values()):
             await dispatcher.stop("broker shutting down")
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began: nothing new is delivered, held leases may still settle."""
+        return self._stopping
+
+    def leases_held(self) -> int:
+        """How many deliveries consumers of this process hold, not yet settled."""
+        return len(self._holders)
 
     async def stop(self) -> None:
         """Give every lease held here back, stop the timers, then group commit."""
@@ -232,7 +247,13 @@ class DeliveryEngine:
     # -- consumers -----------------------------------------------------------
 
     def attach(self, subscription: Subscription, consumer: ConsumerStream) -> None:
-        """Attach a consumer to a subscription's dispatcher (made on first use)."""
+        """Attach a consumer to a subscription's dispatcher (made on first use).
+
+        Once shutdown began the stream is ended at once: nothing more is delivered here.
+        """
+        if self._stopping:
+            consumer.end("broker shutting down")
+            return
         dispatcher = self._dispatchers.get(subscription.id)
         if dispatcher is None:
             dispatcher = SubscriptionDispatcher(
@@ -246,14 +267,23 @@ class DeliveryEngine:
             self._dispatchers[subscription.id] = dispatcher
             dispatcher.start()
         dispatcher.add(consumer)
+        self._attached.add(consumer.id)
+        self.metrics.consumer_attached(subscription.name)
 
     def detach(self, subscription_id: int, consumer: ConsumerStream) -> None:
-        """A consumer left: give back what it holds, at once (attempt counted)."""
+        """A consumer left: give back what it holds, at once (attempt counted).
+
+        Not while shutting down: the stream was ended by the broker, and the consumer's
+        running handlers may still settle what it holds (`stop()` gives back the rest).
+        """
         consumer.closed = True
         dispatcher = self._dispatchers.get(subscription_id)
         if dispatcher is not None:
             dispatcher.remove(consumer)
-        if consumer.outstanding:
+        if consumer.id in self._attached:
+            self._attached.remove(consumer.id)
+            self.metrics.consumer_detached(consumer.subscription)
+        if consumer.outstanding and not self._stopping:
             self._release_soon(list(consumer.outstanding))
 
     def tail(self, filters: tuple[str, ...]) -> TailStream:

@@ -1,18 +1,43 @@
-"""Prometheus metrics of one broker process, named by Prometheus conventions.
+"""Prometheus metrics of a broker, named by Prometheus conventions.
 
-Counters and the latency histogram are updated where the work happens (the
-engine); gauges of the backlog per subscription and state, and of consumers,
-are read from storage when `/metrics` is scraped. Each broker has its own
-registry, so several brokers in one process (tests) do not collide.
+Counters, the latency histogram and the gauge of connected consumers are
+updated where the work happens (the engine); gauges of the backlog per
+subscription and state, and of stored events, are read from storage when
+`/metrics` is scraped. Each broker has its own registry, so several brokers in
+one process (tests) do not collide.
+
+Several processes (`broker serve --processes N`) share one HTTP port, so a
+scrape reaches one of them: the supervisor sets `PROMETHEUS_MULTIPROC_DIR` to a
+directory of its own, prometheus-client's multiprocess mode then keeps each
+process's values in files there, and `exposition()` adds up the files of every
+process (`MultiProcessCollector`). Its limits shape what is kept where:
+
+- values kept in the files are the ones a process records itself: counters and
+  the histogram (summed over processes, the dead included, so totals never go
+  back), and consumers per subscription (`livesum`: the processes alive now);
+- custom collectors of other processes are not seen, and a gauge set at scrape
+  time would keep other processes' stale values, so the storage gauges are a
+  collector of the scraping process alone: they count the shared database, so
+  any process gives the whole broker's numbers;
+- the supervisor calls `mark_process_dead` for each process that exits, and
+  removes the directory when it stops.
+
+Without the variable (one process) the registry is served as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from broker.domain import SubscriptionCounts
+
+#: Set (by the supervisor) to the directory where processes keep their values.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Publish -> first delivery, in seconds: from sub-millisecond to a minute.
 LATENCY_BUCKETS_S = (
@@ -55,44 +80,68 @@ class BrokerMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self.backlog = Gauge(
-            "eventbroker_deliveries_by_state",
-            "Deliveries of each subscription in each state, when scraped.",
-            ["subscription", "state"],
-            registry=self.registry,
-        )
-        self.oldest_waiting = Gauge(
-            "eventbroker_oldest_waiting_age_seconds",
-            "Age of the oldest ready delivery of each subscription, when scraped.",
-            ["subscription"],
-            registry=self.registry,
-        )
         self.consumers = Gauge(
             "eventbroker_consumers",
-            "Consumers connected to this broker process, by subscription.",
+            "Consumers connected to the broker (every process of it), by subscription.",
             ["subscription"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
-        self.stored_events = Gauge(
-            "eventbroker_stored_events", "Events stored, when scraped.", registry=self.registry
-        )
+        self.storage_counts = StorageCounts()
+        self.registry.register(self.storage_counts)
 
-    def set_counts(
-        self,
-        counts: Sequence[SubscriptionCounts],
-        events: int,
-        consumers: dict[str, int],
-        now_us: int,
-    ) -> None:
-        """Refresh the gauges from storage counts (called on scrape)."""
-        self.backlog.clear()
-        self.oldest_waiting.clear()
-        self.consumers.clear()
-        for row in counts:
+    def consumer_attached(self, subscription: str) -> None:
+        """Count a consumer that connected to this process."""
+        self.consumers.labels(subscription).inc()
+
+    def consumer_detached(self, subscription: str) -> None:
+        """Count a consumer that left this process."""
+        self.consumers.labels(subscription).dec()
+
+    def set_counts(self, counts: Sequence[SubscriptionCounts], events: int, now_us: int) -> None:
+        """Refresh the storage gauges (called on scrape, before `exposition()`)."""
+        self.storage_counts.counts = list(counts)
+        self.storage_counts.events = events
+        self.storage_counts.now_us = now_us
+
+    def exposition(self) -> bytes:
+        """The metrics in the Prometheus text format: of every broker process, if several."""
+        if not os.environ.get(MULTIPROC_DIR_ENV):
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone)  # type: ignore[no-untyped-call]  # untyped upstream
+        everyone.register(self.storage_counts)
+        return generate_latest(everyone)
+
+
+class StorageCounts:
+    """Gauges of what storage holds, as last read: per subscription and state, and events."""
+
+    def __init__(self) -> None:
+        self.counts: list[SubscriptionCounts] = []
+        self.events = 0
+        self.now_us = 0
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges, from the counts last set."""
+        backlog = GaugeMetricFamily(
+            "eventbroker_deliveries_by_state",
+            "Deliveries of each subscription in each state, when scraped.",
+            labels=["subscription", "state"],
+        )
+        oldest = GaugeMetricFamily(
+            "eventbroker_oldest_waiting_age_seconds",
+            "Age of the oldest ready delivery of each subscription, when scraped.",
+            labels=["subscription"],
+        )
+        for row in self.counts:
             for state in STATES:
-                self.backlog.labels(row.subscription, state).set(getattr(row, state))
+                backlog.add_metric([row.subscription, state], getattr(row, state))
             if row.oldest_waiting_us is not None:
-                age_s = max(0, now_us - row.oldest_waiting_us) / 1_000_000
-                self.oldest_waiting.labels(row.subscription).set(age_s)
-            self.consumers.labels(row.subscription).set(consumers.get(row.subscription, 0))
-        self.stored_events.set(events)
+                age_s = max(0, self.now_us - row.oldest_waiting_us) / 1_000_000
+                oldest.add_metric([row.subscription], age_s)
+        yield backlog
+        yield oldest
+        yield GaugeMetricFamily(
+            "eventbroker_stored_events", "Events stored, when scraped.", value=self.events
+        )

@@ -30,9 +30,10 @@ _PORT_RE = re.compile(r"\(port (\d+)\)")
 class BrokerProcess:
     """`broker serve` in a child process, on a database of the test's."""
 
-    def __init__(self, database_url: str, log: Path) -> None:
+    def __init__(self, database_url: str, log: Path, args: tuple[str, ...] = ()) -> None:
         self.database_url = database_url
         self.log = log
+        self.args = args  # more `broker serve` options
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -52,6 +53,7 @@ class BrokerProcess:
                     "127.0.0.1:0",
                     "--database-url",
                     self.database_url,
+                    *self.args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
