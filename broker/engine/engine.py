@@ -1,10 +1,11 @@
 """The delivery engine: what the API calls, over storage, group commit and dispatchers.
 
-It owns the in-process state of one broker process: the dispatcher of each
-subscription with consumers here, who holds which ack id (to return credit),
-the ephemeral tails, the timers for scheduled deliveries and expired leases,
-and the rates. Everything durable is in the storage; the engine can be
-restarted at any moment and loses nothing that was acknowledged.
+It composes the parts of one broker process: the dispatcher of each
+subscription with consumers here, who holds which lease (`Holds`), the
+ephemeral tails, the background services (lease reaper, scheduler, retention,
+dedup pruning) and the rates; settling a lease returns its consumer's credit
+and wakes whoever may deliver more. Everything durable is in the storage; the
+engine can be restarted at any moment and loses nothing that was acknowledged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from broker.config import Settings
 from broker.domain import (
@@ -35,25 +36,23 @@ from broker.domain import (
 from broker.engine import backoff
 from broker.engine.committer import Coalescer, Committer
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
+from broker.engine.holds import Holds
 from broker.engine.metrics import BrokerMetrics
 from broker.engine.rates import RateMeter
 from broker.engine.recent import RecentEvents
+from broker.engine.services import DedupPruner, LeaseReaper, Retention, Scheduler, Service
 from broker.engine.settle import fail_leases
 from broker.engine.wakeups import Wakeups
 from broker.names import matches
 from broker.storage.interface import (
     DeliveryAckParams,
-    DeliveryExpiredListParams,
     DeliveryExtendParams,
     DeliveryLeaseParams,
-    DeliveryPromoteParams,
     DeliveryRedriveParams,
     EventInsertParams,
-    MaintenanceParams,
     SeekOutcome,
     Storage,
     StorageTx,
-    StorageUnavailableError,
     SubscriptionSeekParams,
     SubscriptionUpdateParams,
 )
@@ -123,15 +122,25 @@ class DeliveryEngine:
         self.metrics = BrokerMetrics()
         self.rates = Rates()
         self._dispatchers: dict[int, SubscriptionDispatcher] = {}
-        self._holders: dict[str, tuple[ConsumerStream, SubscriptionDispatcher]] = {}
-        #: When each lease held here ends, as far as this broker knows (µs).
-        self._held_until: dict[str, int] = {}
+        self.holds = Holds()
         self._tails: list[TailStream] = []
         #: Ids of the consumers attached here and not yet detached (the consumers gauge).
         self._attached: set[str] = set()
-        self._next_due_us: int | None = None
-        self._timer_wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.reaper = LeaseReaper(
+            self.committer, storage, self.holds, self, clock, settings.reaper_interval_s
+        )
+        self.scheduler = Scheduler(self.committer, self, clock, settings.poll_interval_s)
+        self._services: list[Service] = [
+            self.reaper,
+            self.scheduler,
+            Retention(
+                self.committer,
+                clock,
+                settings.maintenance_interval_s,
+                int(settings.event_retention_s * 1_000_000),
+            ),
+            DedupPruner(self.committer, clock, settings.maintenance_interval_s),
+        ]
         self._background: set[asyncio.Task[object]] = set()
         self._stopping = False
         self._wakeups: Wakeups | None = None
@@ -145,12 +154,8 @@ class DeliveryEngine:
         if notifier is not None:
             self._wakeups = Wakeups(notifier, self._on_remote_wake, self._on_remote_delete)
             self._wakeups.start()
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._expire_loop(), name="lease-reaper"),
-            loop.create_task(self._promote_loop(), name="scheduler"),
-            loop.create_task(self._maintenance_loop(), name="maintenance"),
-        ]
+        for service in self._services:
+            service.start()
 
     async def end_streams(self) -> None:
         """End every consumer stream and stop dispatching (first step of a shutdown).
@@ -169,19 +174,18 @@ class DeliveryEngine:
 
     def leases_held(self) -> int:
         """How many deliveries consumers of this process hold, not yet settled."""
-        return len(self._holders)
+        return len(self.holds)
 
     async def stop(self) -> None:
         """Give every lease held here back, stop the timers, then group commit."""
         await self.end_streams()
-        held = list(self._holders)
+        held = list(self.holds)
         if held:
             with contextlib.suppress(Exception):
                 await self._fail(held, AttemptOutcome.RELEASED, immediate=True)
-        for task in self._tasks:
-            task.cancel()
-        pending: list[asyncio.Task[Any]] = [*self._tasks, *self._background]
-        for task in pending:
+        for service in self._services:
+            await service.stop()
+        for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._wakeups is not None:
@@ -211,7 +215,7 @@ class DeliveryEngine:
         for draft, outcome in zip(drafts, outcomes, strict=True):
             if outcome.duplicate:
                 continue
-            self._ready(outcome.ready_subscription_ids, outcome.next_scheduled_us)
+            self.ready(outcome.ready_subscription_ids, outcome.next_scheduled_us)
             if self._tails:
                 self._feed_tails(draft, now)
         return outcomes
@@ -317,9 +321,7 @@ class DeliveryEngine:
         consumer: ConsumerStream,
         deliveries: list[LeasedDelivery],
     ) -> None:
-        for delivery in deliveries:
-            self._holders[delivery.ack_id] = (consumer, dispatcher)
-            self._held_until[delivery.ack_id] = delivery.ack_deadline_us
+        self.holds.add(dispatcher, consumer, deliveries)
         self.rates.delivered.setdefault(consumer.subscription, RateMeter()).add(len(deliveries))
         self.metrics.deliveries.labels(consumer.subscription).inc(len(deliveries))
         now = self.clock()
@@ -343,7 +345,7 @@ class DeliveryEngine:
         outcome = await self.committer.run(
             lambda tx, now: tx.delivery_ack(DeliveryAckParams(ack_ids, now))
         )
-        self._settled(ack_ids, outcome, acked=True)
+        self.settled(ack_ids, outcome, acked=True)
         return outcome
 
     async def nack(
@@ -365,11 +367,8 @@ class DeliveryEngine:
             lambda tx, now: tx.delivery_extend(DeliveryExtendParams(ack_ids, extension_us, now))
         )
         # Ids that are no longer live are not held by anyone: return their credit.
-        self._settled(outcome.not_applied, outcome)
-        until = self.clock() + extension_us
-        for ack_id in outcome.applied:
-            if ack_id in self._held_until:
-                self._held_until[ack_id] = until
+        self.settled(outcome.not_applied, outcome)
+        self.holds.extend(outcome.applied, self.clock() + extension_us)
         return outcome
 
     async def _fail(
@@ -386,20 +385,19 @@ class DeliveryEngine:
         outcome = await self.committer.run(
             lambda tx, now: fail_leases(tx, now, ack_ids, failure, backoff.draw)
         )
-        self._settled(ack_ids, outcome)
+        self.settled(ack_ids, outcome)
         return outcome
 
-    def _settled(
+    def settled(
         self, ack_ids: Sequence[str], outcome: SettleOutcome, *, acked: bool = False
     ) -> None:
         """Return the credit of settled ack ids and wake whoever may now deliver."""
         woken: set[int] = set()
         for ack_id in ack_ids:
-            holder = self._holders.pop(ack_id, None)
-            self._held_until.pop(ack_id, None)
-            if holder is None:
+            hold = self.holds.pop(ack_id)
+            if hold is None:
                 continue
-            consumer, dispatcher = holder
+            consumer, dispatcher = hold.consumer, hold.dispatcher
             consumer.outstanding.discard(ack_id)
             if acked:
                 self.rates.acked.setdefault(consumer.subscription, RateMeter()).add()
@@ -407,9 +405,9 @@ class DeliveryEngine:
             if dispatcher.subscription_id not in woken:
                 woken.add(dispatcher.subscription_id)
                 dispatcher.wake()
-        self._ready(outcome.ready_subscription_ids, outcome.next_scheduled_us)
+        self.ready(outcome.ready_subscription_ids, outcome.next_scheduled_us)
 
-    def _ready(self, subscription_ids: Collection[int], due_us: int | None = None) -> None:
+    def ready(self, subscription_ids: Collection[int], due_us: int | None = None) -> None:
         """Wake these subscriptions' dispatchers and the scheduler here and on other brokers.
 
         The subscriptions may deliver more now; a delivery comes due at `due_us`.
@@ -417,7 +415,7 @@ class DeliveryEngine:
         for subscription_id in subscription_ids:
             self._wake(subscription_id)
         if due_us is not None:
-            self._schedule(due_us)
+            self.scheduler.schedule(due_us)
         if self._wakeups is not None:
             self._wakeups.ready(subscription_ids, due_us)
 
@@ -431,12 +429,12 @@ class DeliveryEngine:
         if subscription_ids is None:
             for dispatcher in self._dispatchers.values():
                 dispatcher.wake()
-            self._timer_wake.set()
+            self.scheduler.wake()
         else:
             for subscription_id in subscription_ids:
                 self._wake(subscription_id)
         if due_us is not None:
-            self._schedule(due_us)
+            self.scheduler.schedule(due_us)
 
     def _on_remote_delete(self, subscription_ids: frozenset[int]) -> None:
         """Another broker deleted subscriptions: end their streams here too."""
@@ -448,123 +446,6 @@ class DeliveryEngine:
                 )
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
-
-    # -- timers: scheduled deliveries and expired leases ---------------------
-
-    def _schedule(self, due_us: int) -> None:
-        """A delivery becomes ready at `due_us`: make sure the scheduler wakes then."""
-        if self._next_due_us is None or due_us < self._next_due_us:
-            self._next_due_us = due_us
-            self._timer_wake.set()
-
-    async def _promote_loop(self) -> None:
-        while not self._stopping:
-            now = self.clock()
-            poll_us = int(self.settings.poll_interval_s * 1_000_000)
-            due = self._next_due_us if self._next_due_us is not None else now + poll_us
-            wait_s = max(0.0, min(due - now, poll_us) / 1_000_000)
-            self._timer_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._timer_wake.wait(), wait_s)
-            if self._next_due_us is not None and self._next_due_us > self.clock():
-                continue  # woken early by a later-or-earlier schedule: recompute the wait
-            try:
-                result = await self.committer.run(
-                    lambda tx, now: tx.delivery_promote(DeliveryPromoteParams(now, PROMOTE_BATCH))
-                )
-                await self.committer.run(lambda tx, now: tx.dedup_prune(now, DEDUP_PRUNE_BATCH))
-            except StorageUnavailableError as error:
-                _log.warning("promoting scheduled deliveries waits for the database: %s", error)
-                await asyncio.sleep(self.settings.poll_interval_s)
-                continue
-            except Exception:
-                _log.exception("promoting scheduled deliveries failed; retrying")
-                await asyncio.sleep(self.settings.poll_interval_s)
-                continue
-            self._next_due_us = result.next_scheduled_us
-            if result.promoted >= PROMOTE_BATCH:
-                self._next_due_us = self.clock()
-            self._ready(result.ready_subscription_ids)
-
-    async def _expire_loop(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self.settings.reaper_interval_s)
-            try:
-                await self._expire_once()
-                await self._release_lost_leases()
-            except StorageUnavailableError as error:
-                _log.warning("expiring leases waits for the database: %s", error)
-            except Exception:
-                _log.exception("expiring leases failed; retrying")
-
-    async def _expire_once(self) -> None:
-        def expire(tx: StorageTx, now: int) -> tuple[list[str], SettleOutcome]:
-            expired = [
-                str(a)
-                for a in tx.delivery_expired_list(DeliveryExpiredListParams(now, EXPIRE_BATCH))
-            ]
-            return expired, fail_leases(tx, now, expired, EXPIRED, backoff.draw)
-
-        expired, outcome = await self.committer.run(expire)
-        if expired:
-            # Settled meanwhile (a late ack, another broker's reaper) is not counted.
-            if outcome.applied:
-                _log.info("lease deadline passed for %d deliveries", len(outcome.applied))
-            self._settled(expired, outcome)
-
-    async def _release_lost_leases(self) -> None:
-        """Return the credit of leases held here that another broker expired.
-
-        This broker's own reaper settles the leases it expires, but with several
-        brokers on one database another's reaper may get there first; the
-        consumer's slot would then stay taken until it acked that ack id. So
-        leases held here past their deadline are looked up, and those no longer
-        live are settled here too. One still live was extended through another
-        broker: it is looked at again a reaper interval later.
-        """
-        now = self.clock()
-        overdue = [ack_id for ack_id, until in self._held_until.items() if until < now]
-        if not overdue:
-            return
-        live = await self.read(lambda tx: tx.delivery_live_leases(overdue))
-        lost = [ack_id for ack_id in overdue if ack_id not in live]
-        recheck = now + int(self.settings.reaper_interval_s * 1_000_000)
-        for ack_id in live:
-            if ack_id in self._held_until:
-                self._held_until[ack_id] = recheck
-        if lost:
-            _log.info("%d leases held here were expired by another broker", len(lost))
-            self._settled(lost, SettleOutcome((), tuple(lost)))
-
-    async def _maintenance_loop(self) -> None:
-        """Apply maximum ages and retention in small batches, so tables stay small."""
-        retention_us = int(self.settings.event_retention_s * 1_000_000)
-        while not self._stopping:
-            await asyncio.sleep(self.settings.maintenance_interval_s)
-            try:
-                while True:
-                    outcome = await self.committer.run(
-                        lambda tx, now: tx.maintenance(
-                            MaintenanceParams(now, retention_us, MAINTENANCE_BATCH)
-                        )
-                    )
-                    if outcome.expired or outcome.deliveries_deleted or outcome.events_deleted:
-                        _log.info(
-                            "maintenance: %d expired by age, %d deliveries and %d events "
-                            "past retention deleted",
-                            outcome.expired,
-                            outcome.deliveries_deleted,
-                            outcome.events_deleted,
-                        )
-                    busiest = max(
-                        outcome.expired, outcome.deliveries_deleted, outcome.events_deleted
-                    )
-                    if busiest < MAINTENANCE_BATCH or self._stopping:
-                        break
-            except StorageUnavailableError as error:
-                _log.warning("maintenance waits for the database: %s", error)
-            except Exception:
-                _log.exception("maintenance failed; retrying")
 
     # -- dead letters and replay -----------------------------------------------
 
@@ -590,7 +471,7 @@ class DeliveryEngine:
                 break
         if total:
             _log.info("redrove %d dead letters of %s", total, subscription.name)
-            self._ready([subscription.id])
+            self.ready([subscription.id])
         return total
 
     async def seek(self, subscription: Subscription, time_us: int) -> SeekOutcome:
@@ -606,7 +487,7 @@ class DeliveryEngine:
             outcome.replayed,
             outcome.skipped,
         )
-        self._ready([subscription.id])
+        self.ready([subscription.id])
         return outcome
 
     # -- subscriptions and inspection ----------------------------------------
@@ -621,7 +502,7 @@ class DeliveryEngine:
             lambda tx, now: tx.subscription_update(SubscriptionUpdateParams(subscription))
         )
         if updated is not None:
-            self._ready([updated.id])
+            self.ready([updated.id])
         return updated
 
     async def delete_subscription(self, name: str) -> bool:
@@ -638,10 +519,7 @@ class DeliveryEngine:
         """End a deleted subscription's streams here and forget its leases."""
         dispatcher = self._dispatchers.pop(subscription_id, None)
         if dispatcher is not None:
-            for ack_id, (_, holder) in list(self._holders.items()):
-                if holder is dispatcher:
-                    del self._holders[ack_id]
-                    self._held_until.pop(ack_id, None)
+            self.holds.forget(dispatcher)
             await dispatcher.stop(reason)
 
     async def subscription(self, name: str) -> Subscription | None:

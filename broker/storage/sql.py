@@ -8,10 +8,12 @@ update are locked, how a connection is set up), the subclass in `sqlite.py` or
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, NamedTuple
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
@@ -1069,6 +1071,21 @@ def storage_errors() -> Iterator[None]:
         if error.connection_invalidated:
             raise StorageUnavailableError(str(error.orig or error).strip()) from error
         raise
+    except _DRIVER_UNAVAILABLE as error:  # from the hot statements, run on the driver's cursor
+        message = str(error).strip()
+        if getattr(error, "sqlstate", None) in _CONFLICT_SQLSTATES:
+            raise StorageConflictError(message) from error
+        raise StorageUnavailableError(message) from error
+
+
+#: The drivers' own errors for a database that cannot serve now (what SQLAlchemy
+#: wraps as OperationalError and InterfaceError on the statements it runs).
+_DRIVER_UNAVAILABLE = (
+    sqlite3.OperationalError,
+    sqlite3.InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 
 # -- rows to domain ----------------------------------------------------------

@@ -178,10 +178,10 @@ def _metric(url: str, series: str) -> float:
 
 def set_max_pages(storage: SqlStorage, pages: int | None) -> int:
     """Cap the SQLite file at `pages` pages (None: as it is now); return the cap."""
-    with storage.write_engine.connect() as conn:  # the one writer connection
+    with storage.write() as tx:  # on the one writer connection, which the broker keeps
         if pages is None:
-            pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
-        return int(conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}").scalar_one())
+            pages = int(tx.conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+        return int(tx.conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}").scalar_one())
 
 
 @pytest.fixture
