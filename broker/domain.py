@@ -158,6 +158,16 @@ def share_credit(wants: Sequence[int], budget: int) -> list[int]:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseClaim:
+    """A delivery claimed for a consumer, before its event is attached."""
+
+    ack_id: str
+    event_id: str
+    attempt: int
+    ack_deadline_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class LeasedDelivery:
     """A delivery leased to a consumer, with its event."""
 

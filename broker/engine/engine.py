@@ -38,16 +38,15 @@ from broker.engine.committer import Coalescer, Committer
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
 from broker.engine.holds import Holds
 from broker.engine.metrics import BrokerMetrics
+from broker.engine.operations import fail_leases, lease_deliveries
 from broker.engine.rates import RateMeter
 from broker.engine.recent import RecentEvents
 from broker.engine.services import DedupPruner, LeaseReaper, Retention, Scheduler, Service
-from broker.engine.settle import fail_leases
 from broker.engine.wakeups import Wakeups
 from broker.names import matches
 from broker.storage.interface import (
     DeliveryAckParams,
     DeliveryExtendParams,
-    DeliveryLeaseParams,
     DeliveryRedriveParams,
     EventInsertParams,
     SeekOutcome,
@@ -308,11 +307,11 @@ class DeliveryEngine:
     async def _lease(
         self, subscription_id: int, requests: Sequence[LeaseRequest]
     ) -> dict[str, list[LeasedDelivery]]:
+        dispatcher = self._dispatchers.get(subscription_id)
+        name = dispatcher.name if dispatcher is not None else ""
         known = self.recent_events.get_many
         return await self.committer.run(
-            lambda tx, now: tx.delivery_lease(
-                DeliveryLeaseParams(subscription_id, requests, now, known_events=known)
-            )
+            lambda tx, now: lease_deliveries(tx, now, name, subscription_id, requests, known)
         )
 
     def _on_leased(

@@ -9,7 +9,7 @@ reading the clock, so tests can move time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,7 +20,7 @@ from broker.domain import (
     DeadReason,
     DeliveryInfo,
     EventDraft,
-    LeasedDelivery,
+    LeaseClaim,
     LeaseRequest,
     PublishOutcome,
     SettleOutcome,
@@ -54,16 +54,11 @@ class EventInsertParams:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryLeaseParams:
-    """Lease ready deliveries of one subscription to its consumers.
-
-    `known_events` may supply events the caller holds in memory, so that only
-    the others are read from the database.
-    """
+    """Lease ready deliveries of one subscription to its consumers."""
 
     subscription_id: int
     requests: Sequence[LeaseRequest]
     now_us: int
-    known_events: Callable[[Collection[str]], Mapping[str, StoredEvent]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +228,15 @@ class StorageTx(Protocol):
         """One stored event."""
         ...
 
+    def event_get_many(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        """Stored events by id (ids not stored are left out)."""
+        ...
+
     def event_count(self) -> int:
         """How many events are stored."""
         ...
 
-    def delivery_lease(self, params: DeliveryLeaseParams) -> dict[str, list[LeasedDelivery]]:
+    def delivery_lease(self, params: DeliveryLeaseParams) -> dict[str, list[LeaseClaim]]:
         """Lease ready deliveries, at most the count each consumer asks for.
 
         Honours the subscription's max in flight; never leases one delivery twice

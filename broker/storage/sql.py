@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, NamedTuple
 
@@ -25,7 +25,7 @@ from broker.domain import (
     DeadReason,
     DeliveryInfo,
     DeliveryState,
-    LeasedDelivery,
+    LeaseClaim,
     PublishOutcome,
     Scope,
     SettleOutcome,
@@ -296,7 +296,8 @@ class SqlTx:
         """How many events are stored."""
         return int(self.conn.execute(sa.select(sa.func.count()).select_from(_e)).scalar_one())
 
-    def _events_by_id(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+    def event_get_many(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        """Stored events by id (ids not stored are left out)."""
         ids = list(set(event_ids))
         if not ids:
             return {}
@@ -305,7 +306,7 @@ class SqlTx:
 
     # -- leasing -------------------------------------------------------------
 
-    def delivery_lease(self, params: DeliveryLeaseParams) -> dict[str, list[LeasedDelivery]]:
+    def delivery_lease(self, params: DeliveryLeaseParams) -> dict[str, list[LeaseClaim]]:
         """Lease ready deliveries, at most what each consumer asks for."""
         sub = self._subscriptions_by_id().get(params.subscription_id)
         if sub is None:
@@ -335,19 +336,10 @@ class SqlTx:
             if len(rows) < count:
                 break  # nothing more is ready
         cursor.close()
-        wanted = {row.event_id for _, row in claimed}
-        events = dict(params.known_events(wanted)) if params.known_events and wanted else {}
-        events.update(self._events_by_id(wanted - events.keys()))
-        leased: dict[str, list[LeasedDelivery]] = {}
+        leased: dict[str, list[LeaseClaim]] = {}
         for consumer, row in sorted(claimed, key=lambda c: (c[1].rank, c[1].id)):
             leased.setdefault(consumer, []).append(
-                LeasedDelivery(
-                    ack_id=str(AckId(row.id, row.attempt)),
-                    subscription=sub.name,
-                    event=events[row.event_id],
-                    attempt=row.attempt,
-                    ack_deadline_us=expires,
-                )
+                LeaseClaim(str(AckId(row.id, row.attempt)), row.event_id, row.attempt, expires)
             )
         return leased
 
@@ -880,7 +872,7 @@ class SqlTx:
                 _d.c.event_id.in_(sa.select(_e.c.id).where(_e.c.name == params.name))
             )
         rows = self.conn.execute(query).all()
-        events = self._events_by_id(row.event_id for row in rows)
+        events = self.event_get_many({row.event_id for row in rows})
         return [
             DeadLetter(row.id, events[row.event_id], _delivery_info_from_row(row)) for row in rows
         ]

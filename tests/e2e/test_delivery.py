@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from broker.config import Settings
 from broker.domain import AttemptOutcome
-from broker.engine.settle import fail_leases
+from broker.engine.operations import fail_leases
 from broker.storage import open_storage
 from broker.storage.interface import DeliveryExpiredListParams
 from broker.transitions import Failure

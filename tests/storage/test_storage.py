@@ -29,7 +29,7 @@ from broker.domain import (
     StartPosition,
     Subscription,
 )
-from broker.engine.settle import fail_leases
+from broker.engine.operations import fail_leases, lease_deliveries
 from broker.storage import Storage
 from broker.storage.interface import (
     DeadLetterListParams,
@@ -223,7 +223,7 @@ def test_lease_takes_higher_priority_first_then_publish_order(storage: Storage) 
     )
     with storage.write() as tx:
         leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c", 10)], T0))
-    order = [d.event.event_id for d in leased["c"]]
+    order = [d.event_id for d in leased["c"]]
     assert order == [ids[1], ids[4], ids[0], ids[2], ids[3]]
     assert all(d.attempt == 1 and d.ack_deadline_us == T0 + 30 * S for d in leased["c"])
 
@@ -461,7 +461,7 @@ def test_competing_leasers_never_share_a_delivery(storage: Storage) -> None:
     assert len(everything) == total
 
 
-def test_lease_takes_known_events_from_the_caller_and_reads_the_rest(storage: Storage) -> None:
+def test_lease_takes_known_events_from_memory_and_reads_the_rest(storage: Storage) -> None:
     s = create(storage, sub())
     first, second = draft(), draft()
     publish(storage, first, second)
@@ -475,12 +475,11 @@ def test_lease_takes_known_events_from_the_caller_and_reads_the_rest(storage: St
         return {first.event_id: remembered}
 
     with storage.write() as tx:
-        leased = tx.delivery_lease(
-            DeliveryLeaseParams(s.id, [LeaseRequest("c1", 10)], T0, known_events=known)
-        )
+        leased = lease_deliveries(tx, T0, s.name, s.id, [LeaseRequest("c1", 10)], known)
     payloads = {d.event.event_id: d.event.payload for d in leased["c1"]}
     assert asked == [{first.event_id, second.event_id}]
     assert payloads == {first.event_id: b'{"from":"memory"}', second.event_id: b'{"n":1}'}
+    assert {d.subscription for d in leased["c1"]} == {s.name}
 
 
 def storage_event(storage: Storage, event_id: str) -> Any:
@@ -579,7 +578,7 @@ def test_redrive_makes_dead_letters_ready_as_new_attempts(storage: Storage) -> N
     assert (one, rest) == (1, 1)
     with storage.write() as tx:
         leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c", 10)], T0))
-    assert sorted(d.event.event_id for d in leased["c"]) == sorted(ids)
+    assert sorted(d.event_id for d in leased["c"]) == sorted(ids)
     assert {d.attempt for d in leased["c"]} == {1}
     with storage.read() as tx:
         (info,) = tx.delivery_list_for_event(ids[0])
@@ -605,7 +604,7 @@ def test_start_from_the_beginning_or_a_time(storage: Storage) -> None:
 def lease_events(storage: Storage, sub_id: int) -> list[str]:
     with storage.write() as tx:
         leased = tx.delivery_lease(DeliveryLeaseParams(sub_id, [LeaseRequest("c", 100)], T0))
-    return [d.event.event_id for d in leased.get("c", [])]
+    return [d.event_id for d in leased.get("c", [])]
 
 
 def test_seek_back_replays_and_seek_forward_skips(storage: Storage) -> None:

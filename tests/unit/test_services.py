@@ -14,17 +14,17 @@ from broker.domain import (
     LeasedDelivery,
     LeaseRequest,
     SettleOutcome,
+    StoredEvent,
 )
 from broker.engine.committer import Committer
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
 from broker.engine.holds import Holds
+from broker.engine.operations import fail_leases, lease_deliveries
 from broker.engine.services import LeaseReaper, Retention, Scheduler, Service
-from broker.engine.settle import fail_leases
 from broker.storage import Storage, open_storage
 from broker.storage.interface import (
     DeliveryAckParams,
     DeliveryExtendParams,
-    DeliveryLeaseParams,
     StorageUnavailableError,
 )
 from broker.transitions import Failure
@@ -110,7 +110,7 @@ def test_the_reaper_notices_a_lease_another_broker_expired(tmp_path: Path) -> No
         s = create(storage, sub(ack_deadline_us=30 * S))
         publish(storage, draft(), draft())
         with storage.write() as tx:
-            leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c1", 2)], T0))
+            leased = lease_deliveries(tx, T0, s.name, s.id, [LeaseRequest("c1", 2)], _nothing)
         lost, kept = leased["c1"]
         holds = Holds()
         holds.add(_dispatcher(), ConsumerStream("billing", "c1", 10, 10), [lost, kept])
@@ -135,6 +135,10 @@ def _dispatcher() -> SubscriptionDispatcher:
         return {}
 
     return SubscriptionDispatcher(1, "billing", no_lease, lambda ack_ids: None, _ignore, 1.0)
+
+
+def _nothing(event_ids: Collection[str]) -> dict[str, StoredEvent]:
+    return {}
 
 
 def _ignore(*args: object) -> None:

@@ -16,8 +16,8 @@ from broker.domain import AttemptOutcome, SettleOutcome
 from broker.engine import backoff
 from broker.engine.committer import Committer
 from broker.engine.holds import Holds
+from broker.engine.operations import fail_leases
 from broker.engine.services.base import Clock, Outcomes, Service
-from broker.engine.settle import fail_leases
 from broker.storage.interface import DeliveryExpiredListParams, Storage, StorageTx
 from broker.transitions import Failure
 
