@@ -6,6 +6,7 @@ Every setting has a `broker serve` flag and a `BROKER_*` environment variable
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from broker.domain import US_PER_S
@@ -125,6 +126,21 @@ class Settings:
                 raise SettingsError(f"{name}={getattr(self, name)!r}: {why}")
 
     @property
+    def listens_beyond_loopback(self) -> bool:
+        """Whether the gRPC or the HTTP address can be reached from other machines."""
+        addresses = [a for a in (self.listen, self.http_listen) if a]
+        return not all(is_loopback(a.rsplit(":", 1)[0].strip("[]")) for a in addresses)
+
+    @property
+    def requires_keys(self) -> bool:
+        """Whether every call needs a key even while none is active (exposed, not --insecure).
+
+        Such a broker started with keys (it refuses to start otherwise); revoking
+        the last one must close it, not open it to whoever can reach the address.
+        """
+        return self.listens_beyond_loopback and not self.insecure
+
+    @property
     def dedup_window_us(self) -> int:
         """The dedup window in microseconds."""
         return int(self.dedup_window_s * US_PER_S)
@@ -133,3 +149,13 @@ class Settings:
     def grpc_max_message_bytes(self) -> int:
         """GRPC message size limit: room for a full batch and its framing, no more."""
         return self.batch_max_bytes + 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, "" or "0.0.0.0"-like wildcards: treat as exposed

@@ -112,9 +112,9 @@ def internal(message: str) -> BrokerError:
     return BrokerError(grpc.StatusCode.INTERNAL, "INTERNAL", message)
 
 
-def unauthenticated(message: str) -> BrokerError:
-    """UNAUTHENTICATED: no API key, or one the broker does not know (or revoked)."""
-    return BrokerError(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID", message)
+def unauthenticated(message: str, reason: str = "API_KEY_INVALID") -> BrokerError:
+    """UNAUTHENTICATED: no API key, one the broker does not know (or revoked), or none active."""
+    return BrokerError(grpc.StatusCode.UNAUTHENTICATED, reason, message)
 
 
 def permission_denied(reason: str, message: str, **metadata: str) -> BrokerError:

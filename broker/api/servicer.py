@@ -113,7 +113,11 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     def __init__(self, engine: DeliveryEngine) -> None:
         self.engine = engine
         self.settings = engine.settings
-        self.auth = Authenticator(engine.read, cache_s=self.settings.api_key_cache_s)
+        self.auth = Authenticator(
+            engine.read,
+            require_keys=self.settings.requires_keys,
+            cache_s=self.settings.api_key_cache_s,
+        )
         self._streams = Counter[str]()  # open Subscribe streams by client connection
 
     async def _key(self, context: aio.ServicerContext[Any, Any], scope: Scope) -> ApiKey | None:
