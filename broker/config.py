@@ -36,6 +36,21 @@ HEADERS_MAX_COUNT = 64
 DEDUP_ID_MAX_LENGTH = 255
 ORDERING_KEY_MAX_LENGTH = 255
 CONTENT_TYPE_MAX_LENGTH = 255
+#: Deepest nesting of arrays and objects in event data (`{"a": [1]}` is 2 levels deep),
+#: the same on every path: gRPC `data`, `binary_data` of a JSON type, and HTTP bodies.
+#: It is what `google.protobuf.Value` can carry: protobuf's decoder stops at 100
+#: nested messages, and each level of a JSON object costs three of them (Value, Struct,
+#: map entry), so 32 object levels is the deepest a gRPC `data` field can be read at
+#: all. JSON parsers allow more (Python's about 1,000, serde_json 128), so any data
+#: they produce within this limit passes on every path, and deeper data gets a clear
+#: INVALID_ARGUMENT instead of a parser's recursion error.
+JSON_DEPTH_MAX = 32
+#: How deep an HTTP body may nest before it is refused whole (field `body`), measured
+#: before parsing: the data limit, the request around the data (3 levels at most, in
+#: `{"events": [{"data": ...}]}`) and a little more, so that data a few levels too deep
+#: is refused naming its own field; below the 48 levels of data protobuf's JSON
+#: parser takes within a request, so its own depth error is never the answer.
+JSON_BODY_DEPTH_MAX = JSON_DEPTH_MAX + 8
 
 MAX_OUTSTANDING_DEFAULT = 100
 MAX_OUTSTANDING_LIMIT = 10_000

@@ -12,7 +12,7 @@ import binascii
 import functools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -664,12 +664,18 @@ def _dead_reason(value: int) -> DeadReason | None:
 class Undecodable:
     """Stands in for a request whose bytes are not the message the method takes."""
 
-    def __init__(self, message_name: str, error: Exception) -> None:
+    def __init__(self, message_name: str, error: Exception, too_deep: str | None = None) -> None:
         self.message_name = message_name
         self.error = error
+        #: The field nested deeper than protobuf reads, when that is why decoding failed.
+        self.too_deep = too_deep
 
     def refusal(self) -> BrokerError:
-        """INVALID_ARGUMENT saying the request could not be read."""
+        """INVALID_ARGUMENT saying the request could not be read, or which field is too deep."""
+        if self.too_deep is not None:
+            return invalid_argument(
+                [FieldViolation(self.too_deep, f"nested too deep: {convert.JSON_DEPTH_RULE}")]
+            )
         return invalid_argument(
             [
                 FieldViolation(
@@ -711,6 +717,53 @@ def _safe_parser(message_class: Any) -> Callable[[bytes], Any]:
         try:
             return message_class.FromString(data)
         except Exception as error:  # DecodeError, or a depth or size limit
-            return Undecodable(message_class.DESCRIPTOR.full_name, error)
+            # upb says "Exceeded upb_DecodeOptions_MaxDepth" when nesting passes its 100.
+            deep = "depth" in str(error).lower()
+            return Undecodable(
+                message_class.DESCRIPTOR.full_name,
+                error,
+                _too_deep_field(message_class, data) if deep else None,
+            )
 
     return parse
+
+
+def _too_deep_field(message_class: Any, data: bytes) -> str:
+    """The field of a request too deeply nested to decode: event data is the recursive one."""
+    if message_class is pb.PublishRequest:
+        return "event.data"
+    if message_class is not pb.BatchPublishRequest:
+        return "request"
+    for index, chunk in enumerate(_events_on_the_wire(data)):
+        try:
+            event = pb.Event.FromString(chunk)
+        except Exception:  # this event is the one too deep to decode
+            return f"events[{index}].data"
+        if convert.value_deeper_than(event.data, config.JSON_DEPTH_MAX):
+            return f"events[{index}].data"
+    return "events"
+
+
+def _events_on_the_wire(data: bytes) -> Iterator[bytes]:
+    """The encoded `events` (field 1) of a BatchPublishRequest, read from its wire format."""
+    position = 0
+    while position < len(data):
+        tag, position = _varint(data, position)
+        if tag != (1 << 3) | 2:  # field 1, length-delimited: the only field there is
+            return
+        length, position = _varint(data, position)
+        yield data[position : position + length]
+        position += length
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    """A protobuf varint at `position`, and the position after it."""
+    value, shift = 0, 0
+    while position < len(data):
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    return value, position
