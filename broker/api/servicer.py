@@ -29,15 +29,17 @@ from broker.errors import (
     BrokerError,
     FieldViolation,
     already_exists,
+    database_unavailable,
     internal,
     invalid_argument,
     not_found,
     resource_exhausted,
-    unavailable,
+    storage_full,
 )
 from broker.names import filter_error, matches, normalize_filters
 from broker.storage.interface import (
     DeadLetterListParams,
+    StorageFullError,
     StorageUnavailableError,
     SubscriptionExistsError,
 )
@@ -74,11 +76,20 @@ async def _abort_mapped(context: aio.ServicerContext[Any, Any], error: Exception
 
 
 def as_broker_error(error: Exception) -> BrokerError | None:
-    """The broker error an exception stands for, or None for a surprise."""
+    """The broker error an exception stands for, or None for a surprise.
+
+    A database that cannot serve is answered with a stable message and reason;
+    its details (the driver's words: host, port, database) go to the log only,
+    with the call's request id.
+    """
     if isinstance(error, BrokerError):
         return error
+    if isinstance(error, StorageFullError):
+        _log.warning("answered STORAGE_FULL: %s", error)
+        return storage_full()
     if isinstance(error, StorageUnavailableError):
-        return unavailable(f"the database cannot take this request now: {error}")
+        _log.warning("answered DATABASE_UNAVAILABLE: %s", error)
+        return database_unavailable()
     if isinstance(error, SubscriptionExistsError):
         return already_exists("subscription", str(error))
     return None

@@ -8,6 +8,7 @@ update are locked, how a connection is set up), the subclass in `sqlite.py` or
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, NamedTuple
@@ -54,6 +55,7 @@ from broker.storage.interface import (
     PromoteOutcome,
     SeekOutcome,
     StorageConflictError,
+    StorageFullError,
     StorageUnavailableError,
     SubscriptionBackfillParams,
     SubscriptionExistsError,
@@ -1053,6 +1055,8 @@ class SqlStorage:
 
 #: PostgreSQL's serialization_failure and deadlock_detected: the transaction may be run again.
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+#: No room to write: PostgreSQL's disk_full (SQLSTATE) and SQLite's SQLITE_FULL (error code).
+_FULL_SQLSTATES = frozenset({"53100"})
 
 
 @contextmanager
@@ -1064,6 +1068,11 @@ def storage_errors() -> Iterator[None]:
         message = str(error.orig or error).strip()
         if getattr(error.orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
             raise StorageConflictError(message) from error
+        if (
+            getattr(error.orig, "sqlstate", None) in _FULL_SQLSTATES
+            or getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        ):
+            raise StorageFullError(message) from error
         raise StorageUnavailableError(message) from error
     except sa_exc.DBAPIError as error:
         if error.connection_invalidated:

@@ -32,6 +32,7 @@ def http(
     *,
     raw: bytes | None = None,
     token: str | None = None,
+    request_id: str | None = None,
 ) -> tuple[int, Any, dict[str, str]]:
     """Status, decoded body (JSON or text) and headers of one request."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -41,6 +42,8 @@ def http(
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    if request_id:
+        request.add_header("X-Request-Id", request_id)
     try:
         with urllib.request.urlopen(request, timeout=WAIT_S) as response:
             status, payload, headers = response.status, response.read(), dict(response.headers)
