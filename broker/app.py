@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 from collections.abc import Callable
@@ -99,8 +98,7 @@ class BrokerApp:
             SettingsError: A non-loopback address, no API key, and no `insecure`.
 
         """
-        addresses = [a for a in (self.settings.listen, self.settings.http_listen) if a]
-        if all(_is_loopback(a.rsplit(":", 1)[0].strip("[]")) for a in addresses):
+        if not self.settings.listens_beyond_loopback:
             return
         with storage.read() as tx:
             keys = tx.api_key_active_count()
@@ -187,15 +185,6 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name, "" or "0.0.0.0"-like wildcards: treat as exposed
 
 
 async def serve(settings: Settings) -> None:

@@ -6,6 +6,7 @@ Every setting has a `broker serve` flag and a `BROKER_*` environment variable
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from broker.domain import US_PER_S
@@ -35,6 +36,21 @@ HEADERS_MAX_COUNT = 64
 DEDUP_ID_MAX_LENGTH = 255
 ORDERING_KEY_MAX_LENGTH = 255
 CONTENT_TYPE_MAX_LENGTH = 255
+#: Deepest nesting of arrays and objects in event data (`{"a": [1]}` is 2 levels deep),
+#: the same on every path: gRPC `data`, `binary_data` of a JSON type, and HTTP bodies.
+#: It is what `google.protobuf.Value` can carry: protobuf's decoder stops at 100
+#: nested messages, and each level of a JSON object costs three of them (Value, Struct,
+#: map entry), so 32 object levels is the deepest a gRPC `data` field can be read at
+#: all. JSON parsers allow more (Python's about 1,000, serde_json 128), so any data
+#: they produce within this limit passes on every path, and deeper data gets a clear
+#: INVALID_ARGUMENT instead of a parser's recursion error.
+JSON_DEPTH_MAX = 32
+#: How deep an HTTP body may nest before it is refused whole (field `body`), measured
+#: before parsing: the data limit, the request around the data (3 levels at most, in
+#: `{"events": [{"data": ...}]}`) and a little more, so that data a few levels too deep
+#: is refused naming its own field; below the 48 levels of data protobuf's JSON
+#: parser takes within a request, so its own depth error is never the answer.
+JSON_BODY_DEPTH_MAX = JSON_DEPTH_MAX + 8
 
 MAX_OUTSTANDING_DEFAULT = 100
 MAX_OUTSTANDING_LIMIT = 10_000
@@ -125,6 +141,21 @@ class Settings:
                 raise SettingsError(f"{name}={getattr(self, name)!r}: {why}")
 
     @property
+    def listens_beyond_loopback(self) -> bool:
+        """Whether the gRPC or the HTTP address can be reached from other machines."""
+        addresses = [a for a in (self.listen, self.http_listen) if a]
+        return not all(is_loopback(a.rsplit(":", 1)[0].strip("[]")) for a in addresses)
+
+    @property
+    def requires_keys(self) -> bool:
+        """Whether every call needs a key even while none is active (exposed, not --insecure).
+
+        Such a broker started with keys (it refuses to start otherwise); revoking
+        the last one must close it, not open it to whoever can reach the address.
+        """
+        return self.listens_beyond_loopback and not self.insecure
+
+    @property
     def dedup_window_us(self) -> int:
         """The dedup window in microseconds."""
         return int(self.dedup_window_s * US_PER_S)
@@ -133,3 +164,13 @@ class Settings:
     def grpc_max_message_bytes(self) -> int:
         """GRPC message size limit: room for a full batch and its framing, no more."""
         return self.batch_max_bytes + 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, "" or "0.0.0.0"-like wildcards: treat as exposed

@@ -102,9 +102,26 @@ def already_exists(kind: str, name: str) -> BrokerError:
     )
 
 
-def unavailable(message: str) -> BrokerError:
-    """UNAVAILABLE: the storage cannot take the request now; retrying may work."""
-    return BrokerError(grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE", message)
+def database_unavailable() -> BrokerError:
+    """UNAVAILABLE: the database cannot take the request now; retrying may work.
+
+    The message is the same every time: the driver's own words name the
+    database's host, port and name, which are for the broker's log, not for callers.
+    """
+    return BrokerError(
+        grpc.StatusCode.UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        "the broker's database is unavailable; retry later",
+    )
+
+
+def storage_full() -> BrokerError:
+    """UNAVAILABLE: the database has no room to write (disk full); retrying later may work."""
+    return BrokerError(
+        grpc.StatusCode.UNAVAILABLE,
+        "STORAGE_FULL",
+        "the broker's storage is full (database or disk is full); retry later",
+    )
 
 
 def internal(message: str) -> BrokerError:
@@ -112,9 +129,9 @@ def internal(message: str) -> BrokerError:
     return BrokerError(grpc.StatusCode.INTERNAL, "INTERNAL", message)
 
 
-def unauthenticated(message: str) -> BrokerError:
-    """UNAUTHENTICATED: no API key, or one the broker does not know (or revoked)."""
-    return BrokerError(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID", message)
+def unauthenticated(message: str, reason: str = "API_KEY_INVALID") -> BrokerError:
+    """UNAUTHENTICATED: no API key, one the broker does not know (or revoked), or none active."""
+    return BrokerError(grpc.StatusCode.UNAUTHENTICATED, reason, message)
 
 
 def permission_denied(reason: str, message: str, **metadata: str) -> BrokerError:

@@ -5,13 +5,15 @@ broker stores the id, the scopes, the name patterns and the SHA-256 of the
 secret (a random 256-bit secret needs no slow hash), never the secret; the
 command line makes keys (`broker keys create`) and shows the secret once.
 
-While no key exists the broker runs open (and then listens on loopback only
-unless told otherwise). Once one exists, every call of the broker service
-needs a valid key with the call's scope, and names within the key's patterns:
-the event names it publishes, the subscriptions it uses. Health and reflection
-stay open. Keys are read from the database and kept for `KEY_CACHE_S`, so a
-key made or revoked from the command line counts within that time on every
-broker sharing the database.
+While no key exists a broker that listens on loopback only runs open. Once
+one exists, every call of the broker service needs a valid key with the call's
+scope, and names within the key's patterns: the event names it publishes, the
+subscriptions it uses. A broker that listens beyond loopback without
+`--insecure` never runs open: with no active key (the last one revoked) it
+refuses every call until a key is made again. Health and reflection stay open.
+Keys are read from the database and kept for `KEY_CACHE_S`, so a key made or
+revoked from the command line counts within that time on every broker sharing
+the database.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ Read = Callable[[Callable[[StorageTx], T]], Awaitable[T]]
 KEY_PREFIX = "ebk"
 #: How long a key (or the fact that none exists) is trusted before it is read again.
 KEY_CACHE_S = 2.0
+#: What a broker that must not run open answers while no key is active.
+NO_ACTIVE_KEY_MESSAGE = (
+    "this broker listens beyond loopback and no active API key exists, so it refuses "
+    "every call: create one with 'broker keys create NAME --scope ...' on its database "
+    "(it counts within seconds), or restart the broker with --insecure"
+)
 
 
 def secret_sha256(secret: str) -> str:
@@ -95,10 +103,22 @@ class Authenticator:
         self,
         read: Read[Any],
         *,
+        require_keys: bool = False,
         cache_s: float = KEY_CACHE_S,
         clock_s: Callable[[], float] = time.monotonic,
     ) -> None:
+        """Read keys with `read`; with `require_keys`, no active key closes the broker.
+
+        Args:
+            read: Runs a function in a read transaction.
+            require_keys: Refuse every call while no key is active, instead of
+                running open (a broker that listens beyond loopback).
+            cache_s: How long what was read is trusted.
+            clock_s: A monotonic clock in seconds (injected by tests).
+
+        """
         self._read = read
+        self._require_keys = require_keys
         self._cache_s = cache_s
         self._clock_s = clock_s
         self._active: tuple[float, int] | None = None
@@ -106,7 +126,7 @@ class Authenticator:
         self._rates = FixedWindowRateLimiter(MemoryStorage())
 
     async def enabled(self) -> bool:
-        """Whether any key exists (if none, the broker runs open)."""
+        """Whether any key is active (if none, a broker that may run open does)."""
         now = self._clock_s()
         if self._active is None or now - self._active[0] >= self._cache_s:
             count = await self._read(lambda tx: tx.api_key_active_count())
@@ -120,10 +140,14 @@ class Authenticator:
 
         Raises:
             BrokerError: UNAUTHENTICATED for a missing, malformed, unknown or
-                revoked key; PERMISSION_DENIED for a key without the scope.
+                revoked key, and for every call while no key is active on a
+                broker that requires keys; PERMISSION_DENIED for a key without
+                the scope.
 
         """
         if not await self.enabled():
+            if self._require_keys:
+                raise unauthenticated(NO_ACTIVE_KEY_MESSAGE, reason="API_KEY_NONE_ACTIVE")
             return None
         token = bearer_token(metadata)
         if token is None:

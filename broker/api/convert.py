@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +74,10 @@ class _NotJsonError(ValueError):
 
 
 def value_to_python(value: struct_pb2.Value) -> Any:
-    """A protobuf Value as plain Python; whole numbers stay integers."""
+    """A protobuf Value as plain Python; whole numbers stay integers.
+
+    Recursive: check the depth first (`value_deeper_than`).
+    """
     kind = value.WhichOneof("kind")
     if kind is None or kind == "null_value":
         return None
@@ -91,6 +95,52 @@ def value_to_python(value: struct_pb2.Value) -> Any:
     if kind == "struct_value":
         return {k: value_to_python(v) for k, v in value.struct_value.fields.items()}
     return [value_to_python(v) for v in value.list_value.values]
+
+
+#: How deep event data may nest, in the words of every refusal (gRPC and HTTP alike).
+JSON_DEPTH_RULE = f"arrays and objects may nest at most {config.JSON_DEPTH_MAX} levels deep"
+#: A JSON string, removed whole (brackets and all) before the depth is measured.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_OBJECT_AS_ARRAY = str.maketrans("{}", "[]")
+
+
+def json_text_deeper_than(text: str, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects more than `limit` levels, without parsing it.
+
+    Run before a parser sees the text, so that none recurses past the limit
+    (Python's json module raises RecursionError at about 1,000 levels). Strings
+    are removed, then everything but brackets; each round then removes the
+    innermost empty pairs, one level per round, so text within the limit is gone
+    after `limit` rounds. Every step runs in C: a 4 MiB body costs milliseconds.
+    Text that is not JSON may count as too deep, which refuses it all the same.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the common case
+    brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text)).translate(_OBJECT_AS_ARRAY)
+    for _ in range(limit):
+        if "[" not in brackets:
+            return False
+        brackets = brackets.replace("[]", "")
+    return "[" in brackets
+
+
+def value_deeper_than(value: struct_pb2.Value, limit: int) -> bool:
+    """Whether a protobuf Value nests lists and structs more than `limit` levels (iteratively)."""
+    stack: list[tuple[struct_pb2.Value, int]] = [(value, 0)]  # a value and the levels above it
+    while stack:
+        item, above = stack.pop()
+        kind = item.WhichOneof("kind")
+        if kind == "struct_value":
+            children: Any = item.struct_value.fields.values()
+        elif kind == "list_value":
+            children = item.list_value.values
+        else:
+            continue
+        if above >= limit:
+            return True
+        stack.extend((child, above + 1) for child in children)
+    return False
 
 
 def _reject_constant(name: str) -> Any:
@@ -183,22 +233,33 @@ def _payload(event: pb.Event, bad: Any) -> tuple[bytes | None, str]:
     if kind == "binary_data":
         content_type = event.content_type or BINARY_CONTENT_TYPE
         if _is_json_type(content_type):
+            raw = event.binary_data
             try:
-                _check_json(event.binary_data)
+                # Cheap first: too few brackets to be too deep (in any UTF encoding).
+                if raw.count(b"[") + raw.count(b"{") > config.JSON_DEPTH_MAX:
+                    # Decoded as json.loads decodes bytes (UTF-8, -16 or -32), then measured.
+                    text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+                    if json_text_deeper_than(text, config.JSON_DEPTH_MAX):
+                        bad("binary_data", f"JSON nested too deep: {JSON_DEPTH_RULE}")
+                        return None, content_type
+                _check_json(raw)
             except (ValueError, UnicodeDecodeError) as error:
                 bad(
                     "binary_data",
                     f"content type is {content_type} but the data is not JSON: {error}",
                 )
                 return None, content_type
-            return event.binary_data, JSON_CONTENT_TYPE
+            return raw, JSON_CONTENT_TYPE
         return event.binary_data, content_type
     if event.content_type and not _is_json_type(event.content_type):
         bad("content_type", "JSON data is application/json; use binary_data for other types")
         return None, JSON_CONTENT_TYPE
+    if kind == "data" and value_deeper_than(event.data, config.JSON_DEPTH_MAX):
+        bad("data", f"nested too deep: {JSON_DEPTH_RULE}")
+        return None, JSON_CONTENT_TYPE
     try:
         data = value_to_python(event.data) if kind == "data" else None
-    except (_NotJsonError, RecursionError) as error:
+    except _NotJsonError as error:
         bad("data", str(error))
         return None, JSON_CONTENT_TYPE
     return json.dumps(data, separators=(",", ":")).encode(), JSON_CONTENT_TYPE

@@ -33,7 +33,8 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from broker import logs
+from broker import config, logs
+from broker.api import convert
 from broker.api.servicer import EventBrokerServicer, as_broker_error
 from broker.domain import Scope
 from broker.errors import BrokerError, FieldViolation, internal, invalid_argument
@@ -230,7 +231,29 @@ async def _json_body(request: web.Request) -> Any:
 
 
 def _strict_loads(text: str) -> Any:
-    """JSON without NaN or Infinity, which no event may carry."""
+    """JSON without NaN or Infinity, which no event may carry, and not nested too deep.
+
+    The depth is measured before parsing, so that no parser recursion can fail:
+    the body may nest somewhat deeper than event data (`config.JSON_BODY_DEPTH_MAX`),
+    for the request around it; the data itself is held to its limit
+    (`config.JSON_DEPTH_MAX`) when it is converted, naming its field.
+
+    Raises:
+        BrokerError: INVALID_ARGUMENT naming the body and the limit, when too deep.
+        ValueError: The text is not JSON.
+
+    """
+    limit = config.JSON_BODY_DEPTH_MAX
+    if convert.json_text_deeper_than(text, limit):
+        raise invalid_argument(
+            [
+                FieldViolation(
+                    "body",
+                    f"nested more than {limit} levels deep; in event data "
+                    f"{convert.JSON_DEPTH_RULE}",
+                )
+            ]
+        )
 
     def refuse(constant: str) -> Any:
         raise ValueError(f"{constant} is not JSON")

@@ -12,7 +12,7 @@ import binascii
 import functools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -29,15 +29,17 @@ from broker.errors import (
     BrokerError,
     FieldViolation,
     already_exists,
+    database_unavailable,
     internal,
     invalid_argument,
     not_found,
     resource_exhausted,
-    unavailable,
+    storage_full,
 )
 from broker.names import filter_error, matches, normalize_filters
 from broker.storage.interface import (
     DeadLetterListParams,
+    StorageFullError,
     StorageUnavailableError,
     SubscriptionExistsError,
 )
@@ -74,11 +76,20 @@ async def _abort_mapped(context: aio.ServicerContext[Any, Any], error: Exception
 
 
 def as_broker_error(error: Exception) -> BrokerError | None:
-    """The broker error an exception stands for, or None for a surprise."""
+    """The broker error an exception stands for, or None for a surprise.
+
+    A database that cannot serve is answered with a stable message and reason;
+    its details (the driver's words: host, port, database) go to the log only,
+    with the call's request id.
+    """
     if isinstance(error, BrokerError):
         return error
+    if isinstance(error, StorageFullError):
+        _log.warning("answered STORAGE_FULL: %s", error)
+        return storage_full()
     if isinstance(error, StorageUnavailableError):
-        return unavailable(f"the database cannot take this request now: {error}")
+        _log.warning("answered DATABASE_UNAVAILABLE: %s", error)
+        return database_unavailable()
     if isinstance(error, SubscriptionExistsError):
         return already_exists("subscription", str(error))
     return None
@@ -113,7 +124,11 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
     def __init__(self, engine: DeliveryEngine) -> None:
         self.engine = engine
         self.settings = engine.settings
-        self.auth = Authenticator(engine.read, cache_s=self.settings.api_key_cache_s)
+        self.auth = Authenticator(
+            engine.read,
+            require_keys=self.settings.requires_keys,
+            cache_s=self.settings.api_key_cache_s,
+        )
         self._streams = Counter[str]()  # open Subscribe streams by client connection
 
     async def _key(self, context: aio.ServicerContext[Any, Any], scope: Scope) -> ApiKey | None:
@@ -660,12 +675,18 @@ def _dead_reason(value: int) -> DeadReason | None:
 class Undecodable:
     """Stands in for a request whose bytes are not the message the method takes."""
 
-    def __init__(self, message_name: str, error: Exception) -> None:
+    def __init__(self, message_name: str, error: Exception, too_deep: str | None = None) -> None:
         self.message_name = message_name
         self.error = error
+        #: The field nested deeper than protobuf reads, when that is why decoding failed.
+        self.too_deep = too_deep
 
     def refusal(self) -> BrokerError:
-        """INVALID_ARGUMENT saying the request could not be read."""
+        """INVALID_ARGUMENT saying the request could not be read, or which field is too deep."""
+        if self.too_deep is not None:
+            return invalid_argument(
+                [FieldViolation(self.too_deep, f"nested too deep: {convert.JSON_DEPTH_RULE}")]
+            )
         return invalid_argument(
             [
                 FieldViolation(
@@ -707,6 +728,53 @@ def _safe_parser(message_class: Any) -> Callable[[bytes], Any]:
         try:
             return message_class.FromString(data)
         except Exception as error:  # DecodeError, or a depth or size limit
-            return Undecodable(message_class.DESCRIPTOR.full_name, error)
+            # upb says "Exceeded upb_DecodeOptions_MaxDepth" when nesting passes its 100.
+            deep = "depth" in str(error).lower()
+            return Undecodable(
+                message_class.DESCRIPTOR.full_name,
+                error,
+                _too_deep_field(message_class, data) if deep else None,
+            )
 
     return parse
+
+
+def _too_deep_field(message_class: Any, data: bytes) -> str:
+    """The field of a request too deeply nested to decode: event data is the recursive one."""
+    if message_class is pb.PublishRequest:
+        return "event.data"
+    if message_class is not pb.BatchPublishRequest:
+        return "request"
+    for index, chunk in enumerate(_events_on_the_wire(data)):
+        try:
+            event = pb.Event.FromString(chunk)
+        except Exception:  # this event is the one too deep to decode
+            return f"events[{index}].data"
+        if convert.value_deeper_than(event.data, config.JSON_DEPTH_MAX):
+            return f"events[{index}].data"
+    return "events"
+
+
+def _events_on_the_wire(data: bytes) -> Iterator[bytes]:
+    """The encoded `events` (field 1) of a BatchPublishRequest, read from its wire format."""
+    position = 0
+    while position < len(data):
+        tag, position = _varint(data, position)
+        if tag != (1 << 3) | 2:  # field 1, length-delimited: the only field there is
+            return
+        length, position = _varint(data, position)
+        yield data[position : position + length]
+        position += length
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    """A protobuf varint at `position`, and the position after it."""
+    value, shift = 0, 0
+    while position < len(data):
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    return value, position

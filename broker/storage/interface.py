@@ -35,6 +35,10 @@ class StorageUnavailableError(Exception):
     """The database cannot be reached or cannot write now (disk full, locked, down)."""
 
 
+class StorageFullError(StorageUnavailableError):
+    """The database has no room to write (a full disk, or a size cap)."""
+
+
 class StorageConflictError(StorageUnavailableError):
     """Two transactions collided (a deadlock or serialization failure); running again works."""
 

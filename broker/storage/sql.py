@@ -56,6 +56,7 @@ from broker.storage.interface import (
     PromoteOutcome,
     SeekOutcome,
     StorageConflictError,
+    StorageFullError,
     StorageUnavailableError,
     SubscriptionBackfillParams,
     SubscriptionExistsError,
@@ -1047,27 +1048,40 @@ class SqlStorage:
 
 #: PostgreSQL's serialization_failure and deadlock_detected: the transaction may be run again.
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+#: No room to write: PostgreSQL's disk_full (SQLSTATE) and SQLite's SQLITE_FULL (error code).
+_FULL_SQLSTATES = frozenset({"53100"})
 
 
 @contextmanager
 def storage_errors() -> Iterator[None]:
-    """Turn a database that cannot serve now into StorageUnavailableError."""
+    """Turn a database that cannot serve now into StorageUnavailableError (or a subclass).
+
+    The same for SQLAlchemy's wrapped errors and for the drivers' own, which the
+    hot statements run on the driver's cursor raise.
+    """
     try:
         yield
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
-        message = str(error.orig or error).strip()
-        if getattr(error.orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
-            raise StorageConflictError(message) from error
-        raise StorageUnavailableError(message) from error
+        raise _unavailable(error.orig or error) from error
     except sa_exc.DBAPIError as error:
         if error.connection_invalidated:
             raise StorageUnavailableError(str(error.orig or error).strip()) from error
         raise
-    except _DRIVER_UNAVAILABLE as error:  # from the hot statements, run on the driver's cursor
-        message = str(error).strip()
-        if getattr(error, "sqlstate", None) in _CONFLICT_SQLSTATES:
-            raise StorageConflictError(message) from error
-        raise StorageUnavailableError(message) from error
+    except _DRIVER_UNAVAILABLE as error:
+        raise _unavailable(error) from error
+
+
+def _unavailable(error: BaseException) -> StorageUnavailableError:
+    """The kind of unavailability a driver's error says: a conflict, a full disk, or other."""
+    message = str(error).strip()
+    if getattr(error, "sqlstate", None) in _CONFLICT_SQLSTATES:
+        return StorageConflictError(message)
+    if (
+        getattr(error, "sqlstate", None) in _FULL_SQLSTATES
+        or getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    ):
+        return StorageFullError(message)
+    return StorageUnavailableError(message)
 
 
 #: The drivers' own errors for a database that cannot serve now (what SQLAlchemy

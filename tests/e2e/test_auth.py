@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from broker.storage import open_storage
 from eventbroker import Client, PermissionDenied, ResourceExhausted, Unauthenticated
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
-from tests.conftest import BrokerThread
+from tests.conftest import TEST_SETTINGS, BrokerThread
 from tests.e2e.keys import make_key
 from tests.e2e.streams import StreamReader, subscribe
 
@@ -306,3 +307,157 @@ def test_stream_limits_in_all_and_per_connection(
         for channel in channels:
             channel.close()
         broker.stop()
+
+
+def revoke(database_url: str, token: str) -> None:
+    """Revoke a key in the database, as `broker keys revoke` does."""
+    storage = open_storage(database_url)
+    try:
+        with storage.write() as tx:
+            assert tx.api_key_revoke(token.split("_")[1], time.time_ns() // 1000)
+    finally:
+        storage.close()
+
+
+def key_before_start(database_url: str, *scopes: Scope) -> str:
+    """A key made in a database no broker has opened yet (migrated first)."""
+    storage = open_storage(database_url)
+    try:
+        storage.migrate()
+    finally:
+        storage.close()
+    return make_key(database_url, *scopes)
+
+
+def error_of(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a unary call ends with."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def wait_until_closed_for_want_of_keys(stub: Stub) -> None:
+    """Poll GetStats without a key until the broker has read that no key is active.
+
+    Before the reload a call without a key is refused for lacking one; after
+    it, for want of any active key. An answer of OK means the broker opened.
+    """
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        code, message = error_of(lambda: stub.GetStats(pb.GetStatsRequest(), timeout=WAIT_S))
+        assert code == grpc.StatusCode.UNAUTHENTICATED, f"a call without a key got {code}"
+        if "no active API key" in message:
+            return
+        assert time.monotonic() < deadline, f"the revocation was not read: {message}"
+
+
+@pytest.mark.parametrize("exposed_address", ["listen", "http_listen"])
+def test_revoking_the_last_key_leaves_a_broker_beyond_loopback_closed(
+    broker_settings: Settings, exposed_address: str
+) -> None:
+    """Bound to 0.0.0.0 (gRPC or HTTP), reached through 127.0.0.1 only."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from tests.e2e.test_http import http
+
+    settings = dataclasses.replace(broker_settings, api_key_cache_s=0.2)
+    if exposed_address == "listen":
+        settings = dataclasses.replace(settings, listen="0.0.0.0:0")
+    else:
+        settings = dataclasses.replace(settings, http_listen="0.0.0.0:0")
+    token = key_before_start(settings.database_url, Scope.PUBLISH, Scope.SUBSCRIBE, Scope.ADMIN)
+    broker = BrokerThread(settings).start()
+    try:
+        with grpc.insecure_channel(broker.target) as channel:
+            stub = Stub(channel)
+            assert stub.GetStats(pb.GetStatsRequest(), metadata=bearer(token), timeout=WAIT_S)
+            revoke(settings.database_url, token)
+            wait_until_closed_for_want_of_keys(stub)
+            for rpc, request_message, _ in RPCS:
+                method = getattr(stub, rpc)
+                for metadata in (None, bearer(token), bearer("ebk_nope_nope")):
+                    code = code_of(functools.partial(method, request_message, metadata=metadata))
+                    assert code == grpc.StatusCode.UNAUTHENTICATED, (rpc, metadata, code)
+            code, message = error_of(
+                lambda: stub.CreateSubscription(
+                    pb.CreateSubscriptionRequest(
+                        subscription=pb.Subscription(name="open", filter=["a.b"])
+                    )
+                )
+            )
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            assert "no active API key" in message and "broker keys create" in message
+            status, body, _ = http(broker, "POST", "/v1/events", {"name": "order.new"})
+            assert status == 401 and body["error"]["reason"] == "API_KEY_NONE_ACTIVE"
+            assert http(broker, "POST", "/v1/rpc/GetStats", {})[0] == 401
+            assert http(broker, "GET", "/metrics")[0] == 401
+            assert http(broker, "GET", "/healthz")[0] == 200
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=WAIT_S)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            (answer,) = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=WAIT_S
+            )
+            services = {s.name for s in answer.list_services_response.service}
+            assert "eventbroker.v1.EventBrokerService" in services
+            # A new key opens the broker to its holder again, and to nobody else.
+            fresh = make_key(settings.database_url, Scope.ADMIN)
+            deadline = time.monotonic() + WAIT_S
+            while code_of(lambda: stub.GetStats(pb.GetStatsRequest(), metadata=bearer(fresh))) != (
+                grpc.StatusCode.OK
+            ):
+                assert time.monotonic() < deadline, "the new key was not read"
+            code, message = error_of(lambda: stub.GetStats(pb.GetStatsRequest()))
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "needs an API key" in message
+            assert stub.GetStats(pb.GetStatsRequest(), metadata=bearer(fresh)).events == 0
+    finally:
+        broker.stop()
+
+
+def test_revoking_the_last_key_reopens_a_loopback_broker(broker_settings: Settings) -> None:
+    """On loopback only, no active key means open, as before any key was made."""
+    settings = dataclasses.replace(broker_settings, api_key_cache_s=0.2)
+    token = key_before_start(settings.database_url, Scope.ADMIN)
+    broker = BrokerThread(settings).start()
+    try:
+        with grpc.insecure_channel(broker.target) as channel:
+            stub = Stub(channel)
+            assert code_of(lambda: stub.GetStats(pb.GetStatsRequest())) == (
+                grpc.StatusCode.UNAUTHENTICATED
+            )
+            revoke(settings.database_url, token)
+            deadline = time.monotonic() + WAIT_S
+            while code_of(lambda: stub.GetStats(pb.GetStatsRequest())) != grpc.StatusCode.OK:
+                assert time.monotonic() < deadline, "the revocation was not read"
+    finally:
+        broker.stop()
+
+
+def test_each_broker_of_a_database_decides_from_its_own_addresses(postgres_url: str) -> None:
+    """Two brokers on one PostgreSQL database: the exposed one closes, the loopback one opens."""
+    settings = dataclasses.replace(TEST_SETTINGS, database_url=postgres_url, api_key_cache_s=0.2)
+    token = key_before_start(postgres_url, Scope.ADMIN)
+    exposed = BrokerThread(dataclasses.replace(settings, listen="0.0.0.0:0")).start()
+    loopback = BrokerThread(settings).start()
+    try:
+        with (
+            grpc.insecure_channel(exposed.target) as exposed_channel,
+            grpc.insecure_channel(loopback.target) as loopback_channel,
+        ):
+            exposed_stub, loopback_stub = Stub(exposed_channel), Stub(loopback_channel)
+            revoke(postgres_url, token)
+            wait_until_closed_for_want_of_keys(exposed_stub)
+            deadline = time.monotonic() + WAIT_S
+            while code_of(lambda: loopback_stub.GetStats(pb.GetStatsRequest())) != (
+                grpc.StatusCode.OK
+            ):
+                assert time.monotonic() < deadline, "the loopback broker missed the revocation"
+            code, _ = error_of(lambda: exposed_stub.GetStats(pb.GetStatsRequest()))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        loopback.stop()
+        exposed.stop()

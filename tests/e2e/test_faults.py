@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,13 +15,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
+from broker import logs
+from broker.errors import storage_full
 from broker.storage.sql import SqlStorage
 from eventbroker import Client, Unavailable
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
-from tests.conftest import TEST_SETTINGS, BrokerThread, sqlite_url
+from tests.conftest import TEST_SETTINGS, BrokerThread, PostgresServer, sqlite_url
 from tests.e2e.streams import StreamReader, subscribe
 
 WAIT_S = 10.0
@@ -205,14 +211,15 @@ def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing(
         client.create_subscription("orders", "order.*")
         before = [client.publish("order.new", payload).event_id for _ in range(5)]
         set_max_pages(storage, None)  # no room left
-        messages: list[str] = []
+        refusals: list[tuple[str | None, str]] = []
         for _ in range(20):
             try:
                 client.publish("order.new", payload)
             except Unavailable as error:
-                messages.append(error.message)
-        assert messages, "the capped file took every publish"
-        assert all("full" in message for message in messages), messages
+                refusals.append((error.reason, error.message))
+        assert refusals, "the capped file took every publish"
+        full = ("STORAGE_FULL", storage_full().message)  # stable, and says "full"
+        assert set(refusals) == {full}, refusals
         set_max_pages(storage, 1_000_000)  # room again
         after = client.publish("order.new", payload).event_id
         received: set[str] = set()
@@ -222,3 +229,53 @@ def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing(
             if received >= {*before, after}:
                 break
     assert {*before, after} <= received
+
+
+def test_a_database_outage_tells_clients_a_stable_reason_and_logs_the_detail(
+    postgres_server: PostgresServer, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Callers get no host, port or database name; the log gets them, with the request id."""
+    from tests.e2e.test_http import http
+    from tests.e2e.test_scale_out_faults import DatabaseSwitch
+
+    caplog.handler.addFilter(logs.RequestIdFilter())
+    database = sa.make_url(postgres_url)
+    secrets = [str(database.database), str(database.host), str(database.port)]
+    broker = BrokerThread(replace(TEST_SETTINGS, database_url=postgres_url)).start()
+    switch = DatabaseSwitch(postgres_server, postgres_url)
+    try:
+        with grpc.insecure_channel(broker.target) as channel:
+            stub = pb_grpc.EventBrokerServiceStub(channel)
+            stub.GetStats(pb.GetStatsRequest(), timeout=WAIT_S)
+            switch.cut_off()
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetStats(
+                    pb.GetStatsRequest(),
+                    metadata=(("x-request-id", "outage-grpc"),),
+                    timeout=WAIT_S,
+                )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        message = refused.value.details() or ""
+        assert message == "the broker's database is unavailable; retry later"
+        status = rpc_status.from_call(refused.value)
+        assert status is not None
+        info = error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(info) and info.reason == "DATABASE_UNAVAILABLE"
+        answered, body, _ = http(broker, "POST", "/v1/rpc/GetStats", {}, request_id="outage-http")
+        assert answered == 503 and body["error"]["reason"] == "DATABASE_UNAVAILABLE", body
+        assert body["error"]["message"] == message
+        for secret in secrets:
+            assert secret not in message and secret not in json.dumps(body), secret
+        for request_id in ("outage-grpc", "outage-http"):
+            lines = [
+                r.getMessage()
+                for r in caplog.records
+                if getattr(r, "request_id", None) == request_id
+                and "DATABASE_UNAVAILABLE" in r.getMessage()
+            ]
+            assert lines, f"no log line for {request_id}"
+            assert secrets[0] in lines[0] or "connection" in lines[0], lines
+    finally:
+        switch.restore()
+        switch.close()
+        broker.stop()

@@ -158,13 +158,17 @@ def events(draw: st.DrawFn) -> pb.Event:
         ordering_key=draw(st.one_of(st.just(""), hostile_text)),
         content_type=draw(st.sampled_from(["", "application/json", "text/plain", "x" * 300])),
     )
-    payload = draw(st.sampled_from(["json", "binary", "deep", "none"]))
+    payload = draw(st.sampled_from(["json", "binary", "deep", "deep binary", "none"]))
     if payload == "json":
         event.data.CopyFrom(to_value(draw(json_values)))
     elif payload == "binary":
         event.binary_data = draw(st.binary(max_size=2048))
     elif payload == "deep":
         event.data.CopyFrom(deep_value(draw(st.integers(min_value=10, max_value=40))))
+    elif payload == "deep binary":  # JSON nested far past any parser's recursion limit
+        levels = draw(st.integers(min_value=10, max_value=20_000))
+        event.content_type = "application/json"
+        event.binary_data = b"[" * levels + b"]" * levels
     when = draw(st.sampled_from(["now", "delay", "deliver_at"]))
     if when == "delay":
         event.delay.CopyFrom(draw(durations))

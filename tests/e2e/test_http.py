@@ -8,11 +8,16 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2
 
-from broker.config import Settings
+from broker.config import JSON_BODY_DEPTH_MAX, JSON_DEPTH_MAX, Settings
 from broker.domain import Scope
 from eventbroker import Client
+from eventbroker.v1 import broker_pb2 as pb
+from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.conftest import BrokerThread
 from tests.e2e.keys import make_key
 
@@ -27,6 +32,7 @@ def http(
     *,
     raw: bytes | None = None,
     token: str | None = None,
+    request_id: str | None = None,
 ) -> tuple[int, Any, dict[str, str]]:
     """Status, decoded body (JSON or text) and headers of one request."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -36,6 +42,8 @@ def http(
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    if request_id:
+        request.add_header("X-Request-Id", request_id)
     try:
         with urllib.request.urlopen(request, timeout=WAIT_S) as response:
             status, payload, headers = response.status, response.read(), dict(response.headers)
@@ -148,3 +156,157 @@ def test_every_unary_rpc_in_json(broker_server: BrokerThread) -> None:
     assert http(broker_server, "POST", "/v1/rpc/Subscribe", {})[0] == 404  # a stream: gRPC only
     status, body, _ = http(broker_server, "GET", "/")
     assert status == 200 and "<title>eventbroker</title>" in body
+
+
+# -- JSON nested too deep: one limit on every path ------------------------------------
+
+
+def nested_json(levels: int) -> str:
+    """JSON text of arrays and objects nested `levels` deep."""
+    return (
+        '{"a":[' * (levels // 2)
+        + "[" * (levels % 2)
+        + "1"
+        + "]" * (levels % 2)
+        + "]}" * (levels // 2)
+    )
+
+
+def encoded_list_value(levels: int) -> bytes:
+    """A google.protobuf.Value of lists nested `levels` deep, encoded by hand.
+
+    Built from the inside out on the wire, as no protobuf library encodes what
+    it could not decode.
+    """
+
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([(number << 3) | 2]) + _varint(len(payload)) + payload
+
+    value = field(3, b"bottom")  # Value.string_value
+    for _ in range(levels):
+        value = field(6, field(1, value))  # Value.list_value { values: value }
+    return value
+
+
+def publish_raw(broker: BrokerThread, request: bytes) -> tuple[grpc.StatusCode, str, Any]:
+    """Publish bytes as they are: status code, message and the BadRequest details."""
+    from grpc_status import rpc_status
+
+    with grpc.insecure_channel(broker.target) as channel:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/eventbroker.v1.EventBrokerService/Publish",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        try:
+            call(request, timeout=WAIT_S)
+        except grpc.RpcError as error:
+            status = rpc_status.from_call(error)
+            fields = []
+            for detail in status.details if status else ():
+                bad = error_details_pb2.BadRequest()
+                if detail.Unpack(bad):
+                    fields = [v.field for v in bad.field_violations]
+            return error.code(), error.details() or "", fields
+    return grpc.StatusCode.OK, "", []
+
+
+DEEP_PATHS = [
+    "grpc data",
+    "grpc binary_data",
+    "/v1/events",
+    "/v1/events[]",
+    "Publish",
+    "BatchPublish",
+]
+
+
+def refusal_of_deep_json(
+    broker: BrokerThread, path: str, levels: int
+) -> tuple[str, str, list[str]]:
+    """Publish data nested `levels` deep by one path: code name, message and fields refused."""
+    deep = nested_json(levels)
+    if path == "grpc data":
+        event = pb.Event(name="deep.one").SerializeToString()
+        value = encoded_list_value(levels)
+        event += b"\x12" + _varint(len(value)) + value  # Event.data
+        code, message, fields = publish_raw(broker, b"\x0a" + _varint(len(event)) + event)
+        return code.name, message, fields
+    if path == "grpc binary_data":
+        binary = pb.Event(
+            name="deep.one", content_type="application/json", binary_data=deep.encode()
+        )
+        request = pb.PublishRequest(event=binary).SerializeToString()
+        code, message, fields = publish_raw(broker, request)
+        return code.name, message, fields
+    url, body = {
+        "/v1/events": ("/v1/events", f'{{"name": "deep.one", "data": {deep}}}'),
+        "/v1/events[]": ("/v1/events", f'[{{"name": "deep.one", "data": {deep}}}]'),
+        "Publish": ("/v1/rpc/Publish", f'{{"event": {{"name": "deep.one", "data": {deep}}}}}'),
+        "BatchPublish": (
+            "/v1/rpc/BatchPublish",
+            f'{{"events": [{{"name": "deep.one", "data": {deep}}}]}}',
+        ),
+    }[path]
+    status, answer, _ = http(broker, "POST", url, raw=body.encode())
+    assert status in (200, 400), (status, answer)
+    if status == 200:
+        return "OK", "", []
+    error = answer["error"]
+    return error["code"], error["message"], [v["field"] for v in error["field_violations"]]
+
+
+@pytest.mark.parametrize("levels", [JSON_DEPTH_MAX + 1, 10_000])
+@pytest.mark.parametrize("path", DEEP_PATHS)
+def test_json_nested_too_deep_is_refused_on_every_path_naming_field_and_limit(
+    broker_server: BrokerThread, path: str, levels: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """INVALID_ARGUMENT (HTTP 400) naming the field and the limit; nothing stored or raised."""
+    code, message, fields = refusal_of_deep_json(broker_server, path, levels)
+    assert code == "INVALID_ARGUMENT", message
+    assert f"at most {JSON_DEPTH_MAX} levels deep" in message
+    if path == "grpc binary_data":
+        assert fields == ["event.binary_data"]
+    elif levels > JSON_BODY_DEPTH_MAX and path not in ("grpc data", "grpc binary_data"):
+        assert fields == ["body"]  # refused whole before it is parsed
+    else:
+        assert fields == ["event.data" if path in ("grpc data", "Publish") else "events[0].data"]
+    with Client(broker_server.target) as client:
+        assert client.get_stats().events == 0
+    assert "RecursionError" not in caplog.text
+
+
+def test_json_at_the_depth_limit_is_taken_on_every_path(broker_server: BrokerThread) -> None:
+    """The deepest data allowed passes everywhere, and comes back as it was sent."""
+    deep = nested_json(JSON_DEPTH_MAX)
+    value = json_format.Parse(deep, struct_pb2.Value())
+    ids = []
+    with grpc.insecure_channel(broker_server.target) as channel:
+        stub = pb_grpc.EventBrokerServiceStub(channel)
+        for event in [
+            pb.Event(name="deep.data", data=value),
+            pb.Event(
+                name="deep.binary", content_type="application/json", binary_data=deep.encode()
+            ),
+        ]:
+            ids.append(stub.Publish(pb.PublishRequest(event=event), timeout=WAIT_S).event_id)
+    for path, body in [
+        ("/v1/events", f'[{{"name": "deep.http", "data": {deep}}}]'),
+        ("/v1/rpc/Publish", f'{{"event": {{"name": "deep.rpc", "data": {deep}}}}}'),
+        ("/v1/rpc/BatchPublish", f'{{"events": [{{"name": "deep.rpcs", "data": {deep}}}]}}'),
+    ]:
+        status, answer, _ = http(broker_server, "POST", path, raw=body.encode())
+        assert status == 200, (path, answer)
+        ids.append(answer.get("event_id") or answer["results"][0]["event_id"])
+    with Client(broker_server.target) as client:
+        assert [client.get_event(i).data for i in ids] == [json.loads(deep)] * 5
+
+
+def _varint(number: int) -> bytes:
+    """A protobuf varint."""
+    out = bytearray()
+    while True:
+        byte, number = number & 0x7F, number >> 7
+        out.append(byte | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
