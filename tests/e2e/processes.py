@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -28,11 +29,28 @@ _PORT_RE = re.compile(r"\(port (\d+)\)")
 
 
 class BrokerProcess:
-    """`broker serve` in a child process, on a database of the test's."""
+    """`broker serve` in a child process, on a database of the test's.
 
-    def __init__(self, database_url: str, log: Path) -> None:
+    `listen` is its gRPC address (a port of 0: any free one); `prefix` is put
+    before the command (`ip netns exec NAME` runs it in a network namespace,
+    which keeps its process id); `insecure` lets it listen beyond loopback
+    without API keys.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        log: Path,
+        *,
+        listen: str = "127.0.0.1:0",
+        prefix: Sequence[str] = (),
+        insecure: bool = False,
+    ) -> None:
         self.database_url = database_url
         self.log = log
+        self.listen = listen
+        self.prefix = tuple(prefix)
+        self.insecure = insecure
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -42,16 +60,18 @@ class BrokerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
+                    *self.prefix,
                     sys.executable,
                     "-c",
                     "from broker.cli import main; main()",
                     "serve",
                     "--listen",
-                    "127.0.0.1:0",
+                    self.listen,
                     "--http-listen",
                     "127.0.0.1:0",
                     "--database-url",
                     self.database_url,
+                    *(["--insecure"] if self.insecure else []),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -71,7 +91,7 @@ class BrokerProcess:
     @property
     def target(self) -> str:
         """HOST:PORT to dial."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.listen.rsplit(':', 1)[0]}:{self.port}"
 
     def log_text(self) -> str:
         """Everything the process has logged so far."""
@@ -94,11 +114,23 @@ class BrokerProcess:
                 self.proc.wait(5)
 
 
-def publish_batches(target: str, checker: QueueChecker, stop: threading.Event, batch: int) -> None:
+#: How long a publisher that goes on after a failed call waits before the next.
+RETRY_PAUSE_S = 0.1
+
+
+def publish_batches(
+    target: str,
+    checker: QueueChecker,
+    stop: threading.Event,
+    batch: int,
+    *,
+    keep_going: bool = False,
+) -> None:
     """Publish batches of `orders.created` until stopped, recording each outcome.
 
-    A call that breaks off (the broker is gone) leaves its batch unknown and ends
-    the publisher.
+    A call that breaks off leaves its batch unknown. Then the publisher ends (the
+    broker is gone), or with `keep_going` (the broker is slow or cut off for a
+    while) pauses briefly and publishes new batches.
     """
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.EventBrokerServiceStub(channel)
@@ -115,6 +147,9 @@ def publish_batches(target: str, checker: QueueChecker, stop: threading.Event, b
                 if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     for publish_id in ids:
                         checker.failed(publish_id)
-                return  # the broker is gone: outcome unknown
+                if not keep_going:
+                    return  # the broker is gone: outcome unknown
+                stop.wait(RETRY_PAUSE_S)
+                continue
             for publish_id in ids:
                 checker.ok(publish_id)
