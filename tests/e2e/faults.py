@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,6 +75,8 @@ class AckRecord:
     sent: float
     returned: float
     applied: bool
+    #: The broker's id of the event, to look up its delivery history.
+    event_id: str
 
 
 def deadline_s(delivery: pb.Delivery) -> float:
@@ -91,6 +93,7 @@ class DeliveryLog:
         self._holds: list[Hold] = []
         self._acks: list[AckRecord] = []
         self._receipts: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+        self._redelivered: Counter[int] = Counter()
         self._last_received = time.monotonic()
 
     def received(self, consumer: int, deliveries: list[pb.Delivery]) -> None:
@@ -102,12 +105,19 @@ class DeliveryLog:
         with self._lock:
             for delivery in deliveries:
                 self._receipts[delivery.dedup_id].append((consumer, delivery.attempt))
+                if delivery.attempt > 1:
+                    self._redelivered[consumer] += 1
             self._last_received = time.monotonic()
 
     def received_by(self, publish_id: str) -> list[tuple[int, int]]:
         """(consumer, attempt) of every delivery of a publish so far."""
         with self._lock:
             return list(self._receipts.get(publish_id, ()))
+
+    def redelivered(self, consumer: int) -> int:
+        """Deliveries a consumer received that were not the first attempt."""
+        with self._lock:
+            return self._redelivered[consumer]
 
     def ended(self, holds: list[Hold]) -> None:
         """Leases that are over."""
@@ -229,6 +239,7 @@ class Consumer:
                     sent,
                     settled,
                     d.ack_id not in not_applied,
+                    d.event_id,
                 )
                 for d, _ in self._unacked
             ]
