@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 BROWSER_STAMP := $(VENV)/.installed-browser
+NETNS_STAMP := $(VENV)/.installed-netns
 # apt-get as root, else through sudo (the dashboard test drives Debian's chromium)
 APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) apt-get
 PYTEST_ARGS ?=
@@ -39,7 +40,13 @@ $(BROWSER_STAMP): $(STAMP)
 	  || ($(APT) update -q && $(APT) install -y -q chromium)
 	touch $(BROWSER_STAMP)
 
-test: $(STAMP) $(BROWSER_STAMP) ## Run the whole test suite (PostgreSQL tests need BROKER_TEST_DATABASE_URL)
+# The partition tests make a network namespace with veth links (ip) and fault them (nft).
+$(NETNS_STAMP): $(STAMP)
+	{ command -v ip && command -v nft; } >/dev/null 2>&1 || $(APT) install -y -q iproute2 nftables \
+	  || ($(APT) update -q && $(APT) install -y -q iproute2 nftables)
+	touch $(NETNS_STAMP)
+
+test: $(STAMP) $(BROWSER_STAMP) $(NETNS_STAMP) ## Run the whole test suite (PostgreSQL tests need BROKER_TEST_DATABASE_URL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP) ## Regenerate the stubs in clients/python/src/eventbroker/v1

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -28,12 +29,28 @@ _PORT_RE = re.compile(r"\(port (\d+)\)")
 
 
 class BrokerProcess:
-    """`broker serve` in a child process, on a database of the test's."""
+    """`broker serve` in a child process, on a database of the test's.
 
-    def __init__(self, database_url: str, log: Path, args: tuple[str, ...] = ()) -> None:
+    `listen` is its gRPC address (a port of 0: any free one); `prefix` is put
+    before the command (`ip netns exec NAME` runs it in a network namespace,
+    which keeps its process id); `args` are more `broker serve` options
+    (`--insecure` lets it listen beyond loopback without API keys).
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        log: Path,
+        args: tuple[str, ...] = (),
+        *,
+        listen: str = "127.0.0.1:0",
+        prefix: Sequence[str] = (),
+    ) -> None:
         self.database_url = database_url
         self.log = log
-        self.args = args  # more `broker serve` options
+        self.args = args
+        self.listen = listen
+        self.prefix = tuple(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -43,12 +60,13 @@ class BrokerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
+                    *self.prefix,
                     sys.executable,
                     "-c",
                     "from broker.cli import main; main()",
                     "serve",
                     "--listen",
-                    "127.0.0.1:0",
+                    self.listen,
                     "--http-listen",
                     "127.0.0.1:0",
                     "--database-url",
@@ -73,7 +91,7 @@ class BrokerProcess:
     @property
     def target(self) -> str:
         """HOST:PORT to dial."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.listen.rsplit(':', 1)[0]}:{self.port}"
 
     def log_text(self) -> str:
         """Everything the process has logged so far."""
@@ -96,11 +114,23 @@ class BrokerProcess:
                 self.proc.wait(5)
 
 
-def publish_batches(target: str, checker: QueueChecker, stop: threading.Event, batch: int) -> None:
+#: How long a publisher that goes on after a failed call waits before the next.
+RETRY_PAUSE_S = 0.1
+
+
+def publish_batches(
+    target: str,
+    checker: QueueChecker,
+    stop: threading.Event,
+    batch: int,
+    *,
+    keep_going: bool = False,
+) -> None:
     """Publish batches of `orders.created` until stopped, recording each outcome.
 
-    A call that breaks off (the broker is gone) leaves its batch unknown and ends
-    the publisher.
+    A call that breaks off leaves its batch unknown. Then the publisher ends (the
+    broker is gone), or with `keep_going` (the broker is slow or cut off for a
+    while) pauses briefly and publishes new batches.
     """
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.EventBrokerServiceStub(channel)
@@ -117,6 +147,9 @@ def publish_batches(target: str, checker: QueueChecker, stop: threading.Event, b
                 if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     for publish_id in ids:
                         checker.failed(publish_id)
-                return  # the broker is gone: outcome unknown
+                if not keep_going:
+                    return  # the broker is gone: outcome unknown
+                stop.wait(RETRY_PAUSE_S)
+                continue
             for publish_id in ids:
                 checker.ok(publish_id)

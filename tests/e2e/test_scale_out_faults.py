@@ -12,244 +12,33 @@ import functools
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import grpc
 import pytest
 import sqlalchemy as sa
-from google.protobuf import duration_pb2
 
 from broker.storage.postgres import CHANNEL
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.conftest import PostgresServer
-from tests.e2e.checker import CheckResult, QueueChecker
+from tests.e2e.checker import QueueChecker
+from tests.e2e.faults import (
+    CALL_TIMEOUT_S,
+    Consumer,
+    DeliveryLog,
+    create_subscription,
+    deadline_s,
+    drain,
+    overlapping_holds,
+    report,
+    wait_for,
+)
 from tests.e2e.processes import BrokerProcess, publish_batches
-from tests.e2e.streams import StreamReader
 
-SUBSCRIPTION = "orders"
 BATCH = 20
-#: Deliveries each consumer may hold at once.
-CREDIT = 50
-#: How often a test looks at a condition it waits for.
-POLL_S = 0.02
-#: No delivery for this long after everything expected came: the drain is over.
-QUIET_S = 1.0
-CALL_TIMEOUT_S = 5.0
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    """Look at a condition until it holds or the time is up; True if it held."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_S)
-    return True
-
-
-@dataclass(frozen=True)
-class Hold:
-    """One delivery as a consumer held it, in wall-clock seconds.
-
-    `until` is when the lease ended at the latest: when the ack returned, or the
-    lease's deadline if that came first, the ack was not applied or there was
-    no ack. No other consumer may receive the same event before then.
-    """
-
-    publish_id: str
-    consumer: int
-    attempt: int
-    received: float
-    until: float
-
-
-def _deadline_s(delivery: pb.Delivery) -> float:
-    return float(delivery.ack_deadline.ToMicroseconds()) / 1_000_000
-
-
-class DeliveryLog:
-    """Every delivery any consumer received: in the checker, and as holds."""
-
-    def __init__(self, checker: QueueChecker) -> None:
-        self.checker = checker
-        self._lock = threading.Lock()
-        self._holds: list[Hold] = []
-        self._receipts: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
-        self._last_received = time.monotonic()
-
-    def received(self, consumer: int, deliveries: list[pb.Delivery]) -> None:
-        """Deliveries arrived at a consumer (their leases are not over yet)."""
-        if not deliveries:
-            return
-        for delivery in deliveries:
-            self.checker.delivered(delivery.dedup_id)
-        with self._lock:
-            for delivery in deliveries:
-                self._receipts[delivery.dedup_id].append((consumer, delivery.attempt))
-            self._last_received = time.monotonic()
-
-    def received_by(self, publish_id: str) -> list[tuple[int, int]]:
-        """(consumer, attempt) of every delivery of a publish so far."""
-        with self._lock:
-            return list(self._receipts.get(publish_id, ()))
-
-    def ended(self, holds: list[Hold]) -> None:
-        """Leases that are over."""
-        with self._lock:
-            self._holds.extend(holds)
-
-    def quiet_for(self, seconds: float) -> bool:
-        """True when no delivery arrived in the last `seconds`."""
-        with self._lock:
-            return time.monotonic() - self._last_received >= seconds
-
-    def holds(self) -> list[Hold]:
-        """Every lease that ended, in the order they were logged."""
-        with self._lock:
-            return list(self._holds)
-
-
-def overlapping_holds(holds: list[Hold]) -> list[tuple[Hold, Hold]]:
-    """Pairs of holds of one event that overlap in time (two consumers at once)."""
-    by_publish: defaultdict[str, list[Hold]] = defaultdict(list)
-    for hold in holds:
-        by_publish[hold.publish_id].append(hold)
-    overlaps = []
-    for same_event in by_publish.values():
-        same_event.sort(key=lambda h: h.received)
-        longest = same_event[0]
-        for hold in same_event[1:]:
-            if hold.received < longest.until:
-                overlaps.append((longest, hold))
-            if hold.until > longest.until:
-                longest = hold
-    return overlaps
-
-
-class Consumer:
-    """A consumer of the subscription on one broker, on a thread of its own.
-
-    It records every delivery in the log and acks each batch at once; an ack
-    that fails is tried again in the next round. While `holding` is set, it
-    keeps what it receives unacked (and lists it in `held`), and sets
-    `holds_one`; once `holding` is cleared it acks all it kept.
-    """
-
-    def __init__(self, index: int, target: str, log: DeliveryLog) -> None:
-        self.index = index
-        self.log = log
-        self.channel = grpc.insecure_channel(target)
-        self.stub = pb_grpc.EventBrokerServiceStub(self.channel)
-        self.reader = StreamReader(
-            self.stub,
-            pb.SubscribeRequest(
-                subscription=SUBSCRIPTION, max_outstanding=CREDIT, consumer_name=f"c{index}"
-            ),
-        )
-        self.holding = threading.Event()
-        self.holds_one = threading.Event()
-        self.held: list[tuple[pb.Delivery, float]] = []
-        self.received = 0
-        self.failed_acks = 0
-        self._unacked: list[tuple[pb.Delivery, float]] = []
-        self._stop = threading.Event()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"consumer-{index}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            batch = self.reader.take_available(POLL_S)
-            if not batch and self._stop.is_set():
-                return
-            now = time.time()
-            self.log.received(self.index, batch)
-            self.received += len(batch)
-            self._unacked.extend((d, now) for d in batch)
-            if self.holding.is_set():
-                self.held.extend((d, now) for d in batch)
-                if self.held:
-                    self.holds_one.set()
-            elif self._unacked:
-                self._ack()
-
-    @property
-    def unsettled(self) -> int:
-        """Deliveries received and not acked yet."""
-        return len(self._unacked)
-
-    def _ack(self) -> None:
-        request = pb.AckRequest(ack_ids=[d.ack_id for d, _ in self._unacked])
-        try:
-            response = self.stub.Ack(request, timeout=CALL_TIMEOUT_S)
-        except grpc.RpcError:
-            self.failed_acks += 1
-            return  # the broker or its database is away: try again with the next round
-        settled = time.time()
-        not_applied = set(response.not_applied_ack_ids)
-        self.log.ended(
-            [
-                Hold(
-                    d.dedup_id,
-                    self.index,
-                    d.attempt,
-                    received,
-                    _deadline_s(d) if d.ack_id in not_applied else min(settled, _deadline_s(d)),
-                )
-                for d, received in self._unacked
-            ]
-        )
-        self._unacked = []
-
-    def stop(self) -> None:
-        """Leave: end the stream and the thread; what was never acked ends at its deadline."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._stop.set()
-        self.reader.close()
-        self._thread.join(CALL_TIMEOUT_S * 2)
-        assert not self._thread.is_alive(), f"consumer {self.index} did not stop"
-        self.log.ended(
-            [
-                Hold(d.dedup_id, self.index, d.attempt, received, _deadline_s(d))
-                for d, received in self._unacked
-            ]
-        )
-        self._unacked = []
-        self.channel.close()
-
-
-def _create_subscription(target: str, ack_deadline_s: int) -> None:
-    with grpc.insecure_channel(target) as channel:
-        pb_grpc.EventBrokerServiceStub(channel).CreateSubscription(
-            pb.CreateSubscriptionRequest(
-                subscription=pb.Subscription(
-                    name=SUBSCRIPTION,
-                    filter=["orders.>"],
-                    ack_deadline=duration_pb2.Duration(seconds=ack_deadline_s),
-                )
-            ),
-            timeout=CALL_TIMEOUT_S,
-        )
-
-
-def _drain(checker: QueueChecker, log: DeliveryLog, timeout_s: float) -> None:
-    """Wait until every acknowledged publish was delivered, then for a quiet spell."""
-    expected = checker.expected_at_least()
-    came = wait_for(lambda: expected <= checker.seen(), timeout_s)
-    missing = len(expected - checker.seen())
-    assert came, f"{missing} acknowledged publishes not delivered within {timeout_s} s"
-    assert wait_for(lambda: log.quiet_for(QUIET_S), timeout_s), "deliveries never stopped"
-
-
-def _report(result: CheckResult, started: float) -> None:
-    print(f"\nchecker: {result} ({time.monotonic() - started:.1f} s)")
 
 
 @pytest.fixture
@@ -285,7 +74,7 @@ def test_kill_9_of_one_of_three_brokers_loses_nothing(
 ) -> None:
     started = time.monotonic()
     brokers = start_brokers(3)
-    _create_subscription(brokers[0].target, KILL_ACK_DEADLINE_S)
+    create_subscription(brokers[0].target, KILL_ACK_DEADLINE_S)
     checker = QueueChecker()
     log = DeliveryLog(checker)
     consumers = [Consumer(i, b.target, log) for i, b in enumerate(brokers)]
@@ -317,9 +106,9 @@ def test_kill_9_of_one_of_three_brokers_loses_nothing(
         for thread in publishers:
             thread.join(10)
         held = [d for d, _ in victim.held]
-        _drain(checker, log, 30)
+        drain(checker, log, 30)
         assert wait_for(lambda: all(came_again(d) for d in held), 15)
-        _drain(checker, log, 10)
+        drain(checker, log, 10)
         for survivor in survivors:
             assert not survivor.reader.ended.is_set(), survivor.reader.error
     finally:
@@ -330,7 +119,7 @@ def test_kill_9_of_one_of_three_brokers_loses_nothing(
             consumer.stop()
 
     result = checker.check()
-    _report(result, started)
+    report(result, started)
     print(f"held unacked by the killed broker's consumer: {len(held)}")
     assert result.valid, str(result)
     assert result.lost == frozenset()
@@ -431,7 +220,7 @@ def test_database_outage_is_survived(
 ) -> None:
     started = time.monotonic()
     brokers = start_brokers(2)
-    _create_subscription(brokers[0].target, OUTAGE_ACK_DEADLINE_S)
+    create_subscription(brokers[0].target, OUTAGE_ACK_DEADLINE_S)
     switch = DatabaseSwitch(postgres_server, postgres_url)
     checker = QueueChecker()
     log = DeliveryLog(checker)
@@ -441,14 +230,14 @@ def test_database_outage_is_survived(
     try:
         for stub in stubs:
             _publish(stub, checker)
-        _drain(checker, log, 10)
+        drain(checker, log, 10)
 
         # Leases held across the outage: their acks fail while the database is away.
         for consumer in consumers:
             consumer.holding.set()
         in_flight = [i for stub in stubs for i in _publish(stub, checker)]
         assert wait_for(lambda: set(in_flight) <= checker.seen(), 10)
-        held_until = max(_deadline_s(d) for c in consumers for d, _ in c.held)
+        held_until = max(deadline_s(d) for c in consumers for d, _ in c.held)
 
         cut_at = switch.cut_off()
         try:
@@ -512,7 +301,7 @@ def test_database_outage_is_survived(
         assert wait_for(
             lambda: all(any(c == 1 for c, _ in log.received_by(i)) for i in crossing), WAKE_S
         )
-        _drain(checker, log, RECOVERY_TIMEOUT_S)
+        drain(checker, log, RECOVERY_TIMEOUT_S)
         # What waited for the database said so in a line, not in a traceback.
         for broker in brokers:
             assert "Traceback" not in broker.log_text(), broker.log
@@ -525,7 +314,7 @@ def test_database_outage_is_survived(
         switch.close()
 
     result = checker.check()
-    _report(result, started)
+    report(result, started)
     assert result.valid, str(result)
     assert result.lost == frozenset()
     assert result.unexpected == frozenset()
