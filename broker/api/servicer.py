@@ -263,7 +263,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         )
         self.engine.attach(subscription, consumer)
         try:
-            while (taken := await consumer.next_batch()) is not None:
+            while (taken := await consumer.next_batch(self.engine.clock)) is not None:
                 batch, count = taken
                 if batch:
                     yield pb.SubscribeResponse(

@@ -76,17 +76,20 @@ class ConsumerStream:
         for start in range(0, len(deliveries), self.max_batch_size):
             self.outbox.put_nowait(deliveries[start : start + self.max_batch_size])
 
-    async def next_batch(self) -> tuple[list[LeasedDelivery], int] | None:
+    async def next_batch(self, clock: Callable[[], int]) -> tuple[list[LeasedDelivery], int] | None:
         """The next batch to write (None: the stream ends), and how many it took off the outbox.
 
-        Deliveries whose lease ended while they waited (expired, or given back)
-        are left out: their ack ids are dead already. Call `written` with the
-        count once the batch is written.
+        Deliveries whose lease ended while they waited are left out: given back
+        or expired, or past their deadline already (a commit that hung across a
+        database outage), their ack ids are dead and the reaper retries them.
+        Call `written` with the count once the batch is written.
         """
         batch = await self.outbox.get()
         if batch is None:
             return None
-        return [d for d in batch if d.ack_id in self.outstanding], len(batch)
+        now = clock()
+        live = [d for d in batch if d.ack_id in self.outstanding and d.ack_deadline_us > now]
+        return live, len(batch)
 
     def written(self, count: int) -> None:
         """`count` deliveries left the outbox: their room counts as credit again."""
