@@ -155,6 +155,19 @@ class SqlTx:
     def _sql(self, text: str) -> str:
         return text if self._placeholder == "?" else text.replace("?", self._placeholder)
 
+    def _insert_rows(
+        self, event_rows: list[tuple[Any, ...]], delivery_rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Insert event and delivery rows (in `_INSERT_*_SQL`'s column order).
+
+        `executemany` on the driver's cursor; a dialect with a cheaper bulk form overrides.
+        """
+        cursor = self._cursor()
+        cursor.executemany(self._sql(_INSERT_EVENT_SQL), event_rows)
+        if delivery_rows:
+            cursor.executemany(self._sql(_INSERT_DELIVERY_SQL), delivery_rows)
+        cursor.close()
+
     def _claim_sql(self) -> str:
         """Lease up to N ready deliveries, best first, returning them. Dialects override."""
         raise NotImplementedError
@@ -268,12 +281,8 @@ class SqlTx:
                 )
             )
             self.conn.execute(sa.insert(_dd), dedup_rows)
-        cursor = self._cursor() if event_rows else None
-        if cursor is not None:
-            cursor.executemany(self._sql(_INSERT_EVENT_SQL), event_rows)
-            if delivery_rows:
-                cursor.executemany(self._sql(_INSERT_DELIVERY_SQL), delivery_rows)
-            cursor.close()
+        if event_rows:
+            self._insert_rows(event_rows, delivery_rows)
         if ordered_keys:
             self._gate(ordered_keys, now)
         return outcomes
