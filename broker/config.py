@@ -81,6 +81,10 @@ class Settings:
     shutdown_grace_s: float = 10.0
     #: Most operations committed in one transaction (group commit).
     commit_batch_max: int = 256
+    #: Under load (the last transaction served several callers and the next is due at
+    #: once), how long group commit waits for more callers before it commits, so that
+    #: one flush serves them all (PostgreSQL's commit_delay). 0 turns it off.
+    commit_delay_s: float = 0.001
     #: How long an event no subscription still holds a delivery of is kept.
     event_retention_s: float = RETENTION_DEFAULT_S
     #: How often maximum ages and retention are applied.
@@ -116,6 +120,7 @@ class Settings:
             ("reaper_interval_s", self.reaper_interval_s > 0, "must be positive"),
             ("shutdown_grace_s", self.shutdown_grace_s >= 0, "must not be negative"),
             ("commit_batch_max", self.commit_batch_max >= 1, "must be at least 1"),
+            ("commit_delay_s", 0 <= self.commit_delay_s <= 1, "must be between 0 and 1"),
             ("event_retention_s", self.event_retention_s > 0, "must be positive"),
             ("maintenance_interval_s", self.maintenance_interval_s > 0, "must be positive"),
             ("listen", ":" in self.listen, "must be HOST:PORT"),

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +45,11 @@ _log = logging.getLogger(__name__)
 _STOP = object()
 #: Runs of a batch that keeps colliding with other transactions, before it fails.
 CONFLICT_ATTEMPTS = 5
+#: The commit delay applies after a transaction that served at least this many callers
+#: (PostgreSQL's commit_siblings): a lone caller at a steady low rate is never held up.
+COMMIT_SIBLINGS = 2
+#: ... and only when the next transaction is wanted this soon after the last one ended.
+BUSY_WINDOW_S = 0.002
 
 
 class Committer:
@@ -56,10 +62,15 @@ class Committer:
         *,
         workers: int = 1,
         batch_max: int = 256,
+        delay_s: float = 0.0,
     ) -> None:
         self._storage = storage
         self._clock = clock
         self._batch_max = batch_max
+        self._delay_s = delay_s
+        #: Callers served by the transaction being run (operations, and the callers
+        #: a Coalescer joined into one of them).
+        self._callers = threading.local()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"committer-{i}", daemon=True)
@@ -79,6 +90,10 @@ class Committer:
             self._queue.put(_STOP)
         for thread in self._threads:
             thread.join()
+
+    def joined(self, extra_callers: int) -> None:
+        """An operation of the running transaction serves this many callers more (a join)."""
+        self._callers.count = getattr(self._callers, "count", 0) + extra_callers
 
     def submit(self, operation: Operation[T]) -> concurrent.futures.Future[T]:
         """Queue an operation from any thread; the future resolves after its commit."""
@@ -102,10 +117,16 @@ class Committer:
         return await self.schedule(operation)
 
     def _work(self) -> None:
+        busy_until = 0.0
+        callers = 0
         while True:
             first = self._queue.get()
             if first is _STOP:
                 return
+            if self._delay_s and callers >= COMMIT_SIBLINGS and time.monotonic() < busy_until:
+                # Under load: wait a moment so that callers arriving meanwhile join this
+                # transaction and its flush, instead of each paying for one of their own.
+                time.sleep(self._delay_s)
             batch = [first]
             stop_seen = False
             while len(batch) < self._batch_max:
@@ -117,7 +138,10 @@ class Committer:
                     stop_seen = True
                     break
                 batch.append(item)
+            self._callers.count = 0
             self._commit(batch)
+            callers = len(batch) + self._callers.count
+            busy_until = time.monotonic() + BUSY_WINDOW_S
             if stop_seen:
                 return
 
@@ -238,6 +262,7 @@ class Coalescer(Generic[Item, Result]):
             if self._open is joined:
                 self._open = None  # closed: later items join the next operation
         self.operations += 1
+        self._committer.joined(len(joined.items) - 1)
         return self._run_many(tx, now, joined.items)
 
     def _run_alone(self, item: Item, tx: StorageTx, now: int) -> list[Result]:

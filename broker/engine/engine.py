@@ -113,6 +113,7 @@ class DeliveryEngine:
             clock,
             workers=storage.max_concurrent_writers,
             batch_max=settings.commit_batch_max,
+            delay_s=settings.commit_delay_s,
         )
         self._publishes: Coalescer[Sequence[EventDraft], list[PublishOutcome]] = Coalescer(
             self.committer, self._insert_events, max_size=PUBLISH_JOIN_MAX_EVENTS, size_of=len
