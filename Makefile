@@ -10,6 +10,11 @@ NETNS_STAMP := $(VENV)/.installed-netns
 APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) apt-get
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# The TypeScript client: its node packages (buf, ts-proto, tsc) come from its
+# package-lock.json; only the targets that need them install them.
+TS := clients/typescript
+NPM_STAMP := $(TS)/node_modules/.installed
+BUF := $(TS)/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
 
@@ -46,16 +51,40 @@ $(NETNS_STAMP): $(STAMP)
 	  || ($(APT) update -q && $(APT) install -y -q iproute2 nftables)
 	touch $(NETNS_STAMP)
 
-test: $(STAMP) $(BROWSER_STAMP) $(NETNS_STAMP) ## Run the whole test suite (PostgreSQL tests need BROKER_TEST_DATABASE_URL)
+$(NPM_STAMP): $(TS)/package.json $(TS)/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+	  || { echo "node (20 or newer) and npm are needed for the TypeScript client" >&2; exit 1; }
+	cd $(TS) && npm ci --no-audit --no-fund
+	touch $(NPM_STAMP)
+
+test: $(STAMP) $(BROWSER_STAMP) $(NETNS_STAMP) $(NPM_STAMP) ## Run the whole test suite, Python then TypeScript (PostgreSQL tests need BROKER_TEST_DATABASE_URL)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-ts
 
-proto: $(STAMP) ## Regenerate the stubs in clients/python/src/eventbroker/v1
+test-ts: $(STAMP) $(NPM_STAMP) ## Run the TypeScript client's node:test suite against a live broker
+	cd $(TS) && BROKER_BIN=$(CURDIR)/$(VENV)/bin/broker npm test
+
+proto: $(STAMP) $(NPM_STAMP) ## Regenerate the stubs (clients/python/src/eventbroker/v1, clients/typescript/src/gen) and the TypeScript dist/
 	PYTHON=$(PY) scripts/gen_proto.sh
+	scripts/gen_proto_ts.sh
+	cd $(TS) && npm run build
 
-proto-check: $(STAMP) ## Fail when the generated stubs are stale
+proto-check: $(STAMP) $(NPM_STAMP) ## Fail when the generated stubs (Python or TypeScript) or the TypeScript dist/ are stale
 	@tmp=$$(mktemp -d) && PYTHON=$(PY) scripts/gen_proto.sh $$tmp \
 	  && diff -r clients/python/src/eventbroker/v1 $$tmp/eventbroker/v1 -x __pycache__ \
+	  && scripts/gen_proto_ts.sh $$tmp/ts && diff -r $(TS)/src/gen $$tmp/ts/src/gen \
 	  && echo "generated stubs are up to date"; rc=$$?; rm -rf $$tmp; exit $$rc
+	@cd $(TS) && rm -rf .dist-check && node_modules/.bin/tsc -p tsconfig.json --outDir .dist-check \
+	  && diff -r dist .dist-check && echo "clients/typescript/dist is up to date (else: npm run build)"; \
+	  rc=$$?; rm -rf .dist-check; exit $$rc
+
+proto-contract: $(NPM_STAMP) ## buf lint proto/, and fail on a breaking change against proto/released.binpb
+	$(BUF) lint proto
+	$(BUF) breaking proto --against proto/released.binpb
+	@echo "proto/ passes buf lint and keeps the released API"
+
+proto-release: $(NPM_STAMP) ## At a release: record proto/ as the released API (proto/released.binpb)
+	$(BUF) build proto --exclude-source-info -o proto/released.binpb
 
 lint: $(STAMP) ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check .
@@ -74,7 +103,7 @@ bench: $(BENCH_STAMP) ## This broker beside NATS, RabbitMQ and pgqueuer; one tab
 bench-scale: $(STAMP) ## One broker process against two on the local PostgreSQL
 	$(PY) -m tests.bench.scale
 
-check: proto-check lint typecheck test ## Everything CI runs
+check: proto-check proto-contract lint typecheck test ## Everything CI runs
 
 lock: ## Re-resolve the dependencies to their newest versions and pin them in constraints.txt
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
@@ -83,7 +112,7 @@ lock: ## Re-resolve the dependencies to their newest versions and pin them in co
 	{ sed -n '1,2p' constraints.txt; .venv-lock/bin/pip freeze --all | grep -v '^eventbroker'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .venv-lock
 
-clean: ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the virtualenv, node_modules, build output and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist $(TS)/build
 
-.PHONY: help install run test proto proto-check lint format typecheck bench bench-scale check lock clean
+.PHONY: help install run test test-ts proto proto-check proto-contract proto-release lint format typecheck bench bench-scale check lock clean

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import grpc
 from grpc import aio
@@ -55,6 +56,11 @@ PAGE_SIZE_MAX = 1000
 ACK_IDS_MAX = 10_000
 #: Leaves room in the 255-character consumer column for the `#N` suffix.
 CONSUMER_NAME_MAX_LENGTH = 200
+#: Subscribe's response headers, sent once the consumer is attached (see the proto).
+ATTACHED_HEADER = "eventbroker-attached"
+CONSUMER_HEADER = "eventbroker-consumer"
+#: Header values are printable ASCII: anything else in a consumer id is %-escaped.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 async def abort_with(context: aio.ServicerContext[Any, Any], error: BrokerError) -> None:
@@ -263,6 +269,14 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         )
         self.engine.attach(subscription, consumer)
         try:
+            # Response headers at once: the client learns it is attached before any
+            # delivery (its `metadata` resolves; grpcurl prints them straight away).
+            await context.send_initial_metadata(
+                (
+                    (ATTACHED_HEADER, "1"),
+                    (CONSUMER_HEADER, quote(consumer.id, safe=_HEADER_SAFE)),
+                )
+            )
             while (taken := await consumer.next_batch(self.engine.clock)) is not None:
                 batch, count = taken
                 if batch:

@@ -7,7 +7,7 @@ stubs are in `eventbroker.v1`.
 """
 
 from eventbroker._config import TLSConfig
-from eventbroker.aio import AsyncClient
+from eventbroker.aio import AsyncClient, SubscribeStream
 from eventbroker.client import Client
 from eventbroker.consumer import Consumer, Context
 from eventbroker.errors import (
@@ -73,6 +73,7 @@ __all__ = [
     "ResourceExhausted",
     "SeekResult",
     "Stats",
+    "SubscribeStream",
     "Subscription",
     "SubscriptionChanges",
     "SubscriptionStats",

@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Se
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
+from urllib.parse import unquote
 
 import grpc
 from grpc import aio
@@ -40,6 +41,55 @@ from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+#: Subscribe's response headers, sent once the consumer is attached (see Subscribe in the proto).
+ATTACHED_HEADER = "eventbroker-attached"
+CONSUMER_HEADER = "eventbroker-consumer"
+
+
+class SubscribeStream:
+    """One open Subscribe call.
+
+    `attached()` waits for the broker to attach it, iterating it yields its
+    batches of deliveries, and `cancel()` detaches.
+    """
+
+    def __init__(
+        self, call: aio.UnaryStreamCall[pb.SubscribeRequest, pb.SubscribeResponse]
+    ) -> None:
+        self._call = call
+
+    async def attached(self) -> str:
+        """Wait until the consumer is attached, before any delivery; return its consumer id.
+
+        The id is the one attempt history shows (empty from a broker that sends no
+        attach headers: that one answers here with its first delivery). Raises the
+        stream's `BrokerError` when it failed instead (an unknown subscription).
+        """
+        metadata = await self._call.initial_metadata()
+        headers = {key: value for key, value in metadata or () if isinstance(value, str)}
+        if headers.get(ATTACHED_HEADER) == "1":
+            return unquote(headers.get(CONSUMER_HEADER, ""))
+        if self._call.done() and (code := await self._call.code()) != grpc.StatusCode.OK:
+            failure = aio.AioRpcError(
+                code,
+                metadata,
+                await self._call.trailing_metadata(),
+                await self._call.details(),
+            )
+            raise error_from_rpc(failure)
+        return ""
+
+    async def __aiter__(self) -> AsyncIterator[list[Message]]:
+        try:
+            async for response in self._call:
+                yield convert.messages(response)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
+    def cancel(self) -> None:
+        """End the stream: the consumer detaches and gives back what it holds."""
+        self._call.cancel()
 
 
 class AsyncClient:
@@ -287,14 +337,38 @@ class AsyncClient:
         consumer_name: str = "",
     ) -> AsyncGenerator[list[Message], None]:
         """Attach to a subscription and yield each batch of deliveries (see `Client.subscribe`)."""
+        stream = self.open_subscription(
+            subscription,
+            max_outstanding=max_outstanding,
+            max_batch_size=max_batch_size,
+            consumer_name=consumer_name,
+        )
+        try:
+            async for batch in stream:
+                yield batch
+        finally:
+            stream.cancel()
+
+    def open_subscription(
+        self,
+        subscription: str,
+        *,
+        max_outstanding: int = 100,
+        max_batch_size: int = 100,
+        consumer_name: str = "",
+    ) -> SubscribeStream:
+        """Attach to a subscription; `await stream.attached()` to know the broker has.
+
+        Like `subscribe`, with the stream at hand: iterate it for the batches, and
+        `cancel()` it to detach.
+        """
         request = convert.subscribe_request(
             subscription,
             max_outstanding=max_outstanding,
             max_batch_size=max_batch_size,
             consumer_name=consumer_name,
         )
-        async for response in self._stream(request):
-            yield convert.messages(response)
+        return SubscribeStream(self._stub.Subscribe(request, metadata=self._config.metadata))
 
     async def tail(self, filter: str | Sequence[str]) -> AsyncGenerator[Message, None]:
         """Yield new events matching `filter` as they are published (ephemeral: no acks)."""

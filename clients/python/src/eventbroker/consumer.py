@@ -26,7 +26,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -41,7 +41,7 @@ from eventbroker._dispatch import Context, run_handlers, running_loop
 from eventbroker._leaser import Leaser
 from eventbroker._routes import Router
 from eventbroker._settle import Settler
-from eventbroker.aio import AsyncClient
+from eventbroker.aio import AsyncClient, SubscribeStream
 from eventbroker.errors import BrokerError
 from eventbroker.types import Message
 
@@ -141,6 +141,7 @@ class Consumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._finished = threading.Event()
+        self._attached = threading.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
 
     # -- registration --------------------------------------------------------
@@ -256,6 +257,20 @@ class Consumer:
         if wait:
             self._finished.wait(timeout)
 
+    def wait_attached(self, timeout: float | None = None) -> bool:
+        """Block until the broker has attached this consumer (True) or `timeout` s pass (False).
+
+        Attached means deliveries will come: the broker says so before the first
+        one. It turns false again while the stream reconnects. Call it from another
+        thread than the one running `run()`.
+        """
+        return self._attached.wait(timeout)
+
+    @property
+    def attached(self) -> bool:
+        """True while the consumer is attached to the broker."""
+        return self._attached.is_set()
+
     @property
     def stopping(self) -> bool:
         """True from a stop request until `run()` returns: the consumer is draining."""
@@ -339,21 +354,36 @@ class Consumer:
         """One stream: returns on stop (after draining) or after a healthy stream dropped."""
         if stopping.is_set():
             return
-        loop = asyncio.get_running_loop()
-        opened = loop.time()
-        received = asyncio.Event()
-        stream = client.subscribe(
+        stream = client.open_subscription(
             self.subscription,
             max_outstanding=self.max_outstanding,
             max_batch_size=min(self.max_outstanding, MAX_BATCH_SIZE),
             consumer_name=self.consumer_name,
         )
+        try:
+            await self._stream_session(stream, settler, leaser, stopping)
+        finally:
+            self._attached.clear()
+            stream.cancel()
+
+    async def _stream_session(
+        self,
+        stream: SubscribeStream,
+        settler: Settler,
+        leaser: Leaser,
+        stopping: asyncio.Event,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+        received = asyncio.Event()
+        attach = asyncio.create_task(self._watch_attach(stream))
         reader = asyncio.create_task(self._read(stream, settler, leaser, stopping, received))
         stop_wait = asyncio.create_task(stopping.wait())
         try:
             await asyncio.wait({reader, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_wait.cancel()
+            attach.cancel()
         if not reader.done():
             # Settle what is in flight while the stream (and so the leases) still stand;
             # deliveries not yet started are given back when the stream closes.
@@ -374,9 +404,15 @@ class Consumer:
             raise _StreamEndedError("the broker ended the stream")
         _log.info("stream of %s ended by the broker; reconnecting", self.subscription)
 
+    async def _watch_attach(self, stream: SubscribeStream) -> None:
+        with contextlib.suppress(BrokerError):  # the reader reports a failed stream
+            consumer_id = await stream.attached()
+            _log.info("attached to %s as %s", self.subscription, consumer_id or "a consumer")
+            self._attached.set()
+
     async def _read(
         self,
-        stream: AsyncIterator[list[Message]],
+        stream: AsyncIterable[list[Message]],
         settler: Settler,
         leaser: Leaser,
         stopping: asyncio.Event,

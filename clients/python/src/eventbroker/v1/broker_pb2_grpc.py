@@ -141,6 +141,9 @@ class EventBrokerServiceServicer:
         """Subscribe attaches a consumer to a subscription and streams deliveries
         in batches, never more than the consumer's credit at once. Without a
         subscription name it is an ephemeral tail of new events matching a filter.
+        Once a consumer is attached to a subscription, and before any delivery,
+        the response headers arrive: `eventbroker-attached: 1` and
+        `eventbroker-consumer: <the consumer's id in attempt history>`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

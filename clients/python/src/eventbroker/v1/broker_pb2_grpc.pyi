@@ -45,6 +45,9 @@ class EventBrokerServiceStub:
     """Subscribe attaches a consumer to a subscription and streams deliveries
     in batches, never more than the consumer's credit at once. Without a
     subscription name it is an ephemeral tail of new events matching a filter.
+    Once a consumer is attached to a subscription, and before any delivery,
+    the response headers arrive: `eventbroker-attached: 1` and
+    `eventbroker-consumer: <the consumer's id in attempt history>`.
     """
     Ack: _grpc.UnaryUnaryMultiCallable[_broker_pb2.AckRequest, _broker_pb2.AckResponse]
     """Ack acknowledges deliveries by their ack ids."""
@@ -90,6 +93,9 @@ class EventBrokerServiceAsyncStub(EventBrokerServiceStub):
     """Subscribe attaches a consumer to a subscription and streams deliveries
     in batches, never more than the consumer's credit at once. Without a
     subscription name it is an ephemeral tail of new events matching a filter.
+    Once a consumer is attached to a subscription, and before any delivery,
+    the response headers arrive: `eventbroker-attached: 1` and
+    `eventbroker-consumer: <the consumer's id in attempt history>`.
     """
     Ack: _aio.UnaryUnaryMultiCallable[_broker_pb2.AckRequest, _broker_pb2.AckResponse]  # type: ignore[assignment]
     """Ack acknowledges deliveries by their ack ids."""
@@ -150,6 +156,9 @@ class EventBrokerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Subscribe attaches a consumer to a subscription and streams deliveries
         in batches, never more than the consumer's credit at once. Without a
         subscription name it is an ephemeral tail of new events matching a filter.
+        Once a consumer is attached to a subscription, and before any delivery,
+        the response headers arrive: `eventbroker-attached: 1` and
+        `eventbroker-consumer: <the consumer's id in attempt history>`.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,59 @@
+"use strict";
+var __createBinding = (this && this.__createBinding) || (Object.create ? (function(o, m, k, k2) {
+    if (k2 === undefined) k2 = k;
+    var desc = Object.getOwnPropertyDescriptor(m, k);
+    if (!desc || ("get" in desc ? !m.__esModule : desc.writable || desc.configurable)) {
+      desc = { enumerable: true, get: function() { return m[k]; } };
+    }
+    Object.defineProperty(o, k2, desc);
+}) : (function(o, m, k, k2) {
+    if (k2 === undefined) k2 = k;
+    o[k2] = m[k];
+}));
+var __setModuleDefault = (this && this.__setModuleDefault) || (Object.create ? (function(o, v) {
+    Object.defineProperty(o, "default", { enumerable: true, value: v });
+}) : function(o, v) {
+    o["default"] = v;
+});
+var __importStar = (this && this.__importStar) || (function () {
+    var ownKeys = function(o) {
+        ownKeys = Object.getOwnPropertyNames || function (o) {
+            var ar = [];
+            for (var k in o) if (Object.prototype.hasOwnProperty.call(o, k)) ar[ar.length] = k;
+            return ar;
+        };
+        return ownKeys(o);
+    };
+    return function (mod) {
+        if (mod && mod.__esModule) return mod;
+        var result = {};
+        if (mod != null) for (var k = ownKeys(mod), i = 0; i < k.length; i++) if (k[i] !== "default") __createBinding(result, mod, k[i]);
+        __setModuleDefault(result, mod);
+        return result;
+    };
+})();
+Object.defineProperty(exports, "__esModule", { value: true });
+exports.status = exports.pb = exports.Subscriber = exports.DEFAULT_MAX_OUTSTANDING = exports.CONSUMER_HEADER = exports.ATTACHED_HEADER = exports.TerminalError = exports.BrokerError = exports.DEFAULT_TIMEOUT_MS = exports.DEFAULT_TARGET = exports.Client = void 0;
+/**
+ * TypeScript client of the eventbroker gRPC API.
+ *
+ * `Client` publishes plain JSON and manages subscriptions; `client.subscribe`
+ * runs a handler per delivery (ack on resolve, nack on throw); failures reject
+ * with a `BrokerError` carrying the gRPC code, the ErrorInfo reason and the
+ * field violations. The generated messages and the grpc-js stub are `pb`.
+ */
+var client_1 = require("./client");
+Object.defineProperty(exports, "Client", { enumerable: true, get: function () { return client_1.Client; } });
+Object.defineProperty(exports, "DEFAULT_TARGET", { enumerable: true, get: function () { return client_1.DEFAULT_TARGET; } });
+Object.defineProperty(exports, "DEFAULT_TIMEOUT_MS", { enumerable: true, get: function () { return client_1.DEFAULT_TIMEOUT_MS; } });
+var errors_1 = require("./errors");
+Object.defineProperty(exports, "BrokerError", { enumerable: true, get: function () { return errors_1.BrokerError; } });
+Object.defineProperty(exports, "TerminalError", { enumerable: true, get: function () { return errors_1.TerminalError; } });
+var subscriber_1 = require("./subscriber");
+Object.defineProperty(exports, "ATTACHED_HEADER", { enumerable: true, get: function () { return subscriber_1.ATTACHED_HEADER; } });
+Object.defineProperty(exports, "CONSUMER_HEADER", { enumerable: true, get: function () { return subscriber_1.CONSUMER_HEADER; } });
+Object.defineProperty(exports, "DEFAULT_MAX_OUTSTANDING", { enumerable: true, get: function () { return subscriber_1.DEFAULT_MAX_OUTSTANDING; } });
+Object.defineProperty(exports, "Subscriber", { enumerable: true, get: function () { return subscriber_1.Subscriber; } });
+exports.pb = __importStar(require("./gen/eventbroker/v1/broker"));
+var grpc_js_1 = require("@grpc/grpc-js");
+Object.defineProperty(exports, "status", { enumerable: true, get: function () { return grpc_js_1.status; } });
