@@ -186,6 +186,30 @@ def test_duplicate_subscription_already_exists(client: Client) -> None:
     assert caught.value.reason == "SUBSCRIPTION_ALREADY_EXISTS"
 
 
+def test_exist_ok_returns_the_existing_subscription_unchanged(client: Client) -> None:
+    created = client.create_subscription("mails", "user.*", max_attempts=5)
+    again = client.create_subscription("mails", "order.*", max_attempts=9, exist_ok=True)
+    assert again == created
+    assert again.filter == ("user.*",) and again.max_attempts == 5
+
+
+def test_exist_ok_creates_a_missing_subscription(client: Client) -> None:
+    created = client.create_subscription("mails", "user.*", exist_ok=True)
+    assert client.get_subscription("mails") == created
+
+
+def test_async_exist_ok_returns_the_existing_subscription(broker_target: str) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(broker_target) as client:
+            created = await client.create_subscription("mails", "user.*")
+            again = await client.create_subscription("mails", "user.*", exist_ok=True)
+            assert again == created
+            with pytest.raises(AlreadyExists):
+                await client.create_subscription("mails", "user.*")
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT_S))
+
+
 def test_bad_settings_name_each_field(client: Client) -> None:
     with pytest.raises(InvalidArgument) as caught:
         client.create_subscription("s", "a..b", ack_deadline="1 day")

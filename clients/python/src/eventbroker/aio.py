@@ -18,7 +18,7 @@ from grpc import aio
 from eventbroker import _convert as convert
 from eventbroker._config import ConnectionConfig, TLSConfig
 from eventbroker.client import DEAD_LETTER_PAGE_SIZE, DEFAULT_TIMEOUT_S
-from eventbroker.errors import error_from_rpc
+from eventbroker.errors import AlreadyExists, error_from_rpc
 from eventbroker.types import (
     AckIds,
     AckResult,
@@ -153,8 +153,12 @@ class AsyncClient:
         retention: DurationLike | None = None,
         max_age: DurationLike | None = None,
         retry_delays: Sequence[DurationLike] | None = None,
+        exist_ok: bool = False,
     ) -> Subscription:
-        """Create a durable subscription (see `Client.create_subscription`)."""
+        """Create a durable subscription, or with `exist_ok` return the existing one.
+
+        See `Client.create_subscription`.
+        """
         settings = {
             "ack_deadline": ack_deadline,
             "max_attempts": max_attempts,
@@ -168,7 +172,12 @@ class AsyncClient:
         request = convert.create_subscription_request(
             name, filter, settings, ordered=ordered, start=start
         )
-        response = await self._call(self._stub.CreateSubscription, request)
+        try:
+            response = await self._call(self._stub.CreateSubscription, request)
+        except AlreadyExists:
+            if not exist_ok:
+                raise
+            return await self.get_subscription(name)
         return convert.subscription_from_proto(response.subscription)
 
     async def get_subscription(self, name: str) -> Subscription:

@@ -16,7 +16,7 @@ import grpc
 
 from eventbroker import _convert as convert
 from eventbroker._config import ConnectionConfig, TLSConfig
-from eventbroker.errors import error_from_rpc
+from eventbroker.errors import AlreadyExists, error_from_rpc
 from eventbroker.types import (
     AckIds,
     AckResult,
@@ -181,6 +181,7 @@ class Client:
         retention: DurationLike | None = None,
         max_age: DurationLike | None = None,
         retry_delays: Sequence[DurationLike] | None = None,
+        exist_ok: bool = False,
     ) -> Subscription:
         """Create a durable subscription; settings left as None take the broker's defaults.
 
@@ -202,9 +203,18 @@ class Client:
             retry_delays: An explicit retry table instead of the exponential backoff: the
                 delay after attempt n is `retry_delays[n-1]`, and the last entry repeats
                 (e.g. `["10s", "1m", "10m"]`; at most 100 entries).
+            exist_ok: If a subscription of that name exists, return it as it is
+                instead of raising `AlreadyExists`, so that a program can declare the
+                subscription it needs every time it starts. Its settings are not
+                compared with, nor changed to, the ones given: `update_subscription`
+                changes them.
 
         Returns:
-            The subscription with every setting filled in.
+            The subscription with every setting filled in (the existing one, with
+            `exist_ok`).
+
+        Raises:
+            AlreadyExists: A subscription of that name exists and `exist_ok` is False.
 
         """
         settings = {
@@ -220,7 +230,12 @@ class Client:
         request = convert.create_subscription_request(
             name, filter, settings, ordered=ordered, start=start
         )
-        response = self._call(self._stub.CreateSubscription, request)
+        try:
+            response = self._call(self._stub.CreateSubscription, request)
+        except AlreadyExists:
+            if not exist_ok:
+                raise
+            return self.get_subscription(name)
         return convert.subscription_from_proto(response.subscription)
 
     def get_subscription(self, name: str) -> Subscription:
