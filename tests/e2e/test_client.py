@@ -90,7 +90,7 @@ def test_publish_batch_takes_dicts_and_specs(client: Client) -> None:
         [
             {"name": "order.new", "data": {"n": 1}, "id": "o-1"},
             EventSpec("order.new", b"\x00\x01", content_type="application/x-thing"),
-            {"name": "order.paid", "delay": 60_000},
+            {"name": "order.paid", "delay": 60},
         ]
     )
     assert len(results) == 3 and len({r.event_id for r in results}) == 3
@@ -148,7 +148,7 @@ def test_create_get_list_update_delete_subscription(client: Client) -> None:
         ["order.*", "refund.>"],
         ack_deadline="45s",
         max_attempts=5,
-        min_backoff=500,
+        min_backoff="500ms",
         max_backoff=timedelta(minutes=2),
         max_in_flight=8,
         retention="P2D",
@@ -212,10 +212,40 @@ def test_async_exist_ok_returns_the_existing_subscription(broker_target: str) ->
 
 def test_bad_settings_name_each_field(client: Client) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        client.create_subscription("s", "a..b", ack_deadline="1 day")
+        client.create_subscription("s", "a..b", max_attempts=5000)
     fields = [field for field, _ in caught.value.field_violations]
-    assert "subscription.ack_deadline" in fields
+    assert "subscription.max_attempts" in fields
     assert "subscription.filter[0]" in fields
+
+
+def test_bare_numbers_are_seconds_in_every_setting(client: Client) -> None:
+    created = client.create_subscription(
+        "timed", "user.*", ack_deadline=30, min_backoff=5, max_backoff=60, retention=3600
+    )
+    assert created.ack_deadline == timedelta(seconds=30)
+    assert (created.min_backoff, created.max_backoff) == (
+        timedelta(seconds=5),
+        timedelta(seconds=60),
+    )
+    assert created.retention == timedelta(hours=1)
+    published = client.publish("user.joined", delay=90)
+    status = client.get_event(published.event_id).delivery("timed")
+    assert status is not None and status.next_time is not None
+    ahead = status.next_time - datetime.now(UTC)
+    assert timedelta(seconds=80) < ahead <= timedelta(seconds=90)
+
+
+def test_out_of_range_durations_are_refused_before_sending(client: Client) -> None:
+    with pytest.raises(
+        ValueError, match=r"^ack_deadline must be between 1 s and 12 h; got 0\.5 s$"
+    ):
+        client.create_subscription("timed", "user.*", ack_deadline=0.5)
+    with pytest.raises(ValueError, match=r"retry_delays\[1\] must be between 0 s and 366 days"):
+        client.create_subscription("timed", "user.*", retry_delays=[1, "400 days"])
+    with pytest.raises(ValueError, match=r"^extension must be between 1 s and 12 h; got 13 h$"):
+        client.extend_ack_deadline("some-ack-id", "13h")
+    with pytest.raises(NotFound):
+        client.get_subscription("timed")
 
 
 def test_stats_count_deliveries_per_subscription(client: Client) -> None:
@@ -280,7 +310,7 @@ def test_extend_ack_deadline_moves_the_lease(client: Client) -> None:
         status = client.get_event(published.event_id).delivery("slow")
     assert status is not None and status.next_time is not None
     assert status.next_time - datetime.now(UTC) > timedelta(minutes=9)
-    assert client.extend_ack_deadline("unknown-ack-id", 5000).not_applied == ("unknown-ack-id",)
+    assert client.extend_ack_deadline("unknown-ack-id", 5).not_applied == ("unknown-ack-id",)
 
 
 def test_tail_sees_new_events_without_acks(client: Client, broker_target: str) -> None:

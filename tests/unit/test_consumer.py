@@ -157,8 +157,11 @@ def test_consumer_timeouts_default_to_the_consumer_and_read_durations() -> None:
     assert timeouts == [7]
     assert [r.timeout_s for r in consumer._router.routes_for("order.b")] == [120.0]
     assert [r.timeout_s for r in consumer._router.routes_for("order.c")] == [None]
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"^timeout must be more than 0 s \(None for no limit\)"):
         consumer.on("order.d", timeout=0)
+    with pytest.raises(ValueError, match=r"^handler_timeout must be at least 0 s; got -1 s$"):
+        Consumer("billing", target="127.0.0.1:9", handler_timeout=-1)
+    assert Consumer("billing", handler_timeout="1m").handler_timeout == 60.0
 
 
 def test_extend_reports_a_lost_lease() -> None:

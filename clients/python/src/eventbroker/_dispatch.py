@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eventbroker import _models
-from eventbroker._delay import parse_duration
+from eventbroker import _models, durations
 from eventbroker._routes import Route
 from eventbroker.errors import Terminal
-from eventbroker.types import AckResult, Message
+from eventbroker.types import AckResult, DurationLike, Message
 
 _log = logging.getLogger("eventbroker.consumer")
 
@@ -70,7 +69,7 @@ class Context:
         """True once the consumer is shutting down: a long handler may wrap up early."""
         return self._stopping.is_set()
 
-    async def extend(self, extension: float | timedelta | str) -> bool:
+    async def extend(self, extension: DurationLike) -> bool:
         """Keep the lease for `extension` from now (seconds, a timedelta or `"5m"`; 1 s .. 12 h).
 
         The handlers' timeouts move out as far, so no handler is cancelled before
@@ -81,13 +80,13 @@ class Context:
             consumer): the delivery will come again, and this attempt's ack will not count.
 
         Raises:
-            BrokerError: The broker refused the call (e.g. `InvalidArgument` for over 12 h).
+            ValueError: The extension is not between 1 s and 12 h (nothing was sent).
+            BrokerError: The broker refused the call.
 
         """
-        if isinstance(extension, int | float) and not isinstance(extension, bool):
-            length = timedelta(seconds=extension)
-        else:
-            length = parse_duration(extension)
+        length = durations.parse_duration(
+            extension, name="extension", limits=durations.ACK_DEADLINE
+        )
         result = await self._extend_lease(self._message.ack_id, length)
         if result.not_applied:
             return False
@@ -99,7 +98,7 @@ class Context:
                 timeout.reschedule(max(when, extended_to))
         return True
 
-    def extend_sync(self, extension: float | timedelta | str) -> bool:
+    def extend_sync(self, extension: DurationLike) -> bool:
         """`extend` for a sync handler (which runs in a worker thread): blocks until done.
 
         Raises:

@@ -122,8 +122,9 @@ class Client:
                 JSON), or `bytes` (sent as is, described by `content_type`).
             id: Idempotency id: a second publish with the same id inside the dedup
                 window stores nothing and returns the first event's id as a duplicate.
-            delay: Deliver later: milliseconds, `timedelta`, `"5m"`, `"1 day"`, `"PT5M"`,
-                or an absolute `datetime` / ISO-8601 time (at most one year ahead).
+            delay: Deliver later: seconds as a number, a `timedelta`, `"5m"`, `"1 day"`,
+                `"500ms"`, `"PT5M"`, or an absolute `datetime` / ISO-8601 time (at most
+                one year ahead).
             priority: -50..50; higher goes first among deliveries ready at once.
             ordering_key: FIFO key for ordered subscriptions.
             headers: String headers delivered with the event.
@@ -185,12 +186,14 @@ class Client:
     ) -> Subscription:
         """Create a durable subscription; settings left as None take the broker's defaults.
 
-        Durations take what `delay` takes for lengths of time (numbers are milliseconds).
+        Durations are seconds as numbers, `timedelta`s or strings (`"30s"`, `"5m"`,
+        `"PT1H"`), as everywhere in this client; out-of-range values are refused
+        before anything is sent.
 
         Args:
             name: Unique lower-case name.
             filter: One name pattern or several: exact, `*` for one segment, `>` for the rest.
-            ack_deadline: Time a consumer has to ack (default 30 s).
+            ack_deadline: Time a consumer has to ack (default 30 s; 1 s .. 12 h).
             max_attempts: Failed attempts before dead-lettering (default 20).
             min_backoff: First retry delay (default 1 s).
             max_backoff: Longest retry delay (default 10 min).
@@ -495,8 +498,8 @@ class Client:
     def extend_ack_deadline(self, ack_ids: AckIds, extension: DurationLike) -> AckResult:
         """Keep leases longer: each now ends `extension` from now (1 s .. 12 h).
 
-        Like every duration of this client, a number is milliseconds (`"5m"` or a
-        `timedelta` read better); only `Context.extend` in handlers takes seconds.
+        Like every duration of this client, a number is seconds; `"5m"` or a
+        `timedelta` do too.
         """
         requests = convert.extend_requests(ack_ids, extension)
         return convert.ack_result(self._call(self._stub.ExtendAckDeadline, r) for r in requests)

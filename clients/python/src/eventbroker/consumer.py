@@ -34,16 +34,15 @@ import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential, wait_random
 
-from eventbroker import _models
+from eventbroker import _models, durations
 from eventbroker._config import TLSConfig
-from eventbroker._delay import parse_duration
 from eventbroker._dispatch import Context, run_handlers, running_loop
 from eventbroker._leaser import Leaser
 from eventbroker._routes import Router
 from eventbroker._settle import Settler
 from eventbroker.aio import AsyncClient
 from eventbroker.errors import BrokerError
-from eventbroker.types import Message
+from eventbroker.types import DurationLike, Message
 
 __all__ = ["Consumer", "Context"]
 
@@ -87,6 +86,21 @@ class _StreamEndedError(Exception):
     """The broker ended the stream without an error before it delivered anything."""
 
 
+def _timeout_s(name: str, timeout: DurationLike | None) -> float | None:
+    """A handler timeout in seconds (None for no limit).
+
+    Raises:
+        ValueError: It cannot be read, or is not more than zero.
+
+    """
+    if timeout is None:
+        return None
+    length = durations.parse_duration(timeout, name=name)
+    if length <= timedelta(0):
+        raise ValueError(f"{name} must be more than 0 s (None for no limit); got 0 s")
+    return length.total_seconds()
+
+
 def _retryable(error: BaseException) -> bool:
     if isinstance(error, BrokerError):
         return error.code not in FATAL_CODES
@@ -109,8 +123,9 @@ class Consumer:
         api_key: Bearer key; default `EVENTBROKER_API_KEY`.
         tls: As for `Client`.
         max_outstanding: Deliveries held at once, hence handlers running at once.
-        handler_timeout: Default seconds a handler may run (`Context.extend` moves
-            it out; `on(..., timeout=)` sets one handler's own); None for no limit.
+        handler_timeout: Default time a handler may run (seconds, a timedelta or
+            `"10m"`; `Context.extend` moves it out; `on(..., timeout=)` sets one
+            handler's own); None for no limit.
             It may exceed the subscription's ack deadline: while handlers run,
             their lease is renewed automatically.
         consumer_name: Shown in attempt history and stats; default `host:pid`.
@@ -125,14 +140,14 @@ class Consumer:
         api_key: str | None = None,
         tls: bool | TLSConfig | None = None,
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
-        handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT_S,
+        handler_timeout: DurationLike | None = DEFAULT_HANDLER_TIMEOUT_S,
         consumer_name: str | None = None,
     ) -> None:
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be at least 1; got {max_outstanding}")
         self.subscription = subscription
         self.max_outstanding = max_outstanding
-        self.handler_timeout = handler_timeout
+        self.handler_timeout = _timeout_s("handler_timeout", handler_timeout)
         self.consumer_name = consumer_name or f"{socket.gethostname()}:{os.getpid()}"
         self._client_args: dict[str, Any] = {"target": target, "api_key": api_key, "tls": tls}
         self._router = Router()
@@ -150,7 +165,7 @@ class Consumer:
         pattern: str,
         *,
         model: type[Any] | None = None,
-        timeout: float | timedelta | str | _Default | None = _Default.HANDLER_TIMEOUT,
+        timeout: DurationLike | _Default | None = _Default.HANDLER_TIMEOUT,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as a handler for events matching `pattern`.
 
@@ -169,26 +184,17 @@ class Consumer:
         """
         if model is not None:
             _models.check_model(model)
-        timeout_s = self._timeout_s(timeout)
+        timeout_s = (
+            self.handler_timeout
+            if timeout is _Default.HANDLER_TIMEOUT
+            else _timeout_s("timeout", timeout)
+        )
 
         def register(handler: Handler) -> Handler:
             self._router.add(pattern, handler, model, timeout_s)
             return handler
 
         return register
-
-    def _timeout_s(self, timeout: float | timedelta | str | _Default | None) -> float | None:
-        if timeout is _Default.HANDLER_TIMEOUT:
-            return self.handler_timeout
-        if timeout is None:
-            return None
-        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
-            seconds = float(timeout)
-        else:
-            seconds = parse_duration(timeout).total_seconds()
-        if seconds <= 0:
-            raise ValueError(f"timeout must be positive; got {timeout!r}")
-        return seconds
 
     # -- running -------------------------------------------------------------
 

@@ -12,11 +12,13 @@ from datetime import datetime, timedelta
 from typing import Any, TypeAlias, TypedDict
 
 DelayLike: TypeAlias = timedelta | datetime | int | float | str | None
-"""A delay or a time: `timedelta`, `datetime` (naive means UTC), milliseconds as a number,
-an ISO-8601 time or duration (`"PT5M"`), or words (`"5m"`, `"1 day"`, `"2 weeks"`)."""
+"""A delay or a time: seconds as a number, `timedelta`, `datetime` (naive means UTC),
+words (`"5m"`, `"1 day"`, `"500ms"`), an ISO-8601 duration (`"PT5M"`) or time
+(see `eventbroker.durations`)."""
 
 DurationLike: TypeAlias = timedelta | int | float | str
-"""A length of time: `timedelta`, milliseconds as a number, ISO-8601 (`"PT30S"`) or words."""
+"""A length of time: seconds as a number, `timedelta`, words (`"5m"`, `"1 day"`, `"500ms"`)
+or an ISO-8601 duration (`"PT30S"`) (see `eventbroker.durations`)."""
 
 
 @dataclass(frozen=True, slots=True)
