@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
+import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -131,12 +133,63 @@ def test_missing_subscription_is_not_found_with_reason_and_metadata(client: Clie
     assert isinstance(caught.value, BrokerError)
 
 
-def test_unreachable_broker_is_unavailable() -> None:
+def test_unreachable_broker_is_unavailable_once_the_publish_timeout_runs_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    caplog.set_level(logging.INFO, logger="eventbroker.client")
+    started = time.monotonic()
     with Client(f"127.0.0.1:{port}", timeout=5) as offline, pytest.raises(Unavailable):
-        offline.publish("user.joined")
+        offline.publish("user.joined", timeout=1)
+    assert 0.5 < time.monotonic() - started < 3
+    retries = [r.getMessage() for r in caplog.records if r.name == "eventbroker.client"]
+    assert retries and all("publish of user.joined failed (" in m for m in retries)
+
+
+def test_a_refused_publish_is_not_retried(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="eventbroker.client")
+    with pytest.raises(InvalidArgument):
+        client.publish("bad name!")
+    assert [r for r in caplog.records if r.name == "eventbroker.client"] == []
+
+
+def test_publish_without_an_id_gets_one_so_a_retry_is_a_duplicate(client: Client) -> None:
+    result = client.publish("user.joined")
+    first = client.get_event(result.event_id)
+    assert first.dedup_id  # made by the client
+    (given,) = client.publish_batch(
+        [
+            {"name": "user.left", "id": "mine"},
+        ]
+    )
+    assert client.get_event(given.event_id).dedup_id == "mine"
+
+
+def test_publish_reports_matched_subscriptions_and_warns_once_per_name(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.create_subscription("mails", "user.*")
+    client.create_subscription("audit", ">")
+    caplog.set_level(logging.WARNING, logger="eventbroker.client")
+    assert client.publish("user.joined", id="j-1").matched_subscriptions == 2
+    client.delete_subscription("audit")
+    assert client.publish("user.joined").matched_subscriptions == 1
+    typo = client.publish("usr.joined", id="t-1")
+    assert typo.matched_subscriptions == 0 and not typo.duplicate
+    assert client.publish("USR.joined").matched_subscriptions == 0
+    repeat = client.publish("user.joined", id="j-1")
+    assert repeat.duplicate and repeat.matched_subscriptions == 0
+    batch = client.publish_batch([{"name": "user.left"}, {"name": "usr.left"}])
+    assert [r.matched_subscriptions for r in batch] == [1, 0]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "eventbroker.client"]
+    assert warnings == [
+        f"no subscription matches usr.joined (event {typo.event_id} is stored, "
+        "delivered to nobody)",
+        f"no subscription matches usr.left (event {batch[1].event_id} is stored, "
+        "delivered to nobody)",
+    ]
 
 
 # -- subscriptions -------------------------------------------------------------

@@ -194,6 +194,17 @@ def publish_request(spec: EventSpec) -> pb.PublishRequest:
     return pb.PublishRequest(event=event_message(spec))
 
 
+def event_specs(events: Iterable[EventSpec | Mapping[str, Any]]) -> list[EventSpec]:
+    """EventSpecs of `publish_batch`'s items; the error of a bad item names its index."""
+    specs = []
+    for index, item in enumerate(events):
+        try:
+            specs.append(event_spec(item))
+        except TypeError as error:
+            raise TypeError(f"events[{index}]: {error}") from error
+    return specs
+
+
 def batch_publish_request(
     events: Iterable[EventSpec | Mapping[str, Any]],
 ) -> pb.BatchPublishRequest:
@@ -210,7 +221,9 @@ def batch_publish_request(
 def publish_result(response: pb.PublishResponse | pb.PublishResult) -> PublishResult:
     """A PublishResult from a Publish response or one BatchPublish result."""
     return PublishResult(
-        event_id=response.event_id, duplicate=response.status == pb.PUBLISH_STATUS_DUPLICATE
+        event_id=response.event_id,
+        duplicate=response.status == pb.PUBLISH_STATUS_DUPLICATE,
+        matched_subscriptions=response.matched_subscriptions,
     )
 
 

@@ -2,8 +2,9 @@
 
 All handlers whose pattern matches run concurrently, each within its own
 timeout. The delivery is acked when every one returns; it is nacked with the
-failures' reprs when any raises or outlives its timeout, and nacked as terminal
-when any raises `Terminal`.
+failures' reprs when any raises or outlives its timeout (after the longest
+`Retry(delay=)` delay, if any raised one), and nacked as terminal when any raises
+`Terminal` or when its data does not match a handler's `model=` (no retry can fix it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from eventbroker import _models, durations
 from eventbroker._routes import Route
-from eventbroker.errors import Terminal
+from eventbroker.errors import Retry, Terminal
 from eventbroker.types import AckResult, DurationLike, Message
 
 _log = logging.getLogger("eventbroker.consumer")
@@ -124,12 +125,14 @@ class Verdict:
         ack: True to ack; False to nack.
         error: The nack's error: the failures' reprs, joined by `; `.
         terminal: Nack as terminal (dead-letter now).
+        delay: Retry after this long instead of the subscription's backoff.
 
     """
 
     ack: bool
     error: str = ""
     terminal: bool = False
+    delay: timedelta | None = None
 
 
 async def run_handlers(routes: Sequence[Route], message: Message, context: Context) -> Verdict:
@@ -147,23 +150,29 @@ async def run_handlers(routes: Sequence[Route], message: Message, context: Conte
     for route, task in zip(routes, tasks, strict=True):
         error = _failure(route, task)
         if error is not None:
-            _log.warning(
-                "handler %s failed on %s %s (attempt %d): %r",
-                route.handler_name,
-                message.name,
-                message.event_id,
-                message.attempt,
-                error,
-                exc_info=error,
-            )
+            _log_failure(route, message, error)
             failures.append(error)
     if not failures:
         return Verdict(ack=True)
+    delays = [f.delay for f in failures if isinstance(f, Retry) and f.delay is not None]
     return Verdict(
         ack=False,
         error="; ".join(repr(f) for f in failures),
         terminal=any(isinstance(f, Terminal) for f in failures),
+        delay=max(delays) if delays else None,
     )
+
+
+def _log_failure(route: Route, message: Message, error: BaseException) -> None:
+    """`Terminal` and `Retry` are outcomes a handler chose: INFO, no traceback; else WARNING."""
+    where = f"{route.handler_name} on {message.name} {message.event_id} (attempt {message.attempt})"
+    if isinstance(error, Terminal):
+        _log.info("%s: dead-lettered: %s", where, error)
+    elif isinstance(error, Retry):
+        after = f"in {durations.format_duration(error.delay)}" if error.delay else "after backoff"
+        _log.info("%s: retry %s: %s", where, after, error)
+    else:
+        _log.warning("%s failed: %r", where, error, exc_info=error)
 
 
 async def _run_route(route: Route, message: Message, context: Context) -> None:
@@ -186,7 +195,13 @@ async def _run_route(route: Route, message: Message, context: Context) -> None:
 
 async def _invoke(route: Route, message: Message, context: Context) -> None:
     if route.model is not None:
-        message = dataclasses.replace(message, data=_models.validate(route.model, message.data))
+        try:
+            data = _models.validate(route.model, message.data)
+        except (ValueError, TypeError) as error:
+            # No retry makes the same data fit: dead-letter it now, saying why.
+            name = getattr(route.model, "__name__", repr(route.model))
+            raise Terminal(f"data does not match {name}: {error}") from error
+        message = dataclasses.replace(message, data=data)
     if is_async(route.handler):
         await route.handler(message, context)
     else:

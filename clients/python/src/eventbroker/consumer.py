@@ -28,7 +28,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -47,8 +47,17 @@ from eventbroker.types import DurationLike, Message
 __all__ = ["Consumer", "Context"]
 
 _log = logging.getLogger("eventbroker.consumer")
+# What a consumer process does (connected, stream lost, draining) is worth seeing
+# in its log: INFO shows once the application configures logging (even with the
+# root at WARNING, as `logging.basicConfig()` leaves it), unless it sets a level here.
+if _log.level == logging.NOTSET:
+    _log.setLevel(logging.INFO)
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+ModelT = TypeVar("ModelT")
+R = TypeVar("R")
+#: A handler of messages whose data is a `ModelT`, async or not.
+ModelHandler = Callable[[Message[ModelT], Context], R]
 
 DEFAULT_MAX_OUTSTANDING = 100
 DEFAULT_HANDLER_TIMEOUT_S = 30.0
@@ -160,6 +169,24 @@ class Consumer:
 
     # -- registration --------------------------------------------------------
 
+    @overload
+    def on(
+        self,
+        pattern: str,
+        *,
+        model: type[ModelT],
+        timeout: DurationLike | _Default | None = ...,
+    ) -> Callable[[ModelHandler[ModelT, R]], ModelHandler[ModelT, R]]: ...
+
+    @overload
+    def on(
+        self,
+        pattern: str,
+        *,
+        model: None = None,
+        timeout: DurationLike | _Default | None = ...,
+    ) -> Callable[[Handler], Handler]: ...
+
     def on(
         self,
         pattern: str,
@@ -173,7 +200,9 @@ class Consumer:
             pattern: An event name, or a pattern with `*` (one segment) or a final `>`
                 (the rest): `"user.joined"`, `"user.*"`, `"orders.>"`. Case-insensitive.
             model: A dataclass or pydantic model: the handler then gets `msg.data`
-                validated into it (data that does not fit fails the attempt).
+                validated into it, typed (`msg: Message[Order]` for `model=Order`).
+                Data that does not fit is dead-lettered at once ("data does not
+                match Order: ..."), since no retry would make it fit.
             timeout: How long this handler may run (seconds, a timedelta or `"10m"`);
                 None for no limit; default the consumer's `handler_timeout`.
 
@@ -317,13 +346,7 @@ class Consumer:
         def log_retry(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             delay = state.next_action.sleep if state.next_action else 0.0
-            _log.warning(
-                "stream of %s to %s failed (%s); reconnecting in %.1f s",
-                self.subscription,
-                client.target,
-                error,
-                delay,
-            )
+            _log.warning("stream lost (%s); reconnecting in %.1f s", error, delay)
 
         while not stopping.is_set():
             async for attempt in AsyncRetrying(
@@ -356,10 +379,18 @@ class Consumer:
         )
         reader = asyncio.create_task(self._read(stream, settler, leaser, stopping, received))
         stop_wait = asyncio.create_task(stopping.wait())
+        connected = asyncio.create_task(client._channel_ready())
+
+        def log_connected(done: asyncio.Task[None]) -> None:
+            if not done.cancelled() and done.exception() is None and not reader.done():
+                _log.info("connected to %s, subscription %s", client.target, self.subscription)
+
+        connected.add_done_callback(log_connected)
         try:
             await asyncio.wait({reader, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_wait.cancel()
+            connected.cancel()
         if not reader.done():
             # Settle what is in flight while the stream (and so the leases) still stand;
             # deliveries not yet started are given back when the stream closes.
@@ -374,11 +405,11 @@ class Consumer:
         except BrokerError as error:
             if not (healthy and _retryable(error)):
                 raise
-            _log.warning("stream of %s dropped (%s); reconnecting", self.subscription, error)
+            _log.warning("stream lost (%s); reconnecting now", error)
             return
         if not healthy:
             raise _StreamEndedError("the broker ended the stream")
-        _log.info("stream of %s ended by the broker; reconnecting", self.subscription)
+        _log.info("stream lost (ended by the broker); reconnecting now")
 
     async def _read(
         self,
@@ -417,10 +448,17 @@ class Consumer:
         if verdict.ack:
             settler.ack(message.ack_id)
         else:
-            settler.nack(message.ack_id, error=verdict.error, terminal=verdict.terminal)
+            settler.nack(
+                message.ack_id,
+                error=verdict.error,
+                terminal=verdict.terminal,
+                delay=verdict.delay,
+            )
 
     async def _drain(self, settler: Settler) -> None:
         if self._in_flight:
-            _log.info("draining %d in-flight deliveries", len(self._in_flight))
+            _log.info("draining %d deliveries", len(self._in_flight))
             await asyncio.wait(set(self._in_flight))
+            await settler.flush()
+            _log.info("drained")
         await settler.flush()

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias, TypedDict
+from typing import Any, Generic, TypeAlias, TypedDict
+
+from typing_extensions import TypeVar
 
 DelayLike: TypeAlias = timedelta | datetime | int | float | str | None
 """A delay or a time: seconds as a number, `timedelta`, `datetime` (naive means UTC),
@@ -29,11 +31,15 @@ class PublishResult:
         event_id: The broker-assigned id (for a duplicate, the first event's id).
         duplicate: True when an event with the same `id` was published inside the
             dedup window, so nothing was stored this time.
+        matched_subscriptions: How many subscriptions got a delivery of the event.
+            0 means no subscription's filter matches its name (the event is stored
+            and delivered to nobody; check the name for a typo), or a duplicate.
 
     """
 
     event_id: str
     duplicate: bool
+    matched_subscriptions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +68,16 @@ class EventSpec:
     content_type: str | None = None
 
 
+#: The type of `Message.data`: `Any` unless a handler's `model=` says (`Message[Order]`).
+DataT = TypeVar("DataT", default=Any)
+
+
 @dataclass(frozen=True, slots=True)
-class Message:
+class Message(Generic[DataT]):
     """One delivery received from a subscription (or an ephemeral tail).
+
+    `Message[Order]` is a message whose `data` is an `Order`: what a consumer
+    handler registered with `model=Order` receives.
 
     Attributes:
         ack_id: Id to ack, nack or extend this delivery with; empty on a tail.
@@ -88,7 +101,7 @@ class Message:
     ack_id: str
     event_id: str
     name: str
-    data: Any
+    data: DataT
     content_type: str
     headers: Mapping[str, str]
     publish_time: datetime
