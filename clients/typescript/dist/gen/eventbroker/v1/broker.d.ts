@@ -136,6 +136,14 @@ export interface PublishResult {
     eventId: string;
     /** Whether the event was new or a duplicate. */
     status: PublishStatus;
+    /**
+     * How many subscriptions this publish gave a delivery to: the subscriptions
+     * whose filter matched the name when it was stored. 0 for an event no
+     * subscription matches (it is stored, for replay and GetEvent, and delivered
+     * to nobody: often a misspelt name), and 0 for a duplicate, which stores and
+     * delivers nothing (the first publish of that id reported its own count).
+     */
+    matchedSubscriptions: number;
 }
 /** PublishRequest carries one event. */
 export interface PublishRequest {
@@ -148,6 +156,14 @@ export interface PublishResponse {
     eventId: string;
     /** Whether the event was new or a duplicate. */
     status: PublishStatus;
+    /**
+     * How many subscriptions this publish gave a delivery to: the subscriptions
+     * whose filter matched the name when it was stored. 0 for an event no
+     * subscription matches (it is stored, for replay and GetEvent, and delivered
+     * to nobody: often a misspelt name), and 0 for a duplicate, which stores and
+     * delivers nothing (the first publish of that id reported its own count).
+     */
+    matchedSubscriptions: number;
 }
 /** BatchPublishRequest carries many events, stored all or none. */
 export interface BatchPublishRequest {

@@ -626,7 +626,7 @@ exports.Event_HeadersEntry = {
     },
 };
 function createBasePublishResult() {
-    return { eventId: "", status: 0 };
+    return { eventId: "", status: 0, matchedSubscriptions: 0 };
 }
 exports.PublishResult = {
     encode(message, writer = new wire_1.BinaryWriter()) {
@@ -635,6 +635,9 @@ exports.PublishResult = {
         }
         if (message.status !== 0) {
             writer.uint32(16).int32(message.status);
+        }
+        if (message.matchedSubscriptions !== 0) {
+            writer.uint32(24).int32(message.matchedSubscriptions);
         }
         return writer;
     },
@@ -665,6 +668,13 @@ exports.PublishResult = {
                         message.status = reader.int32();
                         continue;
                     }
+                    case 3: {
+                        if (tag !== 24) {
+                            break;
+                        }
+                        message.matchedSubscriptions = reader.int32();
+                        continue;
+                    }
                 }
                 if ((tag & 7) === 4 || tag === 0) {
                     break;
@@ -685,6 +695,11 @@ exports.PublishResult = {
                     ? globalThis.String(object.event_id)
                     : "",
             status: isSet(object.status) ? publishStatusFromJSON(object.status) : 0,
+            matchedSubscriptions: isSet(object.matchedSubscriptions)
+                ? globalThis.Number(object.matchedSubscriptions)
+                : isSet(object.matched_subscriptions)
+                    ? globalThis.Number(object.matched_subscriptions)
+                    : 0,
         };
     },
     toJSON(message) {
@@ -695,6 +710,9 @@ exports.PublishResult = {
         if (message.status !== 0) {
             obj.status = publishStatusToJSON(message.status);
         }
+        if (message.matchedSubscriptions !== 0) {
+            obj.matchedSubscriptions = Math.round(message.matchedSubscriptions);
+        }
         return obj;
     },
     create(base) {
@@ -704,6 +722,7 @@ exports.PublishResult = {
         const message = createBasePublishResult();
         message.eventId = object.eventId ?? "";
         message.status = object.status ?? 0;
+        message.matchedSubscriptions = object.matchedSubscriptions ?? 0;
         return message;
     },
 };
@@ -769,7 +788,7 @@ exports.PublishRequest = {
     },
 };
 function createBasePublishResponse() {
-    return { eventId: "", status: 0 };
+    return { eventId: "", status: 0, matchedSubscriptions: 0 };
 }
 exports.PublishResponse = {
     encode(message, writer = new wire_1.BinaryWriter()) {
@@ -778,6 +797,9 @@ exports.PublishResponse = {
         }
         if (message.status !== 0) {
             writer.uint32(16).int32(message.status);
+        }
+        if (message.matchedSubscriptions !== 0) {
+            writer.uint32(24).int32(message.matchedSubscriptions);
         }
         return writer;
     },
@@ -808,6 +830,13 @@ exports.PublishResponse = {
                         message.status = reader.int32();
                         continue;
                     }
+                    case 3: {
+                        if (tag !== 24) {
+                            break;
+                        }
+                        message.matchedSubscriptions = reader.int32();
+                        continue;
+                    }
                 }
                 if ((tag & 7) === 4 || tag === 0) {
                     break;
@@ -828,6 +857,11 @@ exports.PublishResponse = {
                     ? globalThis.String(object.event_id)
                     : "",
             status: isSet(object.status) ? publishStatusFromJSON(object.status) : 0,
+            matchedSubscriptions: isSet(object.matchedSubscriptions)
+                ? globalThis.Number(object.matchedSubscriptions)
+                : isSet(object.matched_subscriptions)
+                    ? globalThis.Number(object.matched_subscriptions)
+                    : 0,
         };
     },
     toJSON(message) {
@@ -838,6 +872,9 @@ exports.PublishResponse = {
         if (message.status !== 0) {
             obj.status = publishStatusToJSON(message.status);
         }
+        if (message.matchedSubscriptions !== 0) {
+            obj.matchedSubscriptions = Math.round(message.matchedSubscriptions);
+        }
         return obj;
     },
     create(base) {
@@ -847,6 +884,7 @@ exports.PublishResponse = {
         const message = createBasePublishResponse();
         message.eventId = object.eventId ?? "";
         message.status = object.status ?? 0;
+        message.matchedSubscriptions = object.matchedSubscriptions ?? 0;
         return message;
     },
 };

@@ -365,6 +365,14 @@ export interface PublishResult {
   eventId: string;
   /** Whether the event was new or a duplicate. */
   status: PublishStatus;
+  /**
+   * How many subscriptions this publish gave a delivery to: the subscriptions
+   * whose filter matched the name when it was stored. 0 for an event no
+   * subscription matches (it is stored, for replay and GetEvent, and delivered
+   * to nobody: often a misspelt name), and 0 for a duplicate, which stores and
+   * delivers nothing (the first publish of that id reported its own count).
+   */
+  matchedSubscriptions: number;
 }
 
 /** PublishRequest carries one event. */
@@ -379,6 +387,14 @@ export interface PublishResponse {
   eventId: string;
   /** Whether the event was new or a duplicate. */
   status: PublishStatus;
+  /**
+   * How many subscriptions this publish gave a delivery to: the subscriptions
+   * whose filter matched the name when it was stored. 0 for an event no
+   * subscription matches (it is stored, for replay and GetEvent, and delivered
+   * to nobody: often a misspelt name), and 0 for a duplicate, which stores and
+   * delivers nothing (the first publish of that id reported its own count).
+   */
+  matchedSubscriptions: number;
 }
 
 /** BatchPublishRequest carries many events, stored all or none. */
@@ -1206,7 +1222,7 @@ export const Event_HeadersEntry: MessageFns<Event_HeadersEntry> = {
 };
 
 function createBasePublishResult(): PublishResult {
-  return { eventId: "", status: 0 };
+  return { eventId: "", status: 0, matchedSubscriptions: 0 };
 }
 
 export const PublishResult: MessageFns<PublishResult> = {
@@ -1216,6 +1232,9 @@ export const PublishResult: MessageFns<PublishResult> = {
     }
     if (message.status !== 0) {
       writer.uint32(16).int32(message.status);
+    }
+    if (message.matchedSubscriptions !== 0) {
+      writer.uint32(24).int32(message.matchedSubscriptions);
     }
     return writer;
   },
@@ -1249,6 +1268,14 @@ export const PublishResult: MessageFns<PublishResult> = {
             message.status = reader.int32() as any;
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.matchedSubscriptions = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1269,6 +1296,11 @@ export const PublishResult: MessageFns<PublishResult> = {
         ? globalThis.String(object.event_id)
         : "",
       status: isSet(object.status) ? publishStatusFromJSON(object.status) : 0,
+      matchedSubscriptions: isSet(object.matchedSubscriptions)
+        ? globalThis.Number(object.matchedSubscriptions)
+        : isSet(object.matched_subscriptions)
+        ? globalThis.Number(object.matched_subscriptions)
+        : 0,
     };
   },
 
@@ -1280,6 +1312,9 @@ export const PublishResult: MessageFns<PublishResult> = {
     if (message.status !== 0) {
       obj.status = publishStatusToJSON(message.status);
     }
+    if (message.matchedSubscriptions !== 0) {
+      obj.matchedSubscriptions = Math.round(message.matchedSubscriptions);
+    }
     return obj;
   },
 
@@ -1290,6 +1325,7 @@ export const PublishResult: MessageFns<PublishResult> = {
     const message = createBasePublishResult();
     message.eventId = object.eventId ?? "";
     message.status = object.status ?? 0;
+    message.matchedSubscriptions = object.matchedSubscriptions ?? 0;
     return message;
   },
 };
@@ -1362,7 +1398,7 @@ export const PublishRequest: MessageFns<PublishRequest> = {
 };
 
 function createBasePublishResponse(): PublishResponse {
-  return { eventId: "", status: 0 };
+  return { eventId: "", status: 0, matchedSubscriptions: 0 };
 }
 
 export const PublishResponse: MessageFns<PublishResponse> = {
@@ -1372,6 +1408,9 @@ export const PublishResponse: MessageFns<PublishResponse> = {
     }
     if (message.status !== 0) {
       writer.uint32(16).int32(message.status);
+    }
+    if (message.matchedSubscriptions !== 0) {
+      writer.uint32(24).int32(message.matchedSubscriptions);
     }
     return writer;
   },
@@ -1405,6 +1444,14 @@ export const PublishResponse: MessageFns<PublishResponse> = {
             message.status = reader.int32() as any;
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.matchedSubscriptions = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1425,6 +1472,11 @@ export const PublishResponse: MessageFns<PublishResponse> = {
         ? globalThis.String(object.event_id)
         : "",
       status: isSet(object.status) ? publishStatusFromJSON(object.status) : 0,
+      matchedSubscriptions: isSet(object.matchedSubscriptions)
+        ? globalThis.Number(object.matchedSubscriptions)
+        : isSet(object.matched_subscriptions)
+        ? globalThis.Number(object.matched_subscriptions)
+        : 0,
     };
   },
 
@@ -1436,6 +1488,9 @@ export const PublishResponse: MessageFns<PublishResponse> = {
     if (message.status !== 0) {
       obj.status = publishStatusToJSON(message.status);
     }
+    if (message.matchedSubscriptions !== 0) {
+      obj.matchedSubscriptions = Math.round(message.matchedSubscriptions);
+    }
     return obj;
   },
 
@@ -1446,6 +1501,7 @@ export const PublishResponse: MessageFns<PublishResponse> = {
     const message = createBasePublishResponse();
     message.eventId = object.eventId ?? "";
     message.status = object.status ?? 0;
+    message.matchedSubscriptions = object.matchedSubscriptions ?? 0;
     return message;
   },
 };
