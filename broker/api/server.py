@@ -20,7 +20,10 @@ from eventbroker.v1 import broker_pb2 as pb
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventBrokerService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 KEEPALIVE_MIN_PING_MS = 10_000
-MAX_CONCURRENT_STREAMS = 1000
+#: HTTP/2 streams a connection may open beyond its Subscribe streams: room for unary
+#: calls beside a connection full of streams, and for a Subscribe over the limit to
+#: reach the servicer and be refused by name instead of waiting in the client's queue.
+UNARY_STREAMS_PER_CONNECTION = 100
 #: Calls, beyond the Subscribe streams the broker admits, that grpc core may hold
 #: received but not yet taken in by the event loop.
 PENDING_UNARY_CALLS = 10_000
@@ -42,7 +45,7 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-            ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+            ("grpc.max_concurrent_streams", http2_streams_max(settings)),
             ("grpc.server.max_pending_requests", pending),
             ("grpc.server.max_pending_requests_hard_limit", pending),
             ("grpc.server_max_unrequested_time_in_server", PENDING_CALL_MAX_WAIT_S),
@@ -60,6 +63,17 @@ def build_server(
     reflection_servicer = reflection.aio.ReflectionServicer(names)
     reflection_pb2_grpc_add(reflection_servicer, server)
     return server, health_servicer
+
+
+def http2_streams_max(settings: Settings) -> int:
+    """HTTP/2 streams one connection may hold open (`grpc.max_concurrent_streams`).
+
+    Above `max_streams_per_connection`, so that the servicer, not HTTP/2, is the
+    limit a Subscribe meets: at the HTTP/2 limit a client queues the stream without
+    a word, and every unary call behind it, while the servicer answers
+    RESOURCE_EXHAUSTED naming `--max-streams-per-connection`.
+    """
+    return settings.max_streams_per_connection + UNARY_STREAMS_PER_CONNECTION
 
 
 def pending_calls_max(settings: Settings) -> int:

@@ -98,27 +98,37 @@ def _consumers(admin: pb_grpc.EventBrokerServiceStub) -> int:
     return sum(s.consumers for s in stats.subscriptions)
 
 
-def test_a_burst_of_streams_attaches_or_is_refused_naming_the_limit(
-    connections: list[pb_grpc.EventBrokerServiceStub],
-) -> None:
-    *stubs, admin = connections
+def _create_subscription(admin: pb_grpc.EventBrokerServiceStub) -> None:
     admin.CreateSubscription(
         pb.CreateSubscriptionRequest(
             subscription=pb.Subscription(name=SUBSCRIPTION, filter=["burst.x"])
         ),
         timeout=SETTLE_S,
     )
+
+
+def _settle(
+    burst: Burst, admin: pb_grpc.EventBrokerServiceStub, streams: int
+) -> tuple[int, dict[str, int], dict[str, set[str]]]:
+    """Wait until each of `streams` is counted as a consumer or has ended; the counts then."""
+    deadline = time.monotonic() + SETTLE_S
+    consumers = _consumers(admin)
+    while consumers + burst.ended_count() < streams and time.monotonic() < deadline:
+        time.sleep(POLL_S)  # the poll interval of a condition, bounded by the deadline
+        consumers = _consumers(admin)
+    return consumers, *burst.outcomes()
+
+
+def test_a_burst_of_streams_attaches_or_is_refused_naming_the_limit(
+    connections: list[pb_grpc.EventBrokerServiceStub],
+) -> None:
+    *stubs, admin = connections
+    _create_subscription(admin)
     burst = Burst()
     try:
         for index in range(BURST_STREAMS):
             burst.open(stubs[index % CONNECTIONS], index)
-        # Settled when every stream is counted as a consumer or has ended.
-        deadline = time.monotonic() + SETTLE_S
-        consumers = _consumers(admin)
-        while consumers + burst.ended_count() < BURST_STREAMS and time.monotonic() < deadline:
-            time.sleep(POLL_S)  # the poll interval of a condition, bounded by the deadline
-            consumers = _consumers(admin)
-        ended, details = burst.outcomes()
+        consumers, ended, details = _settle(burst, admin, BURST_STREAMS)
     finally:
         burst.close()
     assert set(ended) <= {"RESOURCE_EXHAUSTED"}, f"streams ended unrefused: {ended} {details}"
@@ -126,3 +136,26 @@ def test_a_burst_of_streams_attaches_or_is_refused_naming_the_limit(
     assert ended["RESOURCE_EXHAUSTED"] == BURST_STREAMS - MAX_STREAMS
     (refusal,) = details["RESOURCE_EXHAUSTED"]
     assert f"{MAX_STREAMS} Subscribe streams open" in refusal and "--max-streams" in refusal
+
+
+def test_streams_over_the_connection_limit_are_refused_and_unary_calls_still_pass(
+    connections: list[pb_grpc.EventBrokerServiceStub], broker_settings: Settings
+) -> None:
+    """Over one connection: the servicer's limit, not HTTP/2's, is the one a stream meets."""
+    stub = connections[0]
+    limit = broker_settings.max_streams_per_connection
+    over = 50
+    _create_subscription(stub)
+    burst = Burst()
+    try:
+        for index in range(limit + over):
+            burst.open(stub, index)
+        # GetStats goes over the same connection as the streams.
+        consumers, ended, details = _settle(burst, stub, limit + over)
+    finally:
+        burst.close()
+    assert ended == {"RESOURCE_EXHAUSTED": over}, f"{ended} {details}"
+    assert consumers == limit
+    (refusal,) = details["RESOURCE_EXHAUSTED"]
+    assert f"{limit} Subscribe streams open" in refusal
+    assert "--max-streams-per-connection" in refusal
