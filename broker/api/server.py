@@ -20,7 +20,19 @@ from eventbroker.v1 import broker_pb2 as pb
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventBrokerService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 KEEPALIVE_MIN_PING_MS = 10_000
-MAX_CONCURRENT_STREAMS = 1000
+#: HTTP/2 streams a connection may open beyond its Subscribe streams: room for unary
+#: calls beside a connection full of streams, and for a Subscribe over the limit to
+#: reach the servicer and be refused by name instead of waiting in the client's queue.
+UNARY_STREAMS_PER_CONNECTION = 100
+#: Calls, beyond the Subscribe streams the broker admits, that grpc core may hold
+#: received but not yet taken in by the event loop.
+PENDING_UNARY_CALLS = 10_000
+#: How long grpc core keeps a received call the event loop has not yet taken in
+#: before it drops it with a bare CANCELLED (`grpc.server_max_unrequested_time_in_server`,
+#: default 30 s). A burst of thousands of Subscribes is taken in at one or two hundred a
+#: second on two cores (each reads its subscription), so 30 s is not enough for
+#: `max_streams` of them; a unary call carries its own deadline anyway.
+PENDING_CALL_MAX_WAIT_S = 300
 
 
 def build_server(
@@ -28,11 +40,15 @@ def build_server(
 ) -> tuple[aio.Server, health.aio.HealthServicer]:
     """A gRPC server with the broker, reflection and health services (not started)."""
     limit = settings.grpc_max_message_bytes
+    pending = pending_calls_max(settings)
     server = aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-            ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+            ("grpc.max_concurrent_streams", http2_streams_max(settings)),
+            ("grpc.server.max_pending_requests", pending),
+            ("grpc.server.max_pending_requests_hard_limit", pending),
+            ("grpc.server_max_unrequested_time_in_server", PENDING_CALL_MAX_WAIT_S),
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_MS),
@@ -47,6 +63,32 @@ def build_server(
     reflection_servicer = reflection.aio.ReflectionServicer(names)
     reflection_pb2_grpc_add(reflection_servicer, server)
     return server, health_servicer
+
+
+def http2_streams_max(settings: Settings) -> int:
+    """HTTP/2 streams one connection may hold open (`grpc.max_concurrent_streams`).
+
+    Above `max_streams_per_connection`, so that the servicer, not HTTP/2, is the
+    limit a Subscribe meets: at the HTTP/2 limit a client queues the stream without
+    a word, and every unary call behind it, while the servicer answers
+    RESOURCE_EXHAUSTED naming `--max-streams-per-connection`.
+    """
+    return settings.max_streams_per_connection + UNARY_STREAMS_PER_CONNECTION
+
+
+def pending_calls_max(settings: Settings) -> int:
+    """Calls grpc core may hold received but not yet started (both pending-request limits).
+
+    The asyncio server takes calls in one at a time on its event loop, so a burst
+    (thousands of consumers reconnecting together) waits in core's pending queue.
+    Past `grpc.server.max_pending_requests` (default 1,000) core drops arriving
+    calls at random, and at the hard limit (default 3,000) all of them, each with a
+    bare CANCELLED and nothing logged. With both limits at `max_streams` plus room
+    for unary calls, every Subscribe the broker could admit waits its turn and then
+    attaches or is refused by name; the soft limit equal to the hard one turns the
+    random early drop off.
+    """
+    return settings.max_streams + PENDING_UNARY_CALLS
 
 
 def reflection_pb2_grpc_add(

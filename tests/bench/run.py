@@ -8,7 +8,7 @@ time. A system whose library is missing or whose server does not answer is
 skipped with the reason; this broker is never skipped.
 
     .venv/bin/python -m tests.bench.run [--quick] [--systems broker-sqlite,nats,...]
-        [--events N] [--json PATH]
+        [--workloads idle_streams,...] [--events N] [--json PATH]
 
 The exit status is 1 when a workload of this broker failed, else 0. Speed is
 reported, never asserted.
@@ -72,6 +72,7 @@ WORKLOADS = [
     ("scale_out", "two processes against one"),
     ("slow_consumer", "consumers that stop reading"),
 ]
+WORKLOAD_KEYS = tuple(workload for workload, _ in WORKLOADS)
 HARD_CAP_GRACE_S = 30.0
 #: Workloads made of several capped parts: their hard cap is this many caps.
 CAPS_PER_WORKLOAD = {"scale_out": 4, "idle_streams": 2, "slow_consumer": 3}
@@ -82,8 +83,14 @@ def _workload(peer: Peer, key: str) -> Callable[[], Awaitable[Any]]:
     return method
 
 
-async def measure(key: str, plan: Plan, endpoints: Endpoints, progress: Progress) -> dict[str, Any]:
-    """Every workload against one system; its part of the report."""
+async def measure(
+    key: str,
+    plan: Plan,
+    endpoints: Endpoints,
+    progress: Progress,
+    workloads: Sequence[str] = WORKLOAD_KEYS,
+) -> dict[str, Any]:
+    """The chosen workloads (all by default) against one system; its part of the report."""
     peer = SYSTEMS[key](plan, progress, endpoints)
     entry: dict[str, Any] = {
         "label": peer.label,
@@ -109,6 +116,8 @@ async def measure(key: str, plan: Plan, endpoints: Endpoints, progress: Progress
     entry.update(durability=peer.durability, durability_short=peer.durability_short)
     try:
         for workload, label in WORKLOADS:
+            if workload not in workloads:
+                continue
             entry["workloads"][workload] = await _run_one(peer, workload, label, plan, progress)
     finally:
         await peer.stop()
@@ -153,9 +162,13 @@ async def _run_one(
 
 
 async def run(
-    systems: Sequence[str], plan: Plan, endpoints: Endpoints, quick: bool = False
+    systems: Sequence[str],
+    plan: Plan,
+    endpoints: Endpoints,
+    quick: bool = False,
+    workloads: Sequence[str] = WORKLOAD_KEYS,
 ) -> Report:
-    """Measure every system in turn and build the report."""
+    """Measure every system in turn, on the chosen workloads, and build the report."""
     started = time.perf_counter()
     report: Report = {
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -170,7 +183,7 @@ async def run(
     }
     progress = Progress()
     for key in systems:
-        report["systems"][key] = await measure(key, plan, endpoints, progress)
+        report["systems"][key] = await measure(key, plan, endpoints, progress, workloads)
     report["duration_s"] = time.perf_counter() - started
     add_derived(report)
     add_ratios(report)
@@ -211,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(SYSTEMS),
         help=f"comma-separated, from: {', '.join(SYSTEMS)} (default: all)",
     )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOAD_KEYS),
+        help=f"comma-separated, from: {', '.join(WORKLOAD_KEYS)} (default: all)",
+    )
     parser.add_argument("--events", type=int, help="events for batched publish and end to end")
     parser.add_argument("--cap-s", type=float, help="time cap of one workload, in seconds")
     parser.add_argument("--json", default="bench-results.json", help="where to write the JSON")
@@ -222,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         parser.error(f"unknown system {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if unknown := [w for w in workloads if w not in WORKLOAD_KEYS]:
+        parser.error(
+            f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOAD_KEYS)}"
+        )
     plan = Plan.quick() if args.quick else Plan()
     if args.events:
         plan = dataclasses.replace(plan, events=args.events, scale_events=args.events)
@@ -229,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = dataclasses.replace(plan, cap_s=args.cap_s)
     with tempfile.TemporaryDirectory(prefix="bench-") as directory:
         endpoints = Endpoints(Path(directory), args.postgres, args.nats, args.amqp)
-        report = asyncio.run(run(systems, plan, endpoints, args.quick))
+        report = asyncio.run(run(systems, plan, endpoints, args.quick, workloads))
     Path(args.json).write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     console = Console(width=None if sys.stdout.isatty() else 160)
     render(report, console)
