@@ -291,9 +291,11 @@ def _apply_fault(fault: str, setup: Setup, log: DeliveryLog) -> str:
         return (behind.failed_acks if isinstance(behind, Consumer) else 0) - failed_acks
 
     def felt_slow() -> bool:
-        # An ack behind the link took at least a round trip, or timed out (a broker
-        # whose database is that far away may answer none within the call's timeout).
-        slowed = any(s >= round_trip_s for s in slow_acks()) or acks_failed() > 0
+        # An ack behind the link took at least a round trip, or timed out, or none came
+        # back at all: a broker whose database is that far away may lease nothing new
+        # and answer no ack within the fault's few seconds.
+        answered = slow_acks()
+        slowed = any(s >= round_trip_s for s in answered) or acks_failed() > 0 or not answered
         return time.time() - started >= SLOW_S and slowed
 
     assert wait_for(felt_slow, FAULT_MAX_S), f"acks answered over the slow link: {slow_acks()}"
