@@ -75,6 +75,13 @@ ROWS = [
     Row("10k idle streams: RSS MiB", "idle_streams", "rss_mib", "MiB", vs_nats=False),
     Row("2 processes / 1 (PG), e2e", "scale_out", "e2e_ratio", "x", vs_nats=False),
     Row("unread streams: RSS growth MiB", "slow_consumer", "rss_growth_mib", "MiB", vs_nats=False),
+    Row(
+        "  from the first read",
+        "slow_consumer",
+        "rss_growth_from_start_mib",
+        "MiB",
+        vs_nats=False,
+    ),
 ]
 
 
@@ -259,6 +266,17 @@ def method_notes(report: Report) -> list[str]:
             f"{f['e2e_1p_events_per_s']:,.0f} -> {f['e2e_2p_events_per_s']:,.0f} events/s, "
             f"batched publish {f['publish_1p_events_per_s']:,.0f} -> "
             f"{f['publish_2p_events_per_s']:,.0f} events/s (x{f['publish_ratio']:.2f})."
+        )
+    slow = report["systems"].get(SQLITE, {}).get("workloads", {}).get("slow_consumer")
+    if slow and slow.get("status") == "ok":
+        f = slow["figures"]
+        lines.append(
+            f"Unread streams: {plan['slow_streams']} streams of credit 10,000 (1 s ack deadline) "
+            f"read one message and then nothing for {f['seconds']:g} s; broker RSS "
+            f"{f['rss_start_mib']:,.0f} MiB at the first read, {f['rss_settled_mib']:,.0f} MiB "
+            "once their credit is held, "
+            f"{f['rss_end_mib']:,.0f} MiB at the end (growth after the credit filled: "
+            f"{f['rss_growth_mib']:+,.0f} MiB)."
         )
     idle = report["systems"].get(SQLITE, {}).get("workloads", {}).get("idle_streams")
     if idle and idle.get("status") == "ok":
