@@ -149,7 +149,14 @@ class _Consumers:
                 self.errors.append(f"stream ended: {error.code().name} {error.details()}")
 
     async def _ack(self, stub: Stub, ack_ids: list[str]) -> None:
-        response = await stub.Ack(pb.AckRequest(ack_ids=ack_ids), timeout=30)
+        try:
+            response = await stub.Ack(pb.AckRequest(ack_ids=ack_ids), timeout=30)
+        except grpc.RpcError as error:
+            # CANCELLED: the workload ended and closed the channel under an ack on its
+            # way (a stream that never ends, as the floor's, keeps making new ones).
+            if error.code() != grpc.StatusCode.CANCELLED:
+                self.errors.append(f"ack failed: {error.code().name} {error.details()}")
+            return
         self.counter.add(len(ack_ids) - len(response.not_applied_ack_ids))
 
     async def close(self) -> None:
