@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from typing import Any, ClassVar, NamedTuple
 
 import psycopg
@@ -125,6 +125,14 @@ _INSERT_DELIVERY_SQL = (
     "INSERT INTO deliveries (subscription_id, event_id, state, rank, ordering_key, ready_at,"
     " attempt, dead_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?)"
 )
+_LIVE_DEDUP_SQL = "SELECT dedup_id, event_id FROM dedup WHERE expires_at > ?"
+_UPSERT_DEDUP_SQL = (
+    "INSERT INTO dedup (dedup_id, event_id, expires_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (dedup_id) DO UPDATE"
+    " SET event_id = excluded.event_id, expires_at = excluded.expires_at"
+)
+#: Most dedup ids looked up by one statement.
+DEDUP_CHUNK = 500
 _FAIL_SQL = (
     "UPDATE deliveries SET state = ?, ready_at = ?, history = ?, last_error = ?,"
     " dead_reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?"
@@ -208,7 +216,7 @@ class SqlTx:
         subscriptions = list(self._subscriptions_by_id().values())
         event_rows: list[tuple[Any, ...]] = []
         delivery_rows: list[tuple[Any, ...]] = []
-        dedup_rows: list[dict[str, Any]] = []
+        dedup_rows: list[tuple[str, str, int]] = []
         outcomes: list[PublishOutcome] = []
         ordered_keys: set[OrderedKey] = set()
         for draft in params.drafts:
@@ -218,13 +226,7 @@ class SqlTx:
                     outcomes.append(PublishOutcome(first, duplicate=True))
                     continue
                 existing[draft.dedup_id] = draft.event_id
-                dedup_rows.append(
-                    {
-                        "dedup_id": draft.dedup_id,
-                        "event_id": draft.event_id,
-                        "expires_at": now + params.dedup_window_us,
-                    }
-                )
+                dedup_rows.append((draft.dedup_id, draft.event_id, now + params.dedup_window_us))
             deliver_at = max(draft.deliver_at_us, now)
             event_rows.append(
                 (
@@ -275,13 +277,10 @@ class SqlTx:
             # the order their transactions commit, whichever broker wrote them.
             self._lock_ordering_key(subscription_id, key)
         if dedup_rows:
-            self.conn.execute(
-                sa.delete(_dd).where(
-                    _dd.c.dedup_id.in_([r["dedup_id"] for r in dedup_rows]),
-                    _dd.c.expires_at <= now,
-                )
-            )
-            self.conn.execute(sa.insert(_dd), dedup_rows)
+            # A row left for one of these ids is past its window (a live one made the
+            # publish a duplicate above, under the ids' locks): it is replaced.
+            with closing(self._cursor()) as cursor:
+                cursor.executemany(self._sql(_UPSERT_DEDUP_SQL), dedup_rows)
         if event_rows:
             self._insert_rows(event_rows, delivery_rows)
         if ordered_keys:
@@ -289,14 +288,17 @@ class SqlTx:
         return outcomes
 
     def _live_dedup_ids(self, dedup_ids: list[str], now: int) -> dict[str, str]:
-        if not dedup_ids:
-            return {}
-        rows = self.conn.execute(
-            sa.select(_dd.c.dedup_id, _dd.c.event_id).where(
-                _dd.c.dedup_id.in_(dedup_ids), _dd.c.expires_at > now
-            )
-        )
-        return {row.dedup_id: row.event_id for row in rows}
+        """The event id of each of these dedup ids still inside its window."""
+        found: dict[str, str] = {}
+        with closing(self._cursor()) as cursor:
+            for start in range(0, len(dedup_ids), DEDUP_CHUNK):
+                chunk = dedup_ids[start : start + DEDUP_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                cursor.execute(
+                    self._sql(f"{_LIVE_DEDUP_SQL} AND dedup_id IN ({marks})"), [now, *chunk]
+                )
+                found.update(cursor.fetchall())
+        return found
 
     def event_get(self, event_id: str) -> StoredEvent | None:
         """One stored event."""
