@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 from broker.domain import US_PER_S
 
+# The duration limits the client checks too: defined once, in the client package.
+from eventbroker.durations import ACK_DEADLINE_MAX_S as ACK_DEADLINE_MAX_S
+from eventbroker.durations import ACK_DEADLINE_MIN_S as ACK_DEADLINE_MIN_S
+from eventbroker.durations import MAX_DELAY_S as MAX_DELAY_S
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_DATABASE_URL = "sqlite:///broker.db"
@@ -19,11 +24,8 @@ EVENT_MAX_BYTES_DEFAULT = 256 * 1024
 BATCH_MAX_EVENTS_DEFAULT = 1000
 BATCH_MAX_BYTES_DEFAULT = 4 * 1024 * 1024
 DEDUP_WINDOW_S_DEFAULT = 24 * 3600
-MAX_DELAY_S = 366 * 24 * 3600  # "at most one year ahead", a leap year included
 
 ACK_DEADLINE_DEFAULT_S = 30
-ACK_DEADLINE_MIN_S = 1
-ACK_DEADLINE_MAX_S = 12 * 3600
 MAX_ATTEMPTS_DEFAULT = 20
 MAX_ATTEMPTS_LIMIT = 1000
 MIN_BACKOFF_DEFAULT_S = 1

@@ -97,6 +97,8 @@ class PublishOutcome:
     ready_subscription_ids: frozenset[int] = frozenset()
     #: Earliest time a scheduled delivery of this event becomes ready, if any.
     next_scheduled_us: int | None = None
+    #: How many subscriptions got a delivery of it (0 for a duplicate: nothing stored).
+    matched: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,7 +156,9 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         self.auth.allow_publish(key, 1)
         (outcome,) = await self.engine.publish([draft])
         return pb.PublishResponse(
-            event_id=outcome.event_id, status=_publish_status(outcome.duplicate)
+            event_id=outcome.event_id,
+            status=_publish_status(outcome.duplicate),
+            matched_subscriptions=outcome.matched,
         )
 
     @unary
@@ -179,7 +181,11 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         outcomes = await self.engine.publish(drafts)
         return pb.BatchPublishResponse(
             results=[
-                pb.PublishResult(event_id=o.event_id, status=_publish_status(o.duplicate))
+                pb.PublishResult(
+                    event_id=o.event_id,
+                    status=_publish_status(o.duplicate),
+                    matched_subscriptions=o.matched,
+                )
                 for o in outcomes
             ]
         )

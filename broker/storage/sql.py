@@ -254,6 +254,7 @@ class SqlTx:
                     duplicate=False,
                     ready_subscription_ids=frozenset() if scheduled else frozenset(ready_ids),
                     next_scheduled_us=deliver_at if scheduled and ready_ids else None,
+                    matched=len(ready_ids),
                 )
             )
         for subscription_id, key in sorted(ordered_keys):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
+import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -90,7 +92,7 @@ def test_publish_batch_takes_dicts_and_specs(client: Client) -> None:
         [
             {"name": "order.new", "data": {"n": 1}, "id": "o-1"},
             EventSpec("order.new", b"\x00\x01", content_type="application/x-thing"),
-            {"name": "order.paid", "delay": 60_000},
+            {"name": "order.paid", "delay": 60},
         ]
     )
     assert len(results) == 3 and len({r.event_id for r in results}) == 3
@@ -131,12 +133,63 @@ def test_missing_subscription_is_not_found_with_reason_and_metadata(client: Clie
     assert isinstance(caught.value, BrokerError)
 
 
-def test_unreachable_broker_is_unavailable() -> None:
+def test_unreachable_broker_is_unavailable_once_the_publish_timeout_runs_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    caplog.set_level(logging.INFO, logger="eventbroker.client")
+    started = time.monotonic()
     with Client(f"127.0.0.1:{port}", timeout=5) as offline, pytest.raises(Unavailable):
-        offline.publish("user.joined")
+        offline.publish("user.joined", timeout=1)
+    assert 0.5 < time.monotonic() - started < 3
+    retries = [r.getMessage() for r in caplog.records if r.name == "eventbroker.client"]
+    assert retries and all("publish of user.joined failed (" in m for m in retries)
+
+
+def test_a_refused_publish_is_not_retried(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="eventbroker.client")
+    with pytest.raises(InvalidArgument):
+        client.publish("bad name!")
+    assert [r for r in caplog.records if r.name == "eventbroker.client"] == []
+
+
+def test_publish_without_an_id_gets_one_so_a_retry_is_a_duplicate(client: Client) -> None:
+    result = client.publish("user.joined")
+    first = client.get_event(result.event_id)
+    assert first.dedup_id  # made by the client
+    (given,) = client.publish_batch(
+        [
+            {"name": "user.left", "id": "mine"},
+        ]
+    )
+    assert client.get_event(given.event_id).dedup_id == "mine"
+
+
+def test_publish_reports_matched_subscriptions_and_warns_once_per_name(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.create_subscription("mails", "user.*")
+    client.create_subscription("audit", ">")
+    caplog.set_level(logging.WARNING, logger="eventbroker.client")
+    assert client.publish("user.joined", id="j-1").matched_subscriptions == 2
+    client.delete_subscription("audit")
+    assert client.publish("user.joined").matched_subscriptions == 1
+    typo = client.publish("usr.joined", id="t-1")
+    assert typo.matched_subscriptions == 0 and not typo.duplicate
+    assert client.publish("USR.joined").matched_subscriptions == 0
+    repeat = client.publish("user.joined", id="j-1")
+    assert repeat.duplicate and repeat.matched_subscriptions == 0
+    batch = client.publish_batch([{"name": "user.left"}, {"name": "usr.left"}])
+    assert [r.matched_subscriptions for r in batch] == [1, 0]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "eventbroker.client"]
+    assert warnings == [
+        f"no subscription matches usr.joined (event {typo.event_id} is stored, "
+        "delivered to nobody)",
+        f"no subscription matches usr.left (event {batch[1].event_id} is stored, "
+        "delivered to nobody)",
+    ]
 
 
 # -- subscriptions -------------------------------------------------------------
@@ -148,7 +201,7 @@ def test_create_get_list_update_delete_subscription(client: Client) -> None:
         ["order.*", "refund.>"],
         ack_deadline="45s",
         max_attempts=5,
-        min_backoff=500,
+        min_backoff="500ms",
         max_backoff=timedelta(minutes=2),
         max_in_flight=8,
         retention="P2D",
@@ -186,12 +239,66 @@ def test_duplicate_subscription_already_exists(client: Client) -> None:
     assert caught.value.reason == "SUBSCRIPTION_ALREADY_EXISTS"
 
 
+def test_exist_ok_returns_the_existing_subscription_unchanged(client: Client) -> None:
+    created = client.create_subscription("mails", "user.*", max_attempts=5)
+    again = client.create_subscription("mails", "order.*", max_attempts=9, exist_ok=True)
+    assert again == created
+    assert again.filter == ("user.*",) and again.max_attempts == 5
+
+
+def test_exist_ok_creates_a_missing_subscription(client: Client) -> None:
+    created = client.create_subscription("mails", "user.*", exist_ok=True)
+    assert client.get_subscription("mails") == created
+
+
+def test_async_exist_ok_returns_the_existing_subscription(broker_target: str) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(broker_target) as client:
+            created = await client.create_subscription("mails", "user.*")
+            again = await client.create_subscription("mails", "user.*", exist_ok=True)
+            assert again == created
+            with pytest.raises(AlreadyExists):
+                await client.create_subscription("mails", "user.*")
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT_S))
+
+
 def test_bad_settings_name_each_field(client: Client) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        client.create_subscription("s", "a..b", ack_deadline="1 day")
+        client.create_subscription("s", "a..b", max_attempts=5000)
     fields = [field for field, _ in caught.value.field_violations]
-    assert "subscription.ack_deadline" in fields
+    assert "subscription.max_attempts" in fields
     assert "subscription.filter[0]" in fields
+
+
+def test_bare_numbers_are_seconds_in_every_setting(client: Client) -> None:
+    created = client.create_subscription(
+        "timed", "user.*", ack_deadline=30, min_backoff=5, max_backoff=60, retention=3600
+    )
+    assert created.ack_deadline == timedelta(seconds=30)
+    assert (created.min_backoff, created.max_backoff) == (
+        timedelta(seconds=5),
+        timedelta(seconds=60),
+    )
+    assert created.retention == timedelta(hours=1)
+    published = client.publish("user.joined", delay=90)
+    status = client.get_event(published.event_id).delivery("timed")
+    assert status is not None and status.next_time is not None
+    ahead = status.next_time - datetime.now(UTC)
+    assert timedelta(seconds=80) < ahead <= timedelta(seconds=90)
+
+
+def test_out_of_range_durations_are_refused_before_sending(client: Client) -> None:
+    with pytest.raises(
+        ValueError, match=r"^ack_deadline must be between 1 s and 12 h; got 0\.5 s$"
+    ):
+        client.create_subscription("timed", "user.*", ack_deadline=0.5)
+    with pytest.raises(ValueError, match=r"retry_delays\[1\] must be between 0 s and 366 days"):
+        client.create_subscription("timed", "user.*", retry_delays=[1, "400 days"])
+    with pytest.raises(ValueError, match=r"^extension must be between 1 s and 12 h; got 13 h$"):
+        client.extend_ack_deadline("some-ack-id", "13h")
+    with pytest.raises(NotFound):
+        client.get_subscription("timed")
 
 
 def test_stats_count_deliveries_per_subscription(client: Client) -> None:
@@ -256,7 +363,7 @@ def test_extend_ack_deadline_moves_the_lease(client: Client) -> None:
         status = client.get_event(published.event_id).delivery("slow")
     assert status is not None and status.next_time is not None
     assert status.next_time - datetime.now(UTC) > timedelta(minutes=9)
-    assert client.extend_ack_deadline("unknown-ack-id", 5000).not_applied == ("unknown-ack-id",)
+    assert client.extend_ack_deadline("unknown-ack-id", 5).not_applied == ("unknown-ack-id",)
 
 
 def test_tail_sees_new_events_without_acks(client: Client, broker_target: str) -> None:

@@ -13,7 +13,6 @@ from eventbroker import (
     AsyncClient,
     Client,
     DeadLetterInfo,
-    InvalidArgument,
     Message,
     NotFound,
     SeekResult,
@@ -270,7 +269,7 @@ def test_max_age_and_retry_delays_round_trip(client: Client) -> None:
         "aged",
         "user.*",
         max_age="1 hour",
-        retry_delays=["1s", 30_000, timedelta(minutes=5)],
+        retry_delays=["1s", 30, timedelta(minutes=5)],
     )
     assert created.max_age == timedelta(hours=1)
     assert created.retry_delays == (
@@ -289,9 +288,8 @@ def test_max_age_and_retry_delays_round_trip(client: Client) -> None:
     assert client.get_subscription("aged") == constant
     assert constant.max_attempts == created.max_attempts
 
-    with pytest.raises(InvalidArgument) as caught:
-        client.update_subscription("aged", max_age=500)  # milliseconds
-    assert "subscription.max_age" in dict(caught.value.field_violations)
+    with pytest.raises(ValueError, match=r"^max_age must be at least 1 s; got 0\.5 s$"):
+        client.update_subscription("aged", max_age="500ms")
     with pytest.raises(ValueError, match=r"retry_delays\[1\]"):
         client.update_subscription("aged", retry_delays=["1s", "soon"])
 

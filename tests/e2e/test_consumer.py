@@ -27,6 +27,7 @@ from eventbroker import (
     DeadLetter,
     Message,
     NotFound,
+    Retry,
     Terminal,
 )
 from eventbroker.types import DeliveryStatus
@@ -294,24 +295,70 @@ def test_handlers_get_data_validated_into_their_model(client: Client, broker_tar
     assert status_of(client, signup.event_id, "shop").state == "acked"
 
 
-def test_data_that_does_not_fit_the_model_is_nacked(
+def test_data_that_does_not_fit_the_model_is_dead_lettered_at_once(
     client: Client, broker_target: str, log_signal: Callable[[str], LogSignal]
 ) -> None:
     client.create_subscription("shop", "user.*")
     published = client.publish("user.signup", {"plan": "pro"})
     consumer = Consumer("shop", target=broker_target)
-    failed = log_signal("handler")
+    failed = log_signal("test_data_that_does_not_fit")
     called: list[Message] = []
 
     @consumer.on("user.signup", model=Signup)
-    async def on_signup(msg: Message, ctx: Context) -> None:
+    async def on_signup(msg: Message[Signup], ctx: Context) -> None:
         called.append(msg)
 
     consume(consumer, lambda: wait_for(failed.seen))
     assert called == []
     status = status_of(client, published.event_id, "shop")
-    assert "validation error for Signup" in status.last_error
+    assert (status.state, status.dead_reason, status.attempts) == ("dead", "nacked_terminal", 1)
+    assert "data does not match Signup: 1 validation error for Signup" in status.last_error
     assert "user_id" in status.last_error
+
+
+def test_retry_with_a_delay_nacks_for_that_long(client: Client, broker_target: str) -> None:
+    client.create_subscription("billing", "order.*")
+    published = client.publish("order.new", {"order_id": 5, "amount": 1.0})
+    consumer = Consumer("billing", target=broker_target)
+    raised = asyncio.Event()
+
+    @consumer.on("order.new")
+    async def later(msg: Message, ctx: Context) -> None:
+        raised.set()
+        raise Retry("downstream busy", delay="1h")
+
+    consume(consumer, lambda: wait_for(raised))  # stopping drains: the nack is sent
+    status = status_of(client, published.event_id, "billing")
+    assert (status.state, status.attempts) == ("scheduled", 1)
+    assert status.last_error == "Retry('downstream busy')"
+    assert status.next_time is not None
+    ahead = status.next_time - datetime.now(UTC)
+    assert timedelta(minutes=59) < ahead <= timedelta(hours=1)
+
+
+def test_consumer_logs_connected_draining_and_drained(
+    client: Client, broker_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.create_subscription("billing", "order.*")
+    client.publish("order.new", {"order_id": 6, "amount": 1.0})
+    consumer = Consumer("billing", target=broker_target)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @consumer.on("order.new")
+    async def slow(msg: Message, ctx: Context) -> None:
+        started.set()
+        await release.wait()
+
+    async def stop_while_in_flight() -> None:
+        await started.wait()
+        asyncio.get_running_loop().call_later(0.05, release.set)
+
+    consume(consumer, stop_while_in_flight)
+    lines = [r.getMessage() for r in caplog.records if r.name == CONSUMER_LOGGER]
+    assert f"connected to {broker_target}, subscription billing" in lines
+    assert lines.index("draining 1 deliveries") < lines.index("drained")
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == CONSUMER_LOGGER)
 
 
 # -- leases --------------------------------------------------------------------
@@ -483,7 +530,9 @@ def test_run_needs_a_handler() -> None:
         Consumer("billing", target="127.0.0.1:9").run()
 
 
-def test_reconnects_when_the_broker_restarts(broker_settings: Settings) -> None:
+def test_reconnects_when_the_broker_restarts(
+    broker_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -517,3 +566,6 @@ def test_reconnects_when_the_broker_restarts(broker_settings: Settings) -> None:
             runner.join(WAIT_S)
         broker.stop()
     assert not runner.is_alive()
+    lines = [r.getMessage() for r in caplog.records if r.name == CONSUMER_LOGGER]
+    assert any(line.startswith("stream lost (") and "; reconnecting" in line for line in lines)
+    assert sum(line.startswith("connected to ") for line in lines) >= 2

@@ -114,7 +114,7 @@ def test_event_fields_are_copied() -> None:
 
 def test_batch_items_may_be_dicts_or_specs() -> None:
     request = convert.batch_publish_request(
-        [{"name": "a.b", "data": [1], "delay": 1000}, EventSpec("c.d", priority=5)]
+        [{"name": "a.b", "data": [1], "delay": 1}, EventSpec("c.d", priority=5)]
     )
     assert [e.name for e in request.events] == ["a.b", "c.d"]
     assert request.events[0].delay.ToTimedelta() == timedelta(seconds=1)
@@ -146,7 +146,7 @@ def test_create_request_sets_only_the_settings_given() -> None:
     request = convert.create_subscription_request(
         "billing",
         "order.*",
-        {"ack_deadline": "45s", "min_backoff": 500, "max_attempts": 5, "retention": None},
+        {"ack_deadline": "45s", "min_backoff": 0.5, "max_attempts": 5, "retention": None},
     )
     sub = request.subscription
     assert (sub.name, list(sub.filter), sub.max_attempts) == ("billing", ["order.*"], 5)
@@ -281,7 +281,7 @@ def test_nack_and_extend_requests() -> None:
     assert not plain.HasField("delay")
     (extend,) = convert.extend_requests("a", timedelta(minutes=2))
     assert extend.extension.ToTimedelta() == timedelta(minutes=2)
-    with pytest.raises(ValueError, match="not a length of time"):
+    with pytest.raises(ValueError, match="extension: cannot read"):
         convert.extend_requests("a", NOW.isoformat())
 
 
@@ -334,7 +334,7 @@ def test_event_info_names_states_and_reasons() -> None:
 
 def test_max_age_and_retry_table_are_sent_and_read() -> None:
     created = convert.create_subscription_request(
-        "s", "a.*", {"max_age": "1h", "retry_delays": ["1s", 30_000], "max_attempts": None}
+        "s", "a.*", {"max_age": "1h", "retry_delays": ["1s", 30], "max_attempts": None}
     ).subscription
     assert created.max_age.ToTimedelta() == timedelta(hours=1)
     assert [d.ToTimedelta() for d in created.retry_policy.delays] == [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,16 @@ import grpc
 import pytest
 from pydantic import BaseModel
 
-from eventbroker import AckResult, AsyncClient, Consumer, Context, Message, Terminal, Unavailable
+from eventbroker import (
+    AckResult,
+    AsyncClient,
+    Consumer,
+    Context,
+    Message,
+    Retry,
+    Terminal,
+    Unavailable,
+)
 from eventbroker._dispatch import run_handlers
 from eventbroker._leaser import Leaser
 from eventbroker._routes import Router
@@ -157,8 +167,11 @@ def test_consumer_timeouts_default_to_the_consumer_and_read_durations() -> None:
     assert timeouts == [7]
     assert [r.timeout_s for r in consumer._router.routes_for("order.b")] == [120.0]
     assert [r.timeout_s for r in consumer._router.routes_for("order.c")] == [None]
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"^timeout must be more than 0 s \(None for no limit\)"):
         consumer.on("order.d", timeout=0)
+    with pytest.raises(ValueError, match=r"^handler_timeout must be at least 0 s; got -1 s$"):
+        Consumer("billing", target="127.0.0.1:9", handler_timeout=-1)
+    assert Consumer("billing", handler_timeout="1m").handler_timeout == 60.0
 
 
 def test_extend_reports_a_lost_lease() -> None:
@@ -172,7 +185,7 @@ def test_extend_reports_a_lost_lease() -> None:
     assert extensions == [timedelta(minutes=2)]
 
 
-def test_model_validation_failure_fails_the_attempt() -> None:
+def test_data_that_does_not_fit_the_model_is_terminal_with_a_reason() -> None:
     got: list[Any] = []
 
     async def typed(msg: Message, ctx: Context) -> None:
@@ -181,7 +194,64 @@ def test_model_validation_failure_fails_the_attempt() -> None:
     verdict, _ = dispatch([typed], model=OrderNew)
     assert verdict.ack and got == [OrderNew(order_id=1, amount=2.0)]
     refused, _ = dispatch([typed], model=Signup)
-    assert not refused.ack and "validation error" in refused.error
+    assert not refused.ack and refused.terminal
+    assert refused.error.startswith("""Terminal("data does not match Signup: """)
+    assert "validation error" in refused.error
+
+
+def test_retry_nacks_after_the_longest_delay_asked() -> None:
+    async def soon(msg: Message, ctx: Context) -> None:
+        raise Retry("rate limited", delay=5)
+
+    async def later(msg: Message, ctx: Context) -> None:
+        raise Retry(delay="1m")
+
+    verdict, _ = dispatch([soon, later])
+    assert not verdict.ack and not verdict.terminal
+    assert verdict.delay == timedelta(minutes=1)
+    assert "Retry('rate limited')" in verdict.error
+
+
+def test_retry_without_a_delay_leaves_it_to_the_backoff() -> None:
+    async def again(msg: Message, ctx: Context) -> None:
+        raise Retry("later")
+
+    verdict, _ = dispatch([again])
+    assert not verdict.ack and verdict.delay is None and not verdict.terminal
+
+
+def test_retry_delay_follows_the_duration_rule() -> None:
+    assert Retry(delay=0.5).delay == timedelta(milliseconds=500)
+    assert Retry(delay="PT2M").delay == timedelta(minutes=2)
+    with pytest.raises(ValueError, match=r"^delay must be between 0 s and 366 days; got -1 s$"):
+        Retry(delay=-1)
+
+
+def test_intended_outcomes_log_at_info_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def hopeless(msg: Message, ctx: Context) -> None:
+        raise Terminal("never")
+
+    async def later(msg: Message, ctx: Context) -> None:
+        raise Retry(delay=30)
+
+    async def broken(msg: Message, ctx: Context) -> None:
+        raise KeyError("amount")
+
+    caplog.set_level(logging.INFO, logger="eventbroker.consumer")
+    dispatch([hopeless, later, broken])
+    by_handler = {
+        r.getMessage().split(" ", 1)[0].rsplit(".", 1)[-1]: r
+        for r in caplog.records
+        if r.name == "eventbroker.consumer"
+    }
+    terminal, retry, failed = by_handler["hopeless"], by_handler["later"], by_handler["broken"]
+    assert (terminal.levelno, terminal.exc_info) == (logging.INFO, None)
+    assert terminal.getMessage().endswith("dead-lettered: never")
+    assert (retry.levelno, retry.exc_info) == (logging.INFO, None)
+    assert "retry in 30 s" in retry.getMessage()
+    assert failed.levelno == logging.WARNING and failed.exc_info is not None
 
 
 def test_registering_a_bad_model_or_pattern_fails_at_once() -> None:
@@ -197,6 +267,7 @@ class RecordingClient:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[str], bool, str]] = []
+        self.delays: list[timedelta | None] = []
         self.called = asyncio.Event()
 
     async def ack(self, ack_ids: list[str]) -> AckResult:
@@ -204,8 +275,11 @@ class RecordingClient:
         self.called.set()
         return AckResult()
 
-    async def nack(self, ack_ids: list[str], *, terminal: bool, error: str) -> AckResult:
+    async def nack(
+        self, ack_ids: list[str], *, terminal: bool, error: str, delay: timedelta | None = None
+    ) -> AckResult:
         self.calls.append(("nack", list(ack_ids), terminal, error))
+        self.delays.append(delay)
         self.called.set()
         return AckResult(not_applied=tuple(ack_ids[:1]))
 

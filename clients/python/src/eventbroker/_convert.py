@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from eventbroker import _models
-from eventbroker._delay import as_utc, parse_delay, parse_duration
+from eventbroker import _models, durations
+from eventbroker.durations import as_utc, parse_delay, parse_duration
 from eventbroker.types import (
     AckIds,
     AckResult,
@@ -170,7 +170,7 @@ def event_message(spec: EventSpec) -> pb.Event:
     """The proto Event of one event to publish.
 
     Raises:
-        ValueError: The delay or the data cannot be read.
+        ValueError: The delay or the data cannot be read, or the delay is over a year.
 
     """
     event = pb.Event(
@@ -194,6 +194,17 @@ def publish_request(spec: EventSpec) -> pb.PublishRequest:
     return pb.PublishRequest(event=event_message(spec))
 
 
+def event_specs(events: Iterable[EventSpec | Mapping[str, Any]]) -> list[EventSpec]:
+    """EventSpecs of `publish_batch`'s items; the error of a bad item names its index."""
+    specs = []
+    for index, item in enumerate(events):
+        try:
+            specs.append(event_spec(item))
+        except TypeError as error:
+            raise TypeError(f"events[{index}]: {error}") from error
+    return specs
+
+
 def batch_publish_request(
     events: Iterable[EventSpec | Mapping[str, Any]],
 ) -> pb.BatchPublishRequest:
@@ -210,7 +221,9 @@ def batch_publish_request(
 def publish_result(response: pb.PublishResponse | pb.PublishResult) -> PublishResult:
     """A PublishResult from a Publish response or one BatchPublish result."""
     return PublishResult(
-        event_id=response.event_id, duplicate=response.status == pb.PUBLISH_STATUS_DUPLICATE
+        event_id=response.event_id,
+        duplicate=response.status == pb.PUBLISH_STATUS_DUPLICATE,
+        matched_subscriptions=response.matched_subscriptions,
     )
 
 
@@ -226,11 +239,20 @@ def _filters(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+#: The lengths each duration setting of a subscription accepts (the broker checks too).
+_SETTING_LIMITS = {
+    "ack_deadline": durations.ACK_DEADLINE,
+    "min_backoff": durations.ANY_DELAY,
+    "max_backoff": durations.ANY_DELAY,
+    "retry_delays": durations.ANY_DELAY,
+    "retention": durations.RETENTION,
+    "max_age": durations.MAX_AGE,
+}
+
+
 def _duration_setting(key: str, value: DurationLike) -> duration_pb2.Duration:
-    try:
-        return to_duration(parse_duration(value))
-    except ValueError as error:
-        raise ValueError(f"{key}: {error}") from error
+    limits = _SETTING_LIMITS.get(key.split("[", 1)[0], durations.UNLIMITED)
+    return to_duration(parse_duration(value, name=key, limits=limits))
 
 
 def _duration_table(
@@ -391,7 +413,9 @@ def nack_requests(
     ack_ids: AckIds, *, delay: DurationLike | None, terminal: bool, error: str
 ) -> list[pb.NackRequest]:
     """Nack requests: retry after `delay` (default: the subscription's backoff) or dead-letter."""
-    delay_message = to_duration(parse_duration(delay)) if delay is not None else None
+    delay_message = None
+    if delay is not None:
+        delay_message = to_duration(parse_duration(delay, name="delay", limits=durations.ANY_DELAY))
     return [
         pb.NackRequest(ack_ids=chunk, delay=delay_message, terminal=terminal, error=error)
         for chunk in ack_id_chunks(ack_ids)
@@ -400,7 +424,8 @@ def nack_requests(
 
 def extend_requests(ack_ids: AckIds, extension: DurationLike) -> list[pb.ExtendAckDeadlineRequest]:
     """ExtendAckDeadline requests: each lease then ends `extension` from now."""
-    extension_message = to_duration(parse_duration(extension))
+    length = parse_duration(extension, name="extension", limits=durations.ACK_DEADLINE)
+    extension_message = to_duration(length)
     return [
         pb.ExtendAckDeadlineRequest(ack_ids=chunk, extension=extension_message)
         for chunk in ack_id_chunks(ack_ids)

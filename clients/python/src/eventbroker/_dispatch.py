@@ -2,8 +2,9 @@
 
 All handlers whose pattern matches run concurrently, each within its own
 timeout. The delivery is acked when every one returns; it is nacked with the
-failures' reprs when any raises or outlives its timeout, and nacked as terminal
-when any raises `Terminal`.
+failures' reprs when any raises or outlives its timeout (after the longest
+`Retry(delay=)` delay, if any raised one), and nacked as terminal when any raises
+`Terminal` or when its data does not match a handler's `model=` (no retry can fix it).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eventbroker import _models
-from eventbroker._delay import parse_duration
+from eventbroker import _models, durations
 from eventbroker._routes import Route
-from eventbroker.errors import Terminal
-from eventbroker.types import AckResult, Message
+from eventbroker.errors import Retry, Terminal
+from eventbroker.types import AckResult, DurationLike, Message
 
 _log = logging.getLogger("eventbroker.consumer")
 
@@ -70,7 +70,7 @@ class Context:
         """True once the consumer is shutting down: a long handler may wrap up early."""
         return self._stopping.is_set()
 
-    async def extend(self, extension: float | timedelta | str) -> bool:
+    async def extend(self, extension: DurationLike) -> bool:
         """Keep the lease for `extension` from now (seconds, a timedelta or `"5m"`; 1 s .. 12 h).
 
         The handlers' timeouts move out as far, so no handler is cancelled before
@@ -81,13 +81,13 @@ class Context:
             consumer): the delivery will come again, and this attempt's ack will not count.
 
         Raises:
-            BrokerError: The broker refused the call (e.g. `InvalidArgument` for over 12 h).
+            ValueError: The extension is not between 1 s and 12 h (nothing was sent).
+            BrokerError: The broker refused the call.
 
         """
-        if isinstance(extension, int | float) and not isinstance(extension, bool):
-            length = timedelta(seconds=extension)
-        else:
-            length = parse_duration(extension)
+        length = durations.parse_duration(
+            extension, name="extension", limits=durations.ACK_DEADLINE
+        )
         result = await self._extend_lease(self._message.ack_id, length)
         if result.not_applied:
             return False
@@ -99,7 +99,7 @@ class Context:
                 timeout.reschedule(max(when, extended_to))
         return True
 
-    def extend_sync(self, extension: float | timedelta | str) -> bool:
+    def extend_sync(self, extension: DurationLike) -> bool:
         """`extend` for a sync handler (which runs in a worker thread): blocks until done.
 
         Raises:
@@ -125,12 +125,14 @@ class Verdict:
         ack: True to ack; False to nack.
         error: The nack's error: the failures' reprs, joined by `; `.
         terminal: Nack as terminal (dead-letter now).
+        delay: Retry after this long instead of the subscription's backoff.
 
     """
 
     ack: bool
     error: str = ""
     terminal: bool = False
+    delay: timedelta | None = None
 
 
 async def run_handlers(routes: Sequence[Route], message: Message, context: Context) -> Verdict:
@@ -148,23 +150,29 @@ async def run_handlers(routes: Sequence[Route], message: Message, context: Conte
     for route, task in zip(routes, tasks, strict=True):
         error = _failure(route, task)
         if error is not None:
-            _log.warning(
-                "handler %s failed on %s %s (attempt %d): %r",
-                route.handler_name,
-                message.name,
-                message.event_id,
-                message.attempt,
-                error,
-                exc_info=error,
-            )
+            _log_failure(route, message, error)
             failures.append(error)
     if not failures:
         return Verdict(ack=True)
+    delays = [f.delay for f in failures if isinstance(f, Retry) and f.delay is not None]
     return Verdict(
         ack=False,
         error="; ".join(repr(f) for f in failures),
         terminal=any(isinstance(f, Terminal) for f in failures),
+        delay=max(delays) if delays else None,
     )
+
+
+def _log_failure(route: Route, message: Message, error: BaseException) -> None:
+    """`Terminal` and `Retry` are outcomes a handler chose: INFO, no traceback; else WARNING."""
+    where = f"{route.handler_name} on {message.name} {message.event_id} (attempt {message.attempt})"
+    if isinstance(error, Terminal):
+        _log.info("%s: dead-lettered: %s", where, error)
+    elif isinstance(error, Retry):
+        after = f"in {durations.format_duration(error.delay)}" if error.delay else "after backoff"
+        _log.info("%s: retry %s: %s", where, after, error)
+    else:
+        _log.warning("%s failed: %r", where, error, exc_info=error)
 
 
 async def _run_route(route: Route, message: Message, context: Context) -> None:
@@ -187,7 +195,13 @@ async def _run_route(route: Route, message: Message, context: Context) -> None:
 
 async def _invoke(route: Route, message: Message, context: Context) -> None:
     if route.model is not None:
-        message = dataclasses.replace(message, data=_models.validate(route.model, message.data))
+        try:
+            data = _models.validate(route.model, message.data)
+        except (ValueError, TypeError) as error:
+            # No retry makes the same data fit: dead-letter it now, saying why.
+            name = getattr(route.model, "__name__", repr(route.model))
+            raise Terminal(f"data does not match {name}: {error}") from error
+        message = dataclasses.replace(message, data=data)
     if is_async(route.handler):
         await route.handler(message, context)
     else:

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from eventbroker.durations import ACK_DEADLINE_MAX_S, ACK_DEADLINE_MIN_S
 from eventbroker.errors import BrokerError
 from eventbroker.types import AckResult, Message
 
@@ -43,8 +44,8 @@ JITTER_FRACTION = 0.05
 #: The client's own generator: the application's shared `random` is left alone.
 _jitter = random.Random()
 #: The shortest and longest lease the broker grants (`ExtendAckDeadline` limits).
-MIN_LEASE_S = 1.0
-MAX_LEASE_S = 12 * 3600.0
+MIN_LEASE_S = float(ACK_DEADLINE_MIN_S)
+MAX_LEASE_S = float(ACK_DEADLINE_MAX_S)
 #: After a failed renewal call, try again this soon (or at the lease's end, if sooner).
 RETRY_AFTER_FAILURE_S = 0.25
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from functools import partial
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
@@ -44,7 +45,7 @@ class Settler:
         self._flush_interval_s = flush_interval_s
         self._max_pending = max_pending
         self._acks: list[str] = []
-        self._nacks: defaultdict[tuple[bool, str], list[str]] = defaultdict(list)
+        self._nacks: defaultdict[tuple[bool, str, timedelta | None], list[str]] = defaultdict(list)
         self._pending = 0
         self._has_pending = asyncio.Event()
         self._full = asyncio.Event()
@@ -55,9 +56,11 @@ class Settler:
         self._acks.append(ack_id)
         self._added()
 
-    def nack(self, ack_id: str, *, error: str, terminal: bool) -> None:
-        """Queue a nack: retried after the subscription's backoff, or dead-lettered if terminal."""
-        self._nacks[(terminal, error)].append(ack_id)
+    def nack(
+        self, ack_id: str, *, error: str, terminal: bool, delay: timedelta | None = None
+    ) -> None:
+        """Queue a nack: retried after `delay` (default: the backoff), or dead-lettered."""
+        self._nacks[(terminal, error, delay)].append(ack_id)
         self._added()
 
     def _added(self) -> None:
@@ -86,9 +89,11 @@ class Settler:
             sends = [self._send("ack", acks, partial(self._client.ack, acks))] if acks else []
             sends.extend(
                 self._send(
-                    "nack", ids, partial(self._client.nack, ids, terminal=terminal, error=error)
+                    "nack",
+                    ids,
+                    partial(self._client.nack, ids, terminal=terminal, error=error, delay=delay),
                 )
-                for (terminal, error), ids in nacks.items()
+                for (terminal, error, delay), ids in nacks.items()
             )
             await asyncio.gather(*sends)
 

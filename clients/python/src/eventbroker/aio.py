@@ -14,11 +14,14 @@ from typing import Any, TypeVar, Unpack
 
 import grpc
 from grpc import aio
+from tenacity import AsyncRetrying
 
 from eventbroker import _convert as convert
+from eventbroker import _publish as publishing
 from eventbroker._config import ConnectionConfig, TLSConfig
-from eventbroker.client import DEAD_LETTER_PAGE_SIZE, DEFAULT_TIMEOUT_S
-from eventbroker.errors import error_from_rpc
+from eventbroker._publish import PUBLISH_TIMEOUT_S
+from eventbroker.client import _UNSET, DEAD_LETTER_PAGE_SIZE, DEFAULT_TIMEOUT_S, _Unset
+from eventbroker.errors import AlreadyExists, error_from_rpc
 from eventbroker.types import (
     AckIds,
     AckResult,
@@ -62,6 +65,7 @@ class AsyncClient:
     ) -> None:
         self._config = ConnectionConfig.resolve(target, api_key, tls)
         self._timeout = timeout
+        self._match_warnings = publishing.MatchWarnings()
         self._channel: aio.Channel | None = None
         self._stub_instance: pb_grpc.EventBrokerServiceAsyncStub | None = None
 
@@ -76,6 +80,12 @@ class AsyncClient:
             self._channel = self._config.aio_channel()
             self._stub_instance = pb_grpc.EventBrokerServiceStub(self._channel)
         return self._stub_instance
+
+    async def _channel_ready(self) -> None:
+        """Wait until the connection to the broker is up (the consumer logs it)."""
+        self._stub  # noqa: B018 (opens the channel if it is not open yet)
+        assert self._channel is not None
+        await self._channel.channel_ready()
 
     async def close(self) -> None:
         """Close the connection; open streams end."""
@@ -95,9 +105,16 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    async def _call(self, method: aio.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+    async def _call(
+        self,
+        method: aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        call_timeout: float | _Unset | None = _UNSET,
+    ) -> Resp:
+        limit = self._timeout if isinstance(call_timeout, _Unset) else call_timeout
         try:
-            return await method(request, timeout=self._timeout, metadata=self._config.metadata)
+            return await method(request, timeout=limit, metadata=self._config.metadata)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
 
@@ -114,6 +131,7 @@ class AsyncClient:
         ordering_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         content_type: str | None = None,
+        timeout: DurationLike | None = PUBLISH_TIMEOUT_S,  # noqa: ASYNC109 (a gRPC deadline, as in Client)
     ) -> PublishResult:
         """Publish one event (see `Client.publish`)."""
         spec = EventSpec(
@@ -126,15 +144,40 @@ class AsyncClient:
             headers=headers,
             content_type=content_type,
         )
-        response = await self._call(self._stub.Publish, convert.publish_request(spec))
-        return convert.publish_result(response)
+        (spec,) = publishing.with_event_ids([spec])
+        request = convert.publish_request(spec)
+        deadline = publishing.Deadline(timeout, self._timeout)
+
+        async def attempt() -> pb.PublishResponse:
+            return await self._call(
+                self._stub.Publish, request, call_timeout=deadline.attempt_timeout_s()
+            )
+
+        retrying = AsyncRetrying(**deadline.retry_options(f"publish of {spec.name}"))
+        result = convert.publish_result(await retrying(attempt))
+        self._match_warnings.check([spec.name], [result])
+        return result
 
     async def publish_batch(
-        self, events: Iterable[EventSpec | Mapping[str, Any]]
+        self,
+        events: Iterable[EventSpec | Mapping[str, Any]],
+        *,
+        timeout: DurationLike | None = PUBLISH_TIMEOUT_S,  # noqa: ASYNC109 (a gRPC deadline, as in Client)
     ) -> list[PublishResult]:
         """Publish many events in one transaction, all or none (see `Client.publish_batch`)."""
-        request = convert.batch_publish_request(events)
-        return convert.batch_publish_results(await self._call(self._stub.BatchPublish, request))
+        specs = publishing.with_event_ids(convert.event_specs(events))
+        request = convert.batch_publish_request(specs)
+        deadline = publishing.Deadline(timeout, self._timeout)
+
+        async def attempt() -> pb.BatchPublishResponse:
+            return await self._call(
+                self._stub.BatchPublish, request, call_timeout=deadline.attempt_timeout_s()
+            )
+
+        retrying = AsyncRetrying(**deadline.retry_options(f"batch publish of {len(specs)}"))
+        results = convert.batch_publish_results(await retrying(attempt))
+        self._match_warnings.check([spec.name for spec in specs], results)
+        return results
 
     # -- subscriptions -------------------------------------------------------
 
@@ -153,8 +196,12 @@ class AsyncClient:
         retention: DurationLike | None = None,
         max_age: DurationLike | None = None,
         retry_delays: Sequence[DurationLike] | None = None,
+        exist_ok: bool = False,
     ) -> Subscription:
-        """Create a durable subscription (see `Client.create_subscription`)."""
+        """Create a durable subscription, or with `exist_ok` return the existing one.
+
+        See `Client.create_subscription`.
+        """
         settings = {
             "ack_deadline": ack_deadline,
             "max_attempts": max_attempts,
@@ -168,7 +215,12 @@ class AsyncClient:
         request = convert.create_subscription_request(
             name, filter, settings, ordered=ordered, start=start
         )
-        response = await self._call(self._stub.CreateSubscription, request)
+        try:
+            response = await self._call(self._stub.CreateSubscription, request)
+        except AlreadyExists:
+            if not exist_ok:
+                raise
+            return await self.get_subscription(name)
         return convert.subscription_from_proto(response.subscription)
 
     async def get_subscription(self, name: str) -> Subscription:

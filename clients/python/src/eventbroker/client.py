@@ -7,16 +7,20 @@ subclasses instead of `grpc.RpcError`.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
 import grpc
+from tenacity import Retrying
 
 from eventbroker import _convert as convert
+from eventbroker import _publish as publishing
 from eventbroker._config import ConnectionConfig, TLSConfig
-from eventbroker.errors import error_from_rpc
+from eventbroker._publish import PUBLISH_TIMEOUT_S
+from eventbroker.errors import AlreadyExists, error_from_rpc
 from eventbroker.types import (
     AckIds,
     AckResult,
@@ -42,6 +46,15 @@ Resp = TypeVar("Resp")
 DEFAULT_TIMEOUT_S = 30.0
 #: Dead letters per ListDeadLetters call unless asked otherwise (the broker takes 1,000).
 DEAD_LETTER_PAGE_SIZE = 100
+
+
+class _Unset(enum.Enum):
+    """Marks a call timeout left to the client's own."""
+
+    TOKEN = 0
+
+
+_UNSET = _Unset.TOKEN
 
 
 class Client:
@@ -71,6 +84,7 @@ class Client:
     ) -> None:
         self._config = ConnectionConfig.resolve(target, api_key, tls)
         self._timeout = timeout
+        self._match_warnings = publishing.MatchWarnings()
         self._channel = self._config.sync_channel()
         self._stub = pb_grpc.EventBrokerServiceStub(self._channel)
 
@@ -94,9 +108,16 @@ class Client:
     ) -> None:
         self.close()
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        call_timeout: float | _Unset | None = _UNSET,
+    ) -> Resp:
+        limit = self._timeout if isinstance(call_timeout, _Unset) else call_timeout
         try:
-            return method(request, timeout=self._timeout, metadata=self._config.metadata)
+            return method(request, timeout=limit, metadata=self._config.metadata)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
 
@@ -113,6 +134,7 @@ class Client:
         ordering_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         content_type: str | None = None,
+        timeout: DurationLike | None = PUBLISH_TIMEOUT_S,
     ) -> PublishResult:
         """Publish one event; it is on disk when this returns.
 
@@ -122,19 +144,29 @@ class Client:
                 JSON), or `bytes` (sent as is, described by `content_type`).
             id: Idempotency id: a second publish with the same id inside the dedup
                 window stores nothing and returns the first event's id as a duplicate.
-            delay: Deliver later: milliseconds, `timedelta`, `"5m"`, `"1 day"`, `"PT5M"`,
-                or an absolute `datetime` / ISO-8601 time (at most one year ahead).
+                Without one, the client makes a random id, so that its own retries
+                cannot store the event twice.
+            delay: Deliver later: seconds as a number, a `timedelta`, `"5m"`, `"1 day"`,
+                `"500ms"`, `"PT5M"`, or an absolute `datetime` / ISO-8601 time (at most
+                one year ahead).
             priority: -50..50; higher goes first among deliveries ready at once.
             ordering_key: FIFO key for ordered subscriptions.
             headers: String headers delivered with the event.
             content_type: Content type of `bytes` (or `str`) data.
+            timeout: Total time for the publish, all its attempts included (default
+                30 s; None for no limit). While the broker cannot be reached
+                (`Unavailable`) or does not answer in time (`DeadlineExceeded`), the
+                publish is retried with exponential backoff (0.1 s doubling up to 5 s,
+                with jitter) under the same event id, so it is stored once.
 
         Returns:
-            The event id, and whether it was a duplicate.
+            The event id, whether it was a duplicate, and how many subscriptions
+            matched it (a warning is logged, once per name, when none did).
 
         Raises:
             ValueError: The delay or the data cannot be read (nothing was sent).
-            BrokerError: The broker refused it (e.g. `InvalidArgument` for a bad name).
+            BrokerError: The broker refused it (e.g. `InvalidArgument` for a bad name),
+                or the last attempt's error when the timeout ran out.
 
         """
         spec = EventSpec(
@@ -147,22 +179,49 @@ class Client:
             headers=headers,
             content_type=content_type,
         )
-        response = self._call(self._stub.Publish, convert.publish_request(spec))
-        return convert.publish_result(response)
+        (spec,) = publishing.with_event_ids([spec])
+        request = convert.publish_request(spec)
+        deadline = publishing.Deadline(timeout, self._timeout)
+        retrying = Retrying(**deadline.retry_options(f"publish of {spec.name}"))
+        response = retrying(
+            lambda: self._call(
+                self._stub.Publish, request, call_timeout=deadline.attempt_timeout_s()
+            )
+        )
+        result = convert.publish_result(response)
+        self._match_warnings.check([spec.name], [result])
+        return result
 
-    def publish_batch(self, events: Iterable[EventSpec | Mapping[str, Any]]) -> list[PublishResult]:
+    def publish_batch(
+        self,
+        events: Iterable[EventSpec | Mapping[str, Any]],
+        *,
+        timeout: DurationLike | None = PUBLISH_TIMEOUT_S,
+    ) -> list[PublishResult]:
         """Publish many events in one transaction: all of them are stored, or none.
 
         Args:
             events: `EventSpec`s, or dicts with `publish`'s argument names
                 (`{"name": "user.joined", "data": {...}, "delay": "5m"}`).
+            timeout: Total time for all attempts, retried as `publish` is (each event
+                without an id gets one, so a retry stores nothing twice).
 
         Returns:
             One result per event, in order.
 
         """
-        request = convert.batch_publish_request(events)
-        return convert.batch_publish_results(self._call(self._stub.BatchPublish, request))
+        specs = publishing.with_event_ids(convert.event_specs(events))
+        request = convert.batch_publish_request(specs)
+        deadline = publishing.Deadline(timeout, self._timeout)
+        retrying = Retrying(**deadline.retry_options(f"batch publish of {len(specs)}"))
+        response = retrying(
+            lambda: self._call(
+                self._stub.BatchPublish, request, call_timeout=deadline.attempt_timeout_s()
+            )
+        )
+        results = convert.batch_publish_results(response)
+        self._match_warnings.check([spec.name for spec in specs], results)
+        return results
 
     # -- subscriptions -------------------------------------------------------
 
@@ -181,15 +240,18 @@ class Client:
         retention: DurationLike | None = None,
         max_age: DurationLike | None = None,
         retry_delays: Sequence[DurationLike] | None = None,
+        exist_ok: bool = False,
     ) -> Subscription:
         """Create a durable subscription; settings left as None take the broker's defaults.
 
-        Durations take what `delay` takes for lengths of time (numbers are milliseconds).
+        Durations are seconds as numbers, `timedelta`s or strings (`"30s"`, `"5m"`,
+        `"PT1H"`), as everywhere in this client; out-of-range values are refused
+        before anything is sent.
 
         Args:
             name: Unique lower-case name.
             filter: One name pattern or several: exact, `*` for one segment, `>` for the rest.
-            ack_deadline: Time a consumer has to ack (default 30 s).
+            ack_deadline: Time a consumer has to ack (default 30 s; 1 s .. 12 h).
             max_attempts: Failed attempts before dead-lettering (default 20).
             min_backoff: First retry delay (default 1 s).
             max_backoff: Longest retry delay (default 10 min).
@@ -202,9 +264,18 @@ class Client:
             retry_delays: An explicit retry table instead of the exponential backoff: the
                 delay after attempt n is `retry_delays[n-1]`, and the last entry repeats
                 (e.g. `["10s", "1m", "10m"]`; at most 100 entries).
+            exist_ok: If a subscription of that name exists, return it as it is
+                instead of raising `AlreadyExists`, so that a program can declare the
+                subscription it needs every time it starts. Its settings are not
+                compared with, nor changed to, the ones given: `update_subscription`
+                changes them.
 
         Returns:
-            The subscription with every setting filled in.
+            The subscription with every setting filled in (the existing one, with
+            `exist_ok`).
+
+        Raises:
+            AlreadyExists: A subscription of that name exists and `exist_ok` is False.
 
         """
         settings = {
@@ -220,7 +291,12 @@ class Client:
         request = convert.create_subscription_request(
             name, filter, settings, ordered=ordered, start=start
         )
-        response = self._call(self._stub.CreateSubscription, request)
+        try:
+            response = self._call(self._stub.CreateSubscription, request)
+        except AlreadyExists:
+            if not exist_ok:
+                raise
+            return self.get_subscription(name)
         return convert.subscription_from_proto(response.subscription)
 
     def get_subscription(self, name: str) -> Subscription:
@@ -480,8 +556,8 @@ class Client:
     def extend_ack_deadline(self, ack_ids: AckIds, extension: DurationLike) -> AckResult:
         """Keep leases longer: each now ends `extension` from now (1 s .. 12 h).
 
-        Like every duration of this client, a number is milliseconds (`"5m"` or a
-        `timedelta` read better); only `Context.extend` in handlers takes seconds.
+        Like every duration of this client, a number is seconds; `"5m"` or a
+        `timedelta` do too.
         """
         requests = convert.extend_requests(ack_ids, extension)
         return convert.ack_result(self._call(self._stub.ExtendAckDeadline, r) for r in requests)

@@ -28,28 +28,36 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential, wait_random
 
-from eventbroker import _models
+from eventbroker import _models, durations
 from eventbroker._config import TLSConfig
-from eventbroker._delay import parse_duration
 from eventbroker._dispatch import Context, run_handlers, running_loop
 from eventbroker._leaser import Leaser
 from eventbroker._routes import Router
 from eventbroker._settle import Settler
 from eventbroker.aio import AsyncClient
 from eventbroker.errors import BrokerError
-from eventbroker.types import Message
+from eventbroker.types import DurationLike, Message
 
 __all__ = ["Consumer", "Context"]
 
 _log = logging.getLogger("eventbroker.consumer")
+# What a consumer process does (connected, stream lost, draining) is worth seeing
+# in its log: INFO shows once the application configures logging (even with the
+# root at WARNING, as `logging.basicConfig()` leaves it), unless it sets a level here.
+if _log.level == logging.NOTSET:
+    _log.setLevel(logging.INFO)
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+ModelT = TypeVar("ModelT")
+R = TypeVar("R")
+#: A handler of messages whose data is a `ModelT`, async or not.
+ModelHandler = Callable[[Message[ModelT], Context], R]
 
 DEFAULT_MAX_OUTSTANDING = 100
 DEFAULT_HANDLER_TIMEOUT_S = 30.0
@@ -87,6 +95,21 @@ class _StreamEndedError(Exception):
     """The broker ended the stream without an error before it delivered anything."""
 
 
+def _timeout_s(name: str, timeout: DurationLike | None) -> float | None:
+    """A handler timeout in seconds (None for no limit).
+
+    Raises:
+        ValueError: It cannot be read, or is not more than zero.
+
+    """
+    if timeout is None:
+        return None
+    length = durations.parse_duration(timeout, name=name)
+    if length <= timedelta(0):
+        raise ValueError(f"{name} must be more than 0 s (None for no limit); got 0 s")
+    return length.total_seconds()
+
+
 def _retryable(error: BaseException) -> bool:
     if isinstance(error, BrokerError):
         return error.code not in FATAL_CODES
@@ -109,8 +132,9 @@ class Consumer:
         api_key: Bearer key; default `EVENTBROKER_API_KEY`.
         tls: As for `Client`.
         max_outstanding: Deliveries held at once, hence handlers running at once.
-        handler_timeout: Default seconds a handler may run (`Context.extend` moves
-            it out; `on(..., timeout=)` sets one handler's own); None for no limit.
+        handler_timeout: Default time a handler may run (seconds, a timedelta or
+            `"10m"`; `Context.extend` moves it out; `on(..., timeout=)` sets one
+            handler's own); None for no limit.
             It may exceed the subscription's ack deadline: while handlers run,
             their lease is renewed automatically.
         consumer_name: Shown in attempt history and stats; default `host:pid`.
@@ -125,14 +149,14 @@ class Consumer:
         api_key: str | None = None,
         tls: bool | TLSConfig | None = None,
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
-        handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT_S,
+        handler_timeout: DurationLike | None = DEFAULT_HANDLER_TIMEOUT_S,
         consumer_name: str | None = None,
     ) -> None:
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be at least 1; got {max_outstanding}")
         self.subscription = subscription
         self.max_outstanding = max_outstanding
-        self.handler_timeout = handler_timeout
+        self.handler_timeout = _timeout_s("handler_timeout", handler_timeout)
         self.consumer_name = consumer_name or f"{socket.gethostname()}:{os.getpid()}"
         self._client_args: dict[str, Any] = {"target": target, "api_key": api_key, "tls": tls}
         self._router = Router()
@@ -145,12 +169,30 @@ class Consumer:
 
     # -- registration --------------------------------------------------------
 
+    @overload
+    def on(
+        self,
+        pattern: str,
+        *,
+        model: type[ModelT],
+        timeout: DurationLike | _Default | None = ...,
+    ) -> Callable[[ModelHandler[ModelT, R]], ModelHandler[ModelT, R]]: ...
+
+    @overload
+    def on(
+        self,
+        pattern: str,
+        *,
+        model: None = None,
+        timeout: DurationLike | _Default | None = ...,
+    ) -> Callable[[Handler], Handler]: ...
+
     def on(
         self,
         pattern: str,
         *,
         model: type[Any] | None = None,
-        timeout: float | timedelta | str | _Default | None = _Default.HANDLER_TIMEOUT,
+        timeout: DurationLike | _Default | None = _Default.HANDLER_TIMEOUT,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as a handler for events matching `pattern`.
 
@@ -158,7 +200,9 @@ class Consumer:
             pattern: An event name, or a pattern with `*` (one segment) or a final `>`
                 (the rest): `"user.joined"`, `"user.*"`, `"orders.>"`. Case-insensitive.
             model: A dataclass or pydantic model: the handler then gets `msg.data`
-                validated into it (data that does not fit fails the attempt).
+                validated into it, typed (`msg: Message[Order]` for `model=Order`).
+                Data that does not fit is dead-lettered at once ("data does not
+                match Order: ..."), since no retry would make it fit.
             timeout: How long this handler may run (seconds, a timedelta or `"10m"`);
                 None for no limit; default the consumer's `handler_timeout`.
 
@@ -169,26 +213,17 @@ class Consumer:
         """
         if model is not None:
             _models.check_model(model)
-        timeout_s = self._timeout_s(timeout)
+        timeout_s = (
+            self.handler_timeout
+            if timeout is _Default.HANDLER_TIMEOUT
+            else _timeout_s("timeout", timeout)
+        )
 
         def register(handler: Handler) -> Handler:
             self._router.add(pattern, handler, model, timeout_s)
             return handler
 
         return register
-
-    def _timeout_s(self, timeout: float | timedelta | str | _Default | None) -> float | None:
-        if timeout is _Default.HANDLER_TIMEOUT:
-            return self.handler_timeout
-        if timeout is None:
-            return None
-        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
-            seconds = float(timeout)
-        else:
-            seconds = parse_duration(timeout).total_seconds()
-        if seconds <= 0:
-            raise ValueError(f"timeout must be positive; got {timeout!r}")
-        return seconds
 
     # -- running -------------------------------------------------------------
 
@@ -311,13 +346,7 @@ class Consumer:
         def log_retry(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             delay = state.next_action.sleep if state.next_action else 0.0
-            _log.warning(
-                "stream of %s to %s failed (%s); reconnecting in %.1f s",
-                self.subscription,
-                client.target,
-                error,
-                delay,
-            )
+            _log.warning("stream lost (%s); reconnecting in %.1f s", error, delay)
 
         while not stopping.is_set():
             async for attempt in AsyncRetrying(
@@ -350,10 +379,18 @@ class Consumer:
         )
         reader = asyncio.create_task(self._read(stream, settler, leaser, stopping, received))
         stop_wait = asyncio.create_task(stopping.wait())
+        connected = asyncio.create_task(client._channel_ready())
+
+        def log_connected(done: asyncio.Task[None]) -> None:
+            if not done.cancelled() and done.exception() is None and not reader.done():
+                _log.info("connected to %s, subscription %s", client.target, self.subscription)
+
+        connected.add_done_callback(log_connected)
         try:
             await asyncio.wait({reader, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_wait.cancel()
+            connected.cancel()
         if not reader.done():
             # Settle what is in flight while the stream (and so the leases) still stand;
             # deliveries not yet started are given back when the stream closes.
@@ -368,11 +405,11 @@ class Consumer:
         except BrokerError as error:
             if not (healthy and _retryable(error)):
                 raise
-            _log.warning("stream of %s dropped (%s); reconnecting", self.subscription, error)
+            _log.warning("stream lost (%s); reconnecting now", error)
             return
         if not healthy:
             raise _StreamEndedError("the broker ended the stream")
-        _log.info("stream of %s ended by the broker; reconnecting", self.subscription)
+        _log.info("stream lost (ended by the broker); reconnecting now")
 
     async def _read(
         self,
@@ -411,10 +448,17 @@ class Consumer:
         if verdict.ack:
             settler.ack(message.ack_id)
         else:
-            settler.nack(message.ack_id, error=verdict.error, terminal=verdict.terminal)
+            settler.nack(
+                message.ack_id,
+                error=verdict.error,
+                terminal=verdict.terminal,
+                delay=verdict.delay,
+            )
 
     async def _drain(self, settler: Settler) -> None:
         if self._in_flight:
-            _log.info("draining %d in-flight deliveries", len(self._in_flight))
+            _log.info("draining %d deliveries", len(self._in_flight))
             await asyncio.wait(set(self._in_flight))
+            await settler.flush()
+            _log.info("drained")
         await settler.flush()

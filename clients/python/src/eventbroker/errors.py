@@ -9,12 +9,16 @@ field violations. They are unpacked here once, so callers can branch on
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_status import rpc_status
+
+from eventbroker.durations import ANY_DELAY, parse_duration
+from eventbroker.types import DurationLike
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -108,6 +112,32 @@ class Terminal(Exception):
 
 DeadLetter = Terminal
 """Another name for `Terminal`."""
+
+
+class Retry(Exception):
+    """Raised by a consumer handler: fail this attempt and retry after `delay`.
+
+    The delivery is nacked with that delay instead of the subscription's backoff
+    (as Celery's `self.retry(countdown=...)`); attempts are still counted, so
+    `max_attempts` still ends the retries. It is an intended outcome, logged
+    without a traceback.
+
+    Args:
+        message: Why, kept in the delivery's attempt history.
+        delay: How long until the retry (a duration: a number is seconds, `"5m"`,
+            a timedelta; at most a year); None for the subscription's backoff.
+
+    Raises:
+        ValueError: `delay` cannot be read or is out of range.
+
+    """
+
+    def __init__(self, message: str = "", *, delay: DurationLike | None = None) -> None:
+        super().__init__(message)
+        self.delay: timedelta | None = None
+        if delay is not None:
+            self.delay = parse_duration(delay, name="delay", limits=ANY_DELAY)
+
 
 _BY_CODE: dict[grpc.StatusCode, type[BrokerError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,

@@ -9,14 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias, TypedDict
+from typing import Any, Generic, TypeAlias, TypedDict
+
+from typing_extensions import TypeVar
 
 DelayLike: TypeAlias = timedelta | datetime | int | float | str | None
-"""A delay or a time: `timedelta`, `datetime` (naive means UTC), milliseconds as a number,
-an ISO-8601 time or duration (`"PT5M"`), or words (`"5m"`, `"1 day"`, `"2 weeks"`)."""
+"""A delay or a time: seconds as a number, `timedelta`, `datetime` (naive means UTC),
+words (`"5m"`, `"1 day"`, `"500ms"`), an ISO-8601 duration (`"PT5M"`) or time
+(see `eventbroker.durations`)."""
 
 DurationLike: TypeAlias = timedelta | int | float | str
-"""A length of time: `timedelta`, milliseconds as a number, ISO-8601 (`"PT30S"`) or words."""
+"""A length of time: seconds as a number, `timedelta`, words (`"5m"`, `"1 day"`, `"500ms"`)
+or an ISO-8601 duration (`"PT30S"`) (see `eventbroker.durations`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +31,15 @@ class PublishResult:
         event_id: The broker-assigned id (for a duplicate, the first event's id).
         duplicate: True when an event with the same `id` was published inside the
             dedup window, so nothing was stored this time.
+        matched_subscriptions: How many subscriptions got a delivery of the event.
+            0 means no subscription's filter matches its name (the event is stored
+            and delivered to nobody; check the name for a typo), or a duplicate.
 
     """
 
     event_id: str
     duplicate: bool
+    matched_subscriptions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +68,16 @@ class EventSpec:
     content_type: str | None = None
 
 
+#: The type of `Message.data`: `Any` unless a handler's `model=` says (`Message[Order]`).
+DataT = TypeVar("DataT", default=Any)
+
+
 @dataclass(frozen=True, slots=True)
-class Message:
+class Message(Generic[DataT]):
     """One delivery received from a subscription (or an ephemeral tail).
+
+    `Message[Order]` is a message whose `data` is an `Order`: what a consumer
+    handler registered with `model=Order` receives.
 
     Attributes:
         ack_id: Id to ack, nack or extend this delivery with; empty on a tail.
@@ -86,7 +101,7 @@ class Message:
     ack_id: str
     event_id: str
     name: str
-    data: Any
+    data: DataT
     content_type: str
     headers: Mapping[str, str]
     publish_time: datetime

@@ -293,19 +293,28 @@ class PublishResult(_message.Message):
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    MATCHED_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The broker-assigned event id (the first event's id for a duplicate)."""
     status: Global___PublishStatus.ValueType
     """Whether the event was new or a duplicate."""
+    matched_subscriptions: _builtins.int
+    """How many subscriptions this publish gave a delivery to: the subscriptions
+    whose filter matched the name when it was stored. 0 for an event no
+    subscription matches (it is stored, for replay and GetEvent, and delivered
+    to nobody: often a misspelt name), and 0 for a duplicate, which stores and
+    delivers nothing (the first publish of that id reported its own count).
+    """
     def __init__(
         self,
         *,
         event_id: _builtins.str = ...,
         status: Global___PublishStatus.ValueType = ...,
+        matched_subscriptions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "matched_subscriptions", b"matched_subscriptions", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,19 +352,28 @@ class PublishResponse(_message.Message):
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    MATCHED_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The broker-assigned event id (the first event's id for a duplicate)."""
     status: Global___PublishStatus.ValueType
     """Whether the event was new or a duplicate."""
+    matched_subscriptions: _builtins.int
+    """How many subscriptions this publish gave a delivery to: the subscriptions
+    whose filter matched the name when it was stored. 0 for an event no
+    subscription matches (it is stored, for replay and GetEvent, and delivered
+    to nobody: often a misspelt name), and 0 for a duplicate, which stores and
+    delivers nothing (the first publish of that id reported its own count).
+    """
     def __init__(
         self,
         *,
         event_id: _builtins.str = ...,
         status: Global___PublishStatus.ValueType = ...,
+        matched_subscriptions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "matched_subscriptions", b"matched_subscriptions", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,136 @@
+"""What both clients do around a publish: retries with one event id, and a warning for typos.
+
+A publish is retried, as Pub/Sub's publisher retries, when the broker could not
+be reached (`UNAVAILABLE`: a broker restarting, a connection refused) or did not
+answer in time (`DEADLINE_EXCEEDED`), with exponential backoff and jitter, until
+the caller's total deadline. Every attempt carries the same event id (the
+caller's, else one the client makes), so an attempt whose answer was lost
+after the broker stored it comes back as a duplicate instead of a second event:
+retrying is safe for every publish, which is why both codes are retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from tenacity import RetryCallState, retry_if_exception, stop_before_delay
+from tenacity.wait import wait_exponential, wait_random
+
+from eventbroker.durations import parse_duration
+from eventbroker.errors import BrokerError
+from eventbroker.types import DurationLike, EventSpec, PublishResult
+
+_log = logging.getLogger("eventbroker.client")
+
+#: Total time a publish (all its attempts and the waits between them) may take by default.
+PUBLISH_TIMEOUT_S = 30.0
+#: Backoff between attempts: 0.1 s doubling up to 5 s, with up to 0.1 s of jitter.
+RETRY_INITIAL_S = 0.1
+RETRY_MAX_S = 5.0
+RETRY_JITTER_S = 0.1
+#: The status codes a publish is retried on: the event id makes each retry safe.
+RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: Event names remembered for the "no subscription matches" warning (names may embed ids).
+WARNED_NAMES_MAX = 1024
+
+
+def with_event_ids(specs: Sequence[EventSpec]) -> list[EventSpec]:
+    """The specs, each with an id: the caller's, else a new random one.
+
+    The id is the event's deduplication id, so that a retried publish stores the
+    event once.
+    """
+    return [spec if spec.id else _with_id(spec) for spec in specs]
+
+
+def _with_id(spec: EventSpec) -> EventSpec:
+    return EventSpec(
+        name=spec.name,
+        data=spec.data,
+        id=uuid.uuid4().hex,
+        delay=spec.delay,
+        priority=spec.priority,
+        ordering_key=spec.ordering_key,
+        headers=spec.headers,
+        content_type=spec.content_type,
+    )
+
+
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, BrokerError) and error.code in RETRY_CODES
+
+
+class Deadline:
+    """The total time a publish may take, shared by its attempts.
+
+    Args:
+        total: Time for all attempts (a duration: a number is seconds); None for no limit.
+        per_call_s: The client's limit on one call; None for none.
+
+    """
+
+    def __init__(self, total: DurationLike | None, per_call_s: float | None) -> None:
+        self.total_s: float | None = None
+        if total is not None:
+            self.total_s = parse_duration(total, name="timeout").total_seconds()
+            if self.total_s <= 0:
+                raise ValueError("timeout must be more than 0 s (None for no limit); got 0 s")
+        self.per_call_s = per_call_s
+        self._started = time.monotonic()
+
+    def attempt_timeout_s(self) -> float | None:
+        """How long the next attempt may take: the call limit, cut to what is left."""
+        if self.total_s is None:
+            return self.per_call_s
+        left = max(0.0, self.total_s - (time.monotonic() - self._started))
+        return left if self.per_call_s is None else min(left, self.per_call_s)
+
+    def retry_options(self, what: str) -> dict[str, Any]:
+        """Keyword arguments of tenacity's `Retrying`/`AsyncRetrying` for this deadline."""
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            pause = state.next_action.sleep if state.next_action else 0.0
+            _log.info(
+                "%s failed (%s); attempt %d in %.1f s", what, error, state.attempt_number + 1, pause
+            )
+
+        options: dict[str, Any] = {
+            "retry": retry_if_exception(_retryable),
+            "wait": wait_exponential(multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S)
+            + wait_random(0, RETRY_JITTER_S),
+            "before_sleep": log_retry,
+            "reraise": True,
+        }
+        if self.total_s is not None:
+            options["stop"] = stop_before_delay(self.total_s)
+        return options
+
+
+class MatchWarnings:
+    """Warns once per event name that a publish matched no subscription (often a typo)."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def check(self, names: Sequence[str], results: Sequence[PublishResult]) -> None:
+        """Warn for each new event (not a duplicate) that no subscription got."""
+        for name, result in zip(names, results, strict=True):
+            if result.duplicate or result.matched_subscriptions:
+                continue
+            lowered = name.lower()
+            if lowered in self._warned:
+                continue
+            if len(self._warned) >= WARNED_NAMES_MAX:
+                self._warned.clear()
+            self._warned.add(lowered)
+            _log.warning(
+                "no subscription matches %s (event %s is stored, delivered to nobody)",
+                lowered,
+                result.event_id,
+            )
