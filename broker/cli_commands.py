@@ -106,7 +106,7 @@ def publish(
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Publish one event; print `created ID` or `duplicate ID`."""
+    """Publish one event; print `created ID` or `duplicate ID`, and how many matched."""
     try:
         payload = json.loads(data) if data is not None else None
     except json.JSONDecodeError as error:
@@ -131,8 +131,12 @@ def publish(
     if json_output:
         print_json(result)
         return
-    status = "duplicate" if result.duplicate else "created"
-    show(f"{status} {result.event_id}")
+    if result.duplicate:  # stored before: nothing was delivered this time
+        show(f"duplicate {result.event_id}")
+        return
+    matched = result.matched_subscriptions
+    count = "no subscription" if not matched else f"{matched} subscription" + "s" * (matched > 1)
+    show(f"created {result.event_id} (matched {count})")
 
 
 def tail(
@@ -365,14 +369,9 @@ def subs_create(
     )
     start_at = cli_values.start("--start", start) if start is not None else None
     with client_for(target, api_key) as client:
-        try:
-            sub = client.create_subscription(
-                name, filter, ordered=ordered, start=start_at, **settings
-            )
-        except BrokerError as error:
-            if not (exist_ok and error.code.name == "ALREADY_EXISTS"):
-                raise
-            sub = client.get_subscription(name)
+        sub = client.create_subscription(
+            name, filter, ordered=ordered, start=start_at, exist_ok=exist_ok, **settings
+        )
     _print_subscriptions([sub], json_output)
 
 
