@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 BENCH_STAMP := $(VENV)/.installed-bench
 BROWSER_STAMP := $(VENV)/.installed-browser
 NETNS_STAMP := $(VENV)/.installed-netns
@@ -25,8 +26,14 @@ help: ## List the targets
 # of a tool cannot turn a green main red overnight (`make lock` refreshes them).
 PIP_INSTALL := $(PY) -m pip install --quiet -c constraints.txt
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
+# `make run` needs only what `broker serve` imports: the server and the client. The dev
+# tools (pytest, mypy, playwright, grpcurl) and the benchmark peers come with `install`.
+$(RUN_STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -e clients/python -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) -e clients/python -e '.[dev]'
 	touch $(STAMP)
@@ -37,7 +44,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PIP_INSTALL) -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-run: $(STAMP) ## Start the broker on 127.0.0.1:50051 with ./broker.db
+run: $(RUN_STAMP) ## Start the broker on 127.0.0.1:50051 with ./broker.db (installs the server alone)
 	$(VENV)/bin/broker serve
 
 $(BROWSER_STAMP): $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from grpc_health.v1 import health
 from broker.api.http import build_http_app
 from broker.api.server import build_server, set_serving
 from broker.api.servicer import EventBrokerServicer
-from broker.config import Settings, SettingsError
+from broker.config import Settings, SettingsError, setting_name
 from broker.engine.engine import DeliveryEngine, wall_clock_us
 from broker.storage import Storage, open_storage
 
@@ -44,7 +45,16 @@ class BrokerApp:
         self._http: web.AppRunner | None = None
 
     async def start(self) -> int:
-        """Open and migrate the database, start the engine and serve; return the bound port."""
+        """Open and migrate the database, start the engine and serve; return the bound port.
+
+        Raises:
+            SettingsError: An address cannot be bound (in use, not this machine's), a
+                TLS file cannot be read, or the broker would be exposed without keys.
+
+        """
+        if not self.settings.reuse_port:  # shared ports are bound by several processes
+            for setting in ("listen", "http_listen"):
+                _check_can_listen(setting, getattr(self.settings, setting))
         storage = open_storage(self.settings.database_url)
         await asyncio.to_thread(storage.migrate)
         self.storage = storage
@@ -54,12 +64,15 @@ class BrokerApp:
         servicer = EventBrokerServicer(self.engine)
         self.server, self._health = build_server(self.engine, self.settings, servicer)
         credentials = _server_credentials(self.settings)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(self.settings.listen)
-        else:
-            self.port = self.server.add_secure_port(self.settings.listen, credentials)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = self.server.add_secure_port(self.settings.listen, credentials)
+        except RuntimeError:  # grpc says only "Failed to bind"; the OS says why
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}")
+            raise _cannot_listen("listen", self.settings.listen)
         await self.server.start()
         await self._start_http(servicer)
         await set_serving(self._health, True)
@@ -81,7 +94,10 @@ class BrokerApp:
         site = web.TCPSite(
             self._http, host.strip("[]"), int(port), reuse_port=self.settings.reuse_port
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            raise _cannot_listen("http_listen", self.settings.http_listen, error) from error
         server = site._server  # aiohttp keeps the bound sockets here
         sockets = getattr(server, "sockets", None) or ()
         self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
@@ -107,7 +123,8 @@ class BrokerApp:
         if not self.settings.insecure:
             storage.close()
             raise SettingsError(
-                f"listen={self.settings.listen!r}, http_listen={self.settings.http_listen!r}: "
+                f"{setting_name('listen')} {self.settings.listen!r}, "
+                f"{setting_name('http_listen')} {self.settings.http_listen!r}: "
                 "beyond loopback the broker needs API keys "
                 "(broker keys create NAME --scope ...) or an explicit --insecure"
             )
@@ -150,7 +167,8 @@ class BrokerApp:
             await self.engine.stop()  # gives back every lease still held here
         if self.storage is not None:
             self.storage.close()
-        _log.info("broker stopped")
+        if self.port:
+            _log.info("broker stopped")
 
     async def _wait_for_settlements(self, until: float) -> None:
         """Serve settlements until no lease is held here, or until `until` (loop time)."""
@@ -170,21 +188,55 @@ class BrokerApp:
             _log.info("%d deliveries still held at the end of the grace period", held)
 
 
+def _check_can_listen(setting: str, address: str) -> None:
+    """Bind a plain socket to the address and let it go, to fail early with the OS's reason.
+
+    gRPC reports only that binding failed, and logs its own line to stderr; this
+    check finds the usual causes (port in use, an address not this machine's) first,
+    before the database is opened.
+    """
+    if not address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+        family, kind, proto, _, where = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(where)
+    except (OSError, ValueError) as error:
+        raise _cannot_listen(setting, address, error) from error
+
+
+def _cannot_listen(setting: str, address: str, error: Exception | None = None) -> SettingsError:
+    """The error for an address the broker cannot bind, with the reason when known."""
+    reason = getattr(error, "strerror", None) or (str(error) if error else "cannot bind it")
+    return SettingsError(f"{setting_name(setting)} {address!r}: cannot listen there: {reason}")
+
+
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials from the PEM files, requiring client certificates for mutual TLS."""
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
-    try:
-        chain = Path(settings.tls_cert_file).read_bytes()
-        key = Path(settings.tls_key_file).read_bytes()
-        client_ca = (
-            Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
-        )
-    except OSError as error:
-        raise SettingsError(f"cannot read a TLS file: {error}") from error
+    chain = _read_pem("tls_cert_file", settings.tls_cert_file)
+    key = _read_pem("tls_key_file", settings.tls_key_file)
+    client_ca = (
+        _read_pem("tls_client_ca_file", settings.tls_client_ca_file)
+        if settings.tls_client_ca_file
+        else None
+    )
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+def _read_pem(setting: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise SettingsError(
+            f"{setting_name(setting)} {path!r}: cannot read a TLS file: {reason}"
+        ) from error
 
 
 async def serve(settings: Settings) -> None:
@@ -194,7 +246,11 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()  # what had started (database, engine, gRPC) ends cleanly
+        raise
     try:
         await stop.wait()
         _log.info("shutting down (grace %.0f s)", settings.shutdown_grace_s)

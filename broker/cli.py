@@ -4,22 +4,53 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+from importlib import metadata
 from typing import Annotated
 
 import typer
 
 from broker import config
+from broker.cli_errors import run, usage_error
 from broker.config import Settings, SettingsError
 
 app = typer.Typer(
     help="A durable event broker spoken to over gRPC.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"max_content_width": 120},
+    # Plain help, wrapped to the terminal and never cut; a bug's traceback without locals.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
+
+
+def version() -> str:
+    """The installed version of the broker (package `eventbroker-server`)."""
+    return metadata.version("eventbroker-server")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"broker {version()}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _group(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+    _debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Print a traceback for every error, not one line."),
+    ] = False,
     tls: Annotated[
         bool, typer.Option("--tls", help="Talk to the broker over TLS (default roots).")
     ] = False,
@@ -148,18 +179,18 @@ def serve(
         )
         check_processes(settings, processes)
     except SettingsError as error:
-        raise typer.BadParameter(str(error)) from error
+        raise usage_error(str(error)) from error
     try:
         if processes > 1:
             raise typer.Exit(Supervisor(settings, processes, log_level).run())
         asyncio.run(run_broker(settings))
     except SettingsError as error:
-        raise typer.BadParameter(str(error)) from error
+        raise usage_error(str(error)) from error
 
 
 def main() -> None:
-    """Entry point of the `broker` command."""
-    app()
+    """Entry point of the `broker` command: exit with the status `run` gives."""
+    sys.exit(run(app))
 
 
 def _register_people_commands() -> None:

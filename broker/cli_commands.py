@@ -1,8 +1,8 @@
 """The `broker` commands for people: publish, tail, subscriptions, events, dead letters, stats.
 
 They talk to a running broker through the Python client (`eventbroker.Client`),
-print tables a person can read, and turn broker errors into one readable line
-and exit status 1.
+print tables a person can read (or JSON with `--json`), and turn broker errors
+into one readable line (see `broker.cli_errors` for the exit statuses).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import islice
 from typing import Annotated, Any
@@ -22,6 +22,18 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from broker import cli_values
+from broker.cli_errors import EXIT_FAILED, CommandError, broker_error, usage_error
+from broker.cli_output import (
+    JsonOption,
+    add_id_column,
+    print_json,
+    seconds,
+    show,
+    stdout_console,
+    table,
+    when,
+)
 from eventbroker import BrokerError, Client, DeadLetterInfo, Stats, Subscription
 
 TargetOption = Annotated[
@@ -39,12 +51,11 @@ ApiKeyOption = Annotated[
     ),
 ]
 
-out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 subs_app = typer.Typer(help="Manage durable subscriptions.", no_args_is_help=True)
 events_app = typer.Typer(help="Look at stored events.", no_args_is_help=True)
 dlq_app = typer.Typer(
-    help="Inspect and redrive dead letters: deliveries that failed for good.",
+    help="Inspect and redrive dead letters (deliveries that failed for good).",
     no_args_is_help=True,
 )
 
@@ -58,30 +69,13 @@ ERROR_WIDTH_CHARS = 60
 
 @contextmanager
 def client_for(target: str | None, api_key: str | None) -> Iterator[Client]:
-    """A client; a broker error ends the command with one line and exit status 1."""
+    """A client; a broker error ends the command with one line (`broker.cli_errors`)."""
+    client = Client(target, api_key=api_key)
     try:
-        with Client(target, api_key=api_key) as client:
+        with client:
             yield client
     except BrokerError as error:
-        err.print(f"[red]error[/red] {error.code.name}: {error.message}")
-        for field, description in error.field_violations:
-            if field not in error.message:
-                err.print(f"  {field}: {description}")
-        raise typer.Exit(1) from error
-
-
-def _seconds(value: timedelta | None) -> str:
-    if value is None:
-        return "-"
-    seconds = value.total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
-def _when(value: datetime | None) -> str:
-    return value.isoformat(timespec="milliseconds") if value is not None else "-"
+        raise broker_error(error, client.target) from error
 
 
 def _data_text(data: Any, content_type: str) -> str:
@@ -95,51 +89,65 @@ def publish(
     data: Annotated[str | None, typer.Argument(help='JSON data, e.g. \'{"plan":"pro"}\'.')] = None,
     id: Annotated[str | None, typer.Option("--id", help="Id for deduplication.")] = None,
     delay: Annotated[
-        str | None, typer.Option(help="Deliver later: '5m', '1 day', or an ISO-8601 time.")
+        str | None,
+        typer.Option(
+            help="Deliver later: seconds, '5m', '1 day', 'PT5M', or an ISO-8601 time "
+            "(at most one year ahead)."
+        ),
     ] = None,
-    priority: Annotated[int, typer.Option(help="-50..50; higher goes first.")] = 0,
+    priority: Annotated[int, typer.Option(min=-50, max=50, help="-50..50; higher goes first.")] = 0,
     header: Annotated[
         list[str] | None, typer.Option("--header", "-H", help="KEY=VALUE, repeatable.")
     ] = None,
     ordering_key: Annotated[
         str | None, typer.Option(help="FIFO key (ordered subscriptions).")
     ] = None,
+    json_output: JsonOption = False,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Publish one event and print its id."""
+    """Publish one event; print `created ID` or `duplicate ID`, and how many matched."""
     try:
         payload = json.loads(data) if data is not None else None
     except json.JSONDecodeError as error:
-        err.print(f"[red]error[/red] DATA is not JSON: {error}")
-        raise typer.Exit(1) from error
+        raise typer.BadParameter(f"not JSON: {error}", param_hint="DATA") from error
     headers: dict[str, str] = {}
     for item in header or []:
         key, sep, value = item.partition("=")
         if not sep:
-            err.print(f"[red]error[/red] --header {item!r}: expected KEY=VALUE")
-            raise typer.Exit(1)
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="'--header'")
         headers[key] = value
+    when_due = cli_values.delay("--delay", delay) if delay is not None else None
     with client_for(target, api_key) as client:
         result = client.publish(
             name,
             payload,
             id=id,
-            delay=delay,
+            delay=when_due,
             priority=priority,
             ordering_key=ordering_key,
             headers=headers or None,
         )
-    status = "duplicate" if result.duplicate else "created"
-    out.print(f"{status} {result.event_id}")
+    if json_output:
+        print_json(result)
+        return
+    if result.duplicate:  # stored before: nothing was delivered this time
+        show(f"duplicate {result.event_id}")
+        return
+    matched = result.matched_subscriptions
+    count = "no subscription" if not matched else f"{matched} subscription" + "s" * (matched > 1)
+    show(f"created {result.event_id} (matched {count})")
 
 
 def tail(
     filter: Annotated[list[str], typer.Argument(help="Name patterns: user.*, orders.>")],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object per event, one per line.")
+    ] = False,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Print new events matching the patterns as they are published (Ctrl-C to stop).
+    """Print new matching events as they are published (Ctrl-C to stop).
 
     An ephemeral tail: it needs no subscription, acknowledges nothing and leaves
     nothing behind.
@@ -147,146 +155,272 @@ def tail(
     with client_for(target, api_key) as client:
         try:
             for message in client.tail(filter):
+                if json_output:
+                    print_json(message, compact=True)
+                    continue
                 data = _data_text(message.data, message.content_type)
-                print(_when(message.publish_time), message.name, message.event_id, data, flush=True)
+                print(when(message.publish_time), message.name, message.event_id, data, flush=True)
         except KeyboardInterrupt:
             return
 
 
 def _subscriptions_table(subs: list[Subscription]) -> Table:
-    table = Table(title="Subscriptions")
-    for column in ("name", "filter", "ack deadline", "max attempts", "max in flight", "ordered"):
-        table.add_column(column)
+    grid = table("Subscriptions")
+    grid.add_column("name", no_wrap=True)
+    for column in ("filter", "ack deadline", "max attempts", "max in flight", "ordered"):
+        grid.add_column(column)
     for sub in subs:
-        table.add_row(
+        grid.add_row(
             sub.name,
             ", ".join(sub.filter),
-            _seconds(sub.ack_deadline),
+            seconds(sub.ack_deadline),
             str(sub.max_attempts),
             str(sub.max_in_flight or "unlimited"),
             "yes" if sub.ordered else "no",
         )
-    return table
+    return grid
+
+
+def _print_subscriptions(subs: list[Subscription], json_output: bool) -> None:
+    if json_output:
+        print_json(subs)
+    else:
+        show(_subscriptions_table(subs))
 
 
 @subs_app.command("list")
-def subs_list(target: TargetOption = None, api_key: ApiKeyOption = None) -> None:
+def subs_list(
+    json_output: JsonOption = False, target: TargetOption = None, api_key: ApiKeyOption = None
+) -> None:
     """List subscriptions."""
     with client_for(target, api_key) as client:
-        out.print(_subscriptions_table(client.list_subscriptions()))
+        subs = client.list_subscriptions()
+    _print_subscriptions(subs, json_output)
 
 
-@subs_app.command("get")
-def subs_get(name: str, target: TargetOption = None, api_key: ApiKeyOption = None) -> None:
+def _subscription_table(sub: Subscription) -> Table:
+    grid = table(f"Subscription {sub.name}", show_header=False)
+    grid.add_column("setting", no_wrap=True)
+    grid.add_column("value")
+    rows = [
+        ("filter", ", ".join(sub.filter)),
+        ("ack deadline", seconds(sub.ack_deadline)),
+        ("max attempts", str(sub.max_attempts)),
+        ("backoff", f"{seconds(sub.min_backoff)} .. {seconds(sub.max_backoff)}"),
+        ("retry delays", ", ".join(seconds(d) for d in sub.retry_delays) or "none (backoff)"),
+        ("max in flight", str(sub.max_in_flight or "unlimited")),
+        ("ordered", "yes" if sub.ordered else "no"),
+        ("max age", seconds(sub.max_age) if sub.max_age else "none"),
+        ("retention", seconds(sub.retention)),
+        ("created", when(sub.create_time)),
+    ]
+    for row in rows:
+        grid.add_row(*row)
+    return grid
+
+
+@subs_app.command("show")
+def subs_show(
+    name: Annotated[str, typer.Argument(help="Subscription name.")],
+    json_output: JsonOption = False,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
     """Show every setting of one subscription."""
     with client_for(target, api_key) as client:
         sub = client.get_subscription(name)
-    table = Table(title=f"Subscription {sub.name}", show_header=False)
-    table.add_column("setting")
-    table.add_column("value")
-    rows = [
-        ("filter", ", ".join(sub.filter)),
-        ("ack deadline", _seconds(sub.ack_deadline)),
-        ("max attempts", str(sub.max_attempts)),
-        ("backoff", f"{_seconds(sub.min_backoff)} .. {_seconds(sub.max_backoff)}"),
-        ("max in flight", str(sub.max_in_flight or "unlimited")),
-        ("ordered", "yes" if sub.ordered else "no"),
-        ("retry table", ", ".join(_seconds(d) for d in sub.retry_delays) or "none (backoff)"),
-        ("max age", _seconds(sub.max_age) if sub.max_age else "none"),
-        ("retention", _seconds(sub.retention)),
-        ("created", _when(sub.create_time)),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+    if json_output:
+        print_json(sub)
+    else:
+        show(_subscription_table(sub))
 
 
+subs_app.command("get", hidden=True)(subs_show)  # the name it had first
+
+FORMS = cli_values.DURATION_FORMS
 FilterOption = Annotated[
-    list[str] | None, typer.Option("--filter", "-f", help="Name pattern, repeatable.")
+    list[str] | None,
+    typer.Option("--filter", "-f", metavar="PATTERN", help="Name pattern, repeatable."),
 ]
-AckDeadlineOption = Annotated[str | None, typer.Option(help="e.g. 30s, 5m (1 s .. 12 h).")]
-MaxAttemptsOption = Annotated[int | None, typer.Option(help="Attempts before dead-lettering.")]
+AckDeadlineOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DURATION",
+        help=f"Time to ack before redelivery: {FORMS} (1 s .. 12 h; default 30 s).",
+    ),
+]
+MaxAttemptsOption = Annotated[
+    int | None,
+    typer.Option(min=1, max=1000, help="Attempts before dead-lettering (1..1000; default 20)."),
+]
 MaxInFlightOption = Annotated[
-    int | None, typer.Option(help="Concurrency limit across consumers (0: unlimited).")
+    int | None,
+    typer.Option(min=0, help="Deliveries held at once across consumers (0: unlimited)."),
 ]
-BackoffOption = Annotated[str | None, typer.Option(help="e.g. 1s, 10m.")]
+MinBackoffOption = Annotated[
+    str | None, typer.Option(metavar="DURATION", help=f"First retry delay: {FORMS} (default 1 s).")
+]
+MaxBackoffOption = Annotated[
+    str | None,
+    typer.Option(metavar="DURATION", help=f"Longest retry delay: {FORMS} (default 10 min)."),
+]
+RetryDelaysOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DURATIONS",
+        help="A retry table instead of the backoff, e.g. '10s,1m,10m' (the last repeats; "
+        "'none' removes it).",
+    ),
+]
+MaxAgeOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DURATION",
+        help=f"Dead-letter events older than this: {FORMS} (default none; 'none' removes it).",
+    ),
+]
+RetentionOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DURATION",
+        help=f"How long acked and dead deliveries stay: {FORMS} (default 7 days).",
+    ),
+]
 
 
-def _settings(**options: Any) -> dict[str, Any]:
-    return {key: value for key, value in options.items() if value is not None}
+def _changes(
+    *,
+    filter: list[str] | None,
+    ack_deadline: str | None,
+    max_attempts: int | None,
+    max_in_flight: int | None,
+    min_backoff: str | None,
+    max_backoff: str | None,
+    retry_delays: str | None,
+    max_age: str | None,
+    retention: str | None,
+) -> dict[str, Any]:
+    """The settings given on the command line, read and range-checked, by client keyword."""
+    changes: dict[str, Any] = {}
+    if filter:
+        changes["filter"] = filter
+    durations = (
+        ("ack_deadline", "--ack-deadline", ack_deadline, cli_values.ACK_DEADLINE),
+        ("min_backoff", "--min-backoff", min_backoff, cli_values.BACKOFF),
+        ("max_backoff", "--max-backoff", max_backoff, cli_values.BACKOFF),
+        ("retention", "--retention", retention, cli_values.RETENTION),
+    )
+    for key, flag, text, allowed in durations:
+        if text is not None:
+            changes[key] = cli_values.duration(flag, text, allowed)
+    if max_age is not None:
+        changes["max_age"] = cli_values.optional_duration("--max-age", max_age, cli_values.MAX_AGE)
+    if retry_delays is not None:
+        changes["retry_delays"] = cli_values.duration_list("--retry-delays", retry_delays)
+    if max_attempts is not None:
+        changes["max_attempts"] = max_attempts
+    if max_in_flight is not None:
+        changes["max_in_flight"] = max_in_flight or None
+    return changes
 
 
 @subs_app.command("create")
 def subs_create(
-    name: str,
+    name: Annotated[str, typer.Argument(help="Subscription name (lower case).")],
     filter: FilterOption = None,
     ack_deadline: AckDeadlineOption = None,
     max_attempts: MaxAttemptsOption = None,
     max_in_flight: MaxInFlightOption = None,
-    min_backoff: BackoffOption = None,
-    max_backoff: BackoffOption = None,
+    min_backoff: MinBackoffOption = None,
+    max_backoff: MaxBackoffOption = None,
+    retry_delays: RetryDelaysOption = None,
+    max_age: MaxAgeOption = None,
+    retention: RetentionOption = None,
     ordered: Annotated[bool, typer.Option(help="FIFO per ordering key.")] = False,
     start: Annotated[
-        str | None, typer.Option(help="'new' (default), 'beginning', or an ISO-8601 time.")
+        str | None,
+        typer.Option(help="'new' (default), 'beginning', or an ISO-8601 time to start from."),
     ] = None,
+    exist_ok: Annotated[
+        bool,
+        typer.Option(
+            "--exist-ok", help="Succeed when it exists already (its settings are left as they are)."
+        ),
+    ] = False,
+    json_output: JsonOption = False,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Create a subscription."""
     if not filter:
-        err.print("[red]error[/red] give at least one --filter pattern (e.g. 'user.*')")
-        raise typer.Exit(1)
-    start_at: str | datetime | None = start
-    if start not in (None, "new", "beginning"):
-        try:
-            start_at = datetime.fromisoformat(str(start))
-        except ValueError as error:
-            err.print(f"[red]error[/red] --start {start!r}: 'new', 'beginning' or an ISO-8601 time")
-            raise typer.Exit(1) from error
-    with client_for(target, api_key) as client:
-        sub = client.create_subscription(
-            name,
-            filter,
-            ordered=ordered,
-            start=start_at,
-            **_settings(
-                ack_deadline=ack_deadline,
-                max_attempts=max_attempts,
-                max_in_flight=max_in_flight,
-                min_backoff=min_backoff,
-                max_backoff=max_backoff,
-            ),
+        raise typer.BadParameter(
+            "give at least one pattern (e.g. 'user.*')", param_hint="'--filter'"
         )
-    out.print(_subscriptions_table([sub]))
-
-
-@subs_app.command("update")
-def subs_update(
-    name: str,
-    filter: FilterOption = None,
-    ack_deadline: AckDeadlineOption = None,
-    max_attempts: MaxAttemptsOption = None,
-    max_in_flight: MaxInFlightOption = None,
-    min_backoff: BackoffOption = None,
-    max_backoff: BackoffOption = None,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
-) -> None:
-    """Change the settings given; the others stay as they are."""
-    changes = _settings(
-        filter=filter or None,
+    settings = _changes(
+        filter=None,
         ack_deadline=ack_deadline,
         max_attempts=max_attempts,
         max_in_flight=max_in_flight,
         min_backoff=min_backoff,
         max_backoff=max_backoff,
+        retry_delays=retry_delays,
+        max_age=max_age,
+        retention=retention,
+    )
+    start_at = cli_values.start("--start", start) if start is not None else None
+    with client_for(target, api_key) as client:
+        sub = client.create_subscription(
+            name, filter, ordered=ordered, start=start_at, exist_ok=exist_ok, **settings
+        )
+    _print_subscriptions([sub], json_output)
+
+
+@subs_app.command("update")
+def subs_update(
+    name: Annotated[str, typer.Argument(help="Subscription name.")],
+    filter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            "-f",
+            metavar="PATTERN",
+            help="Name pattern, repeatable: replaces the filter.",
+        ),
+    ] = None,
+    ack_deadline: AckDeadlineOption = None,
+    max_attempts: MaxAttemptsOption = None,
+    max_in_flight: MaxInFlightOption = None,
+    min_backoff: MinBackoffOption = None,
+    max_backoff: MaxBackoffOption = None,
+    retry_delays: RetryDelaysOption = None,
+    max_age: MaxAgeOption = None,
+    retention: RetentionOption = None,
+    json_output: JsonOption = False,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Change the settings given; the others stay as they are.
+
+    `ordered` and `start` are fixed when a subscription is created.
+    """
+    changes = _changes(
+        filter=filter,
+        ack_deadline=ack_deadline,
+        max_attempts=max_attempts,
+        max_in_flight=max_in_flight,
+        min_backoff=min_backoff,
+        max_backoff=max_backoff,
+        retry_delays=retry_delays,
+        max_age=max_age,
+        retention=retention,
     )
     if not changes:
-        err.print("[red]error[/red] nothing to change: give at least one setting")
-        raise typer.Exit(1)
+        raise usage_error(
+            "nothing to change: give at least one setting (broker subs update --help)"
+        )
     with client_for(target, api_key) as client:
         sub = client.update_subscription(name, **changes)
-    out.print(_subscriptions_table([sub]))
+    _print_subscriptions([sub], json_output)
 
 
 @subs_app.command("delete")
@@ -294,25 +428,34 @@ def subs_delete(name: str, target: TargetOption = None, api_key: ApiKeyOption = 
     """Delete a subscription and its pending deliveries."""
     with client_for(target, api_key) as client:
         client.delete_subscription(name)
-    out.print(f"deleted {name}")
+    show(f"deleted {name}")
 
 
 @events_app.command("show")
-def events_show(event_id: str, target: TargetOption = None, api_key: ApiKeyOption = None) -> None:
+def events_show(
+    event_id: Annotated[str, typer.Argument(help="Event id, as publish prints it.")],
+    json_output: JsonOption = False,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
     """Show an event and, for each subscription, where its delivery stands and why."""
     with client_for(target, api_key) as client:
         info = client.get_event(event_id)
-    out.print(f"{info.event_id}  {info.name}  published {_when(info.publish_time)}")
-    data = info.data
-    print("data:", json.dumps(data) if not isinstance(data, bytes) else f"<{len(data)} bytes>")
-    table = Table(title="Deliveries")
-    for column in ("subscription", "state", "attempts", "why"):
-        table.add_column(column)
+    if json_output:
+        print_json(info)
+        return
+    show(f"{info.event_id}  {info.name}  published {when(info.publish_time)}")
+    show(f"data: {_data_text(info.data, info.content_type)}")
+    grid = table("Deliveries")
+    grid.add_column("subscription", no_wrap=True)
+    for column in ("state", "attempts", "why"):
+        grid.add_column(column)
     for delivery in info.deliveries:
-        table.add_row(
-            delivery.subscription, delivery.state, str(delivery.attempts), delivery.reason
-        )
-    out.print(table)
+        grid.add_row(delivery.subscription, delivery.state, str(delivery.attempts), delivery.reason)
+    if info.deliveries:
+        show(grid)
+    else:
+        show("it matched no subscription")
 
 
 # -- dead letters ----------------------------------------------------------------
@@ -359,6 +502,7 @@ def dlq_list(
     name: NameOption = None,
     reason: ReasonOption = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 50,
+    json_output: JsonOption = False,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -375,32 +519,39 @@ def dlq_list(
                 limit + 1,
             )
         )
-    if not letters:
-        out.print(f"no dead letters in {subscription}" + (" match" if name or reason else ""))
-        return
     more = len(letters) > limit
-    table = Table(
-        title=f"Dead letters of {subscription}",
+    if json_output:
+        print_json(letters[:limit])
+        return
+    if not letters:
+        show(f"no dead letters in {subscription}" + (" match" if name or reason else ""))
+        return
+    grid = table(
+        f"Dead letters of {subscription}",
         caption=f"only the first {limit} are shown; raise --limit for more" if more else None,
     )
-    for column in ("event id", "name", "reason", "attempts", "last error", "died at"):
-        table.add_column(column, justify="right" if column == "attempts" else "left")
+    add_id_column(grid, "event id")
+    grid.add_column("name", no_wrap=True)
+    grid.add_column("reason", no_wrap=True)
+    grid.add_column("attempts", justify="right")
+    grid.add_column("last error")
+    grid.add_column("died at", no_wrap=True)
     for letter in letters[:limit]:
-        table.add_row(
+        grid.add_row(
             letter.event_id,
             letter.name,
             letter.reason,
             str(letter.attempts),
             _shorten(letter.last_error, ERROR_WIDTH_CHARS),
-            _when(letter.dead_time),
+            when(letter.dead_time),
         )
-    out.print(table)
+    show(grid)
 
 
 def _dead_letter_table(letter: DeadLetterInfo) -> Table:
-    table = Table(title=f"Dead letter {letter.event_id}", show_header=False)
-    table.add_column("field")
-    table.add_column("value")
+    grid = table(f"Dead letter {letter.event_id}", show_header=False)
+    grid.add_column("field", no_wrap=True)
+    grid.add_column("value", overflow="fold")
     rows = [
         ("event id", letter.event_id),
         ("name", letter.name),
@@ -409,8 +560,8 @@ def _dead_letter_table(letter: DeadLetterInfo) -> Table:
         ("why", letter.description),
         ("attempts", str(letter.attempts)),
         ("last error", letter.last_error or "-"),
-        ("died at", _when(letter.dead_time)),
-        ("published", _when(letter.publish_time)),
+        ("died at", when(letter.dead_time)),
+        ("published", when(letter.publish_time)),
         ("priority", str(letter.priority)),
         ("ordering key", letter.ordering_key or "-"),
         ("dedup id", letter.dedup_id or "-"),
@@ -418,14 +569,15 @@ def _dead_letter_table(letter: DeadLetterInfo) -> Table:
         ("data", _data_text(letter.data, letter.content_type)),
     ]
     for row in rows:
-        table.add_row(*row)
-    return table
+        grid.add_row(*row)
+    return grid
 
 
 @dlq_app.command("show")
 def dlq_show(
     subscription: SubscriptionArgument,
     event_id: Annotated[str, typer.Argument(help="Event id, as `broker dlq list` shows it.")],
+    json_output: JsonOption = False,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -433,28 +585,31 @@ def dlq_show(
     with client_for(target, api_key) as client:
         letter = client.get_dead_letter(subscription, event_id)
     if letter is None:
-        err.print(
-            f"[red]error[/red] event {event_id} is not a dead letter of {subscription} "
-            f"(`broker events show {event_id}` says where it stands)"
+        raise CommandError(
+            f"event {event_id} is not a dead letter of {subscription} "
+            f"(`broker events show {event_id}` says where it stands)",
+            EXIT_FAILED,
         )
-        raise typer.Exit(1)
-    out.print(_dead_letter_table(letter))
-    history = Table(title="Attempts, oldest first")
-    for column in ("attempt", "delivered", "ended", "consumer", "outcome", "error"):
-        history.add_column(column, justify="right" if column == "attempt" else "left")
+    if json_output:
+        print_json(letter)
+        return
+    show(_dead_letter_table(letter))
+    history = table("Attempts, oldest first")
+    history.add_column("attempt", justify="right")
+    for column in ("delivered", "ended"):
+        history.add_column(column, no_wrap=True)
+    for column in ("consumer", "outcome", "error"):
+        history.add_column(column)
     for attempt in letter.history:
         history.add_row(
             str(attempt.attempt),
-            _when(attempt.delivered_time),
-            _when(attempt.end_time),
+            when(attempt.delivered_time),
+            when(attempt.end_time),
             attempt.consumer,
             attempt.outcome,
             attempt.error or "-",
         )
-    if letter.history:
-        out.print(history)
-    else:
-        out.print("no attempts: it died before it was delivered")
+    show(history if letter.history else "no attempts: it died before it was delivered")
 
 
 @dlq_app.command("redrive")
@@ -483,14 +638,12 @@ def dlq_redrive(
     redriven in calls of 100 ids with a progress bar.
     """
     if event_ids and redrive_all:
-        err.print("[red]error[/red] give EVENT_IDS or --all, not both")
-        raise typer.Exit(1)
+        raise usage_error("give EVENT_IDS or --all, not both")
     if not event_ids and not (name or reason or redrive_all):
-        err.print(
-            f"[red]error[/red] this would redrive every dead letter of {subscription}: "
+        raise usage_error(
+            f"this would redrive every dead letter of {subscription}: "
             "say so with --all, or give EVENT_IDS, --name or --reason"
         )
-        raise typer.Exit(1)
     with client_for(target, api_key) as client:
         ids = list(event_ids or [])
         if not ids:
@@ -499,7 +652,7 @@ def dlq_redrive(
             )
             ids = [letter.event_id for letter in letters]
             if not ids:
-                out.print(f"no dead letters in {subscription} match")
+                show(f"no dead letters in {subscription} match")
                 return
             if not yes:
                 typer.confirm(
@@ -523,22 +676,23 @@ def dlq_redrive(
                 progress.advance(task, len(chunk))
     skipped = len(ids) - redriven
     note = f" ({skipped:,} of the {len(ids):,} ids were not dead there)" if skipped else ""
-    out.print(f"redrove {_dead_letters(redriven)} of {subscription}{note}")
+    show(f"redrove {_dead_letters(redriven)} of {subscription}{note}")
 
 
 # -- stats -----------------------------------------------------------------------
 
 
 def _stats_table(stats: Stats) -> Table:
-    table = Table(
+    grid = Table(
         title=f"{stats.events} events stored, {stats.publish_rate:.1f} published/s",
-        caption=datetime.now().strftime("%H:%M:%S"),
+        caption=when(datetime.now(UTC)),
     )
-    columns = ("subscription", "scheduled", "ready", "in flight", "acked", "dead")
+    grid.add_column("subscription", no_wrap=True)
+    columns = ("scheduled", "ready", "in flight", "acked", "dead")
     for column in (*columns, "consumers", "delivered/s", "acked/s"):
-        table.add_column(column, justify="left" if column == "subscription" else "right")
+        grid.add_column(column, justify="right")
     for sub in stats.subscriptions:
-        table.add_row(
+        grid.add_row(
             sub.subscription,
             f"{sub.scheduled:,}",
             f"{sub.ready:,}",
@@ -549,27 +703,46 @@ def _stats_table(stats: Stats) -> Table:
             f"{sub.delivery_rate:.1f}",
             f"{sub.ack_rate:.1f}",
         )
-    return table
+    return grid
 
 
 def stats(
     subscription: Annotated[str | None, typer.Option(help="Only this subscription.")] = None,
     watch: Annotated[
-        float | None, typer.Option(help="Refresh every this many seconds until Ctrl-C.")
+        float | None,
+        typer.Option(
+            min=0.2, metavar="SECONDS", help="Refresh every this many seconds until Ctrl-C."
+        ),
     ] = None,
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="Print JSON (with --watch: one object per line, per refresh)."),
+    ] = False,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Counts per subscription: scheduled, ready, in flight, acked, dead; and rates."""
+    """Counts and rates per subscription.
+
+    Scheduled, ready, in flight, acked and dead deliveries; consumers; delivery and
+    ack rates per second.
+    """
     with client_for(target, api_key) as client:
         fetch: Callable[[], Stats] = lambda: client.get_stats(subscription)  # noqa: E731
         if watch is None:
-            out.print(_stats_table(fetch()))
+            if json_output:
+                print_json(fetch())
+            else:
+                show(_stats_table(fetch()))
             return
         try:
-            with Live(_stats_table(fetch()), console=out, auto_refresh=False) as live:
+            if json_output:
                 while True:
-                    time.sleep(max(watch, 0.2))
+                    print_json(fetch(), compact=True)
+                    time.sleep(watch)
+            console = stdout_console()
+            with Live(_stats_table(fetch()), console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(watch)
                     live.update(_stats_table(fetch()), refresh=True)
         except KeyboardInterrupt:
             return

@@ -60,8 +60,41 @@ MAX_BATCH_SIZE_DEFAULT = 100
 MAX_BATCH_SIZE_LIMIT = 1000
 
 
+#: Settings that `broker serve` takes as a flag and a `BROKER_*` variable (the others are
+#: for tests and embedding). The flag is the name in kebab case without a `_file`
+#: suffix (`tls_cert_file`: `--tls-cert`, `BROKER_TLS_CERT`).
+CLI_SETTINGS = frozenset(
+    {
+        "listen",
+        "database_url",
+        "http_listen",
+        "event_max_bytes",
+        "batch_max_events",
+        "batch_max_bytes",
+        "dedup_window_s",
+        "shutdown_grace_s",
+        "insecure",
+        "max_streams",
+        "max_streams_per_connection",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "processes",
+        "log_level",
+    }
+)
+
+
+def setting_name(name: str) -> str:
+    """How a person sets it: `--listen / BROKER_LISTEN`, or the field name if no flag."""
+    if name not in CLI_SETTINGS:
+        return name
+    flag = name.removesuffix("_file")
+    return f"--{flag.replace('_', '-')} / BROKER_{flag.upper()}"
+
+
 class SettingsError(ValueError):
-    """A setting has a value the broker cannot run with."""
+    """A setting has a value the broker cannot run with; the message names its flag."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +158,12 @@ class Settings:
             ("commit_delay_s", 0 <= self.commit_delay_s <= 1, "must be between 0 and 1"),
             ("event_retention_s", self.event_retention_s > 0, "must be positive"),
             ("maintenance_interval_s", self.maintenance_interval_s > 0, "must be positive"),
-            ("listen", ":" in self.listen, "must be HOST:PORT"),
+            ("listen", is_address(self.listen), "must be HOST:PORT, the port 0..65535"),
+            (
+                "http_listen",
+                not self.http_listen or is_address(self.http_listen),
+                "must be HOST:PORT, the port 0..65535 (empty: no HTTP)",
+            ),
             ("max_streams", self.max_streams >= 1, "must be at least 1"),
             (
                 "max_streams_per_connection",
@@ -145,7 +183,7 @@ class Settings:
         ]
         for name, ok, why in checks:
             if not ok:
-                raise SettingsError(f"{name}={getattr(self, name)!r}: {why}")
+                raise SettingsError(f"{setting_name(name)} {getattr(self, name)!r}: {why}")
 
     @property
     def listens_beyond_loopback(self) -> bool:
@@ -171,6 +209,12 @@ class Settings:
     def grpc_max_message_bytes(self) -> int:
         """GRPC message size limit: room for a full batch and its framing, no more."""
         return self.batch_max_bytes + 1024 * 1024
+
+
+def is_address(address: str) -> bool:
+    """Whether a listen address is HOST:PORT with a port from 0 (any free one) to 65535."""
+    _, colon, port = address.rpartition(":")
+    return bool(colon) and port.isdigit() and int(port) <= 65535
 
 
 def is_loopback(host: str) -> bool:

@@ -41,7 +41,7 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from broker.config import Settings, SettingsError
+from broker.config import Settings, SettingsError, setting_name
 from broker.engine.metrics import MULTIPROC_DIR_ENV
 from broker.logs import configure_logging
 from broker.storage import open_storage
@@ -68,17 +68,18 @@ def check_processes(settings: Settings, processes: int) -> None:
 
     """
     if processes < 1:
-        raise SettingsError(f"processes={processes}: must be at least 1")
+        raise SettingsError(f"{setting_name('processes')} {processes}: must be at least 1")
     if processes == 1:
         return
     if not settings.database_url.startswith("postgresql"):
         raise SettingsError(
-            f"processes={processes}: several broker processes need PostgreSQL "
+            f"{setting_name('processes')} {processes}: several broker processes need PostgreSQL "
             "(--database-url postgresql+psycopg://...); a SQLite file serves one process"
         )
     if settings.listen.rsplit(":", 1)[-1] == "0":
         raise SettingsError(
-            f"processes={processes}: give a fixed port to --listen; each process binds it"
+            f"{setting_name('processes')} {processes}: "
+            "give a fixed port to --listen; each process binds it"
         )
 
 

@@ -232,6 +232,9 @@ def test_listening_beyond_loopback_without_keys_needs_insecure(
 
 def test_keys_from_the_command_line(broker_settings: Settings, tmp_path: Any) -> None:
     url = broker_settings.database_url
+    storage = open_storage(url)  # the database `broker serve` makes: keys never create one
+    storage.migrate()
+    storage.close()
 
     def broker(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

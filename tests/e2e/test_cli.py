@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
+from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from broker.cli import app
+from broker.storage import open_storage
 from eventbroker import Client
+from tests.e2e.cli import BrokerCli, Result
 
 
 @pytest.fixture
-def cli(broker_target: str) -> CliRunner:
-    return CliRunner(env={"EVENTBROKER_TARGET": broker_target, "COLUMNS": "200"})
+def cli(broker_target: str) -> BrokerCli:
+    return BrokerCli({"EVENTBROKER_TARGET": broker_target})
 
 
-def test_publish_prints_the_id_and_dedups(cli: CliRunner, broker_target: str) -> None:
-    first = cli.invoke(app, ["publish", "User.Joined", '{"plan":"pro"}', "--id", "a1", "-H", "k=v"])
+def test_publish_prints_the_id_and_dedups(cli: BrokerCli, broker_target: str) -> None:
+    first = cli.invoke(["publish", "User.Joined", '{"plan":"pro"}', "--id", "a1", "-H", "k=v"])
     assert first.exit_code == 0, first.output
-    status, event_id = first.output.split()
-    assert status == "created"
-    again = cli.invoke(app, ["publish", "user.joined", "--id", "a1"])
+    status, event_id, *matched = first.stdout.split()
+    assert status == "created" and matched == ["(matched", "no", "subscription)"]
+    again = cli.invoke(["publish", "user.joined", "--id", "a1"])
     assert again.output.split() == ["duplicate", event_id]
     with Client(broker_target) as client:
         info = client.get_event(event_id)
@@ -33,18 +37,128 @@ def test_publish_prints_the_id_and_dedups(cli: CliRunner, broker_target: str) ->
     assert info.headers == {"k": "v"}
 
 
-def test_bad_input_is_one_line_and_exit_1(cli: CliRunner) -> None:
-    result = cli.invoke(app, ["publish", "bad name"])
-    assert result.exit_code == 1
-    assert "INVALID_ARGUMENT" in result.output and "event.name" in result.output
-    assert "Traceback" not in result.output
-    not_json = cli.invoke(app, ["publish", "a", "{oops"])
-    assert not_json.exit_code == 1 and "not JSON" in not_json.output
+def one_line_error(result: Result, *expected: str) -> None:
+    """A user error: exit status 2 and one line on stderr containing each expected text."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
 
 
-def test_subscriptions_create_list_get_update_delete(cli: CliRunner) -> None:
+def test_bad_input_is_one_line_and_exit_2(cli: BrokerCli) -> None:
+    refused = cli.invoke(["publish", "bad name"])
+    one_line_error(refused, "INVALID_ARGUMENT", "event.name")
+    one_line_error(cli.invoke(["publish", "a", "{oops"]), "DATA", "not JSON")
+    one_line_error(cli.invoke(["publish", "a", "-H", "novalue"]), "--header", "KEY=VALUE")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["subs", "create", "x", "-f", "a.*", "--ack-deadline", "0.5"],
+            ["--ack-deadline", "between 1 s and 12 h", "got 0.5 s"],
+        ),
+        (["subs", "create", "x", "-f", "a.*", "--ack-deadline", "13h"], ["got 13 h"]),
+        (["subs", "create", "x", "-f", "a.*", "--max-age", "0"], ["--max-age", "at least 1 s"]),
+        (
+            ["subs", "create", "x", "-f", "a.*", "--min-backoff", "soon"],
+            ["--min-backoff", "seconds"],
+        ),
+        (
+            ["subs", "create", "x", "-f", "a.*", "--retry-delays", "1s,400d"],
+            ["--retry-delays", "366 days"],
+        ),
+        (["subs", "create", "x", "-f", "a.*", "--start", "yesterday"], ["--start", "ISO-8601"]),
+        (["subs", "create", "x"], ["--filter"]),
+        (["subs", "create", "x", "-f", "a.*", "--max-attempts", "0"], ["--max-attempts"]),
+        (["subs", "update", "x"], ["nothing to change"]),
+        (["publish", "a", "--delay", "400 days"], ["--delay", "between 0 s and 366 days"]),
+        (["publish", "a", "--delay", "-5"], ["--delay", "between 0 s and 366 days"]),
+        (["publish", "a", "--priority", "51"], ["--priority"]),
+        (["publish", "a", "--no-such-flag"], ["--no-such-flag"]),
+    ],
+)
+def test_mistakes_name_the_flag_and_the_range_in_one_line(
+    cli: BrokerCli, args: list[str], expected: list[str]
+) -> None:
+    one_line_error(cli.invoke(args), *expected)
+
+
+def test_debug_shows_the_traceback_of_a_mistake(cli: BrokerCli) -> None:
+    result = cli.invoke(["--debug", "publish", "a", "--delay", "400 days"])
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and result.stderr.endswith("got 400 days\n")
+
+
+def test_durations_are_seconds_or_words(cli: BrokerCli, broker_target: str) -> None:
     created = cli.invoke(
-        app,
+        ["subs", "create", "mails", "-f", "user.*", "--ack-deadline", "45", "--json"]
+    )
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)[0]["ack_deadline"] == 45.0
+    for text, seconds in (("5m", 300), ("PT2M", 120), ("1 hour", 3600), ("2.5", 2.5)):
+        updated = cli.invoke(["subs", "update", "mails", "--max-backoff", text, "--json"])
+        assert updated.exit_code == 0, updated.output
+        assert json.loads(updated.stdout)[0]["max_backoff"] == seconds
+    published = cli.invoke(["publish", "user.joined", "--delay", "5", "--json"])
+    assert published.exit_code == 0, published.output
+    event_id = json.loads(published.stdout)["event_id"]
+    with Client(broker_target) as client:
+        info = client.get_event(event_id)
+    assert info.delay.total_seconds() == 5
+    status = info.delivery("mails")
+    assert status is not None and status.state == "scheduled"
+
+
+def test_an_unreachable_broker_is_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # closed again: nobody listens there
+    cli = BrokerCli({"EVENTBROKER_TARGET": f"127.0.0.1:{port}"})
+    result = cli.invoke(["publish", "user.joined"])
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"cannot reach the broker at 127.0.0.1:{port}" in lines[0]
+    assert "--target / EVENTBROKER_TARGET" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable", "named"),
+    [
+        ("--listen", None, "--listen / BROKER_LISTEN"),
+        (None, "BROKER_HTTP_LISTEN", "--http-listen / BROKER_HTTP_LISTEN"),
+    ],
+)
+def test_serve_on_a_busy_port_is_one_line(
+    tmp_path: Path, flag: str | None, variable: str | None, named: str
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        env = {"BROKER_LISTEN": "127.0.0.1:0", "BROKER_HTTP_LISTEN": "127.0.0.1:0"}
+        args = ["serve", "--database-url", str(tmp_path / "b.db")]
+        if flag:
+            args += [flag, address]
+        if variable:
+            env[variable] = address
+        result = BrokerCli(env).invoke(args)
+    one_line_error(result, named, address, "Address already in use")
+    assert not (tmp_path / "b.db").exists()  # refused before the database was opened
+
+
+def test_serve_refuses_a_port_out_of_range(tmp_path: Path) -> None:
+    result = BrokerCli().invoke(
+        ["serve", "--listen", "127.0.0.1:99999", "--database-url", str(tmp_path / "b.db")]
+    )
+    one_line_error(result, "--listen / BROKER_LISTEN", "0..65535")
+
+
+def test_subscriptions_create_list_get_update_delete(cli: BrokerCli) -> None:
+    created = cli.invoke(
         [
             "subs",
             "create",
@@ -59,29 +173,31 @@ def test_subscriptions_create_list_get_update_delete(cli: CliRunner) -> None:
     )
     assert created.exit_code == 0, created.output
     assert "mails" in created.output and "45s" in created.output
-    listed = cli.invoke(app, ["subs", "list"])
+    listed = cli.invoke(["subs", "list"])
     assert "mails" in listed.output and "user.*" in listed.output
-    updated = cli.invoke(app, ["subs", "update", "mails", "--max-attempts", "3"])
+    updated = cli.invoke(["subs", "update", "mails", "--max-attempts", "3"])
     assert updated.exit_code == 0 and " 3 " in updated.output
-    shown = cli.invoke(app, ["subs", "get", "mails"])
+    shown = cli.invoke(["subs", "show", "mails"])
     assert "1s .. 10m" in shown.output and "7d" in shown.output
-    missing = cli.invoke(app, ["subs", "get", "nope"])
+    missing = cli.invoke(["subs", "show", "nope"])
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
-    deleted = cli.invoke(app, ["subs", "delete", "mails"])
+    deleted = cli.invoke(["subs", "delete", "mails"])
     assert deleted.exit_code == 0
-    assert "mails" not in cli.invoke(app, ["subs", "list"]).output
+    assert "mails" not in cli.invoke(["subs", "list"]).output
 
 
-def test_stats_and_event_show(cli: CliRunner) -> None:
-    cli.invoke(app, ["subs", "create", "work", "-f", "job.>"])
-    event_id = cli.invoke(app, ["publish", "job.run"]).output.split()[1]
-    stats = cli.invoke(app, ["stats"])
+def test_stats_and_event_show(cli: BrokerCli) -> None:
+    cli.invoke(["subs", "create", "work", "-f", "job.>"])
+    published = cli.invoke(["publish", "job.run"]).stdout
+    assert published.endswith("(matched 1 subscription)\n")
+    event_id = published.split()[1]
+    stats = cli.invoke(["stats"])
     assert stats.exit_code == 0
     row = next(line for line in stats.output.splitlines() if "work" in line)
     cells = [cell.strip() for cell in row.split("│")[1:-1]]
     assert cells[:6] == ["work", "0", "1", "0", "0", "0"]  # one ready
     assert "1 events stored" in stats.output
-    shown = cli.invoke(app, ["events", "show", event_id])
+    shown = cli.invoke(["events", "show", event_id])
     assert "job.run" in shown.output and "waiting for a consumer" in shown.output
 
 
@@ -167,3 +283,94 @@ def test_stats_watch_refreshes_until_interrupted(broker_target: str) -> None:
         reader.join(5)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_every_subscription_setting_is_a_flag(cli: BrokerCli, broker_target: str) -> None:
+    created = cli.invoke(
+        [
+            "subs", "create", "billing", "-f", "order.*", "-f", "refund.>",
+            "--ack-deadline", "1m", "--max-attempts", "7", "--max-in-flight", "3",
+            "--min-backoff", "2", "--max-backoff", "1h", "--retry-delays", "10s,1m,10m",
+            "--max-age", "1 day", "--retention", "3d", "--ordered", "--start", "beginning",
+        ]
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    with Client(broker_target) as client:
+        sub = client.get_subscription("billing")
+        assert sub.filter == ("order.*", "refund.>") and sub.ordered
+        assert sub.ack_deadline.total_seconds() == 60 and sub.max_attempts == 7
+        assert sub.max_in_flight == 3 and sub.min_backoff.total_seconds() == 2
+        assert sub.max_backoff.total_seconds() == 3600
+        assert [d.total_seconds() for d in sub.retry_delays] == [10, 60, 600]
+        assert sub.max_age is not None and sub.max_age.total_seconds() == 86400
+        assert sub.retention.total_seconds() == 3 * 86400
+        again = cli.invoke(["subs", "create", "billing", "-f", "x", "--exist-ok"])
+        assert again.exit_code == 0 and "order.*" in again.stdout  # left as it was
+        exists = cli.invoke(["subs", "create", "billing", "-f", "x"])
+        assert exists.exit_code == 1 and "ALREADY_EXISTS" in exists.stderr
+        removed = cli.invoke(
+            ["subs", "update", "billing", "--max-age", "none", "--retry-delays", "none",
+             "--max-in-flight", "0"]
+        )  # fmt: skip
+        assert removed.exit_code == 0, removed.output
+        sub = client.get_subscription("billing")
+        assert sub.max_age is None and sub.retry_delays == () and sub.max_in_flight is None
+
+
+def test_reading_commands_print_json(cli: BrokerCli, broker_target: str) -> None:
+    with Client(broker_target) as client:
+        client.create_subscription("work", "job.>")
+        event_id = client.publish("job.run", {"n": 1}).event_id
+    listed = json.loads(cli.invoke(["subs", "list", "--json"]).stdout)
+    assert [s["name"] for s in listed] == ["work"] and listed[0]["ack_deadline"] == 30.0
+    shown = json.loads(cli.invoke(["subs", "show", "work", "--json"]).stdout)
+    assert shown["filter"] == ["job.>"] and shown["create_time"].endswith("Z")
+    event = json.loads(cli.invoke(["events", "show", event_id, "--json"]).stdout)
+    assert event["event_id"] == event_id and event["data"] == {"n": 1}
+    assert event["deliveries"][0]["subscription"] == "work"
+    stats = json.loads(cli.invoke(["stats", "--json"]).stdout)
+    assert stats["events"] == 1 and stats["subscriptions"][0]["ready"] == 1
+    assert json.loads(cli.invoke(["dlq", "list", "work", "--json"]).stdout) == []
+
+
+def test_piped_tables_cut_nothing(cli: BrokerCli, broker_target: str) -> None:
+    name = "a-subscription-with-a-name-long-enough-to-be-cut-at-eighty-columns"
+    pattern = "some.rather.long.event.name.pattern.>"
+    with Client(broker_target) as client:
+        client.create_subscription(name, pattern)
+        event_id = client.publish("some.rather.long.event.name.pattern.x").event_id
+    listed = cli.invoke(["subs", "list"])
+    row = next(line for line in listed.stdout.splitlines() if name in line)
+    assert pattern in row and "…" not in listed.stdout
+    shown = cli.invoke(["events", "show", event_id])
+    assert event_id in shown.stdout and name in shown.stdout and "…" not in shown.stdout
+
+
+def test_version() -> None:
+    import eventbroker
+
+    result = BrokerCli().invoke(["--version"])
+    assert result.exit_code == 0
+    assert result.stdout == f"broker {metadata.version('eventbroker-server')}\n"
+    assert eventbroker.__version__ == metadata.version("eventbroker")
+
+
+def test_keys_commands_never_create_a_database(tmp_path: Path) -> None:
+    cli = BrokerCli({"BROKER_DATABASE_URL": ""}, cwd=str(tmp_path))
+    cli.env.pop("BROKER_DATABASE_URL")  # the default: ./broker.db
+    for args in (["keys", "list"], ["keys", "create", "ci", "--scope", "admin"]):
+        missing = cli.invoke(args)
+        one_line_error(missing, str(tmp_path / "broker.db"), "--database-url / BROKER_DATABASE_URL")
+    assert list(tmp_path.iterdir()) == []  # nothing made, not even an empty file
+    (tmp_path / "other.db").touch()
+    no_schema = cli.invoke(["keys", "revoke", "x", "--database-url", "other.db"])
+    one_line_error(no_schema, "other.db", "no broker schema")
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'broker.db'}")  # as `broker serve` makes it
+    storage.migrate()
+    storage.close()
+    made = cli.invoke(["keys", "create", "ci", "--scope", "admin"])
+    assert made.exit_code == 0, made.output
+    listed = json.loads(cli.invoke(["keys", "list", "--json"]).stdout)
+    assert [(k["name"], k["scopes"]) for k in listed] == [("ci", ["admin"])]
+    assert listed[0]["create_time"].endswith("Z") and listed[0]["revoke_time"] is None

@@ -5,19 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from typer.testing import CliRunner
 
-from broker.cli import app
 from eventbroker import Client
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
+from tests.e2e.cli import BrokerCli
 from tests.e2e.streams import StreamReader, subscribe
 
 LONG_ERROR = "ConnectionError: " + "the payment service did not answer " * 4
 
 
 @pytest.fixture
-def cli(broker_target: str) -> CliRunner:
-    return CliRunner(env={"EVENTBROKER_TARGET": broker_target, "COLUMNS": "250"})
+def cli(broker_target: str) -> BrokerCli:
+    return BrokerCli({"EVENTBROKER_TARGET": broker_target})
 
 
 @pytest.fixture
@@ -54,7 +53,7 @@ def table_rows(output: str) -> list[list[str]]:
 
 
 def test_list_is_a_table_that_filters_and_limits(
-    cli: CliRunner,
+    cli: BrokerCli,
     client: Client,
     stub: pb_grpc.EventBrokerServiceStub,
     readers: list[StreamReader],
@@ -66,7 +65,7 @@ def test_list_is_a_table_that_filters_and_limits(
     (delivery,) = reader.take(1)
     client.nack(delivery.ack_id, error="timeout")
 
-    listed = cli.invoke(app, ["dlq", "list", "jobs"])
+    listed = cli.invoke(["dlq", "list", "jobs"])
     assert listed.exit_code == 0, listed.output
     rows = {row[0]: row for row in table_rows(listed.stdout)}
     assert set(rows) == {*poisoned, exhausted}
@@ -76,22 +75,22 @@ def test_list_is_a_table_that_filters_and_limits(
     assert died.startswith("20")
     assert rows[exhausted][1:5] == ["job.b", "attempts_exhausted", "1", "timeout"]
 
-    by_name = cli.invoke(app, ["dlq", "list", "jobs", "--name", "job.b"])
+    by_name = cli.invoke(["dlq", "list", "jobs", "--name", "job.b"])
     assert [row[0] for row in table_rows(by_name.stdout)] == [exhausted]
-    by_reason = cli.invoke(app, ["dlq", "list", "jobs", "--reason", "NACKED_TERMINAL"])
+    by_reason = cli.invoke(["dlq", "list", "jobs", "--reason", "NACKED_TERMINAL"])
     assert {row[0] for row in table_rows(by_reason.stdout)} == set(poisoned)
-    limited = cli.invoke(app, ["dlq", "list", "jobs", "--limit", "1"])
+    limited = cli.invoke(["dlq", "list", "jobs", "--limit", "1"])
     assert len(table_rows(limited.stdout)) == 1 and "raise --limit" in limited.stdout
-    none = cli.invoke(app, ["dlq", "list", "jobs", "--reason", "expired"])
+    none = cli.invoke(["dlq", "list", "jobs", "--reason", "expired"])
     assert none.exit_code == 0 and "no dead letters in jobs match" in none.stdout
-    bad = cli.invoke(app, ["dlq", "list", "jobs", "--reason", "tired"])
+    bad = cli.invoke(["dlq", "list", "jobs", "--reason", "tired"])
     assert bad.exit_code == 2 and "tired" in bad.output
-    missing = cli.invoke(app, ["dlq", "list", "nope"])
+    missing = cli.invoke(["dlq", "list", "nope"])
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
 
 
 def test_show_prints_the_details_and_the_attempt_history(
-    cli: CliRunner,
+    cli: BrokerCli,
     client: Client,
     stub: pb_grpc.EventBrokerServiceStub,
     readers: list[StreamReader],
@@ -104,7 +103,7 @@ def test_show_prints_the_details_and_the_attempt_history(
         assert delivery.attempt == attempt
         client.nack(delivery.ack_id, error=f"failure {attempt}: {LONG_ERROR}")
 
-    shown = cli.invoke(app, ["dlq", "show", "jobs", published.event_id])
+    shown = cli.invoke(["dlq", "show", "jobs", published.event_id])
     assert shown.exit_code == 0, shown.output
     details, history = shown.stdout.split("Attempts, oldest first")
     fields = {row[0]: row[1] for row in table_rows(details)}
@@ -120,9 +119,9 @@ def test_show_prints_the_details_and_the_attempt_history(
 
     client.create_subscription("other", "job.*")
     fresh = client.publish("job.pay")
-    not_dead = cli.invoke(app, ["dlq", "show", "other", fresh.event_id])
+    not_dead = cli.invoke(["dlq", "show", "other", fresh.event_id])
     assert not_dead.exit_code == 1 and "is not a dead letter of other" in not_dead.output
-    unknown = cli.invoke(app, ["dlq", "show", "jobs", "01NOSUCHEVENT0000000000000"])
+    unknown = cli.invoke(["dlq", "show", "jobs", "01NOSUCHEVENT0000000000000"])
     assert unknown.exit_code == 1 and "NOT_FOUND" in unknown.output
 
 
@@ -130,7 +129,7 @@ def test_show_prints_the_details_and_the_attempt_history(
 
 
 def test_redrive_by_ids(
-    cli: CliRunner,
+    cli: BrokerCli,
     client: Client,
     stub: pb_grpc.EventBrokerServiceStub,
     readers: list[StreamReader],
@@ -139,7 +138,7 @@ def test_redrive_by_ids(
     reader = subscribe(stub, readers, "jobs", max_outstanding=10)
     ids = dead_letters(client, reader, "job.a", 3)
 
-    result = cli.invoke(app, ["dlq", "redrive", "jobs", ids[0], ids[1]])
+    result = cli.invoke(["dlq", "redrive", "jobs", ids[0], ids[1]])
     assert result.exit_code == 0, result.output
     assert "redrove 2 dead letters of jobs" in result.stdout
     again = reader.take(2)
@@ -147,14 +146,14 @@ def test_redrive_by_ids(
     assert {d.attempt for d in again} == {1}
     assert dead_ids(client, "jobs") == {ids[2]}
     # The first is in flight now, no longer dead: only the third is redriven.
-    mixed = cli.invoke(app, ["dlq", "redrive", "jobs", ids[0], ids[2]])
+    mixed = cli.invoke(["dlq", "redrive", "jobs", ids[0], ids[2]])
     assert "redrove 1 dead letter of jobs (1 of the 2 ids were not dead there)" in mixed.stdout
     assert [d.event_id for d in reader.take(1)] == [ids[2]]
     assert dead_ids(client, "jobs") == set()
 
 
 def test_redrive_refuses_everything_without_all(
-    cli: CliRunner,
+    cli: BrokerCli,
     client: Client,
     stub: pb_grpc.EventBrokerServiceStub,
     readers: list[StreamReader],
@@ -163,18 +162,18 @@ def test_redrive_refuses_everything_without_all(
     reader = subscribe(stub, readers, "jobs", max_outstanding=10)
     ids = dead_letters(client, reader, "job.a", 2)
 
-    refused = cli.invoke(app, ["dlq", "redrive", "jobs", "--yes"])
-    assert refused.exit_code == 1 and "--all" in refused.output
-    both = cli.invoke(app, ["dlq", "redrive", "jobs", ids[0], "--all"])
-    assert both.exit_code == 1 and "not both" in both.output
-    declined = cli.invoke(app, ["dlq", "redrive", "jobs", "--all"], input="n\n")
+    refused = cli.invoke(["dlq", "redrive", "jobs", "--yes"])
+    assert refused.exit_code == 2 and "--all" in refused.output
+    both = cli.invoke(["dlq", "redrive", "jobs", ids[0], "--all"])
+    assert both.exit_code == 2 and "not both" in both.output
+    declined = cli.invoke(["dlq", "redrive", "jobs", "--all"], input="n\n")
     assert declined.exit_code == 1 and "Redrive 2 dead letters of jobs?" in declined.output
     assert dead_ids(client, "jobs") == set(ids)
     assert reader.nothing_within(0.2)
 
 
 def test_redrive_selection_by_name_and_reason_after_confirming(
-    cli: CliRunner,
+    cli: BrokerCli,
     client: Client,
     stub: pb_grpc.EventBrokerServiceStub,
     readers: list[StreamReader],
@@ -186,24 +185,24 @@ def test_redrive_selection_by_name_and_reason_after_confirming(
     (exhausted,) = [r.event_id for r in client.publish_batch([{"name": "job.b"}])]
     client.nack(reader.take(1)[0].ack_id, error="timeout")
 
-    by_name = cli.invoke(app, ["dlq", "redrive", "jobs", "--name", "job.a"], input="y\n")
+    by_name = cli.invoke(["dlq", "redrive", "jobs", "--name", "job.a"], input="y\n")
     assert by_name.exit_code == 0, by_name.output
     assert "Redrive 2 dead letters of jobs?" in by_name.output
     assert "redrove 2 dead letters of jobs" in by_name.stdout
     assert sorted(d.event_id for d in reader.take(2)) == sorted(a_ids)
 
     by_reason = cli.invoke(
-        app, ["dlq", "redrive", "jobs", "--name", "job.b", "--reason", "nacked_terminal", "-y"]
+        ["dlq", "redrive", "jobs", "--name", "job.b", "--reason", "nacked_terminal", "-y"]
     )
     assert "redrove 3 dead letters of jobs" in by_reason.stdout
     assert sorted(d.event_id for d in reader.take(3)) == sorted(b_ids)
     assert dead_ids(client, "jobs") == {exhausted}
-    nothing = cli.invoke(app, ["dlq", "redrive", "jobs", "--reason", "expired", "-y"])
+    nothing = cli.invoke(["dlq", "redrive", "jobs", "--reason", "expired", "-y"])
     assert nothing.exit_code == 0 and "no dead letters in jobs match" in nothing.stdout
 
 
 def test_redrive_all_goes_in_chunks_with_a_progress_bar(
-    cli: CliRunner,
+    cli: BrokerCli,
     client: Client,
     stub: pb_grpc.EventBrokerServiceStub,
     readers: list[StreamReader],
@@ -213,7 +212,7 @@ def test_redrive_all_goes_in_chunks_with_a_progress_bar(
     reader = subscribe(stub, readers, "jobs", max_outstanding=500, max_batch_size=100)
     ids = dead_letters(client, reader, "job.bulk", count)
 
-    result = cli.invoke(app, ["dlq", "redrive", "jobs", "--all", "--yes"])
+    result = cli.invoke(["dlq", "redrive", "jobs", "--all", "--yes"])
     assert result.exit_code == 0, result.output
     assert f"{count}/{count}" in result.stderr  # the progress bar, finished
     assert f"redrove {count} dead letters of jobs" in result.stdout

@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,13 @@ def page(broker_server: BrokerThread) -> Iterator[Any]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+            tab = browser.new_page(viewport={"width": 1366, "height": 768})  # a laptop screen
+            fetched: list[str] = []
+            tab.on("request", lambda request: fetched.append(request.url))
             tab.goto(f"http://127.0.0.1:{broker_server.app.http_port}/")
             yield tab
+            origin = f"http://127.0.0.1:{broker_server.app.http_port}/"
+            assert all(url.startswith(origin) for url in fetched), fetched  # nothing from outside
         finally:
             browser.close()
 
@@ -78,7 +83,49 @@ def test_the_dashboard_updates_live_explains_and_redrives(
         row = page.locator(f'#dlq tr[data-event-id="{dead}"]')
         expect(row).to_contain_text("card declined", timeout=WAIT_MS)
         expect(row).to_contain_text("nacked_terminal")
+        died = row.locator("td.time").inner_text()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", died), died  # UTC, as the CLI
+
+        # Its id is a link to the lookup.
+        row.locator("a.event-link").click()
+        expect(page.locator('#event-result li[data-subscription="billing"]')).to_contain_text(
+            "card declined", timeout=WAIT_MS
+        )
+        assert page.evaluate("location.hash") == f"#event={dead}"
+
+        # A chart per subscription, drawn from the page's own polls.
+        card = page.locator('#charts section[data-subscription="billing"]')
+        expect(card.locator("svg.counts polyline")).to_have_count(3, timeout=WAIT_MS)
+        expect(card.locator("svg.rates polyline")).to_have_count(2)
+        page.wait_for_function(
+            """() => document.querySelector('#charts [data-subscription="billing"] '
+                + 'polyline[data-series="ready"]').getAttribute('points').split(' ').length >= 3""",
+            timeout=WAIT_MS,
+        )
+        expect(card.locator(".legend .dead")).to_have_text("dead 1")
+
+        # Nothing scrolls sideways on a laptop screen.
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+        # Redrive asks first: declined, nothing happens; accepted, it is redriven.
+        questions: list[str] = []
+
+        def answer(accept: bool) -> Callable[[Any], None]:
+            def respond(dialog: Any) -> None:
+                questions.append(dialog.message)
+                dialog.accept() if accept else dialog.dismiss()
+
+            return respond
+
+        page.once("dialog", answer(False))
+        row.locator("button.redrive").click()
+        assert questions and dead in questions[0]
+        page.wait_for_timeout(1500)  # a tick or more: the row must still be there
+        expect(row).to_have_count(1)
+        status = client.get_event(dead).delivery("billing")
+        assert status is not None and status.state == "dead"
+        page.once("dialog", answer(True))
         row.locator("button.redrive").click()
         expect(row).to_have_count(0, timeout=WAIT_MS)
         expect(cell(page, "billing", "dead")).to_have_text("0", timeout=WAIT_MS)

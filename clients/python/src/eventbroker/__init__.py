@@ -6,6 +6,8 @@ long-lived process. Failed calls raise `BrokerError` subclasses. The generated
 stubs are in `eventbroker.v1`.
 """
 
+from importlib import metadata as _metadata
+
 from eventbroker._config import TLSConfig
 from eventbroker.aio import AsyncClient, SubscribeStream
 from eventbroker.client import Client
@@ -45,6 +47,9 @@ from eventbroker.types import (
     SubscriptionChanges,
     SubscriptionStats,
 )
+
+#: The installed version of this client (the distribution `eventbroker`).
+__version__ = _metadata.version("eventbroker")
 
 __all__ = [
     "AckIds",
