@@ -12,13 +12,13 @@ import re
 import subprocess
 import sys
 
-from tests.bench.peers.base import NotApplicable, Peer, Result
-from tests.bench.peers.this_broker import Channels, batched_publish, end_to_end, single_publish
+from tests.bench.peers.base import Endpoints, NotApplicable, Plan, Progress, Result
+from tests.bench.peers.this_broker import Channels, ServicePeer
 
 START_TIMEOUT_S = 30.0
 
 
-class GrpcFloorPeer(Peer):
+class GrpcFloorPeer(ServicePeer):
     """`python -m tests.bench.floor` in a child process."""
 
     key = "grpc-floor"
@@ -26,10 +26,9 @@ class GrpcFloorPeer(Peer):
     durability_short = "stores nothing"
     durability = "stores nothing: answers publishes at once, streams canned deliveries"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, plan: Plan, progress: Progress, endpoints: Endpoints) -> None:
+        super().__init__(plan, progress, endpoints)
         self.process: subprocess.Popen[str] | None = None
-        self.channels: Channels | None = None
 
     async def start(self) -> None:
         """Start the floor server and open the channels."""
@@ -61,22 +60,6 @@ class GrpcFloorPeer(Peer):
     def server_pid(self) -> int | None:
         """The floor server, whose CPU per event is the broker's lower bound."""
         return self.process.pid if self.process is not None else None
-
-    def _channels(self) -> Channels:
-        assert self.channels is not None, "start() first"
-        return self.channels
-
-    async def batched_publish(self) -> Result:
-        """BatchPublish answered without storing."""
-        return await batched_publish(self._channels(), self.plan, self.progress)
-
-    async def single_publish(self) -> Result:
-        """Publish answered without storing."""
-        return await single_publish(self._channels(), self.plan, self.progress, self.deadline())
-
-    async def end_to_end(self) -> Result:
-        """Canned batches streamed to the consumers, acked as the broker's are."""
-        return await end_to_end(self._channels(), self.plan, self.progress)
 
     async def latency(self) -> Result:
         """Not measured: the floor's deliveries are not the events published."""

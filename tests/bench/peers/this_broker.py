@@ -257,7 +257,31 @@ async def single_publish(
     )
 
 
-class BrokerPeer(Peer):
+class ServicePeer(Peer):
+    """A server of the broker's gRPC service, driven over `Channels` by the shared workloads."""
+
+    def __init__(self, plan: Plan, progress: Progress, endpoints: Endpoints) -> None:
+        super().__init__(plan, progress, endpoints)
+        self.channels: Channels | None = None
+
+    def _channels(self) -> Channels:
+        assert self.channels is not None, "start() first"
+        return self.channels
+
+    async def batched_publish(self) -> Result:
+        """Events/s acknowledged, 100 events per BatchPublish."""
+        return await batched_publish(self._channels(), self.plan, self.progress)
+
+    async def single_publish(self) -> Result:
+        """Events/s and p50/p99 of one event per Publish, `single_callers` at once."""
+        return await single_publish(self._channels(), self.plan, self.progress, self.deadline())
+
+    async def end_to_end(self) -> Result:
+        """Publish and consume with acks, `e2e_consumers` consumers."""
+        return await end_to_end(self._channels(), self.plan, self.progress)
+
+
+class BrokerPeer(ServicePeer):
     """The broker on one database, one `broker serve` process."""
 
     def __init__(self, plan: Plan, progress: Progress, endpoints: Endpoints) -> None:
@@ -265,7 +289,6 @@ class BrokerPeer(Peer):
         self.workdir = endpoints.workdir
         self.pg_url = endpoints.postgres
         self.process: BrokerProcess | None = None
-        self.channels: Channels | None = None
         self.databases: list[str] = []
 
     def database_url(self) -> str:
@@ -295,27 +318,11 @@ class BrokerPeer(Peer):
             await asyncio.to_thread(drop_database, self.pg_url, name)
         self.databases.clear()
 
-    def _channels(self) -> Channels:
-        assert self.channels is not None, "start() first"
-        return self.channels
-
     def server_pid(self) -> int | None:
         """The `broker serve` process, whose CPU time the report divides by events."""
         if self.process is None or self.process.proc is None:
             return None
         return self.process.proc.pid
-
-    async def batched_publish(self) -> Result:
-        """Events/s acknowledged, 100 events per BatchPublish."""
-        return await batched_publish(self._channels(), self.plan, self.progress)
-
-    async def single_publish(self) -> Result:
-        """Events/s and p50/p99 of one event per Publish, `single_callers` at once."""
-        return await single_publish(self._channels(), self.plan, self.progress, self.deadline())
-
-    async def end_to_end(self) -> Result:
-        """Publish and consume with acks, `e2e_consumers` consumers."""
-        return await end_to_end(self._channels(), self.plan, self.progress)
 
     async def latency(self) -> Result:
         """Publish -> handler at a steady rate: one Publish per event, one consumer."""
