@@ -214,7 +214,9 @@ def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing(
         refusals: list[tuple[str | None, str]] = []
         for _ in range(20):
             try:
-                client.publish("order.new", payload)
+                # The client retries UNAVAILABLE for as long as it is given: a full disk
+                # may get room again. Half a second each keeps the test short.
+                client.publish("order.new", payload, timeout=0.5)
             except Unavailable as error:
                 refusals.append((error.reason, error.message))
         assert refusals, "the capped file took every publish"

@@ -106,11 +106,13 @@ def test_tls_client_verifies_the_broker_and_plaintext_is_refused(
 ) -> None:
     with Client(tls_broker.target, tls=TLSConfig(ca_file=certificates.ca)) as client:
         assert client.publish("user.joined", {"over": "tls"}).event_id
+    # A refused handshake is UNAVAILABLE, which publish retries for as long as it is
+    # given: a second here.
     with Client(tls_broker.target) as plaintext, pytest.raises(Unavailable):
-        plaintext.publish("user.joined")
+        plaintext.publish("user.joined", timeout=1)
     # Default roots do not know the private CA: the broker is not trusted.
     with Client(tls_broker.target, tls=True) as untrusting, pytest.raises(Unavailable):
-        untrusting.publish("user.joined")
+        untrusting.publish("user.joined", timeout=1)
 
 
 def test_mutual_tls_needs_a_client_certificate(
@@ -118,7 +120,7 @@ def test_mutual_tls_needs_a_client_certificate(
 ) -> None:
     without = TLSConfig(ca_file=certificates.ca)
     with Client(mtls_broker.target, tls=without) as client, pytest.raises(Unavailable):
-        client.publish("user.joined")
+        client.publish("user.joined", timeout=1)
     with_cert = TLSConfig(
         ca_file=certificates.ca,
         cert_file=certificates.client_cert,
