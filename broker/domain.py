@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 US_PER_S = 1_000_000
+#: The largest number a BIGINT column holds (ids and attempts are stored as such).
+_BIGINT_MAX = 2**63 - 1
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
@@ -196,7 +198,10 @@ class AckId:
         head, sep, tail = text.partition("-")
         if not sep or not head.isdigit() or not tail.isdigit():
             return None
-        return cls(int(head), int(tail))
+        delivery_id, attempt = int(head), int(tail)
+        if delivery_id > _BIGINT_MAX or attempt > _BIGINT_MAX:
+            return None  # no row has such a number; the databases could not even compare it
+        return cls(delivery_id, attempt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,10 +255,14 @@ def test_ack_applies_once_and_reports_unknown_ids(storage: Storage) -> None:
     s = create(storage, sub())
     (event_id,) = publish(storage, draft())
     (ack_id,) = lease(storage, s.id, 1)
+    huge = ["1-99999999999999999999", "99999999999999999999-1"]  # beyond any BIGINT
     with storage.write() as tx:
-        outcome = tx.delivery_ack(DeliveryAckParams([ack_id, "999-1", "garbage"], T0))
+        outcome = tx.delivery_ack(DeliveryAckParams([ack_id, "999-1", "garbage", *huge], T0))
+        extended = tx.delivery_extend(DeliveryExtendParams(huge, S, T0))
+    assert fail(storage, huge).not_applied == tuple(huge)
+    assert extended.not_applied == tuple(huge)
+    assert set(outcome.not_applied) == {"999-1", "garbage", *huge}
     assert outcome.applied == (ack_id,)
-    assert set(outcome.not_applied) == {"999-1", "garbage"}
     with storage.write() as tx:
         again = tx.delivery_ack(DeliveryAckParams([ack_id], T0))
     assert again.not_applied == (ack_id,)
