@@ -202,6 +202,9 @@ def _check_can_listen(setting: str, address: str) -> None:
         infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
         family, kind, proto, _, where = infos[0]
         with socket.socket(family, kind, proto) as probe:
+            # As the servers do: a port whose last connections still linger in
+            # TIME_WAIT (a restart on the same port) is free; one listened on is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(where)
     except (OSError, ValueError) as error:
         raise _cannot_listen(setting, address, error) from error
