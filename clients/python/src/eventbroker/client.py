@@ -181,13 +181,7 @@ class Client:
         )
         (spec,) = publishing.with_event_ids([spec])
         request = convert.publish_request(spec)
-        deadline = publishing.Deadline(timeout, self._timeout)
-        retrying = Retrying(**deadline.retry_options(f"publish of {spec.name}"))
-        response = retrying(
-            lambda: self._call(
-                self._stub.Publish, request, call_timeout=deadline.attempt_timeout_s()
-            )
-        )
+        response = self._retried(self._stub.Publish, request, timeout, f"publish of {spec.name}")
         result = convert.publish_result(response)
         self._match_warnings.check([spec.name], [result])
         return result
@@ -212,16 +206,19 @@ class Client:
         """
         specs = publishing.with_event_ids(convert.event_specs(events))
         request = convert.batch_publish_request(specs)
-        deadline = publishing.Deadline(timeout, self._timeout)
-        retrying = Retrying(**deadline.retry_options(f"batch publish of {len(specs)}"))
-        response = retrying(
-            lambda: self._call(
-                self._stub.BatchPublish, request, call_timeout=deadline.attempt_timeout_s()
-            )
-        )
+        what = f"batch publish of {len(specs)}"
+        response = self._retried(self._stub.BatchPublish, request, timeout, what)
         results = convert.batch_publish_results(response)
         self._match_warnings.check([spec.name for spec in specs], results)
         return results
+
+    def _retried(self, method: Any, request: Any, timeout: DurationLike | None, what: str) -> Any:
+        """A publish call, retried as `publish` says, each attempt within what is left."""
+        deadline = publishing.Deadline(timeout, self._timeout)
+        retrying = Retrying(**deadline.retry_options(what))
+        return retrying(
+            lambda: self._call(method, request, call_timeout=deadline.attempt_timeout_s())
+        )
 
     # -- subscriptions -------------------------------------------------------
 
