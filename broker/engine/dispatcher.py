@@ -5,12 +5,19 @@ due, a consumer with free credit, or the polling fallback), then leases at
 most each consumer's free credit in one group-committed operation and hands
 each consumer its share as batched stream messages. It never asks for more than
 the consumers can take, so nothing it leases waits in a buffer of the broker.
+
+A dispatcher that is caught up (its last lease found fewer deliveries ready
+than its consumers could take, and nothing was made ready since) does not look
+again when credit comes free: it leaves a *standing request* for its
+consumers' free credit instead. The next publish whose events it matches takes
+the request and leases in its own transaction, so a new event is stored and
+leased with one durable commit, and the deliveries come back to `accept`.
+The credit of a request posted or taken is reserved, never counted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random
@@ -18,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from broker.domain import LeasedDelivery, LeaseRequest
+from broker.names import matches
 from broker.storage.interface import StorageUnavailableError
 
 _log = logging.getLogger(__name__)
@@ -26,6 +34,8 @@ _consumer_ids = itertools.count(1)
 #: sequence of an application (or a test) that embeds the broker and seeds it.
 _jitter = random.Random()
 
+#: Event names whose match a dispatcher remembers (cleared when full).
+MATCH_CACHE_MAX = 1024
 #: Leases for the subscription: (subscription id, requests) -> deliveries per consumer.
 LeaseFn = Callable[[int, Sequence[LeaseRequest]], Awaitable[dict[str, list[LeasedDelivery]]]]
 #: Gives ack ids back at once (their consumer left before they arrived).
@@ -52,6 +62,8 @@ class ConsumerStream:
     outstanding: set[str] = field(default_factory=set)
     #: Deliveries queued in the outbox or being written to the stream.
     unsent: int = 0
+    #: Credit promised to a standing request (posted, or taken by a publish).
+    reserved: int = 0
     #: Batches to send; None ends the stream (shutdown or subscription deleted).
     outbox: asyncio.Queue[list[LeasedDelivery] | None] = field(default_factory=asyncio.Queue)
     closed: bool = False
@@ -67,7 +79,7 @@ class ConsumerStream:
         """How many more deliveries this consumer may be sent now."""
         if self.closed:
             return 0
-        return self.max_outstanding - max(len(self.outstanding), self.unsent)
+        return self.max_outstanding - max(len(self.outstanding), self.unsent) - self.reserved
 
     def send(self, deliveries: list[LeasedDelivery]) -> None:
         """Queue deliveries as stream messages of at most max_batch_size each."""
@@ -106,6 +118,15 @@ class ConsumerStream:
             self.outbox.put_nowait(None)
 
 
+@dataclass(frozen=True)
+class StandingLease:
+    """A caught-up dispatcher's request, taken by a publish to lease in its transaction."""
+
+    subscription_id: int
+    subscription: str
+    requests: tuple[LeaseRequest, ...]
+
+
 class SubscriptionDispatcher:
     """Leases ready deliveries of one subscription for its consumers."""
 
@@ -117,9 +138,11 @@ class SubscriptionDispatcher:
         release: ReleaseFn,
         on_leased: Callable[[SubscriptionDispatcher, ConsumerStream, list[LeasedDelivery]], None],
         poll_interval_s: float,
+        filters: tuple[str, ...] = (),
     ) -> None:
         self.subscription_id = subscription_id
         self.name = name
+        self.filters = filters
         self.consumers: list[ConsumerStream] = []
         self._lease = lease
         self._release = release
@@ -128,7 +151,18 @@ class SubscriptionDispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: Advanced after every lease that got something: who came first comes last next.
         self._turn = 0
+        #: True while the last lease found less than was asked and nothing was made ready since.
+        self._caught_up = False
+        #: Counts `wake` calls: a lease that began before the last one may have missed something.
+        self._readies = 0
+        #: The consumers' credit offered to the next publish (reserved on each consumer).
+        self._standing: list[tuple[ConsumerStream, int]] | None = None
+        #: The request a publish took, until `accept` (and `_readies` when it was taken).
+        self._taken: list[tuple[ConsumerStream, int]] | None = None
+        self._taken_at = 0
+        self._matches: dict[str, bool] = {}
 
     def start(self) -> None:
         """Start the dispatch task."""
@@ -137,59 +171,160 @@ class SubscriptionDispatcher:
         )
 
     def wake(self) -> None:
-        """Something may be deliverable: look again."""
+        """Deliveries may have been made ready: lease again."""
+        self._readies += 1
+        self._caught_up = False
+        self._wake.set()
+
+    def credit_freed(self) -> None:
+        """A consumer has room for more: lease for it, or offer its credit if caught up."""
         self._wake.set()
 
     def add(self, consumer: ConsumerStream) -> None:
         """Attach a consumer and look for deliveries for it."""
-        consumer.wake = self.wake
+        consumer.wake = self.credit_freed
         self.consumers.append(consumer)
-        self.wake()
+        self.credit_freed()
 
     def remove(self, consumer: ConsumerStream) -> None:
-        """Detach a consumer."""
+        """Detach a consumer (its credit leaves the standing request)."""
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+            self.credit_freed()
+
+    def set_filters(self, filters: tuple[str, ...]) -> None:
+        """The subscription's filters changed (a stale copy only misses a shortcut)."""
+        self.filters = filters
+        self._matches.clear()
+
+    def matches(self, name: str) -> bool:
+        """Whether events of this name are delivered to the subscription."""
+        found = self._matches.get(name)
+        if found is None:
+            if len(self._matches) >= MATCH_CACHE_MAX:
+                self._matches.clear()
+            found = self._matches[name] = matches(self.filters, name)
+        return found
+
+    @property
+    def has_standing(self) -> bool:
+        """Whether a standing request is posted."""
+        return self._standing is not None
+
+    def take(self) -> StandingLease | None:
+        """Take the standing request, if one is posted, for a publish to serve.
+
+        The publish must hand the outcome to `accept`, whatever it is.
+        """
+        standing = self._standing
+        if standing is None or self._stopping:
+            return None
+        self._standing = None
+        live = []
+        for consumer, count in standing:
+            if consumer.closed:
+                consumer.reserved -= count
+            else:
+                live.append((consumer, count))
+        if not live:
+            self._caught_up = False
+            self._wake.set()
+            return None
+        self._taken = live
+        self._taken_at = self._readies
+        requests = tuple(LeaseRequest(c.id, n) for c, n in live)
+        return StandingLease(self.subscription_id, self.name, requests)
+
+    def accept(self, leased: dict[str, list[LeasedDelivery]] | None) -> None:
+        """What a publish leased for the taken request (None: its transaction failed)."""
+        taken, self._taken = self._taken or [], None
+        asked = got = 0
+        for consumer, count in taken:
+            consumer.reserved -= count
+            asked += count
+            deliveries = leased.get(consumer.id) if leased else None
+            if not deliveries:
+                continue
+            got += len(deliveries)
+            if consumer.closed or self._stopping:
+                self._release([d.ack_id for d in deliveries])
+                continue
+            consumer.send(deliveries)
+            self._on_leased(self, consumer, deliveries)
+        if got:
+            self._turn += 1
+        if leased is None or got >= asked or self._readies != self._taken_at:
+            self._caught_up = False
+        self._wake.set()
 
     async def stop(self, reason: str) -> None:
         """End every consumer's stream and stop the task, leaving no lease stranded."""
         self._stopping = True
+        self._withdraw()
         for consumer in list(self.consumers):
             consumer.end(reason)
         self._wake.set()
         if self._task is not None:
             await self._task
 
+    def _post(self) -> None:
+        """Offer the consumers' free credit to the next publish."""
+        wanting = [c for c in self.consumers if c.free > 0]
+        if not wanting:
+            return
+        self._standing = [(c, c.free) for c in self._in_turn(wanting)]
+        for consumer, count in self._standing:
+            consumer.reserved += count
+
+    def _withdraw(self) -> None:
+        """Take the standing request back, if no publish took it."""
+        if self._standing is not None:
+            for consumer, count in self._standing:
+                consumer.reserved -= count
+            self._standing = None
+
     async def _run(self) -> None:
         while not self._stopping:
             # Jittered polling fallback, so brokers sharing a database don't poll in step.
             timeout = self._poll_interval_s * _jitter.uniform(0.8, 1.2)
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                self._caught_up = False  # the fallback looks again
             self._wake.clear()
             if self._stopping:
                 return
+            if self._taken is not None:
+                continue  # `accept` looks again
+            self._withdraw()
             try:
-                await self._fill()
+                if not self._caught_up:
+                    readies = self._readies
+                    caught_up = await self._fill()
+                    self._caught_up = caught_up and readies == self._readies
+                if self._caught_up and not self._stopping:
+                    self._post()
             except StorageUnavailableError as error:
+                self._caught_up = False
                 _log.warning(
                     "dispatch of subscription %s waits for the database: %s", self.name, error
                 )
                 await asyncio.sleep(self._poll_interval_s)
             except Exception:
+                self._caught_up = False
                 _log.exception("dispatch of subscription %s failed; retrying", self.name)
                 await asyncio.sleep(self._poll_interval_s)
 
-    async def _fill(self) -> None:
-        """Lease until every consumer's credit is used or nothing more is ready."""
+    async def _fill(self) -> bool:
+        """Lease until every consumer's credit is used or nothing more is ready.
+
+        True when the last lease found less than was asked: caught up.
+        """
         while not self._stopping:
             wanting = [c for c in self.consumers if c.free > 0]
             if not wanting:
-                return
-            # Whoever came first last time comes last now: a concurrency limit's
-            # free slots go to each consumer in turn (see share_credit).
-            self._turn = (self._turn + 1) % len(wanting)
-            wanting = wanting[self._turn :] + wanting[: self._turn]
+                return False
+            wanting = self._in_turn(wanting)
             requests = [LeaseRequest(c.id, c.free) for c in wanting]
             leased = await self._lease(self.subscription_id, requests)
             got = 0
@@ -203,5 +338,18 @@ class SubscriptionDispatcher:
                     continue
                 consumer.send(deliveries)
                 self._on_leased(self, consumer, deliveries)
+            if got:
+                self._turn += 1
             if got < sum(r.count for r in requests):
-                return
+                return True
+        return False
+
+    def _in_turn(self, wanting: list[ConsumerStream]) -> list[ConsumerStream]:
+        """The consumers in the order they are offered deliveries now.
+
+        Whoever came first last time comes last now, so that neither ready
+        deliveries nor a concurrency limit's free slots (see share_credit) go to
+        one consumer every time.
+        """
+        turn = self._turn % len(wanting)
+        return wanting[turn:] + wanting[:turn]

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from broker.config import Settings
@@ -35,7 +36,7 @@ from broker.domain import (
 )
 from broker.engine import backoff
 from broker.engine.committer import Coalescer, Committer
-from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
+from broker.engine.dispatcher import ConsumerStream, StandingLease, SubscriptionDispatcher
 from broker.engine.holds import Holds
 from broker.engine.metrics import BrokerMetrics
 from broker.engine.operations import fail_leases, lease_deliveries
@@ -74,6 +75,30 @@ EXPIRED = Failure(AttemptOutcome.EXPIRED)
 def wall_clock_us() -> int:
     """The current time in microseconds since the epoch."""
     return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class PublishCall:
+    """One publish call's events, and the standing requests it serves."""
+
+    drafts: tuple[EventDraft, ...]
+    leases: tuple[StandingLease, ...] = ()
+
+
+@dataclass(frozen=True)
+class Published:
+    """A publish call's outcomes, and what it leased per subscription id."""
+
+    outcomes: list[PublishOutcome]
+    leased: dict[int, dict[str, list[LeasedDelivery]]]
+
+
+def _hand_over(dispatchers: list[SubscriptionDispatcher], task: asyncio.Future[Published]) -> None:
+    """Give each dispatcher what the publish leased for it (nothing if it failed)."""
+    published = None if task.cancelled() or task.exception() else task.result()
+    for dispatcher in dispatchers:
+        leased = None if published is None else published.leased[dispatcher.subscription_id]
+        dispatcher.accept(leased)
 
 
 @dataclass(eq=False)
@@ -115,8 +140,11 @@ class DeliveryEngine:
             batch_max=settings.commit_batch_max,
             delay_s=settings.commit_delay_s,
         )
-        self._publishes: Coalescer[Sequence[EventDraft], list[PublishOutcome]] = Coalescer(
-            self.committer, self._insert_events, max_size=PUBLISH_JOIN_MAX_EVENTS, size_of=len
+        self._publishes: Coalescer[PublishCall, Published] = Coalescer(
+            self.committer,
+            self._insert_events,
+            max_size=PUBLISH_JOIN_MAX_EVENTS,
+            size_of=lambda call: len(call.drafts),
         )
         self.recent_events = RecentEvents()
         self.metrics = BrokerMetrics()
@@ -204,27 +232,59 @@ class DeliveryEngine:
     # -- publishing ----------------------------------------------------------
 
     async def publish(self, drafts: Sequence[EventDraft]) -> list[PublishOutcome]:
-        """Store events all or none, then wake the subscriptions they are ready in."""
-        outcomes = await self._publishes.run(drafts)
+        """Store events all or none, then wake the subscriptions they are ready in.
+
+        Caught-up dispatchers whose subscriptions match these events have their
+        standing requests served in the same transaction: the new deliveries
+        are leased with the events' own commit, and no dispatcher needs waking.
+        """
+        taken = self._take_standing(drafts)
+        call = PublishCall(tuple(drafts), tuple(lease for _, lease in taken))
+        if not taken:
+            published = await self._publishes.run(call)
+        else:
+            task = asyncio.ensure_future(self._publishes.run(call))
+            # Handed over even if this caller is cancelled: the leases are in the database.
+            task.add_done_callback(partial(_hand_over, [d for d, _ in taken]))
+            published = await asyncio.shield(task)
+        outcomes = published.outcomes
         new = sum(1 for o in outcomes if not o.duplicate)
         self.rates.published.add(new)
         self.metrics.events_published.inc(new)
         if new < len(outcomes):
             self.metrics.events_duplicate.inc(len(outcomes) - new)
         now = self.clock()
+        served = frozenset(lease.subscription_id for _, lease in taken)
         for draft, outcome in zip(drafts, outcomes, strict=True):
             if outcome.duplicate:
                 continue
-            self.ready(outcome.ready_subscription_ids, outcome.next_scheduled_us)
+            self.ready(outcome.ready_subscription_ids, outcome.next_scheduled_us, served=served)
             if self._tails:
                 self._feed_tails(draft, now)
         return outcomes
 
-    def _insert_events(
-        self, tx: StorageTx, now: int, requests: list[Sequence[EventDraft]]
-    ) -> list[list[PublishOutcome]]:
-        """Insert the events of many publish calls with one statement per table."""
-        drafts = [draft for request in requests for draft in request]
+    def _take_standing(
+        self, drafts: Sequence[EventDraft]
+    ) -> list[tuple[SubscriptionDispatcher, StandingLease]]:
+        """The standing requests of caught-up dispatchers that these events are ready for."""
+        if not self._dispatchers:
+            return []
+        now = self.clock()
+        names = {d.name for d in drafts if d.deliver_at_us <= now}
+        taken = []
+        for dispatcher in self._dispatchers.values():
+            if dispatcher.has_standing and any(dispatcher.matches(n) for n in names):
+                lease = dispatcher.take()
+                if lease is not None:
+                    taken.append((dispatcher, lease))
+        return taken
+
+    def _insert_events(self, tx: StorageTx, now: int, calls: list[PublishCall]) -> list[Published]:
+        """Insert the events of many publish calls with one statement per table.
+
+        Then serve the standing requests the calls took, in the same transaction.
+        """
+        drafts = [draft for call in calls for draft in call.drafts]
         params = EventInsertParams(drafts, now, self.settings.dedup_window_us)
         outcomes = tx.event_insert_many(params)
         self.recent_events.put_many(
@@ -232,12 +292,19 @@ class DeliveryEngine:
             for draft, outcome in zip(drafts, outcomes, strict=True)
             if not outcome.duplicate and draft.deliver_at_us <= now
         )
-        split: list[list[PublishOutcome]] = []
+        known = self.recent_events.get_many
+        published: list[Published] = []
         start = 0
-        for request in requests:
-            split.append(outcomes[start : start + len(request)])
-            start += len(request)
-        return split
+        for call in calls:
+            leased = {
+                lease.subscription_id: lease_deliveries(
+                    tx, now, lease.subscription, lease.subscription_id, lease.requests, known
+                )
+                for lease in call.leases
+            }
+            published.append(Published(outcomes[start : start + len(call.drafts)], leased))
+            start += len(call.drafts)
+        return published
 
     def _feed_tails(self, draft: EventDraft, now_us: int) -> None:
         event = stored_event(draft, now_us)
@@ -267,6 +334,7 @@ class DeliveryEngine:
                 self._release_soon,
                 self._on_leased,
                 self.settings.poll_interval_s,
+                subscription.filters,
             )
             self._dispatchers[subscription.id] = dispatcher
             dispatcher.start()
@@ -404,16 +472,25 @@ class DeliveryEngine:
                 self.metrics.acks.labels(consumer.subscription).inc()
             if dispatcher.subscription_id not in woken:
                 woken.add(dispatcher.subscription_id)
-                dispatcher.wake()
+                dispatcher.credit_freed()
         self.ready(outcome.ready_subscription_ids, outcome.next_scheduled_us)
 
-    def ready(self, subscription_ids: Collection[int], due_us: int | None = None) -> None:
+    def ready(
+        self,
+        subscription_ids: Collection[int],
+        due_us: int | None = None,
+        *,
+        served: Collection[int] = (),
+    ) -> None:
         """Wake these subscriptions' dispatchers and the scheduler here and on other brokers.
 
         The subscriptions may deliver more now; a delivery comes due at `due_us`.
+        Dispatchers here whose standing requests were `served` in the same
+        transaction know what it left, and are not woken.
         """
         for subscription_id in subscription_ids:
-            self._wake(subscription_id)
+            if subscription_id not in served:
+                self._wake(subscription_id)
         if due_us is not None:
             self.scheduler.schedule(due_us)
         if self._wakeups is not None:
@@ -502,6 +579,9 @@ class DeliveryEngine:
             lambda tx, now: tx.subscription_update(SubscriptionUpdateParams(subscription))
         )
         if updated is not None:
+            dispatcher = self._dispatchers.get(updated.id)
+            if dispatcher is not None:
+                dispatcher.set_filters(updated.filters)
             self.ready([updated.id])
         return updated
 
