@@ -154,7 +154,7 @@ class Committer:
                 wait=wait_jittered_exponential(multiplier=0.002, max=0.05),
                 reraise=True,
             ):
-                with attempt, self._storage.write() as tx:
+                with attempt, self._storage.write(keep=True) as tx:
                     results = [operation(tx, now) for operation, _ in batch]
         except BaseException as error:  # answered to the caller, never lost
             if len(batch) == 1:

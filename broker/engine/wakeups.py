@@ -12,7 +12,14 @@ as the fallback for a message lost while a listener reconnects.
 
 Messages are `origin|kind|ids|due`: `w` (wake) with comma-separated
 subscription ids or `*` for all, and the earliest due time in microseconds or
-empty; `d` (deleted) with the ids. A broker ignores its own messages.
+empty; `d` (deleted) with the ids; `h` (here), a heartbeat. A broker ignores
+its own messages.
+
+A broker alone on its database has nobody to tell, and a `NOTIFY` costs a
+round trip and a commit: so every broker says `h` once it listens and every
+`HEARTBEAT_S`, answers a broker it had not heard with an `h` of its own at
+once, and sends wake-ups only while it has heard another broker within
+`PEER_TTL_S`. A newcomer is known to the others within a round trip.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 
@@ -35,6 +43,10 @@ _log = logging.getLogger(__name__)
 MAX_IDS_PER_MESSAGE = 500
 #: Reconnecting a lost listener backs off up to this long.
 RECONNECT_MAX_S = 5.0
+#: Every broker says it is here this often ...
+HEARTBEAT_S = 1.0
+#: ... and is taken for gone when not heard for this long.
+PEER_TTL_S = 3.5
 
 #: What a broker does on a message: wake these subscriptions (None: all) and
 #: schedule a timer for the due time (None: no new timer).
@@ -53,10 +65,14 @@ class Wakeups:
         self._ready: set[int] = set()
         self._due_us: int | None = None
         self._deleted: set[int] = set()
+        self._here = False
+        #: When each other broker was last heard (monotonic seconds), by origin.
+        self._peers: dict[str, float] = {}
         self._pending = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._stop = threading.Event()
         self._sender: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._listener = threading.Thread(target=self._listen, name="wakeup-listener", daemon=True)
         self.sent = 0
         """Messages sent (for tests and stats)."""
@@ -64,15 +80,17 @@ class Wakeups:
     def start(self) -> None:
         """Start sending and listening."""
         self._sender = self._loop.create_task(self._send_loop(), name="wakeup-sender")
+        self._heartbeat = self._loop.create_task(self._heartbeat_loop(), name="wakeup-heartbeat")
         self._listener.start()
 
     async def stop(self) -> None:
         """Stop listening and sending; what was not sent yet is dropped (polling covers it)."""
         self._stop.set()
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+        for task in (self._sender, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.to_thread(self._listener.join)
 
     def ready(self, subscription_ids: Iterable[int], due_us: int | None = None) -> None:
@@ -88,7 +106,33 @@ class Wakeups:
         self._deleted.add(subscription_id)
         self._pending.set()
 
+    @property
+    def peers(self) -> int:
+        """How many other brokers were heard lately."""
+        now = time.monotonic()
+        return sum(1 for heard in self._peers.values() if now - heard < PEER_TTL_S)
+
+    def _say_here(self) -> None:
+        self._here = True
+        self._pending.set()
+
+    def _heard(self, origin: str) -> None:
+        """Another broker spoke; answer one not heard lately, so it learns of this one."""
+        now = time.monotonic()
+        last = self._peers.get(origin)
+        self._peers[origin] = now
+        if last is None or now - last >= PEER_TTL_S:
+            self._say_here()
+
     # -- sending ---------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            now = time.monotonic()
+            for origin in [o for o, heard in self._peers.items() if now - heard >= PEER_TTL_S]:
+                del self._peers[origin]
+            self._say_here()
 
     async def _send_loop(self) -> None:
         while True:
@@ -104,6 +148,12 @@ class Wakeups:
 
     def _take(self) -> list[str]:
         messages = []
+        if self._here:
+            messages.append(f"{self.origin}|h||")
+            self._here = False
+        if not self.peers:  # nobody to tell
+            self._ready, self._due_us, self._deleted = set(), None, set()
+            return messages
         if self._ready or self._due_us is not None:
             if len(self._ready) > MAX_IDS_PER_MESSAGE:
                 ids = "*"
@@ -125,6 +175,7 @@ class Wakeups:
 
         def on_listening() -> None:
             nonlocal first
+            self._call(self._say_here)
             if not first:
                 _log.info("listening for other brokers again")
                 self._call(self._on_wake, None, None)  # messages may have been missed
@@ -156,6 +207,7 @@ class Wakeups:
             origin, kind, ids_text, due_text = message.split("|")
             if origin == self.origin:
                 return
+            self._call(self._heard, origin)
             if ids_text == "*":
                 ids: frozenset[int] | None = None
             else:

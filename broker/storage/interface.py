@@ -400,8 +400,12 @@ class Storage(Protocol):
         """Create or upgrade the schema to the newest version."""
         ...
 
-    def write(self) -> AbstractContextManager[StorageTx]:
-        """A write transaction, committed durably on leaving without error."""
+    def write(self, *, keep: bool = False) -> AbstractContextManager[StorageTx]:
+        """A write transaction, committed durably on leaving without error.
+
+        `keep`: the calling thread writes again and again (a committer's
+        worker), so its connection may be kept for it between transactions.
+        """
         ...
 
     def read(self) -> AbstractContextManager[StorageTx]:

@@ -11,7 +11,9 @@ tell each other what became ready with `NOTIFY` on one channel
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import psycopg
@@ -27,6 +29,9 @@ POOL_SIZE = 8
 CHANNEL = "eventbroker_wakeup"
 #: How often a listener looks at its stop flag while no message comes.
 LISTEN_POLL_S = 0.1
+#: A committer's kept connection idle this long goes back to the pool and a fresh
+#: check-out (pinged) replaces it: a busy one is never pinged, a stale one is.
+WRITER_IDLE_S = 2.0
 
 
 class PostgresTx(SqlTx):
@@ -124,6 +129,53 @@ class PostgresStorage(SqlStorage):
     dialect: ClassVar[str] = "postgresql"
     tx_class: ClassVar[type[SqlTx]] = PostgresTx
     max_concurrent_writers = 4
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._kept = threading.local()
+        self._kept_lock = threading.Lock()
+        self._kept_all: list[sa.Connection] = []
+
+    @contextmanager
+    def _writer(self, keep: bool) -> Iterator[sa.Connection]:
+        """A write connection; with `keep`, the calling thread's, kept while it is busy.
+
+        The pool's check-out pings the server (`pool_pre_ping`): a round trip
+        per group commit, kept only for a connection that sat idle (a server
+        restarted meanwhile is noticed). Only a committer's few long-lived
+        workers keep one, so the pool is never held by threads gone.
+        """
+        if not keep:
+            with self.write_engine.connect() as fresh:
+                yield fresh
+            return
+        conn: sa.Connection | None = getattr(self._kept, "conn", None)
+        idle = time.monotonic() - getattr(self._kept, "used", 0.0)
+        if conn is None or conn.closed or conn.invalidated or idle > WRITER_IDLE_S:
+            if conn is not None:
+                self._let_go(conn)
+            conn = self.write_engine.connect()
+            with self._kept_lock:
+                self._kept_all.append(conn)
+            self._kept.conn = conn
+        try:
+            yield conn
+        finally:
+            self._kept.used = time.monotonic()
+
+    def _let_go(self, conn: sa.Connection) -> None:
+        with self._kept_lock:
+            if conn in self._kept_all:
+                self._kept_all.remove(conn)
+        conn.close()
+
+    def close(self) -> None:
+        """Release every connection, the kept write connections too."""
+        with self._kept_lock:
+            kept, self._kept_all = self._kept_all, []
+        for conn in kept:
+            conn.close()
+        super().close()
 
     def _create_engines(self, url: str) -> tuple[sa.Engine, sa.Engine]:
         engine = sa.create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_pre_ping=True)

@@ -1030,9 +1030,9 @@ class SqlStorage:
             upgrade(conn)
 
     @contextmanager
-    def write(self) -> Iterator[SqlTx]:
+    def write(self, *, keep: bool = False) -> Iterator[SqlTx]:
         """A write transaction, committed on leaving without error."""
-        with storage_errors(), self._writer() as conn, conn.begin():
+        with storage_errors(), self._writer(keep) as conn, conn.begin():
             tx = self.tx_class(conn, self._subscriptions_cache)
             yield tx
         if self.caches_subscriptions:  # committed: what it read or wrote is the truth now
@@ -1048,7 +1048,7 @@ class SqlStorage:
         """None: a dialect that lets several brokers share a database overrides this."""
         return None
 
-    def _writer(self) -> AbstractContextManager[sa.Connection]:
+    def _writer(self, keep: bool) -> AbstractContextManager[sa.Connection]:
         """A connection to write on, from the pool. Dialects may keep one instead."""
         return self.write_engine.connect()
 

@@ -77,7 +77,7 @@ class SqliteStorage(SqlStorage):
         self._writer_conn: sa.Connection | None = None
 
     @contextmanager
-    def _writer(self) -> Iterator[sa.Connection]:
+    def _writer(self, keep: bool) -> Iterator[sa.Connection]:
         """The one write connection, kept open between transactions.
 
         SQLite has one writer at a time anyway; keeping its connection saves

@@ -22,7 +22,7 @@ class FakeStorage:
         self.gate = threading.Event()
 
     @contextmanager
-    def write(self) -> Iterator[list[Any]]:
+    def write(self, *, keep: bool = False) -> Iterator[list[Any]]:
         self.gate.wait(5)
         tx: list[Any] = []
         yield tx

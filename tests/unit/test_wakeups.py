@@ -58,3 +58,61 @@ def test_a_listener_that_reconnects_wakes_everything_once_it_listens_again() -> 
     assert notifier.calls == 3
     # Not on the failed attempt, not before: messages sent until then were not heard.
     assert wakes == [(None, None, 2)]
+
+
+class Bus:
+    """NOTIFY and LISTEN in memory: every message reaches every listener (its sender too)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self._listeners: list[Callable[[str], None]] = []
+        self._lock = threading.Lock()
+
+    def notify(self, payload: str) -> None:
+        with self._lock:
+            self.sent.append(payload)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(payload)
+
+    def listen(
+        self,
+        on_message: Callable[[str], None],
+        stop: threading.Event,
+        on_listening: Callable[[], None],
+    ) -> None:
+        with self._lock:
+            self._listeners.append(on_message)
+        on_listening()
+        stop.wait()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+def test_a_broker_alone_sends_no_wake_ups_and_one_that_has_company_does() -> None:
+    bus = Bus()
+    heard: list[frozenset[int] | None] = []
+
+    async def run() -> None:
+        alone = Wakeups(bus, lambda ids, due: None, lambda ids: None)
+        alone.start()
+        await _until(lambda: any(m.startswith(f"{alone.origin}|h") for m in bus.sent))
+        alone.ready([7])
+        await asyncio.sleep(0.05)
+        assert not [m for m in bus.sent if "|w|" in m]  # nobody to tell: nothing sent
+        other = Wakeups(bus, lambda ids, due: heard.append(ids), lambda ids: None)
+        other.start()
+        # The newcomer says it is here; the first answers at once: each knows the other.
+        await _until(lambda: alone.peers == 1 and other.peers == 1)
+        alone.ready([7])
+        await _until(lambda: heard == [frozenset({7})])
+        await other.stop()
+        await alone.stop()
+
+    asyncio.run(run())
