@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ import psycopg
 from google.protobuf import duration_pb2
 from grpc import aio
 
+from eventbroker._settle import FLUSH_INTERVAL_S as ACK_FLUSH_S
+from eventbroker._settle import MAX_PENDING as ACK_BATCH_MAX
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.bench.peers.base import (
@@ -46,12 +49,14 @@ from tests.e2e.processes import BrokerProcess
 from tests.e2e.test_supervisor import Supervised
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     Stub = pb_grpc.EventBrokerServiceAsyncStub
     Callback = Callable[[bytes], None]
 
 CHANNELS = 8
+ACK_NOTE = (
+    f"acks sent as eventbroker.Consumer sends them: up to {ACK_BATCH_MAX} ids per Ack,"
+    f" at most {ACK_FLUSH_S * 1000:g} ms after the first"
+)
 CONSUMER_CREDIT = 500
 IDLE_SUBSCRIPTIONS = 100
 IDLE_OPEN_PER_S = 500  # new streams a second, all child processes together
@@ -106,10 +111,12 @@ async def _delete_subscription(stub: Stub, name: str) -> None:
 
 
 class _Consumers:
-    """Subscribe streams that hand each delivery's data to a handler and ack each batch.
+    """Subscribe streams that hand each delivery's data to a handler and ack in batches.
 
-    Acks go out as tasks, so the stream is read on while an ack is on its way;
-    `counter` counts deliveries once their ack has returned.
+    Acks are collected as the client library's consumer collects them
+    (`eventbroker.Consumer`'s settler): sent once `ACK_BATCH_MAX` ids wait or
+    `ACK_FLUSH_S` after the first, as tasks, so the stream is read on while an
+    ack is on its way; `counter` counts deliveries once their ack has returned.
     """
 
     def __init__(self, counter: Counter, on_delivery: Callback | None = None) -> None:
@@ -118,6 +125,7 @@ class _Consumers:
         self.calls: list[aio.UnaryStreamCall[pb.SubscribeRequest, pb.SubscribeResponse]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.acks: set[asyncio.Task[None]] = set()
+        self.batches: list[_AckBatch] = []
         self.errors: list[str] = []
 
     def start(self, stub: Stub, subscription: str) -> None:
@@ -131,22 +139,29 @@ class _Consumers:
             )
         )
         self.calls.append(call)
-        self.tasks.append(asyncio.create_task(self._read(stub, call)))
+        batch = _AckBatch(partial(self._send_acks, stub))
+        self.batches.append(batch)
+        self.tasks.append(asyncio.create_task(self._read(call, batch)))
 
     async def _read(
-        self, stub: Stub, call: aio.UnaryStreamCall[pb.SubscribeRequest, pb.SubscribeResponse]
+        self,
+        call: aio.UnaryStreamCall[pb.SubscribeRequest, pb.SubscribeResponse],
+        batch: _AckBatch,
     ) -> None:
         try:
             async for response in call:
                 if self.on_delivery is not None:
                     for delivery in response.deliveries:
                         self.on_delivery(delivery.binary_data)
-                task = asyncio.create_task(self._ack(stub, [d.ack_id for d in response.deliveries]))
-                self.acks.add(task)
-                task.add_done_callback(self.acks.discard)
+                batch.add([d.ack_id for d in response.deliveries])
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.CANCELLED:
                 self.errors.append(f"stream ended: {error.code().name} {error.details()}")
+
+    def _send_acks(self, stub: Stub, ack_ids: list[str]) -> None:
+        task = asyncio.create_task(self._ack(stub, ack_ids))
+        self.acks.add(task)
+        task.add_done_callback(self.acks.discard)
 
     async def _ack(self, stub: Stub, ack_ids: list[str]) -> None:
         try:
@@ -161,11 +176,37 @@ class _Consumers:
 
     async def close(self) -> None:
         """End every stream (unacked deliveries go back to the broker)."""
+        for batch in self.batches:
+            batch.flush()
         if self.acks:
             await asyncio.wait(self.acks, timeout=10)
         for call in self.calls:
             call.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class _AckBatch:
+    """Ack ids waiting to be sent together, flushed when full or a moment after the first."""
+
+    def __init__(self, send: Callable[[list[str]], None]) -> None:
+        self._send = send
+        self._ids: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, ack_ids: list[str]) -> None:
+        self._ids.extend(ack_ids)
+        if len(self._ids) >= ACK_BATCH_MAX:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(ACK_FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._ids:
+            ids, self._ids = self._ids, []
+            self._send(ids)
 
 
 async def batched_publish(channels: Channels, plan: Plan, progress: Progress) -> Result:
@@ -228,7 +269,7 @@ async def end_to_end(channels: Channels, plan: Plan, progress: Progress) -> Resu
             "events": float(min(counter.count, total)),
             "publish_events_per_s": published.done * plan.batch_size / published.elapsed_s,
         },
-        consumers.errors,
+        [ACK_NOTE, *consumers.errors],
         capped=not reached or counter.target < total,
     )
 
@@ -352,7 +393,7 @@ class BrokerPeer(ServicePeer):
             await consumers.close()
             await _delete_subscription(channels[0], name)
         result = latency_result(latencies_ms, sent, took, self.plan)
-        result.notes.extend(consumers.errors)
+        result.notes.extend([ACK_NOTE, *consumers.errors])
         return result
 
     async def fan_out(self) -> Result:
