@@ -162,6 +162,9 @@ class SubscriptionDispatcher:
         #: The request a publish took, until `accept` (and `_readies` when it was taken).
         self._taken: list[tuple[ConsumerStream, int]] | None = None
         self._taken_at = 0
+        self._filling = False
+        #: Leases of consumers that left, given back once no lease is on its way.
+        self._deferred: list[str] = []
         self._matches: dict[str, bool] = {}
 
     def start(self) -> None:
@@ -191,6 +194,23 @@ class SubscriptionDispatcher:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
             self.credit_freed()
+
+    def give_back(self, ack_ids: Sequence[str]) -> None:
+        """Give back what a consumer that left held, once no lease is on its way.
+
+        A lease running meanwhile (a fill, or a publish serving the standing
+        request) would find those deliveries ready again and lease them to the
+        consumer that left, costing each an attempt for nothing.
+        """
+        if self._filling or self._taken is not None:
+            self._deferred.extend(ack_ids)
+        else:
+            self._release(ack_ids)
+
+    def _given_back(self) -> None:
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self._release(deferred)
 
     def set_filters(self, filters: tuple[str, ...]) -> None:
         """The subscription's filters changed (a stale copy only misses a shortcut)."""
@@ -255,6 +275,7 @@ class SubscriptionDispatcher:
             self._turn += 1
         if leased is None or got >= asked or self._readies != self._taken_at:
             self._caught_up = False
+        self._given_back()
         self._wake.set()
 
     async def stop(self, reason: str) -> None:
@@ -300,7 +321,12 @@ class SubscriptionDispatcher:
             try:
                 if not self._caught_up:
                     readies = self._readies
-                    caught_up = await self._fill()
+                    self._filling = True
+                    try:
+                        caught_up = await self._fill()
+                    finally:
+                        self._filling = False
+                        self._given_back()
                     self._caught_up = caught_up and readies == self._readies
                 if self._caught_up and not self._stopping:
                     self._post()

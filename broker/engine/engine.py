@@ -356,7 +356,10 @@ class DeliveryEngine:
             self._attached.remove(consumer.id)
             self.metrics.consumer_detached(consumer.subscription)
         if consumer.outstanding and not self._stopping:
-            self._release_soon(list(consumer.outstanding))
+            if dispatcher is not None:
+                dispatcher.give_back(list(consumer.outstanding))
+            else:
+                self._release_soon(list(consumer.outstanding))
 
     def tail(self, filters: tuple[str, ...]) -> TailStream:
         """Start an ephemeral tail."""

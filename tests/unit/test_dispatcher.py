@@ -173,3 +173,23 @@ def test_a_request_of_consumers_that_all_left_is_not_taken() -> None:
         await fake.dispatcher.stop("done")
 
     asyncio.run(scenario())
+
+
+def test_what_a_consumer_that_left_held_is_given_back_after_the_lease_on_its_way() -> None:
+    async def scenario() -> None:
+        fake = Fake()
+        await fake.start()
+        assert fake.dispatcher.take() is not None  # a publish is leasing for the consumer
+        fake.consumer.closed = True
+        fake.dispatcher.remove(fake.consumer)
+        # Given back now, the publish's lease could take these again for the consumer
+        # that left, and give them back once more: an attempt each for nothing.
+        fake.dispatcher.give_back(["7-1", "8-1"])
+        assert fake.released == []
+        fake.dispatcher.accept({})
+        assert fake.released == ["7-1", "8-1"]
+        fake.dispatcher.give_back(["9-1"])  # nothing on its way: at once
+        assert fake.released == ["7-1", "8-1", "9-1"]
+        await fake.dispatcher.stop("done")
+
+    asyncio.run(scenario())
