@@ -126,6 +126,12 @@ _INSERT_DELIVERY_SQL = (
     " attempt, dead_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?)"
 )
 _LIVE_DEDUP_SQL = "SELECT dedup_id, event_id FROM dedup WHERE expires_at > ?"
+_SUBSCRIPTION_COLUMNS = tuple(column.name for column in _s.columns)
+_SUBSCRIPTIONS_SQL = f"SELECT {', '.join(_SUBSCRIPTION_COLUMNS)} FROM subscriptions"
+#: Subscriptions as last read, by their row: a transaction that reads the same row
+#: again (PostgreSQL reads them in every write transaction) reuses the object.
+_known_subscriptions: dict[tuple[Any, ...], Subscription] = {}
+KNOWN_SUBSCRIPTIONS_MAX = 10_000
 _UPSERT_DEDUP_SQL = (
     "INSERT INTO dedup (dedup_id, event_id, expires_at) VALUES (?, ?, ?)"
     " ON CONFLICT (dedup_id) DO UPDATE"
@@ -894,8 +900,19 @@ class SqlTx:
 
     def _subscriptions_by_id(self) -> dict[int, Subscription]:
         if self._subscriptions is None:
-            rows = self.conn.execute(sa.select(_s))
-            self._subscriptions = {row.id: _subscription_from_row(row) for row in rows}
+            with closing(self._cursor()) as cursor:
+                cursor.execute(_SUBSCRIPTIONS_SQL)
+                rows = cursor.fetchall()
+            self._subscriptions = {}
+            for row in rows:
+                key = tuple(row)
+                sub = _known_subscriptions.get(key)
+                if sub is None:
+                    if len(_known_subscriptions) >= KNOWN_SUBSCRIPTIONS_MAX:
+                        _known_subscriptions.clear()
+                    sub = _subscription_from_row(_SubscriptionRow(*key))
+                    _known_subscriptions[key] = sub
+                self._subscriptions[sub.id] = sub
         return self._subscriptions
 
     def subscription_create(self, subscription: Subscription) -> Subscription:
@@ -1142,6 +1159,11 @@ def _event_from_row(row: Any) -> StoredEvent:
         deliver_at_us=row.deliver_at,
         delay_us=row.delay_us,
     )
+
+
+_SubscriptionRow = NamedTuple(  # type: ignore[misc]
+    "_SubscriptionRow", [(name, Any) for name in _SUBSCRIPTION_COLUMNS]
+)
 
 
 def _subscription_from_row(row: Any) -> Subscription:
