@@ -73,6 +73,7 @@ class Wakeups:
         self._stop = threading.Event()
         self._sender: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._sending: asyncio.Future[None] | None = None
         self._listener = threading.Thread(target=self._listen, name="wakeup-listener", daemon=True)
         self.sent = 0
         """Messages sent (for tests and stats)."""
@@ -91,6 +92,10 @@ class Wakeups:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._sending is not None:
+            await asyncio.wait([self._sending])
+            if not self._sending.cancelled():
+                self._sending.exception()  # retrieved: it was logged, or not worth it now
         await asyncio.to_thread(self._listener.join)
 
     def ready(self, subscription_ids: Iterable[int], due_us: int | None = None) -> None:
@@ -141,7 +146,12 @@ class Wakeups:
             messages = self._take()
             try:
                 for message in messages:
-                    await asyncio.to_thread(self._notifier.notify, message)
+                    # Shielded and kept: a send under way when stopping is waited for,
+                    # so its pooled connection is back before the storage closes.
+                    self._sending = asyncio.ensure_future(
+                        asyncio.to_thread(self._notifier.notify, message)
+                    )
+                    await asyncio.shield(self._sending)
                     self.sent += 1
             except StorageUnavailableError as error:
                 _log.warning("could not tell the other brokers what is ready: %s", error)
