@@ -262,15 +262,7 @@ class SubscriptionDispatcher:
         for consumer, count in taken:
             consumer.reserved -= count
             asked += count
-            deliveries = leased.get(consumer.id) if leased else None
-            if not deliveries:
-                continue
-            got += len(deliveries)
-            if consumer.closed or self._stopping:
-                self._release([d.ack_id for d in deliveries])
-                continue
-            consumer.send(deliveries)
-            self._on_leased(self, consumer, deliveries)
+            got += self._hand_out(consumer, leased.get(consumer.id) if leased else None)
         if got:
             self._turn += 1
         if leased is None or got >= asked or self._readies != self._taken_at:
@@ -353,22 +345,23 @@ class SubscriptionDispatcher:
             wanting = self._in_turn(wanting)
             requests = [LeaseRequest(c.id, c.free) for c in wanting]
             leased = await self._lease(self.subscription_id, requests)
-            got = 0
-            for consumer in wanting:
-                deliveries = leased.get(consumer.id)
-                if not deliveries:
-                    continue
-                got += len(deliveries)
-                if consumer.closed:
-                    self._release([d.ack_id for d in deliveries])
-                    continue
-                consumer.send(deliveries)
-                self._on_leased(self, consumer, deliveries)
+            got = sum(self._hand_out(c, leased.get(c.id)) for c in wanting)
             if got:
                 self._turn += 1
             if got < sum(r.count for r in requests):
                 return True
         return False
+
+    def _hand_out(self, consumer: ConsumerStream, deliveries: list[LeasedDelivery] | None) -> int:
+        """Send what was leased for a consumer (or give it back, if it left); how many."""
+        if not deliveries:
+            return 0
+        if consumer.closed or self._stopping:
+            self._release([d.ack_id for d in deliveries])
+        else:
+            consumer.send(deliveries)
+            self._on_leased(self, consumer, deliveries)
+        return len(deliveries)
 
     def _in_turn(self, wanting: list[ConsumerStream]) -> list[ConsumerStream]:
         """The consumers in the order they are offered deliveries now.
