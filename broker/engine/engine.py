@@ -267,13 +267,14 @@ class DeliveryEngine:
         self, drafts: Sequence[EventDraft]
     ) -> list[tuple[SubscriptionDispatcher, StandingLease]]:
         """The standing requests of caught-up dispatchers that these events are ready for."""
-        if not self._dispatchers:
+        standing = [d for d in self._dispatchers.values() if d.has_standing]
+        if not standing:
             return []
         now = self.clock()
         names = {d.name for d in drafts if d.deliver_at_us <= now}
         taken = []
-        for dispatcher in self._dispatchers.values():
-            if dispatcher.has_standing and any(dispatcher.matches(n) for n in names):
+        for dispatcher in standing:
+            if any(dispatcher.matches(n) for n in names):
                 lease = dispatcher.take()
                 if lease is not None:
                     taken.append((dispatcher, lease))
