@@ -245,8 +245,14 @@ def test_stats_watch_refreshes_until_interrupted(broker_target: str) -> None:
 
     with Client(broker_target) as client:
         client.create_subscription("watched", "w.*")
+    # Ctrl-C raises KeyboardInterrupt even when the tests run as a background job
+    # (started with SIGINT ignored, which a child inherits).
+    command = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from broker.cli import main; main()"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from broker.cli import main; main()", "stats", "--watch", "0.2"],
+        [sys.executable, "-c", command, "stats", "--watch", "0.2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -256,6 +262,7 @@ def test_stats_watch_refreshes_until_interrupted(broker_target: str) -> None:
             "COLUMNS": "200",
             "TTY_INTERACTIVE": "1",
             "TTY_COMPATIBLE": "1",
+            "PYTHONFAULTHANDLER": "1",
         },
     )
     seen: list[str] = []
@@ -275,7 +282,14 @@ def test_stats_watch_refreshes_until_interrupted(broker_target: str) -> None:
             client.publish_batch([{"name": "w.x"}] * 2)
         assert refreshed.wait(15), "".join(seen[-20:])
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
+        try:
+            code = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints where every thread is
+            proc.wait(15)
+            reader.join(5)
+            raise AssertionError("stats --watch ignored Ctrl-C:\n" + "".join(seen[-60:])) from None
+        assert code == 0
     finally:
         if proc.poll() is None:
             proc.kill()
