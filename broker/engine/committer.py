@@ -10,12 +10,6 @@ caller. Operations must therefore have no effects outside the transaction.
 A batch that collides with another broker's transaction (a deadlock on
 PostgreSQL) is run again, a few times, before anyone is told.
 
-Where a commit is a local file's flush (SQLite), `LoopCommitter` runs the
-transactions on the event loop itself: two thread hand-offs and the two
-threads' contention for the interpreter lock cost more CPU per transaction
-than the flush blocks the loop for. Elsewhere (PostgreSQL, a round trip per
-statement) `Committer` runs them on worker threads.
-
 Group commit shares the transaction; `Coalescer` also shares the statements.
 Many callers' publishes, say, each a few rows, become one operation that
 inserts all their rows with one statement per table, since a statement costs
@@ -56,75 +50,9 @@ CONFLICT_ATTEMPTS = 5
 COMMIT_SIBLINGS = 2
 #: ... and only when the next transaction is wanted this soon after the last one ended.
 BUSY_WINDOW_S = 0.002
-#: Shortest time between two transactions counted when measuring how fast callers arrive.
-MIN_GAP_S = 0.0001
-#: Weight of the newest transaction in the smoothed arrival rate.
-ARRIVALS_SMOOTHING = 0.2
 
 
-class GroupCommit:
-    """Operations run in batched write transactions; how they are batched is the subclass's."""
-
-    def __init__(
-        self,
-        storage: Storage,
-        clock: Callable[[], int],
-        *,
-        batch_max: int = 256,
-        delay_s: float = 0.0,
-    ) -> None:
-        self._storage = storage
-        self._clock = clock
-        self._batch_max = batch_max
-        self._delay_s = delay_s
-        #: Callers served by the transaction being run (operations, and the callers
-        #: a Coalescer joined into one of them).
-        self._callers = threading.local()
-        self.transactions = 0
-        self.operations = 0
-
-    def start(self) -> None:
-        """Start committing."""
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        """Commit what is queued, then stop."""
-        raise NotImplementedError
-
-    def schedule(self, operation: Operation[T]) -> asyncio.Future[T]:
-        """Queue an operation from the event loop; the future resolves after its commit."""
-        raise NotImplementedError
-
-    def joined(self, extra_callers: int) -> None:
-        """An operation of the running transaction serves this many callers more (a join)."""
-        self._callers.count = getattr(self._callers, "count", 0) + extra_callers
-
-    async def run(self, operation: Operation[T]) -> T:
-        """Run an operation in the next group commit and return its result."""
-        return await self.schedule(operation)
-
-    def _commit(self, batch: list[tuple[Operation[Any], AnyFuture]]) -> list[Answer]:
-        """Run a batch in one transaction; each caller's answer (run alone if the batch fails)."""
-        now = self._clock()
-        try:
-            for attempt in Retrying(
-                retry=retry_if_exception_type(StorageConflictError),
-                stop=stop_after_attempt(CONFLICT_ATTEMPTS),
-                wait=wait_jittered_exponential(multiplier=0.002, max=0.05),
-                reraise=True,
-            ):
-                with attempt, self._storage.write(keep=True) as tx:
-                    results = [operation(tx, now) for operation, _ in batch]
-        except BaseException as error:  # answered to the caller, never lost
-            if len(batch) == 1:
-                return [(batch[0][1], None, error)]
-            return [answer for item in batch for answer in self._commit([item])]
-        self.transactions += 1
-        self.operations += len(batch)
-        return [(future, result, None) for (_, future), result in zip(batch, results, strict=True)]
-
-
-class Committer(GroupCommit):
+class Committer:
     """Runs operations in batched write transactions on worker threads."""
 
     def __init__(
@@ -136,12 +64,20 @@ class Committer(GroupCommit):
         batch_max: int = 256,
         delay_s: float = 0.0,
     ) -> None:
-        super().__init__(storage, clock, batch_max=batch_max, delay_s=delay_s)
+        self._storage = storage
+        self._clock = clock
+        self._batch_max = batch_max
+        self._delay_s = delay_s
+        #: Callers served by the transaction being run (operations, and the callers
+        #: a Coalescer joined into one of them).
+        self._callers = threading.local()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"committer-{i}", daemon=True)
             for i in range(workers)
         ]
+        self.transactions = 0
+        self.operations = 0
 
     def start(self) -> None:
         """Start the worker threads."""
@@ -154,6 +90,10 @@ class Committer(GroupCommit):
             self._queue.put(_STOP)
         for thread in self._threads:
             thread.join()
+
+    def joined(self, extra_callers: int) -> None:
+        """An operation of the running transaction serves this many callers more (a join)."""
+        self._callers.count = getattr(self._callers, "count", 0) + extra_callers
 
     def submit(self, operation: Operation[T]) -> concurrent.futures.Future[T]:
         """Queue an operation from any thread; the future resolves after its commit."""
@@ -171,6 +111,10 @@ class Committer(GroupCommit):
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put((operation, future))
         return future
+
+    async def run(self, operation: Operation[T]) -> T:
+        """Run an operation in the next group commit and return its result."""
+        return await self.schedule(operation)
 
     def _work(self) -> None:
         busy_until = 0.0
@@ -195,97 +139,35 @@ class Committer(GroupCommit):
                     break
                 batch.append(item)
             self._callers.count = 0
-            _answer(self._commit(batch))
+            self._commit(batch)
             callers = len(batch) + self._callers.count
             busy_until = time.monotonic() + BUSY_WINDOW_S
             if stop_seen:
                 return
 
-
-class LoopCommitter(GroupCommit):
-    """Runs operations in batched write transactions on the event loop that schedules them.
-
-    Operations scheduled before the loop comes round share one transaction.
-    Under load a transaction first waits `delay_s`, so that callers arriving
-    meanwhile join it, when three things hold: the last transaction ended
-    less than `busy_window_s` ago; callers have lately arrived fast enough
-    that at least `COMMIT_SIBLINGS` are expected during the wait; and waiting
-    pays. It stops paying when a wait brings nobody (a lone caller that
-    publishes one event after another), and pays again once a transaction
-    finds several callers without waiting.
-
-    At a steady 1,000 events/s a wait bought ~30 % of the CPU per event and
-    cost ~4 ms of median latency, so the broker does not wait there; callers
-    that keep it busy (16 publishing one event each at a time) double its
-    throughput by waiting.
-    """
-
-    def __init__(
-        self,
-        storage: Storage,
-        clock: Callable[[], int],
-        *,
-        batch_max: int = 256,
-        delay_s: float = 0.0,
-        busy_window_s: float = BUSY_WINDOW_S,
-    ) -> None:
-        super().__init__(storage, clock, batch_max=batch_max, delay_s=delay_s)
-        self._busy_window_s = busy_window_s
-        self._pending: list[tuple[Operation[Any], AnyFuture]] = []
-        self._flush_handle: asyncio.Handle | None = None
-        self._busy_until = 0.0
-        self._waiting_pays = True
-        #: Callers per second, smoothed over the last transactions.
-        self._arrivals_per_s = 0.0
-        self._last_end = time.monotonic()
-
-    def start(self) -> None:
-        """Nothing to start: transactions run on the loop."""
-
-    def stop(self) -> None:
-        """Commit what is queued now."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-        self._flush(waited=False)
-
-    def schedule(self, operation: Operation[T]) -> asyncio.Future[T]:
-        """Queue an operation; it runs in the next transaction on this loop."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((operation, future))
-        if self._flush_handle is None:
-            if self._worth_waiting():
-                self._flush_handle = loop.call_later(self._delay_s, self._flush, True)
+    def _commit(self, batch: list[tuple[Operation[Any], AnyFuture]]) -> None:
+        now = self._clock()
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(StorageConflictError),
+                stop=stop_after_attempt(CONFLICT_ATTEMPTS),
+                wait=wait_jittered_exponential(multiplier=0.002, max=0.05),
+                reraise=True,
+            ):
+                with attempt, self._storage.write(keep=True) as tx:
+                    results = [operation(tx, now) for operation, _ in batch]
+        except BaseException as error:  # answered to the caller, never lost
+            if len(batch) == 1:
+                _answer([(batch[0][1], None, error)])
             else:
-                self._flush_handle = loop.call_soon(self._flush, False)
-        return future
-
-    def _worth_waiting(self) -> bool:
-        return (
-            self._delay_s > 0
-            and self._waiting_pays
-            and self._arrivals_per_s * self._delay_s >= COMMIT_SIBLINGS
-            and time.monotonic() < self._busy_until
+                for item in batch:
+                    self._commit([item])
+            return
+        self.transactions += 1
+        self.operations += len(batch)
+        _answer(
+            [(future, result, None) for (_, future), result in zip(batch, results, strict=True)]
         )
-
-    def _flush(self, waited: bool) -> None:
-        self._flush_handle = None
-        served = 0
-        while self._pending:
-            batch = self._pending[: self._batch_max]
-            del self._pending[: self._batch_max]
-            self._callers.count = 0
-            _resolve(self._commit(batch))
-            served += len(batch) + self._callers.count
-        if waited:
-            self._waiting_pays = served > 1
-        elif served >= COMMIT_SIBLINGS:
-            self._waiting_pays = True
-        now = time.monotonic()
-        arrived_per_s = served / max(now - self._last_end, MIN_GAP_S)
-        self._arrivals_per_s += ARRIVALS_SMOOTHING * (arrived_per_s - self._arrivals_per_s)
-        self._last_end = now
-        self._busy_until = now + self._busy_window_s
 
 
 #: A caller's future: from `submit` (any thread) or `schedule` (an event loop).
@@ -338,7 +220,7 @@ class Coalescer(Generic[Item, Result]):
 
     def __init__(
         self,
-        committer: GroupCommit,
+        committer: Committer,
         run_many: Callable[[StorageTx, int, list[Item]], list[Result]],
         *,
         max_size: int,

@@ -35,7 +35,7 @@ from broker.domain import (
     SubscriptionCounts,
 )
 from broker.engine import backoff
-from broker.engine.committer import Coalescer, Committer, GroupCommit, LoopCommitter
+from broker.engine.committer import Coalescer, Committer
 from broker.engine.dispatcher import ConsumerStream, StandingLease, SubscriptionDispatcher
 from broker.engine.holds import Holds
 from broker.engine.metrics import BrokerMetrics
@@ -133,22 +133,13 @@ class DeliveryEngine:
         self.storage = storage
         self.settings = settings
         self.clock = clock
-        self.committer: GroupCommit
-        if storage.commits_on_loop:
-            self.committer = LoopCommitter(
-                storage,
-                clock,
-                batch_max=settings.commit_batch_max,
-                delay_s=settings.commit_delay_s,
-            )
-        else:
-            self.committer = Committer(
-                storage,
-                clock,
-                workers=storage.max_concurrent_writers,
-                batch_max=settings.commit_batch_max,
-                delay_s=settings.commit_delay_s,
-            )
+        self.committer = Committer(
+            storage,
+            clock,
+            workers=storage.max_concurrent_writers,
+            batch_max=settings.commit_batch_max,
+            delay_s=settings.commit_delay_s,
+        )
         self._publishes: Coalescer[PublishCall, Published] = Coalescer(
             self.committer,
             self._insert_events,

@@ -396,15 +396,6 @@ class Storage(Protocol):
         """How many transactions may write at once (1 on SQLite)."""
         ...
 
-    @property
-    def commits_on_loop(self) -> bool:
-        """Whether write transactions are cheap enough to run on the event loop.
-
-        True where a commit is a local file's flush (SQLite): the thread
-        hand-offs a committer thread costs outweigh the flush's wait.
-        """
-        ...
-
     def migrate(self) -> None:
         """Create or upgrade the schema to the newest version."""
         ...

@@ -1026,8 +1026,6 @@ class SqlStorage:
 
     dialect: ClassVar[str]
     max_concurrent_writers: int = 1
-    #: Run write transactions on the event loop (see `Storage.commits_on_loop`).
-    commits_on_loop: ClassVar[bool] = False
     tx_class: ClassVar[type[SqlTx]]
     #: Keep the subscriptions between transactions (sound only where every write
     #: to the database goes through this object: one process, one writer).

@@ -66,9 +66,6 @@ class SqliteStorage(SqlStorage):
     dialect: ClassVar[str] = "sqlite"
     tx_class: ClassVar[type[SqlTx]] = SqliteTx
     max_concurrent_writers = 1
-    # A commit is an append to the WAL and one fsync (~0.15 ms on an SSD): cheaper to
-    # wait for on the event loop than a committer thread's hand-offs cost in CPU.
-    commits_on_loop = True
     # One broker process and one writer own the file, so the subscriptions read by
     # one transaction stay true until a transaction of ours changes them: every
     # publish, lease and settle is spared reading them again.

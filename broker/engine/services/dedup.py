@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.engine.committer import GroupCommit
+from broker.engine.committer import Committer
 from broker.engine.services.base import Clock, Service
 
 DEDUP_PRUNE_BATCH = 1000
@@ -13,7 +13,7 @@ class DedupPruner(Service):
 
     name = "dedup-pruner"
 
-    def __init__(self, committer: GroupCommit, clock: Clock, interval_s: float) -> None:
+    def __init__(self, committer: Committer, clock: Clock, interval_s: float) -> None:
         super().__init__(clock, interval_s)
         self._committer = committer
 

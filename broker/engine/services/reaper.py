@@ -14,7 +14,7 @@ import logging
 
 from broker.domain import AttemptOutcome, SettleOutcome
 from broker.engine import backoff
-from broker.engine.committer import GroupCommit
+from broker.engine.committer import Committer
 from broker.engine.holds import Holds
 from broker.engine.operations import fail_leases
 from broker.engine.services.base import Clock, Outcomes, Service
@@ -34,7 +34,7 @@ class LeaseReaper(Service):
 
     def __init__(
         self,
-        committer: GroupCommit,
+        committer: Committer,
         storage: Storage,
         holds: Holds,
         outcomes: Outcomes,

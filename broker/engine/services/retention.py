@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from broker.engine.committer import GroupCommit
+from broker.engine.committer import Committer
 from broker.engine.services.base import Clock, Service
 from broker.storage.interface import MaintenanceParams
 
@@ -25,7 +25,7 @@ class Retention(Service):
     name = "retention"
 
     def __init__(
-        self, committer: GroupCommit, clock: Clock, interval_s: float, event_retention_us: int
+        self, committer: Committer, clock: Clock, interval_s: float, event_retention_us: int
     ) -> None:
         super().__init__(clock, interval_s)
         self._committer = committer

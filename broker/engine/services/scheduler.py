@@ -8,7 +8,7 @@ at once again when the batch was full.
 
 from __future__ import annotations
 
-from broker.engine.committer import GroupCommit
+from broker.engine.committer import Committer
 from broker.engine.services.base import Clock, Outcomes, Service
 from broker.storage.interface import DeliveryPromoteParams
 
@@ -22,7 +22,7 @@ class Scheduler(Service):
     name = "scheduler"
 
     def __init__(
-        self, committer: GroupCommit, outcomes: Outcomes, clock: Clock, poll_interval_s: float
+        self, committer: Committer, outcomes: Outcomes, clock: Clock, poll_interval_s: float
     ) -> None:
         super().__init__(clock, poll_interval_s)
         self._committer = committer
