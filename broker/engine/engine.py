@@ -357,10 +357,8 @@ class DeliveryEngine:
             self._attached.remove(consumer.id)
             self.metrics.consumer_detached(consumer.subscription)
         if consumer.outstanding and not self._stopping:
-            if dispatcher is not None:
-                dispatcher.give_back(list(consumer.outstanding))
-            else:
-                self._release_soon(list(consumer.outstanding))
+            give_back = self._release_soon if dispatcher is None else dispatcher.give_back
+            give_back(list(consumer.outstanding))
 
     def tail(self, filters: tuple[str, ...]) -> TailStream:
         """Start an ephemeral tail."""

@@ -42,10 +42,10 @@ class PostgresTx(SqlTx):
     def _insert_rows(
         self, event_rows: list[tuple[Any, ...]], delivery_rows: list[tuple[Any, ...]]
     ) -> None:
-        # One statement per table over arrays, one column an array (pgqueuer's
-        # enqueue): a round trip and a plan per batch instead of per row.
-        # Both tables in one statement (a round trip costs more than the rows):
-        # the foreign key is checked at the statement's end, the events inserted.
+        # Rows as arrays, one per column (pgqueuer's enqueue): a plan per batch,
+        # not per row. Both tables in one statement (a data-modifying WITH), since
+        # a round trip costs more than the rows; the foreign key is checked at the
+        # statement's end, after the events are in.
         with self._cursor() as cursor:
             if delivery_rows:
                 cursor.execute(
