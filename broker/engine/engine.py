@@ -288,10 +288,11 @@ class DeliveryEngine:
         drafts = [draft for call in calls for draft in call.drafts]
         params = EventInsertParams(drafts, now, self.settings.dedup_window_us)
         outcomes = tx.event_insert_many(params)
+        # Remembered for their first lease: only events ready now in some subscription.
         self.recent_events.put_many(
             stored_event(draft, now)
             for draft, outcome in zip(drafts, outcomes, strict=True)
-            if not outcome.duplicate and draft.deliver_at_us <= now
+            if outcome.matched and draft.deliver_at_us <= now
         )
         known = self.recent_events.get_many
         published: list[Published] = []

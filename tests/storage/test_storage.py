@@ -175,6 +175,28 @@ def test_publish_fans_out_to_every_matching_subscription(storage: Storage) -> No
     assert lease(storage, a.id, 10) and lease(storage, b.id, 10)
 
 
+def test_a_large_publish_stores_every_event_and_delivery_once(storage: Storage) -> None:
+    """Counts that are not multiples of any statement's row count (SQLite inserts in chunks)."""
+    a = create(storage, sub("a", "user.*"))
+    b = create(storage, sub("b", "user.>"))
+    drafts = [draft(payload=b'{"n":%d}' % i, priority=i % 7) for i in range(203)]
+    event_ids = publish(storage, *drafts)
+    assert event_ids == [d.event_id for d in drafts]
+    by_priority = sorted(drafts, key=lambda d: -d.priority)  # stable: publish order within
+    for subscription in (a, b):
+        with storage.write() as tx:
+            leased = tx.delivery_lease(
+                DeliveryLeaseParams(subscription.id, [LeaseRequest("c1", 500)], T0)
+            )
+        assert [c.event_id for c in leased["c1"]] == [d.event_id for d in by_priority]
+    with storage.read() as tx:
+        assert tx.event_count() == 203
+        for d in (drafts[0], drafts[64], drafts[-1]):
+            event = tx.event_get(d.event_id)
+            assert event is not None
+            assert (event.payload, event.priority) == (d.payload, d.priority)
+
+
 def test_unmatched_event_is_stored_and_delivered_to_nobody(storage: Storage) -> None:
     create(storage, sub("a", "user.*"))
     (event_id,) = publish(storage, draft("nobody.cares"))
