@@ -10,6 +10,7 @@ tell each other what became ready with `NOTIFY` on one channel
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +48,14 @@ class PostgresTx(SqlTx):
         # a round trip costs more than the rows; the foreign key is checked at the
         # statement's end, after the events are in.
         with self._cursor() as cursor:
-            if delivery_rows:
+            if len(event_rows) <= SMALL_INSERT_ROWS and len(delivery_rows) <= SMALL_INSERT_ROWS:
+                # A few rows: plain values. psycopg's array dumpers cost more than a
+                # round trip for one row (105 against 59 µs of CPU per publish).
+                cursor.execute(
+                    _small_insert_sql(len(event_rows), len(delivery_rows)),
+                    [value for row in (*event_rows, *delivery_rows) for value in row],
+                )
+            elif delivery_rows:
                 cursor.execute(
                     _INSERT_EVENTS_AND_DELIVERIES_SQL,
                     _columns(event_rows, 11) + _columns(delivery_rows, 7),
@@ -106,9 +114,31 @@ _INSERT_DELIVERIES_SQL = (
     " WITH ORDINALITY AS t(s, e, st, r, k, ra, u, n) ORDER BY n"  # ids in publish order
 )
 
+#: Up to this many events (and deliveries), a publish inserts plain values.
+SMALL_INSERT_ROWS = 2
+_INSERT_EVENT_VALUES_SQL = (
+    "INSERT INTO events (id, name, payload, content_type, headers, dedup_id, priority,"
+    " ordering_key, published_at, deliver_at, delay_us) VALUES "
+)
+_INSERT_DELIVERY_VALUES_SQL = (
+    "INSERT INTO deliveries (subscription_id, event_id, state, rank, ordering_key, ready_at,"
+    " attempt, dead_reason, updated_at) VALUES "
+)
+_EVENT_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_DELIVERY_ROW = "(%s, %s, %s, %s, %s, %s, 0, 0, %s)"
 _INSERT_EVENTS_AND_DELIVERIES_SQL = (
     f"WITH inserted AS ({_INSERT_EVENTS_SQL}) {_INSERT_DELIVERIES_SQL}"
 )
+
+
+@functools.cache
+def _small_insert_sql(events: int, deliveries: int) -> str:
+    """Insert this many event rows and delivery rows as values, in one statement."""
+    insert_events = _INSERT_EVENT_VALUES_SQL + ", ".join([_EVENT_ROW] * events)
+    if not deliveries:
+        return insert_events
+    insert_deliveries = _INSERT_DELIVERY_VALUES_SQL + ", ".join([_DELIVERY_ROW] * deliveries)
+    return f"WITH inserted AS ({insert_events}) {insert_deliveries}"
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
