@@ -10,12 +10,9 @@ A dispatcher that is caught up (its last lease found fewer deliveries ready
 than its consumers could take, and nothing was made ready since) does not look
 again when credit comes free: it leaves a *standing request* for its
 consumers' free credit instead. The next publish whose events it matches takes
-as much of the request as it has events for and leases in its own transaction,
-so a new event is stored and leased with one durable commit, and the deliveries
-come back to `accept`. The rest stays posted for the publishes that follow, so
-that at a steady rate every publish finds some, not only the first of those
-whose commits overlap. The credit of a request posted or taken is reserved,
-never counted twice.
+the request and leases in its own transaction, so a new event is stored and
+leased with one durable commit, and the deliveries come back to `accept`.
+The credit of a request posted or taken is reserved, never counted twice.
 """
 
 from __future__ import annotations
@@ -128,17 +125,6 @@ class StandingLease:
     subscription_id: int
     subscription: str
     requests: tuple[LeaseRequest, ...]
-    #: Which part of the dispatcher's standing request this is (for `accept`).
-    part: int = 0
-
-
-@dataclass
-class _Taken:
-    """A part of the standing request a publish took, until `accept`."""
-
-    credit: list[tuple[ConsumerStream, int]]
-    #: The dispatcher's `_readies` when it was taken.
-    readies: int
 
 
 class SubscriptionDispatcher:
@@ -173,9 +159,9 @@ class SubscriptionDispatcher:
         self._readies = 0
         #: The consumers' credit offered to the next publish (reserved on each consumer).
         self._standing: list[tuple[ConsumerStream, int]] | None = None
-        #: The parts of the request publishes took, until `accept`, by part number.
-        self._taken: dict[int, _Taken] = {}
-        self._parts = itertools.count(1)
+        #: The request a publish took, until `accept` (and `_readies` when it was taken).
+        self._taken: list[tuple[ConsumerStream, int]] | None = None
+        self._taken_at = 0
         self._filling = False
         #: Leases of consumers that left, given back once no lease is on its way.
         self._deferred: list[str] = []
@@ -216,7 +202,7 @@ class SubscriptionDispatcher:
         request) would find those deliveries ready again and lease them to the
         consumer that left, costing each an attempt for nothing.
         """
-        if self._filling or self._taken:
+        if self._filling or self._taken is not None:
             self._deferred.extend(ack_ids)
         else:
             self._release(ack_ids)
@@ -245,56 +231,43 @@ class SubscriptionDispatcher:
         """Whether a standing request is posted."""
         return self._standing is not None
 
-    def take(self, wanted: int | None = None) -> StandingLease | None:
-        """Take up to `wanted` of the standing request (None: all of it) for a publish.
+    def take(self) -> StandingLease | None:
+        """Take the standing request, if one is posted, for a publish to serve.
 
-        The publish must hand the outcome to `accept`, whatever it is. What it does
-        not take stays posted, the consumers it served moved to the back.
+        The publish must hand the outcome to `accept`, whatever it is.
         """
         standing = self._standing
         if standing is None or self._stopping:
             return None
-        left = wanted
-        part: list[tuple[ConsumerStream, int]] = []
-        unserved: list[tuple[ConsumerStream, int]] = []
-        rest: list[tuple[ConsumerStream, int]] = []
+        self._standing = None
+        live = []
         for consumer, count in standing:
             if consumer.closed:
                 consumer.reserved -= count
-            elif left is not None and left <= 0:
-                unserved.append((consumer, count))
             else:
-                taken = count if left is None else min(count, left)
-                part.append((consumer, taken))
-                if taken < count:
-                    rest.append((consumer, count - taken))
-                if left is not None:
-                    left -= taken
-        self._standing = (unserved + rest) or None
-        if not part:
-            if self._standing is None:
-                self._caught_up = False
-                self._wake.set()
+                live.append((consumer, count))
+        if not live:
+            self._caught_up = False
+            self._wake.set()
             return None
-        number = next(self._parts)
-        self._taken[number] = _Taken(part, self._readies)
-        requests = tuple(LeaseRequest(c.id, n) for c, n in part)
-        return StandingLease(self.subscription_id, self.name, requests, number)
+        self._taken = live
+        self._taken_at = self._readies
+        requests = tuple(LeaseRequest(c.id, n) for c, n in live)
+        return StandingLease(self.subscription_id, self.name, requests)
 
-    def accept(self, lease: StandingLease, leased: dict[str, list[LeasedDelivery]] | None) -> None:
-        """What a publish leased for the part it took (None: its transaction failed)."""
-        taken = self._taken.pop(lease.part, None)
+    def accept(self, leased: dict[str, list[LeasedDelivery]] | None) -> None:
+        """What a publish leased for the taken request (None: its transaction failed)."""
+        taken, self._taken = self._taken or [], None
         asked = got = 0
-        for consumer, count in taken.credit if taken is not None else ():
+        for consumer, count in taken:
             consumer.reserved -= count
             asked += count
             got += self._hand_out(consumer, leased.get(consumer.id) if leased else None)
         if got:
             self._turn += 1
-        if taken is None or leased is None or got >= asked or self._readies != taken.readies:
+        if leased is None or got >= asked or self._readies != self._taken_at:
             self._caught_up = False
-        if not self._taken:
-            self._given_back()
+        self._given_back()
         self._wake.set()
 
     async def stop(self, reason: str) -> None:
@@ -334,8 +307,8 @@ class SubscriptionDispatcher:
             self._wake.clear()
             if self._stopping:
                 return
-            if self._taken:
-                continue  # the last `accept` looks again
+            if self._taken is not None:
+                continue  # `accept` looks again
             self._withdraw()
             try:
                 if not self._caught_up:

@@ -93,14 +93,12 @@ class Published:
     leased: dict[int, dict[str, list[LeasedDelivery]]]
 
 
-def _hand_over(
-    taken: list[tuple[SubscriptionDispatcher, StandingLease]], task: asyncio.Future[Published]
-) -> None:
+def _hand_over(dispatchers: list[SubscriptionDispatcher], task: asyncio.Future[Published]) -> None:
     """Give each dispatcher what the publish leased for it (nothing if it failed)."""
     published = None if task.cancelled() or task.exception() else task.result()
-    for dispatcher, lease in taken:
+    for dispatcher in dispatchers:
         leased = None if published is None else published.leased[dispatcher.subscription_id]
-        dispatcher.accept(lease, leased)
+        dispatcher.accept(leased)
 
 
 @dataclass(eq=False)
@@ -247,7 +245,7 @@ class DeliveryEngine:
         else:
             task = asyncio.ensure_future(self._publishes.run(call))
             # Handed over even if this caller is cancelled: the leases are in the database.
-            task.add_done_callback(partial(_hand_over, taken))
+            task.add_done_callback(partial(_hand_over, [d for d, _ in taken]))
             published = await asyncio.shield(task)
         outcomes = published.outcomes
         new = sum(1 for o in outcomes if not o.duplicate)
@@ -273,14 +271,11 @@ class DeliveryEngine:
         if not standing:
             return []
         now = self.clock()
-        names = [d.name for d in drafts if d.deliver_at_us <= now]
+        names = {d.name for d in drafts if d.deliver_at_us <= now}
         taken = []
         for dispatcher in standing:
-            wanted = sum(1 for name in names if dispatcher.matches(name))
-            if wanted:
-                # One more than the events: finding fewer tells the dispatcher that
-                # nothing else is ready, so it need not look.
-                lease = dispatcher.take(wanted + 1)
+            if any(dispatcher.matches(n) for n in names):
+                lease = dispatcher.take()
                 if lease is not None:
                     taken.append((dispatcher, lease))
         return taken

@@ -80,12 +80,12 @@ def test_a_caught_up_dispatcher_offers_freed_credit_without_leasing() -> None:
         assert fake.consumer.free == 0  # all of it reserved for the standing request
         lease = fake.dispatcher.take()
         assert lease is not None and lease.requests == (LeaseRequest(fake.consumer.id, 5),)
-        fake.dispatcher.accept(lease, {fake.consumer.id: [_delivery(1)]})
+        fake.dispatcher.accept({fake.consumer.id: [_delivery(1)]})
         await until(lambda: fake.dispatcher.has_standing)
         assert fake.consumer.outstanding == {"1-1"}
         taken = fake.dispatcher.take()
         assert taken is not None and taken.requests == (LeaseRequest(fake.consumer.id, 4),)
-        fake.dispatcher.accept(taken, {})
+        fake.dispatcher.accept({})
         await until(lambda: fake.dispatcher.has_standing)
         sent = await fake.consumer.next_batch(lambda: T0)
         assert sent is not None and [d.ack_id for d in sent[0]] == ["1-1"]
@@ -96,7 +96,7 @@ def test_a_caught_up_dispatcher_offers_freed_credit_without_leasing() -> None:
         assert len(fake.leases) == 1
         taken = fake.dispatcher.take()
         assert taken is not None and taken.requests == (LeaseRequest(fake.consumer.id, 5),)
-        fake.dispatcher.accept(taken, {})
+        fake.dispatcher.accept({})
         await fake.dispatcher.stop("done")
 
     asyncio.run(scenario())
@@ -118,13 +118,12 @@ def test_a_wake_while_a_publish_holds_the_request_leases_after_it() -> None:
     async def scenario() -> None:
         fake = Fake()
         await fake.start()
-        lease = fake.dispatcher.take()
-        assert lease is not None
+        assert fake.dispatcher.take() is not None
         fake.dispatcher.wake()
         await settle()
         assert len(fake.leases) == 1  # not while the publish holds the consumer's credit
         assert not fake.dispatcher.has_standing
-        fake.dispatcher.accept(lease, {})
+        fake.dispatcher.accept({})
         await until(lambda: len(fake.leases) == 2)
         assert fake.leases[1] == [LeaseRequest(fake.consumer.id, 5)]
         await fake.dispatcher.stop("done")
@@ -136,9 +135,8 @@ def test_a_failed_publish_gives_the_request_back_and_the_dispatcher_looks_again(
     async def scenario() -> None:
         fake = Fake()
         await fake.start()
-        lease = fake.dispatcher.take()
-        assert lease is not None
-        fake.dispatcher.accept(lease, None)
+        assert fake.dispatcher.take() is not None
+        fake.dispatcher.accept(None)
         await until(lambda: len(fake.leases) == 2)
         assert fake.consumer.reserved == 5  # reserved again, for the new standing request
         await until(lambda: fake.dispatcher.has_standing)
@@ -152,11 +150,10 @@ def test_what_a_publish_leased_for_a_consumer_that_left_is_given_back() -> None:
     async def scenario() -> None:
         fake = Fake()
         await fake.start()
-        lease = fake.dispatcher.take()
-        assert lease is not None
+        assert fake.dispatcher.take() is not None
         fake.consumer.closed = True
         fake.dispatcher.remove(fake.consumer)
-        fake.dispatcher.accept(lease, {fake.consumer.id: [_delivery(1), _delivery(2)]})
+        fake.dispatcher.accept({fake.consumer.id: [_delivery(1), _delivery(2)]})
         assert fake.released == ["1-1", "2-1"]
         assert fake.consumer.reserved == 0
         await settle()
@@ -182,83 +179,17 @@ def test_what_a_consumer_that_left_held_is_given_back_after_the_lease_on_its_way
     async def scenario() -> None:
         fake = Fake()
         await fake.start()
-        lease = fake.dispatcher.take()  # a publish is leasing for the consumer
-        assert lease is not None
+        assert fake.dispatcher.take() is not None  # a publish is leasing for the consumer
         fake.consumer.closed = True
         fake.dispatcher.remove(fake.consumer)
         # Given back now, the publish's lease could take these again for the consumer
         # that left, and give them back once more: an attempt each for nothing.
         fake.dispatcher.give_back(["7-1", "8-1"])
         assert fake.released == []
-        fake.dispatcher.accept(lease, {})
+        fake.dispatcher.accept({})
         assert fake.released == ["7-1", "8-1"]
         fake.dispatcher.give_back(["9-1"])  # nothing on its way: at once
         assert fake.released == ["7-1", "8-1", "9-1"]
-        await fake.dispatcher.stop("done")
-
-    asyncio.run(scenario())
-
-
-def test_publishes_whose_commits_overlap_each_take_a_part_of_the_request() -> None:
-    async def scenario() -> None:
-        fake = Fake()
-        await fake.start()
-        # A publish takes one more than its matching events: finding fewer says nothing
-        # else is ready, and the dispatcher need not look.
-        first = fake.dispatcher.take(2)  # a publish of one matching event
-        assert first is not None and first.requests == (LeaseRequest(fake.consumer.id, 2),)
-        assert fake.dispatcher.has_standing  # the rest stays posted for the next publish
-        second = fake.dispatcher.take(2)
-        assert second is not None and second.requests == (LeaseRequest(fake.consumer.id, 2),)
-        third = fake.dispatcher.take(9)  # more than is left: what is left
-        assert third is not None and third.requests == (LeaseRequest(fake.consumer.id, 1),)
-        assert not fake.dispatcher.has_standing and fake.dispatcher.take(1) is None
-        assert fake.consumer.reserved == 5 and fake.consumer.free == 0
-        fake.dispatcher.accept(second, {fake.consumer.id: [_delivery(2)]})
-        fake.dispatcher.accept(first, {fake.consumer.id: [_delivery(1)]})
-        await settle()
-        assert not fake.dispatcher.has_standing  # a part is still on its way
-        fake.dispatcher.accept(third, {})
-        await until(lambda: fake.dispatcher.has_standing)
-        assert len(fake.leases) == 1  # each found less than it asked: still caught up
-        assert fake.consumer.outstanding == {"1-1", "2-1"}
-        assert fake.consumer.reserved == 3 and fake.consumer.free == 0
-        await fake.dispatcher.stop("done")
-        assert fake.consumer.reserved == 0
-
-    asyncio.run(scenario())
-
-
-def test_a_part_that_found_all_it_asked_for_makes_the_dispatcher_look_again() -> None:
-    async def scenario() -> None:
-        fake = Fake()
-        await fake.start()
-        first = fake.dispatcher.take(1)
-        second = fake.dispatcher.take(1)
-        assert first is not None and second is not None
-        fake.dispatcher.accept(first, {fake.consumer.id: [_delivery(1)]})  # all it asked
-        fake.dispatcher.accept(second, {})
-        await until(lambda: len(fake.leases) == 2)  # more may be ready: a lease, not a wait
-        assert fake.leases[1] == [LeaseRequest(fake.consumer.id, 4)]
-        await fake.dispatcher.stop("done")
-
-    asyncio.run(scenario())
-
-
-def test_parts_of_the_request_go_to_the_consumers_in_turn() -> None:
-    async def scenario() -> None:
-        fake = Fake()
-        other = ConsumerStream("orders", "d", max_outstanding=5, max_batch_size=10)
-        await fake.start()
-        fake.dispatcher.add(other)
-        await until(lambda: other.reserved == 5)  # the request was posted again, for both
-        parts = [fake.dispatcher.take(1) for _ in range(4)]
-        takers = [p.requests[0].consumer for p in parts if p is not None]
-        assert sorted(takers) == sorted([fake.consumer.id, other.id] * 2)
-        assert takers[0] != takers[1] and takers[2] != takers[3]
-        for part in parts:
-            assert part is not None
-            fake.dispatcher.accept(part, {})
         await fake.dispatcher.stop("done")
 
     asyncio.run(scenario())
