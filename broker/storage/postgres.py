@@ -23,7 +23,17 @@ from sqlalchemy import event
 
 from broker.domain import AckId
 from broker.storage.interface import Notifier, StorageUnavailableError
-from broker.storage.sql import SqlStorage, SqlTx, storage_errors
+from broker.storage.sql import (
+    DELIVERY_ROW,
+    EVENT_ROW,
+    INSERT_DELIVERIES,
+    INSERT_EVENTS,
+    SqlStorage,
+    SqlTx,
+    flat,
+    storage_errors,
+    values_sql,
+)
 
 POOL_SIZE = 8
 #: The `LISTEN`/`NOTIFY` channel brokers on one database share.
@@ -53,7 +63,7 @@ class PostgresTx(SqlTx):
                 # round trip for one row (105 against 59 µs of CPU per publish).
                 cursor.execute(
                     _small_insert_sql(len(event_rows), len(delivery_rows)),
-                    [value for row in (*event_rows, *delivery_rows) for value in row],
+                    flat(event_rows) + flat(delivery_rows),
                 )
             elif delivery_rows:
                 cursor.execute(
@@ -101,14 +111,12 @@ class PostgresTx(SqlTx):
 
 
 _INSERT_EVENTS_SQL = (
-    "INSERT INTO events (id, name, payload, content_type, headers, dedup_id, priority,"
-    " ordering_key, published_at, deliver_at, delay_us)"
+    f"{INSERT_EVENTS}"
     " SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::text[], %b::text[],"
     " %b::text[], %b::smallint[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[])"
 )
 _INSERT_DELIVERIES_SQL = (
-    "INSERT INTO deliveries (subscription_id, event_id, state, rank, ordering_key, ready_at,"
-    " attempt, dead_reason, updated_at)"
+    f"{INSERT_DELIVERIES}"
     " SELECT s, e, st, r, k, ra, 0, 0, u FROM unnest(%b::int[], %b::text[], %b::smallint[],"
     " %b::smallint[], %b::text[], %b::bigint[], %b::bigint[])"
     " WITH ORDINALITY AS t(s, e, st, r, k, ra, u, n) ORDER BY n"  # ids in publish order
@@ -116,16 +124,6 @@ _INSERT_DELIVERIES_SQL = (
 
 #: Up to this many events (and deliveries), a publish inserts plain values.
 SMALL_INSERT_ROWS = 2
-_INSERT_EVENT_VALUES_SQL = (
-    "INSERT INTO events (id, name, payload, content_type, headers, dedup_id, priority,"
-    " ordering_key, published_at, deliver_at, delay_us) VALUES "
-)
-_INSERT_DELIVERY_VALUES_SQL = (
-    "INSERT INTO deliveries (subscription_id, event_id, state, rank, ordering_key, ready_at,"
-    " attempt, dead_reason, updated_at) VALUES "
-)
-_EVENT_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-_DELIVERY_ROW = "(%s, %s, %s, %s, %s, %s, 0, 0, %s)"
 _INSERT_EVENTS_AND_DELIVERIES_SQL = (
     f"WITH inserted AS ({_INSERT_EVENTS_SQL}) {_INSERT_DELIVERIES_SQL}"
 )
@@ -134,10 +132,10 @@ _INSERT_EVENTS_AND_DELIVERIES_SQL = (
 @functools.cache
 def _small_insert_sql(events: int, deliveries: int) -> str:
     """Insert this many event rows and delivery rows as values, in one statement."""
-    insert_events = _INSERT_EVENT_VALUES_SQL + ", ".join([_EVENT_ROW] * events)
+    insert_events = values_sql(INSERT_EVENTS, EVENT_ROW, events, "%s")
     if not deliveries:
         return insert_events
-    insert_deliveries = _INSERT_DELIVERY_VALUES_SQL + ", ".join([_DELIVERY_ROW] * deliveries)
+    insert_deliveries = values_sql(INSERT_DELIVERIES, DELIVERY_ROW, deliveries, "%s")
     return f"WITH inserted AS ({insert_events}) {insert_deliveries}"
 
 

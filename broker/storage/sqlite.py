@@ -10,7 +10,6 @@ Readers use their own connections and see the last commit without blocking it.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,25 +35,6 @@ class SqliteTx(SqlTx):
     def _claim_sql(self) -> str:
         return _CLAIM_SQL
 
-    def _insert_rows(
-        self, event_rows: list[tuple[Any, ...]], delivery_rows: list[tuple[Any, ...]]
-    ) -> None:
-        """Insert many rows per statement: one step of SQLite for up to `INSERT_CHUNK` rows.
-
-        The sqlite3 module lets go of the interpreter lock around every step, and
-        `executemany` steps once per row. With the event loop busy, the committer
-        thread then waits for the lock again after every row: a publish of 100
-        events fanned out to ten subscriptions took 1,100 such waits.
-        """
-        cursor = self._cursor()
-        for sql, row, rows in (
-            (_INSERT_EVENT_SQL, _EVENT_ROW, event_rows),
-            (_INSERT_DELIVERY_SQL, _DELIVERY_ROW, delivery_rows),
-        ):
-            for chunk in _chunks(rows):
-                cursor.execute(_statement(sql, row, len(chunk)), _flat(chunk))
-        cursor.close()
-
     def _ack_statement(self, pairs: Sequence[AckId], now_us: int) -> tuple[str, list[Any]]:
         # The row-value test alone would scan the table; `id IN` lets it use the key.
         ids = ", ".join("?" * len(pairs))
@@ -63,40 +43,6 @@ class SqliteTx(SqlTx):
         params += [a.delivery_id for a in pairs]
         params += [n for a in pairs for n in (a.delivery_id, a.attempt)]
         return _ACK_SQL.format(ids=ids, values=values), params
-
-
-#: Rows inserted by one statement at most; shorter chunks are powers of two, so
-#: that few distinct statements reach the sqlite3 module's statement cache.
-INSERT_CHUNK = 64
-_INSERT_EVENT_SQL = (
-    "INSERT INTO events (id, name, payload, content_type, headers, dedup_id, priority,"
-    " ordering_key, published_at, deliver_at, delay_us) VALUES {rows}"
-)
-_INSERT_DELIVERY_SQL = (
-    "INSERT INTO deliveries (subscription_id, event_id, state, rank, ordering_key, ready_at,"
-    " attempt, dead_reason, updated_at) VALUES {rows}"
-)
-_EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, 0, 0, ?)"
-
-
-def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-    """`rows` in chunks of `INSERT_CHUNK`, then of decreasing powers of two."""
-    start, size = 0, INSERT_CHUNK
-    while start < len(rows):
-        while start + size > len(rows):
-            size //= 2
-        yield rows[start : start + size]
-        start += size
-
-
-@functools.cache
-def _statement(sql: str, row: str, rows: int) -> str:
-    return sql.format(rows=", ".join([row] * rows))
-
-
-def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
-    return [value for row in rows for value in row]
 
 
 _CLAIM_SQL = (
