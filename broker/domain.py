@@ -9,12 +9,17 @@ reach above the storage.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 US_PER_S = 1_000_000
 #: The largest number a BIGINT column holds (ids and attempts are stored as such).
 _BIGINT_MAX = 2**63 - 1
+_BIGINT_DIGITS = len(str(_BIGINT_MAX))
+#: An ack id: three numbers (two in earlier ack ids), ASCII digits only.
+_ACK_ID_RE = re.compile(r"([0-9]+)-([0-9]+)(?:-([0-9]+))?")
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
@@ -70,6 +75,22 @@ class EventDraft:
     ordering_key: str | None
     deliver_at_us: int
     delay_us: int
+
+    def stored_at(self, now_us: int) -> StoredEvent:
+        """The event as the log keeps it once stored at `now_us` (a past time means now)."""
+        return StoredEvent(
+            event_id=self.event_id,
+            name=self.name,
+            payload=self.payload,
+            content_type=self.content_type,
+            headers=self.headers,
+            dedup_id=self.dedup_id,
+            priority=self.priority,
+            ordering_key=self.ordering_key,
+            published_at_us=now_us,
+            deliver_at_us=max(self.deliver_at_us, now_us),
+            delay_us=self.delay_us,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,43 +155,6 @@ class LeaseRequest:
     count: int
 
 
-def share_credit(wants: Sequence[int], budget: int) -> list[int]:
-    """Split `budget` deliveries among consumers wanting `wants`, evenly, in turn.
-
-    Each gets an equal part of what is left (the first ones one more when it
-    does not divide), and what a consumer cannot take goes to the others. The
-    caller rotates the order between calls, so that a budget of one (a
-    concurrency limit with one free slot) goes to each consumer in turn rather
-    than always to the first.
-    """
-    given = [0] * len(wants)
-    left = budget
-    active = [i for i, want in enumerate(wants) if want > 0]
-    while left > 0 and active:
-        each = max(left // len(active), 1)
-        still: list[int] = []
-        for i in active:
-            take = min(each, wants[i] - given[i], left)
-            given[i] += take
-            left -= take
-            if given[i] < wants[i]:
-                still.append(i)
-            if left == 0:
-                break
-        active = still
-    return given
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseClaim:
-    """A delivery claimed for a consumer, before its event is attached."""
-
-    ack_id: str
-    event_id: str
-    attempt: int
-    ack_deadline_us: int
-
-
 @dataclass(frozen=True, slots=True)
 class LeasedDelivery:
     """A delivery leased to a consumer, with its event."""
@@ -182,26 +166,48 @@ class LeasedDelivery:
     ack_deadline_us: int
 
 
-@dataclass(frozen=True, slots=True)
-class AckId:
-    """An ack id parsed: one lease of one delivery."""
+class AckId(NamedTuple):
+    """An ack id parsed: one lease of one delivery.
 
-    delivery_id: int
+    A delivery is named by its subscription and its event's place in the log
+    (one delivery per event and subscription); the attempt tells its leases
+    apart, so a lease that ended cannot be settled by its stale ack id.
+    Written `"<subscription id>-<seq>-<attempt>"`.
+    """
+
+    subscription_id: int
+    seq: int
     attempt: int
 
     def __str__(self) -> str:
-        return f"{self.delivery_id}-{self.attempt}"
+        return f"{self.subscription_id}-{self.seq}-{self.attempt}"
 
     @classmethod
-    def parse(cls, text: str) -> AckId | None:
-        """Parse `"<delivery id>-<attempt>"`, or None for anything else."""
-        head, sep, tail = text.partition("-")
-        if not sep or not head.isdigit() or not tail.isdigit():
+    def parse(cls, text: str) -> AckId | LegacyAckId | None:
+        """Parse an ack id (or one of the earlier `"<delivery id>-<attempt>"`); None if neither."""
+        found = _ACK_ID_RE.fullmatch(text)
+        if found is None:
             return None
-        delivery_id, attempt = int(head), int(tail)
-        if delivery_id > _BIGINT_MAX or attempt > _BIGINT_MAX:
+        first, second, third = found.groups()
+        if len(text) >= _BIGINT_DIGITS and any(
+            len(part) >= _BIGINT_DIGITS and int(part) > _BIGINT_MAX
+            for part in (first, second, third or "")
+        ):
             return None  # no row has such a number; the databases could not even compare it
-        return cls(delivery_id, attempt)
+        if third is None:
+            return LegacyAckId(int(first), int(second))
+        return cls(int(first), int(second), int(third))
+
+
+class LegacyAckId(NamedTuple):
+    """An ack id handed out before deliveries were named by their place in the log.
+
+    Leases kept across an upgrade still carry one; storage finds the delivery
+    by its row id.
+    """
+
+    delivery_id: int
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 NAME_MAX_LENGTH = 255
 _NAME_RE = re.compile(r"^[a-z0-9._\-/:]{1,255}$")
@@ -64,9 +64,15 @@ def compile_filters(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{_compile(p).pattern})" for p in patterns))
 
 
-def matches(patterns: Sequence[str], name: str) -> bool:
+#: (patterns, name) pairs whose match is remembered: routing asks for every event and
+#: subscription, and most events share a few names.
+MATCH_CACHE_MAX = 1 << 16
+
+
+@functools.lru_cache(maxsize=MATCH_CACHE_MAX)
+def matches(patterns: tuple[str, ...], name: str) -> bool:
     """Whether a lower-cased event name matches any of the patterns."""
-    return compile_filters(tuple(patterns)).match(name) is not None
+    return compile_filters(patterns).match(name) is not None
 
 
 def normalize_filters(patterns: Iterable[str]) -> tuple[str, ...]:

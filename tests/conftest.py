@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from broker.app import BrokerApp
 from broker.config import Settings
 from broker.storage import Storage, open_storage
+from broker.storage.memory import MemoryStorage
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 
 PG_ENV = "BROKER_TEST_DATABASE_URL"
@@ -176,14 +177,16 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         postgres_server.drop_database(url)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    """A migrated, empty storage: once on SQLite, once on PostgreSQL."""
-    if request.param == "sqlite":
-        url = sqlite_url(tmp_path)
+    """A migrated, empty storage: in memory, on SQLite, on PostgreSQL."""
+    store: Storage
+    if request.param == "memory":
+        store = MemoryStorage()
+    elif request.param == "sqlite":
+        store = open_storage(sqlite_url(tmp_path))
     else:
-        url = request.getfixturevalue("postgres_url")
-    store = open_storage(url)
+        store = open_storage(request.getfixturevalue("postgres_url"))
     store.migrate()
     try:
         yield store

@@ -12,16 +12,16 @@ import random
 from tenacity import RetryCallState
 from tenacity.wait import wait_exponential
 
-from broker import transitions
+from broker.delivery import failure
 
 _jitter = random.Random()
 #: The `Draw` the delivery decisions take: an integer in [low, high].
-draw: transitions.Draw = _jitter.randint
+draw: failure.Draw = _jitter.randint
 
 
 def retry_delay_us(attempt: int, min_us: int, max_us: int) -> int:
-    """`transitions.retry_delay_us` with the broker's jitter."""
-    return transitions.retry_delay_us(attempt, min_us, max_us, draw)
+    """`failure.retry_delay_us` with the broker's jitter."""
+    return failure.retry_delay_us(attempt, min_us, max_us, draw)
 
 
 class wait_jittered_exponential(wait_exponential):

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from broker.domain import LeasedDelivery, LeaseRequest
+from broker.engine.operations.lease import LeaseResult
 from broker.names import matches
 from broker.storage.interface import StorageUnavailableError
 
@@ -36,8 +37,11 @@ _jitter = random.Random()
 
 #: Event names whose match a dispatcher remembers (cleared when full).
 MATCH_CACHE_MAX = 1024
-#: Leases for the subscription: (subscription id, requests) -> deliveries per consumer.
-LeaseFn = Callable[[int, Sequence[LeaseRequest]], Awaitable[dict[str, list[LeasedDelivery]]]]
+#: A lease that met another transaction leasing for the subscription is tried again
+#: after about this long (jittered).
+CONTENDED_RETRY_S = 0.005
+#: Leases for the subscription: (subscription id, requests) -> what it handed out.
+LeaseFn = Callable[[int, Sequence[LeaseRequest]], Awaitable[LeaseResult]]
 #: Gives ack ids back at once (their consumer left before they arrived).
 ReleaseFn = Callable[[Sequence[str]], None]
 
@@ -139,6 +143,8 @@ class SubscriptionDispatcher:
         on_leased: Callable[[SubscriptionDispatcher, ConsumerStream, list[LeasedDelivery]], None],
         poll_interval_s: float,
         filters: tuple[str, ...] = (),
+        *,
+        standing_requests: bool = True,
     ) -> None:
         self.subscription_id = subscription_id
         self.name = name
@@ -148,6 +154,9 @@ class SubscriptionDispatcher:
         self._release = release
         self._on_leased = on_leased
         self._poll_interval_s = poll_interval_s
+        #: Whether a caught-up dispatcher offers its credit to the next publish (where
+        #: a publish's transaction can lease its own new events).
+        self._standing_requests = standing_requests
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -255,17 +264,16 @@ class SubscriptionDispatcher:
         requests = tuple(LeaseRequest(c.id, n) for c, n in live)
         return StandingLease(self.subscription_id, self.name, requests)
 
-    def accept(self, leased: dict[str, list[LeasedDelivery]] | None) -> None:
+    def accept(self, result: LeaseResult | None) -> None:
         """What a publish leased for the taken request (None: its transaction failed)."""
         taken, self._taken = self._taken or [], None
-        asked = got = 0
+        got = 0
         for consumer, count in taken:
             consumer.reserved -= count
-            asked += count
-            got += self._hand_out(consumer, leased.get(consumer.id) if leased else None)
+            got += self._hand_out(consumer, result.leased.get(consumer.id) if result else None)
         if got:
             self._turn += 1
-        if leased is None or got >= asked or self._readies != self._taken_at:
+        if result is None or result.more or self._readies != self._taken_at:
             self._caught_up = False
         self._given_back()
         self._wake.set()
@@ -320,7 +328,7 @@ class SubscriptionDispatcher:
                         self._filling = False
                         self._given_back()
                     self._caught_up = caught_up and readies == self._readies
-                if self._caught_up and not self._stopping:
+                if self._caught_up and self._standing_requests and not self._stopping:
                     self._post()
             except StorageUnavailableError as error:
                 self._caught_up = False
@@ -336,20 +344,29 @@ class SubscriptionDispatcher:
     async def _fill(self) -> bool:
         """Lease until every consumer's credit is used or nothing more is ready.
 
-        True when the last lease found less than was asked: caught up.
+        True when the last lease found nothing more ready: caught up.
         """
+        contended = 0
         while not self._stopping:
             wanting = [c for c in self.consumers if c.free > 0]
             if not wanting:
                 return False
             wanting = self._in_turn(wanting)
             requests = [LeaseRequest(c.id, c.free) for c in wanting]
-            leased = await self._lease(self.subscription_id, requests)
-            got = sum(self._hand_out(c, leased.get(c.id)) for c in wanting)
+            result = await self._lease(self.subscription_id, requests)
+            got = sum(self._hand_out(c, result.leased.get(c.id)) for c in wanting)
             if got:
                 self._turn += 1
-            if got < sum(r.count for r in requests):
+            if result.contended:
+                # Doubling while it lasts (a broker stuck mid-transaction holds the
+                # cursor until the database ends its session), up to the poll interval.
+                pause = min(CONTENDED_RETRY_S * 2**contended, self._poll_interval_s)
+                contended += 1
+                await asyncio.sleep(pause * _jitter.uniform(0.5, 1.5))
+            elif not result.more:
                 return True
+            else:
+                contended = 0
         return False
 
     def _hand_out(self, consumer: ConsumerStream, deliveries: list[LeasedDelivery] | None) -> int:

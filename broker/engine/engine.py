@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -21,10 +20,12 @@ from functools import partial
 from typing import TypeVar
 
 from broker.config import Settings
+from broker.delivery.failure import Failure
 from broker.domain import (
     AttemptOutcome,
     DeadReason,
     DeliveryInfo,
+    DeliveryState,
     EventDraft,
     LeasedDelivery,
     LeaseRequest,
@@ -39,24 +40,15 @@ from broker.engine.committer import Coalescer, Committer
 from broker.engine.dispatcher import ConsumerStream, StandingLease, SubscriptionDispatcher
 from broker.engine.holds import Holds
 from broker.engine.metrics import BrokerMetrics
-from broker.engine.operations import fail_leases, lease_deliveries
+from broker.engine.operations import inspect, lease, publish, replay, settle
+from broker.engine.operations.lease import LeaseResult
+from broker.engine.operations.replay import RedriveSelection, SeekOutcome
 from broker.engine.rates import RateMeter
 from broker.engine.recent import RecentEvents
 from broker.engine.services import DedupPruner, LeaseReaper, Retention, Scheduler, Service
 from broker.engine.wakeups import Wakeups
 from broker.names import matches
-from broker.storage.interface import (
-    DeliveryAckParams,
-    DeliveryExtendParams,
-    DeliveryRedriveParams,
-    EventInsertParams,
-    SeekOutcome,
-    Storage,
-    StorageTx,
-    SubscriptionSeekParams,
-    SubscriptionUpdateParams,
-)
-from broker.transitions import Failure
+from broker.storage.interface import Storage, StorageTx
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,7 +82,7 @@ class Published:
     """A publish call's outcomes, and what it leased per subscription id."""
 
     outcomes: list[PublishOutcome]
-    leased: dict[int, dict[str, list[LeasedDelivery]]]
+    leased: dict[int, LeaseResult]
 
 
 def _hand_over(dispatchers: list[SubscriptionDispatcher], task: asyncio.Future[Published]) -> None:
@@ -286,11 +278,10 @@ class DeliveryEngine:
         Then serve the standing requests the calls took, in the same transaction.
         """
         drafts = [draft for call in calls for draft in call.drafts]
-        params = EventInsertParams(drafts, now, self.settings.dedup_window_us)
-        outcomes = tx.event_insert_many(params)
+        outcomes = publish.publish(tx, now, drafts, self.settings.dedup_window_us)
         # Remembered for their first lease: only events ready now in some subscription.
         self.recent_events.put_many(
-            stored_event(draft, now)
+            draft.stored_at(now)
             for draft, outcome in zip(drafts, outcomes, strict=True)
             if outcome.matched and draft.deliver_at_us <= now
         )
@@ -299,17 +290,17 @@ class DeliveryEngine:
         start = 0
         for call in calls:
             leased = {
-                lease.subscription_id: lease_deliveries(
-                    tx, now, lease.subscription, lease.subscription_id, lease.requests, known
+                standing.subscription_id: lease.lease(
+                    tx, now, standing.subscription_id, standing.requests, known
                 )
-                for lease in call.leases
+                for standing in call.leases
             }
             published.append(Published(outcomes[start : start + len(call.drafts)], leased))
             start += len(call.drafts)
         return published
 
     def _feed_tails(self, draft: EventDraft, now_us: int) -> None:
-        event = stored_event(draft, now_us)
+        event = draft.stored_at(now_us)
         for tail in self._tails:
             if matches(tail.filters, draft.name):
                 try:
@@ -337,6 +328,7 @@ class DeliveryEngine:
                 self._on_leased,
                 self.settings.poll_interval_s,
                 subscription.filters,
+                standing_requests=self.storage.reads_own_log,
             )
             self._dispatchers[subscription.id] = dispatcher
             dispatcher.start()
@@ -376,15 +368,14 @@ class DeliveryEngine:
         """Consumers of a subscription connected to this process."""
         return sum(len(d.consumers) for d in self._dispatchers.values() if d.name == subscription)
 
-    async def _lease(
-        self, subscription_id: int, requests: Sequence[LeaseRequest]
-    ) -> dict[str, list[LeasedDelivery]]:
-        dispatcher = self._dispatchers.get(subscription_id)
-        name = dispatcher.name if dispatcher is not None else ""
+    async def _lease(self, subscription_id: int, requests: Sequence[LeaseRequest]) -> LeaseResult:
         known = self.recent_events.get_many
-        return await self.committer.run(
-            lambda tx, now: lease_deliveries(tx, now, name, subscription_id, requests, known)
+        result = await self.committer.run(
+            lambda tx, now: lease.lease(tx, now, subscription_id, requests, known)
         )
+        if result.next_scheduled_us is not None:
+            self.ready((), result.next_scheduled_us)
+        return result
 
     def _on_leased(
         self,
@@ -413,9 +404,7 @@ class DeliveryEngine:
 
     async def ack(self, ack_ids: Sequence[str]) -> SettleOutcome:
         """Acknowledge leases."""
-        outcome = await self.committer.run(
-            lambda tx, now: tx.delivery_ack(DeliveryAckParams(ack_ids, now))
-        )
+        outcome = await self.committer.run(lambda tx, now: settle.ack(tx, now, ack_ids))
         self.settled(ack_ids, outcome, acked=True)
         return outcome
 
@@ -435,7 +424,7 @@ class DeliveryEngine:
     async def extend(self, ack_ids: Sequence[str], extension_us: int) -> SettleOutcome:
         """Extend leases to now + extension."""
         outcome = await self.committer.run(
-            lambda tx, now: tx.delivery_extend(DeliveryExtendParams(ack_ids, extension_us, now))
+            lambda tx, now: settle.extend(tx, now, ack_ids, extension_us)
         )
         # Ids that are no longer live are not held by anyone: return their credit.
         self.settled(outcome.not_applied, outcome)
@@ -454,7 +443,7 @@ class DeliveryEngine:
     ) -> SettleOutcome:
         failure = Failure(outcome_kind, error, delay_us, terminal, immediate)
         outcome = await self.committer.run(
-            lambda tx, now: fail_leases(tx, now, ack_ids, failure, backoff.draw)
+            lambda tx, now: settle.fail(tx, now, ack_ids, failure, backoff.draw)
         )
         self.settled(ack_ids, outcome)
         return outcome
@@ -539,12 +528,10 @@ class DeliveryEngine:
     ) -> int:
         """Make dead letters ready again, in transactions of at most REDRIVE_BATCH."""
         total = 0
-        params = DeliveryRedriveParams(
-            subscription.id, 0, REDRIVE_BATCH, tuple(event_ids), name, reason
-        )
+        selection = RedriveSelection(tuple(event_ids), name, reason)
         while True:
             count = await self.committer.run(
-                lambda tx, now: tx.delivery_redrive(dataclasses.replace(params, now_us=now))
+                lambda tx, now: replay.redrive(tx, now, subscription.id, selection, REDRIVE_BATCH)
             )
             total += count
             if count < REDRIVE_BATCH:
@@ -557,9 +544,7 @@ class DeliveryEngine:
     async def seek(self, subscription: Subscription, time_us: int) -> SeekOutcome:
         """Replay what was published since a time; skip what was published before it."""
         outcome = await self.committer.run(
-            lambda tx, now: tx.subscription_seek(
-                SubscriptionSeekParams(subscription.id, time_us, now)
-            )
+            lambda tx, now: replay.seek(tx, now, subscription.id, time_us)
         )
         _log.info(
             "seek of %s: %d replayed, %d skipped",
@@ -578,9 +563,7 @@ class DeliveryEngine:
 
     async def update_subscription(self, subscription: Subscription) -> Subscription | None:
         """Replace a subscription's settings; they apply to the next lease."""
-        updated = await self.committer.run(
-            lambda tx, now: tx.subscription_update(SubscriptionUpdateParams(subscription))
-        )
+        updated = await self.committer.run(lambda tx, now: tx.subscription_update(subscription))
         if updated is not None:
             dispatcher = self._dispatchers.get(updated.id)
             if dispatcher is not None:
@@ -613,11 +596,7 @@ class DeliveryEngine:
         self, event_id: str
     ) -> tuple[StoredEvent | None, list[DeliveryInfo]]:
         """An event and its delivery in each subscription."""
-
-        def get(tx: StorageTx) -> tuple[StoredEvent | None, list[DeliveryInfo]]:
-            return tx.event_get(event_id), tx.delivery_list_for_event(event_id)
-
-        return await self.read(get)
+        return await self.read(lambda tx: inspect.event_deliveries(tx, self.clock(), event_id))
 
     async def concurrency(self, names: set[str]) -> dict[str, tuple[int, int]]:
         """(in flight, max in flight) of those subscriptions that have a limit."""
@@ -629,8 +608,9 @@ class DeliveryEngine:
             for name in names:
                 sub = tx.subscription_get(name)
                 if sub is not None and sub.max_in_flight > 0:
-                    (counts,) = tx.subscription_counts(name)
-                    limits[name] = (counts.in_flight, sub.max_in_flight)
+                    rows = tx.delivery_counts(sub.id)
+                    in_flight = rows.by_state.get(DeliveryState.IN_FLIGHT, 0)
+                    limits[name] = (in_flight, sub.max_in_flight)
             return limits
 
         return await self.read(get)
@@ -639,23 +619,6 @@ class DeliveryEngine:
         """Delivery counts per subscription, and the number of stored events."""
 
         def get(tx: StorageTx) -> tuple[list[SubscriptionCounts], int]:
-            return tx.subscription_counts(name), tx.event_count()
+            return inspect.counts(tx, self.clock(), name), tx.event_count()
 
         return await self.read(get)
-
-
-def stored_event(draft: EventDraft, now_us: int) -> StoredEvent:
-    """The event as storage keeps it once `draft` is published at `now_us`."""
-    return StoredEvent(
-        event_id=draft.event_id,
-        name=draft.name,
-        payload=draft.payload,
-        content_type=draft.content_type,
-        headers=draft.headers,
-        dedup_id=draft.dedup_id,
-        priority=draft.priority,
-        ordering_key=draft.ordering_key,
-        published_at_us=now_us,
-        deliver_at_us=max(draft.deliver_at_us, now_us),
-        delay_us=draft.delay_us,
-    )

@@ -1,9 +1,15 @@
 """The storage interface the delivery engine and the API are written against.
 
-One implementation per database dialect (`sqlite.py`, `postgres.py`) satisfies
-it, and one test suite runs against every implementation. Methods are
-noun-first, take one params object, and are given the current time rather than
-reading the clock, so tests can move time.
+Events are stored once, in an append-only log; each subscription has a
+position in it (how far it has read) and delivery rows only for the
+deliveries the log cannot serve alone (see `broker.delivery`). Storage reads
+these facts and writes the changes the decisions return: it decides nothing.
+
+One implementation per database dialect (`sqlite.py`, `postgres.py`) and one
+in memory (`memory.py`, for the engine's tests) satisfy it, and one test suite
+runs against each. Methods are noun-first, take one params object where they
+take several values, and are given the current time rather than reading the
+clock, so tests can move time.
 """
 
 from __future__ import annotations
@@ -14,21 +20,31 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from broker.delivery.failure import AfterFailure, FailingLease
+from broker.delivery.records import (
+    Claim,
+    Claimed,
+    DeliveryKey,
+    KeyedDelivery,
+    LogScan,
+    NewDelivery,
+    Position,
+    ReadyDelivery,
+    Settled,
+    StateChange,
+)
+from broker.delivery.replay import SeekRow
+from broker.delivery.upkeep import OldEvent
+from broker.delivery.views import NameTally, RowCounts
 from broker.domain import (
     AckId,
     ApiKey,
     DeadReason,
     DeliveryInfo,
-    EventDraft,
-    LeaseClaim,
-    LeaseRequest,
-    PublishOutcome,
-    SettleOutcome,
+    LegacyAckId,
     StoredEvent,
     Subscription,
-    SubscriptionCounts,
 )
-from broker.transitions import AfterFailure, FailingLease
 
 
 class StorageUnavailableError(Exception):
@@ -48,78 +64,104 @@ class SubscriptionExistsError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class EventInsertParams:
-    """Store events (all or none) and fan each out to matching subscriptions."""
+class EventAppendParams:
+    """Events to add to the log, in order, with the delivery rows they need at once."""
 
-    drafts: Sequence[EventDraft]
-    now_us: int
-    dedup_window_us: int
+    events: Sequence[StoredEvent]
+    rows: Sequence[NewDelivery]
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryLeaseParams:
-    """Lease ready deliveries of one subscription to its consumers."""
+class DedupParams:
+    """Dedup ids to look up (those still inside their window at `now_us`)."""
+
+    dedup_ids: Sequence[str]
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogScanParams:
+    """Read the log past a subscription's position."""
 
     subscription_id: int
-    requests: Sequence[LeaseRequest]
+    position: Position
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogTallyParams:
+    """Count a subscription's events without a row, by name.
+
+    `passed` picks the events its position has passed (acked on their first
+    attempt) or not (waiting); only events published in
+    [`published_from_us`, `published_before_us`) and since the subscription's
+    start are counted; `now_us` tells scheduled ones apart.
+    """
+
+    subscription_id: int
+    passed: bool
+    published_from_us: int
+    published_before_us: int
     now_us: int
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryAckParams:
-    """Acknowledge leases."""
+class OldEventsParams:
+    """Events published before a time that no delivery row refers to, in log order."""
 
-    ack_ids: Sequence[str]
+    published_before_us: int
+    after_seq: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimParams:
+    """Lease ready rows of one subscription."""
+
+    subscription_id: int
+    claims: Sequence[Claim]
+    now_us: int
+    expires_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckParams:
+    """Acknowledge leases that are live at `now_us`."""
+
+    ack_ids: Sequence[AckId]
     now_us: int
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryFailingParams:
+class FailingParams:
     """Find the live leases among ack ids that are about to fail, and lock them.
 
     With `unexpired_at_us`, a lease whose deadline has passed by then is not live.
     """
 
-    ack_ids: Sequence[str]
+    ack_ids: Sequence[AckId]
     unexpired_at_us: int | None
 
 
 @dataclass(frozen=True, slots=True)
-class FailingLeases:
-    """The live leases found, and which ack ids they are (the others are not applied)."""
-
-    leases: list[FailingLease]
-    applied: tuple[str, ...]
-    not_applied: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryFailParams:
-    """Write what failing leases become, as `broker.transitions` decided it."""
+class FailParams:
+    """Write what failing leases become, as `broker.delivery.failure` decided it."""
 
     changes: Sequence[AfterFailure]
     now_us: int
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryExtendParams:
-    """Move lease deadlines to now + extension."""
+class ExtendParams:
+    """Move the deadlines of leases live at `now_us` to `until_us`."""
 
-    ack_ids: Sequence[str]
-    extension_us: int
+    ack_ids: Sequence[AckId]
+    until_us: int
     now_us: int
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryExpiredListParams:
-    """Find leases whose deadline has passed."""
-
-    now_us: int
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryPromoteParams:
+class PromoteParams:
     """Make scheduled deliveries whose time has come ready."""
 
     now_us: int
@@ -136,10 +178,17 @@ class PromoteOutcome:
 
 
 @dataclass(frozen=True, slots=True)
-class SubscriptionUpdateParams:
-    """Replace a subscription's settings (name and id unchanged)."""
+class DeadSelectParams:
+    """Dead letters of a subscription to redrive, oldest first, locked.
 
-    subscription: Subscription
+    Empty `event_ids` means every dead letter matching `name` and `reason`.
+    """
+
+    subscription_id: int
+    limit: int
+    event_ids: Sequence[str] = ()
+    name: str | None = None
+    reason: DeadReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,65 +203,6 @@ class DeadLetterListParams:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryRedriveParams:
-    """Make dead letters ready again as new attempts (at most `limit` per call).
-
-    Empty `event_ids` means every dead letter matching `name` and `reason`.
-    """
-
-    subscription_id: int
-    now_us: int
-    limit: int
-    event_ids: Sequence[str] = ()
-    name: str | None = None
-    reason: DeadReason | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionBackfillParams:
-    """Give a subscription deliveries for stored events published since a time."""
-
-    subscription_id: int
-    since_us: int
-    now_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionSeekParams:
-    """Deliver again what was published since `time_us`; skip what was published before."""
-
-    subscription_id: int
-    time_us: int
-    now_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class SeekOutcome:
-    """How many deliveries a seek made ready again, and how many it skipped."""
-
-    replayed: int
-    skipped: int
-
-
-@dataclass(frozen=True, slots=True)
-class MaintenanceParams:
-    """Apply maximum ages (dead-letter) and retention (delete), `limit` rows at a time."""
-
-    now_us: int
-    event_retention_us: int
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class MaintenanceOutcome:
-    """What one maintenance pass did."""
-
-    expired: int
-    deliveries_deleted: int
-    events_deleted: int
-
-
-@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A dead-lettered delivery with its event."""
 
@@ -221,11 +211,22 @@ class DeadLetter:
     info: DeliveryInfo
 
 
-class StorageTx(Protocol):
-    """The operations of one transaction."""
+@dataclass(frozen=True, slots=True)
+class SettledDeleteParams:
+    """Delete a subscription's acked and dead rows last changed before a time."""
 
-    def event_insert_many(self, params: EventInsertParams) -> list[PublishOutcome]:
-        """Store events and their deliveries; duplicates store nothing."""
+    subscription_id: int
+    changed_before_us: int
+    limit: int
+
+
+class StorageTx(Protocol):
+    """The reads and writes of one transaction."""
+
+    # -- events and the log ------------------------------------------------------
+
+    def event_append(self, params: EventAppendParams) -> None:
+        """Add events to the log in order, and the rows that refer to them."""
         ...
 
     def event_get(self, event_id: str) -> StoredEvent | None:
@@ -240,37 +241,198 @@ class StorageTx(Protocol):
         """How many events are stored."""
         ...
 
-    def delivery_lease(self, params: DeliveryLeaseParams) -> dict[str, list[LeaseClaim]]:
-        """Lease ready deliveries, at most the count each consumer asks for.
+    def event_old_list(self, params: OldEventsParams) -> list[tuple[int, OldEvent]]:
+        """Old events no row refers to, with their place in the log and who still waits."""
+        ...
 
-        Honours the subscription's max in flight; never leases one delivery twice
-        while its lease is live, even with several brokers on one database.
+    def event_delete(self, event_ids: Sequence[str]) -> int:
+        """Delete events (and their dedup ids); how many were deleted."""
+        ...
+
+    def dedup_lock(self, dedup_ids: Sequence[str]) -> None:
+        """Serialise transactions that publish under the same dedup ids (one writer: no-op)."""
+        ...
+
+    def dedup_find(self, params: DedupParams) -> dict[str, str]:
+        """The event id of each of these dedup ids still inside its window."""
+        ...
+
+    def dedup_put(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        """Store (dedup id, event id, expires at) rows, replacing any left past their window."""
+        ...
+
+    def dedup_prune(self, now_us: int, limit: int) -> int:
+        """Forget dedup ids whose window has passed."""
+        ...
+
+    def cursor_lock(self, subscription_id: int, *, wait: bool = False) -> Position | None:
+        """A subscription's position, locked until the transaction ends.
+
+        None when the subscription is gone, or (unless `wait`) when another
+        transaction holds it: it is leasing for the same subscription, try
+        again shortly.
         """
         ...
 
-    def delivery_ack(self, params: DeliveryAckParams) -> SettleOutcome:
-        """Acknowledge live leases; others are reported not applied."""
+    def log_scan(self, params: LogScanParams) -> LogScan:
+        """Up to `limit` events past the position, in log order."""
         ...
 
-    def delivery_failing(self, params: DeliveryFailingParams) -> FailingLeases:
+    def log_advance(self, subscription_id: int, position: Position) -> None:
+        """Move a subscription's position (locked by `cursor_lock`)."""
+        ...
+
+    def log_seek(self, subscription_id: int, time_us: int) -> None:
+        """Move a subscription's position to a time: what was published before it is passed."""
+        ...
+
+    def log_passed(self, event_id: str, subscription_ids: Sequence[int]) -> dict[int, bool]:
+        """Whether each subscription's position has passed an event.
+
+        Subscriptions that started after it (it is not theirs) are left out.
+        """
+        ...
+
+    def log_tally(self, params: LogTallyParams) -> list[NameTally]:
+        """A subscription's events without a row, passed or waiting, counted by name."""
+        ...
+
+    # -- delivery rows ------------------------------------------------------------
+
+    def delivery_insert(self, rows: Sequence[NewDelivery]) -> None:
+        """Write new delivery rows (their events are stored)."""
+        ...
+
+    def delivery_ready_list(self, subscription_id: int, limit: int) -> list[ReadyDelivery]:
+        """Up to `limit` ready rows of a subscription, in delivery order (rank, log order)."""
+        ...
+
+    def delivery_in_flight_count(self, subscription_id: int) -> int:
+        """How many of a subscription's deliveries are leased now."""
+        ...
+
+    def delivery_claim(self, params: ClaimParams) -> list[Claimed]:
+        """Lease ready rows to consumers (rows no longer ready are left out)."""
+        ...
+
+    def delivery_ack(self, params: AckParams) -> list[Settled]:
+        """Acknowledge the live leases among these ack ids; the ones acknowledged.
+
+        A delivery leased from the log and acked on its first attempt with no
+        history leaves no row: the log's position says it was acked. Any other
+        is kept, acked, with its history.
+        """
+        ...
+
+    def delivery_failing(self, params: FailingParams) -> list[FailingLease]:
         """The live leases among these ack ids, locked until the transaction ends."""
         ...
 
-    def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
-        """Write retried or dead deliveries; says which subscriptions may deliver more."""
+    def delivery_fail(self, params: FailParams) -> None:
+        """Write retried or dead deliveries."""
         ...
 
-    def delivery_extend(self, params: DeliveryExtendParams) -> SettleOutcome:
-        """Extend live leases."""
+    def delivery_extend(self, params: ExtendParams) -> list[AckId]:
+        """Extend the live leases among these ack ids; the ones extended."""
         ...
 
-    def delivery_expired_list(self, params: DeliveryExpiredListParams) -> list[AckId]:
+    def delivery_expired_list(self, now_us: int, limit: int) -> list[AckId]:
         """Leases whose deadline has passed."""
         ...
 
-    def delivery_live_leases(self, ack_ids: Sequence[str]) -> set[str]:
+    def delivery_live(self, ack_ids: Sequence[AckId]) -> set[AckId]:
         """Which of these ack ids are still live leases (in flight, same attempt)."""
         ...
+
+    def delivery_resolve(self, legacy: Sequence[LegacyAckId]) -> dict[LegacyAckId, AckId]:
+        """The ack ids of deliveries named by an earlier ack id (row id and attempt)."""
+        ...
+
+    def delivery_promote(self, params: PromoteParams) -> PromoteOutcome:
+        """Make due scheduled deliveries ready."""
+        ...
+
+    def ordering_key_lock(self, subscription_id: int, key: str) -> None:
+        """Serialise transactions that move one ordering key (one writer: no-op)."""
+        ...
+
+    def delivery_keyed_list(self, subscription_id: int, key: str) -> list[KeyedDelivery]:
+        """The open deliveries of an ordering key, in log order."""
+        ...
+
+    def delivery_set_states(self, changes: Sequence[StateChange], now_us: int) -> None:
+        """Move delivery rows to other states."""
+        ...
+
+    def delivery_restart(self, keys: Sequence[DeliveryKey], now_us: int) -> None:
+        """Make dead rows ready again as new first attempts, keeping their history."""
+        ...
+
+    def delivery_delete(self, keys: Sequence[DeliveryKey]) -> None:
+        """Forget delivery rows (a seek's replay: the log delivers their events again)."""
+        ...
+
+    def delivery_dead_select(self, params: DeadSelectParams) -> list[DeliveryKey]:
+        """Dead letters to redrive, oldest first, locked until the transaction ends."""
+        ...
+
+    def delivery_seek_list(self, subscription_id: int) -> list[SeekRow]:
+        """A subscription's rows that a seek may change, with their events' publish times."""
+        ...
+
+    def delivery_waiting_list(
+        self, subscription_id: int, published_before_us: int, limit: int
+    ) -> list[DeliveryKey]:
+        """A subscription's waiting rows (scheduled, ready, blocked) of events published before."""
+        ...
+
+    def delivery_keys_of(self, keys: Sequence[DeliveryKey]) -> set[tuple[int, str]]:
+        """The ordering keys these rows hold or wait for."""
+        ...
+
+    def delivery_settled_delete(self, params: SettledDeleteParams) -> int:
+        """Delete acked and dead rows past retention whose events the position passed; how many."""
+        ...
+
+    def delivery_list_for_event(self, event_id: str) -> list[DeliveryInfo]:
+        """An event's delivery rows, one per subscription that has one."""
+        ...
+
+    def delivery_counts(self, subscription_id: int) -> RowCounts:
+        """A subscription's rows by state, and its oldest ready one."""
+        ...
+
+    def dead_letter_list(self, params: DeadLetterListParams) -> list[DeadLetter]:
+        """A page of dead letters, oldest first."""
+        ...
+
+    # -- subscriptions -------------------------------------------------------------
+
+    def subscriptions_by_id(self) -> dict[int, Subscription]:
+        """Every subscription, by id."""
+        ...
+
+    def subscription_create(self, subscription: Subscription) -> Subscription:
+        """Create a subscription and its position at its start; raises SubscriptionExistsError."""
+        ...
+
+    def subscription_get(self, name: str) -> Subscription | None:
+        """One subscription by name."""
+        ...
+
+    def subscription_list(self, after_name: str, limit: int) -> list[Subscription]:
+        """Subscriptions by name, after a name."""
+        ...
+
+    def subscription_update(self, subscription: Subscription) -> Subscription | None:
+        """Replace a subscription's settings (name, id and start unchanged); None if gone."""
+        ...
+
+    def subscription_delete(self, name: str) -> bool:
+        """Delete a subscription, its position and its rows; False when it did not exist."""
+        ...
+
+    # -- API keys ---------------------------------------------------------------------
 
     def api_key_create(self, key: ApiKey) -> None:
         """Store a new API key."""
@@ -290,66 +452,6 @@ class StorageTx(Protocol):
 
     def api_key_active_count(self) -> int:
         """How many keys are not revoked (none: the broker runs without keys)."""
-        ...
-
-    def delivery_promote(self, params: DeliveryPromoteParams) -> PromoteOutcome:
-        """Make due scheduled deliveries ready."""
-        ...
-
-    def delivery_list_for_event(self, event_id: str) -> list[DeliveryInfo]:
-        """An event's delivery in each subscription."""
-        ...
-
-    def dead_letter_list(self, params: DeadLetterListParams) -> list[DeadLetter]:
-        """A page of dead letters, oldest first."""
-        ...
-
-    def subscription_create(self, subscription: Subscription) -> Subscription:
-        """Create a subscription; raises SubscriptionExistsError."""
-        ...
-
-    def subscription_get(self, name: str) -> Subscription | None:
-        """One subscription by name."""
-        ...
-
-    def subscription_get_by_id(self, subscription_id: int) -> Subscription | None:
-        """One subscription by id."""
-        ...
-
-    def subscription_list(self, after_name: str, limit: int) -> list[Subscription]:
-        """Subscriptions by name, after a name."""
-        ...
-
-    def subscription_update(self, params: SubscriptionUpdateParams) -> Subscription | None:
-        """Replace a subscription's settings; None when it does not exist."""
-        ...
-
-    def subscription_delete(self, name: str) -> bool:
-        """Delete a subscription and its deliveries; False when it did not exist."""
-        ...
-
-    def subscription_counts(self, name: str | None) -> list[SubscriptionCounts]:
-        """Delivery counts per subscription (one, or all)."""
-        ...
-
-    def dedup_prune(self, now_us: int, limit: int) -> int:
-        """Forget dedup ids whose window has passed."""
-        ...
-
-    def delivery_redrive(self, params: DeliveryRedriveParams) -> int:
-        """Make dead letters ready again, attempts counted afresh; returns how many."""
-        ...
-
-    def subscription_backfill(self, params: SubscriptionBackfillParams) -> int:
-        """Add deliveries for matching stored events that have none; returns how many."""
-        ...
-
-    def subscription_seek(self, params: SubscriptionSeekParams) -> SeekOutcome:
-        """Replay from a time: later events delivered again, earlier ones skipped."""
-        ...
-
-    def maintenance(self, params: MaintenanceParams) -> MaintenanceOutcome:
-        """Apply maximum ages and retention."""
         ...
 
 
@@ -388,12 +490,20 @@ class Storage(Protocol):
 
     @property
     def dialect(self) -> str:
-        """The dialect: "sqlite" or "postgresql"."""
+        """The dialect: "sqlite", "postgresql" or "memory"."""
         ...
 
     @property
     def max_concurrent_writers(self) -> int:
         """How many transactions may write at once (1 on SQLite)."""
+        ...
+
+    @property
+    def reads_own_log(self) -> bool:
+        """Whether a scan of the log sees events stored earlier in the same transaction.
+
+        Where it does, a publish can lease its own new events (a standing request).
+        """
         ...
 
     def migrate(self) -> None:

@@ -1,11 +1,20 @@
 """PostgreSQL: the scale path, several broker processes on one database.
 
-Ready rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent leasers in
-any process each take different rows and never wait on one another; rows read
-before an update (acks, nacks) are locked with `FOR UPDATE`. Commits are
-durable (`synchronous_commit=on`) before a publish is acknowledged. Brokers
-tell each other what became ready with `NOTIFY` on one channel
-(`PostgresNotifier`).
+Several brokers write at once, and a transaction may commit after another that
+started later: its events then appear in the log behind ones already read. So
+a position is not a number but a pair of snapshots, as PgQ keeps it: the
+events of transactions visible in `passed` were read; the current batch is
+the events of transactions visible in `batch` and not in `passed`, read in
+(txid, seq) order up to the position's (txid, seq). When a batch is read to
+its end, `batch` becomes `passed` and a new snapshot the next batch: an event
+whose transaction commits late is in whichever batch first sees it committed,
+never skipped. A lease holds its subscription's cursor row (`FOR UPDATE SKIP
+LOCKED`: another broker leasing for the same subscription tries again a moment
+later instead of waiting, and meanwhile leases only rows that are ready);
+advisory locks serialise an ordering key and a
+dedup id. Commits are durable (`synchronous_commit=on`) before a publish is
+acknowledged. Brokers tell each other what became ready with `NOTIFY` on one
+channel (`PostgresNotifier`).
 """
 
 from __future__ import annotations
@@ -15,21 +24,29 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from broker.domain import AckId
-from broker.storage.interface import Notifier, StorageUnavailableError
+from broker.delivery.records import DeliveryKey, LogEntry, LogScan, Position
+from broker.domain import AckId, StartPosition, Subscription
+from broker.storage.interface import (
+    EventAppendParams,
+    LogScanParams,
+    Notifier,
+    StorageUnavailableError,
+)
+from broker.storage.rows import EVENT_COLUMNS, event_values
 from broker.storage.sql import (
-    DELIVERY_ROW,
-    EVENT_ROW,
+    DELIVERY_COLUMNS,
     INSERT_DELIVERIES,
     INSERT_EVENTS,
     SqlStorage,
     SqlTx,
+    delivery_values,
     flat,
     storage_errors,
     values_sql,
@@ -43,122 +60,334 @@ LISTEN_POLL_S = 0.1
 #: A committer's kept connection idle this long goes back to the pool and a fresh
 #: check-out (pinged) replaces it: a busy one is never pinged, a stale one is.
 WRITER_IDLE_S = 2.0
+#: A broker's session idle inside a transaction this long is ended by the server: a
+#: broker cut off from the database mid-transaction (a partition) would otherwise
+#: hold a subscription's cursor, and its log, from every other broker until TCP
+#: gave up (hours). The broker's own transactions never wait on it in between.
+IDLE_IN_TRANSACTION_TIMEOUT_S = 5
+#: Up to this many rows, an insert sends plain values: psycopg's array dumpers cost
+#: more than a round trip for one row (105 against 59 µs of CPU per publish).
+SMALL_INSERT_ROWS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PgPosition:
+    """A subscription's place in the log on PostgreSQL (see the module's docstring).
+
+    `passed` None: no transaction was passed (a start from the beginning or a
+    time). Events of the batch published before `batch_from` count as passed.
+    """
+
+    passed: str | None
+    batch: str
+    txid: int
+    seq: int
+    batch_from: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A `txid_snapshot`: transactions below `xmin` and between it and `xmax` but not in `xip`."""
+
+    xmin: int
+    xmax: int
+    xip: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        """From PostgreSQL's text form, `xmin:xmax:xip,...`."""
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
+
+    def __str__(self) -> str:
+        return f"{self.xmin}:{self.xmax}:{','.join(str(x) for x in self.xip)}"
+
+    def with_committed(self, txid: int | None) -> Snapshot:
+        """The snapshot as it will read once `txid`, this transaction's own, has committed.
+
+        PostgreSQL leaves a transaction's own id out of its snapshot's `xip` and may
+        put it at or past `xmax` (which is the last completed id + 1): then `xmax`
+        moves past it, and the ids in between (running or not yet begun when the
+        snapshot was taken) join `xip`, so that they still count as not committed.
+        """
+        if txid is None or txid < self.xmin:
+            return self
+        xip = [x for x in self.xip if x != txid]
+        xmax = self.xmax
+        if txid >= xmax:
+            xip += range(xmax, txid)
+            xmax = txid + 1
+        return Snapshot(self.xmin, xmax, tuple(xip))
 
 
 class PostgresTx(SqlTx):
-    """PostgreSQL's claims and locks."""
+    """PostgreSQL's log, locks and bulk statements."""
 
     _placeholder: ClassVar[str] = "%s"
+    PASSED: ClassVar[str] = (
+        "(coalesce(txid_visible_in_snapshot(e.txid, c.passed::txid_snapshot), false)"
+        " OR (txid_visible_in_snapshot(e.txid, c.batch::txid_snapshot)"
+        " AND (e.published_at < c.batch_from OR (e.txid, e.seq) <= (c.txid, c.seq))))"
+    )
+    LISTED: ClassVar[str] = (
+        "NOT coalesce(txid_visible_in_snapshot(e.txid, c.start_snapshot::txid_snapshot), false)"
+        " AND e.published_at >= c.start_from"
+    )
 
-    def _insert_rows(
-        self, event_rows: list[tuple[Any, ...]], delivery_rows: list[tuple[Any, ...]]
-    ) -> None:
-        # Rows as arrays, one per column (pgqueuer's enqueue): a plan per batch,
-        # not per row. Both tables in one statement (a data-modifying WITH), since
-        # a round trip costs more than the rows; the foreign key is checked at the
-        # statement's end, after the events are in.
-        with self._cursor() as cursor:
-            if len(event_rows) <= SMALL_INSERT_ROWS and len(delivery_rows) <= SMALL_INSERT_ROWS:
-                # A few rows: plain values. psycopg's array dumpers cost more than a
-                # round trip for one row (105 against 59 µs of CPU per publish).
-                cursor.execute(
-                    _small_insert_sql(len(event_rows), len(delivery_rows)),
-                    flat(event_rows) + flat(delivery_rows),
-                )
-            elif delivery_rows:
-                cursor.execute(
-                    _INSERT_EVENTS_AND_DELIVERIES_SQL,
-                    _columns(event_rows, 11) + _columns(delivery_rows, 7),
-                )
-            else:
-                cursor.execute(_INSERT_EVENTS_SQL, _columns(event_rows, 11))
+    def _keys_match(self, keys: Sequence[DeliveryKey]) -> tuple[str, list[Any]]:
+        return (
+            "(d.subscription_id, d.seq) IN (SELECT * FROM unnest(%s::int[], %s::bigint[]))",
+            [[k.subscription_id for k in keys], [k.seq for k in keys]],
+        )
 
-    def _claim_sql(self) -> str:
-        return _CLAIM_SQL
+    def _leases_match(self, acks: Sequence[AckId]) -> tuple[str, list[Any]]:
+        return (
+            "(d.subscription_id, d.seq, d.attempt) IN"
+            " (SELECT * FROM unnest(%s::int[], %s::bigint[], %s::int[]))",
+            [
+                [a.subscription_id for a in acks],
+                [a.seq for a in acks],
+                [a.attempt for a in acks],
+            ],
+        )
 
-    def _ack_statement(self, pairs: Sequence[AckId], now_us: int) -> tuple[str, list[Any]]:
-        ids = [a.delivery_id for a in pairs]
-        attempts = [a.attempt for a in pairs]
-        return _ACK_SQL, [now_us, ids, attempts, now_us]
+    def _for_update(self) -> str:
+        return " FOR UPDATE"
 
-    def _locked(self, query: sa.Select[Any]) -> sa.Select[Any]:
-        return query.with_for_update()
+    def _skip_locked(self) -> str:
+        return " FOR UPDATE SKIP LOCKED"
+
+    def _insert_deliveries(self, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        if len(rows) <= SMALL_INSERT_ROWS:
+            self._run(
+                values_sql(INSERT_DELIVERIES, len(DELIVERY_COLUMNS), len(rows), "%s"), flat(rows)
+            )
+        else:
+            self._run(_INSERT_DELIVERIES_SQL, _columns(rows, len(DELIVERY_COLUMNS)))
 
     # Advisory locks, held to the end of the transaction and always taken in sorted
-    # order. Ordering keys use the pair (subscription id >= 1, hash of the key), a
-    # subscription the pair (0, its id), and dedup ids the single 64-bit key space,
-    # which PostgreSQL keeps apart from the pairs.
+    # order. Ordering keys use the pair (subscription id >= 1, hash of the key) and
+    # dedup ids the single 64-bit key space, which PostgreSQL keeps apart from pairs.
 
-    def _lock_ordering_key(self, subscription_id: int, key: str) -> None:
-        self.conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(:sub, hashtext(:key))"),
-            {"sub": subscription_id, "key": key},
+    def ordering_key_lock(self, subscription_id: int, key: str) -> None:
+        """Serialise transactions that move one ordering key."""
+        self._run("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [subscription_id, key])
+
+    def dedup_lock(self, dedup_ids: Sequence[str]) -> None:
+        """Serialise transactions that publish under the same dedup ids."""
+        self._run(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended(id, 0)))"
+            " FROM (SELECT unnest(%s::text[]) AS id ORDER BY 1) AS sorted",
+            [list(dedup_ids)],
         )
 
-    def _lock_subscription(self, subscription_id: int) -> None:
-        self.conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(0, :sub)"), {"sub": subscription_id}
+    # -- the log -------------------------------------------------------------------
+
+    def event_append(self, params: EventAppendParams) -> None:
+        """Add events to the log (the identity gives `seq`), and the rows that refer to them."""
+        events = [event_values(e) for e in params.events]
+        if not params.rows:
+            if len(events) <= SMALL_INSERT_ROWS:
+                self._run(_small_events_sql(len(events)), flat(events))
+            else:
+                self._run(_INSERT_EVENTS_SQL, _columns(events, len(EVENT_COLUMNS)))
+            return
+        rows = [delivery_values(r, 0, via_log=False) for r in params.rows]
+        self._run(
+            f"WITH ev AS ({_INSERT_EVENTS_SQL} RETURNING id, seq) {_INSERT_STORED_ROWS_SQL}",
+            _columns(events, len(EVENT_COLUMNS)) + _columns(rows, len(DELIVERY_COLUMNS)),
         )
 
-    def _lock_dedup_ids(self, dedup_ids: Sequence[str]) -> None:
-        self.conn.execute(
-            sa.text(
-                "SELECT count(pg_advisory_xact_lock(hashtextextended(id, 0)))"
-                " FROM (SELECT unnest(CAST(:ids AS text[])) AS id ORDER BY 1) AS sorted"
-            ),
-            {"ids": list(dedup_ids)},
+    def _snapshot(self) -> Snapshot:
+        """Now, as this transaction will read once committed (its own writes are in the log)."""
+        text, own = self._all("SELECT txid_current_snapshot()::text, txid_current_if_assigned()")[0]
+        return Snapshot.parse(text).with_committed(own)
+
+    def cursor_lock(self, subscription_id: int, *, wait: bool = False) -> Position | None:
+        """The position, with the cursor row locked (None if another leases, unless `wait`)."""
+        rows = self._all(
+            "SELECT passed, batch, txid, seq, batch_from FROM cursors WHERE subscription_id = %s"
+            f" FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
+            [subscription_id],
+        )
+        if not rows:
+            return None
+        passed, batch, txid, seq, batch_from = rows[0]
+        return Position(PgPosition(passed, batch, int(txid or 0), int(seq), int(batch_from)))
+
+    def log_scan(self, params: LogScanParams) -> LogScan:
+        """The rest of the current batch, then the next one from a snapshot taken now."""
+        position = _pg(params.position)
+        entries = self._batch(params.subscription_id, position, params.limit)
+        if len(entries) >= params.limit:
+            return LogScan(entries, entries[-1].position, exhausted=False)
+        following = PgPosition(position.batch, str(self._snapshot()), 0, 0)
+        room = params.limit - len(entries)
+        more = self._batch(params.subscription_id, following, room)
+        end = more[-1].position if more else Position(following)
+        return LogScan(entries + more, end, exhausted=len(more) < room)
+
+    def _batch(self, subscription_id: int, position: PgPosition, limit: int) -> list[LogEntry]:
+        """Up to `limit` events of the position's batch after it, in (txid, seq) order."""
+        batch = Snapshot.parse(position.batch)
+        low = (position.txid, position.seq)
+        if position.passed is not None:
+            # Transactions below the passed snapshot's xmin were all passed.
+            low = max(low, (Snapshot.parse(position.passed).xmin, -1))
+        rows = self._all(
+            "SELECT e.txid, e.seq, e.id, e.name, e.priority, e.ordering_key, e.published_at,"
+            " e.deliver_at, EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.subscription_id = %s AND d.seq = e.seq)"
+            " FROM events e WHERE e.txid IS NOT NULL AND (e.txid, e.seq) > (%s, %s)"
+            " AND e.txid < %s AND txid_visible_in_snapshot(e.txid, %s::txid_snapshot)"
+            " AND NOT coalesce(txid_visible_in_snapshot(e.txid, %s::txid_snapshot), false)"
+            " AND e.published_at >= %s ORDER BY e.txid, e.seq LIMIT %s",
+            [
+                subscription_id,
+                low[0],
+                low[1],
+                batch.xmax,
+                position.batch,
+                position.passed,
+                position.batch_from,
+                limit,
+            ],
+        )
+        passed, snapshot, since = position.passed, position.batch, position.batch_from
+        return [
+            LogEntry(
+                seq,
+                event_id,
+                name,
+                priority,
+                key,
+                published,
+                due,
+                bool(has),
+                Position(PgPosition(passed, snapshot, txid, seq, since)),
+            )
+            for txid, seq, event_id, name, priority, key, published, due, has in rows
+        ]
+
+    def log_advance(self, subscription_id: int, position: Position) -> None:
+        """Move a subscription's position."""
+        pos = _pg(position)
+        self._run(
+            "UPDATE cursors SET passed = %s, batch = %s, txid = %s, seq = %s, batch_from = %s"
+            " WHERE subscription_id = %s",
+            [pos.passed, pos.batch, pos.txid, pos.seq, pos.batch_from, subscription_id],
         )
 
+    def _position_at(self, time_us: int) -> PgPosition:
+        """Everything committed and published before `time_us` passed; nothing else.
 
+        The batch starts at the first event (in the log's order) published at or
+        after the time: everything before it was published earlier.
+        """
+        now = str(self._snapshot())
+        rows = self._all(
+            "SELECT txid, seq FROM events WHERE txid IS NOT NULL AND published_at >= %s"
+            " AND txid_visible_in_snapshot(txid, %s::txid_snapshot) ORDER BY txid, seq LIMIT 1",
+            [time_us, now],
+        )
+        if not rows:
+            return PgPosition(now, now, 0, 0)
+        txid, seq = rows[0]
+        return PgPosition(None, now, int(txid), int(seq) - 1, time_us)
+
+    def log_seek(self, subscription_id: int, time_us: int) -> None:
+        """Move the position to a time: what was published before it is passed."""
+        self.log_advance(subscription_id, Position(self._position_at(time_us)))
+
+    def _cursor_start(self, subscription: Subscription) -> dict[str, Any]:
+        if subscription.start_position is StartPosition.NEW:
+            now = str(self._snapshot())
+            position = PgPosition(now, now, 0, 0)
+            start_snapshot, start_from = now, 0
+        elif subscription.start_position is StartPosition.TIME:
+            position = self._position_at(subscription.start_time_us)
+            start_snapshot, start_from = None, subscription.start_time_us
+        else:
+            position = PgPosition(None, str(self._snapshot()), 0, 0)
+            start_snapshot, start_from = None, 0
+        return {
+            "passed": position.passed,
+            "batch": position.batch,
+            "txid": position.txid,
+            "seq": position.seq,
+            "batch_from": position.batch_from,
+            "start_snapshot": start_snapshot,
+            "start_from": start_from,
+        }
+
+
+def _pg(position: Position) -> PgPosition:
+    assert isinstance(position, PgPosition)
+    return position
+
+
+_EVENT_TYPES = (
+    "text",
+    "text",
+    "bytea",
+    "text",
+    "text",
+    "text",
+    "smallint",
+    "text",
+    "bigint",
+    "bigint",
+    "bigint",
+)
+_DELIVERY_TYPES = (
+    "int",
+    "text",
+    "bigint",
+    "smallint",
+    "smallint",
+    "text",
+    "bigint",
+    "int",
+    "bigint",
+    "bigint",
+    "text",
+    "smallint",
+    "smallint",
+    "bigint",
+)
+_EVENT_NAMES = [f"c{i}" for i in range(len(_EVENT_TYPES))]
+_DELIVERY_NAMES = [f"d{i}" for i in range(len(_DELIVERY_TYPES))]
+# Rows as arrays, one per column (pgqueuer's enqueue): a plan per batch, not per
+# row; WITH ORDINALITY keeps the given order, so the identity numbers events in it.
 _INSERT_EVENTS_SQL = (
-    f"{INSERT_EVENTS}"
-    " SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::text[], %b::text[],"
-    " %b::text[], %b::smallint[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[])"
+    f"{INSERT_EVENTS}, txid) SELECT {', '.join(_EVENT_NAMES)}, txid_current() FROM unnest("
+    + ", ".join(f"%b::{t}[]" for t in _EVENT_TYPES)
+    + f") WITH ORDINALITY AS t({', '.join(_EVENT_NAMES)}, o) ORDER BY o"
 )
 _INSERT_DELIVERIES_SQL = (
-    f"{INSERT_DELIVERIES}"
-    " SELECT s, e, st, r, k, ra, 0, 0, u FROM unnest(%b::int[], %b::text[], %b::smallint[],"
-    " %b::smallint[], %b::text[], %b::bigint[], %b::bigint[])"
-    " WITH ORDINALITY AS t(s, e, st, r, k, ra, u, n) ORDER BY n"  # ids in publish order
+    f"{INSERT_DELIVERIES} SELECT {', '.join(_DELIVERY_NAMES)} FROM unnest("
+    + ", ".join(f"%b::{t}[]" for t in _DELIVERY_TYPES)
+    + f") AS t({', '.join(_DELIVERY_NAMES)})"
 )
-
-#: Up to this many events (and deliveries), a publish inserts plain values.
-SMALL_INSERT_ROWS = 2
-_INSERT_EVENTS_AND_DELIVERIES_SQL = (
-    f"WITH inserted AS ({_INSERT_EVENTS_SQL}) {_INSERT_DELIVERIES_SQL}"
+# The rows stored with their events take each event's seq from the insert above.
+_INSERT_STORED_ROWS_SQL = (
+    f"{INSERT_DELIVERIES} SELECT d0, d1, ev.seq, {', '.join(_DELIVERY_NAMES[3:])} FROM unnest("
+    + ", ".join(f"%b::{t}[]" for t in _DELIVERY_TYPES)
+    + f") AS t({', '.join(_DELIVERY_NAMES)}) JOIN ev ON ev.id = t.d1"
 )
 
 
 @functools.cache
-def _small_insert_sql(events: int, deliveries: int) -> str:
-    """Insert this many event rows and delivery rows as values, in one statement."""
-    insert_events = values_sql(INSERT_EVENTS, EVENT_ROW, events, "%s")
-    if not deliveries:
-        return insert_events
-    insert_deliveries = values_sql(INSERT_DELIVERIES, DELIVERY_ROW, deliveries, "%s")
-    return f"WITH inserted AS ({insert_events}) {insert_deliveries}"
+def _small_events_sql(count: int) -> str:
+    row = f"({', '.join(['%s'] * len(EVENT_COLUMNS))}, txid_current())"
+    return f"{INSERT_EVENTS}, txid) VALUES {', '.join([row] * count)}"
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows turned into one list per column, as `unnest` takes them."""
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
-
-
-_CLAIM_SQL = (
-    "UPDATE deliveries SET state = 3, attempt = attempt + 1, leased_at = %s,"
-    " lease_expires_at = %s, consumer = %s, updated_at = %s"
-    " WHERE id IN (SELECT id FROM deliveries WHERE subscription_id = %s AND state = 2"
-    " ORDER BY rank, id LIMIT %s FOR UPDATE SKIP LOCKED)"
-    " RETURNING id, event_id, attempt, rank"
-)
-# An UPDATE re-checks its WHERE on a row another transaction changed meanwhile,
-# so two brokers settling one lease cannot both apply: the second finds it gone.
-_ACK_SQL = (
-    "UPDATE deliveries AS d SET state = 4, lease_expires_at = NULL, updated_at = %s"
-    " FROM unnest(%s::bigint[], %s::int[]) AS a(id, attempt)"
-    " WHERE d.id = a.id AND d.attempt = a.attempt AND d.state = 3 AND d.lease_expires_at > %s"
-    " RETURNING d.id, d.attempt, d.subscription_id, d.ordering_key"
-)
 
 
 class PostgresStorage(SqlStorage):
@@ -222,6 +451,9 @@ class PostgresStorage(SqlStorage):
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             with dbapi_connection.cursor() as cursor:
                 cursor.execute("SET synchronous_commit = on")
+                cursor.execute(
+                    f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT_S}s'"
+                )
             dbapi_connection.commit()
 
         return engine, engine

@@ -3,11 +3,14 @@
 The Alembic migrations in `broker/migrations` must produce exactly this schema;
 a test compares the two. Times are BIGINT microseconds since the epoch.
 
-Deliveries move through states (see `DeliveryState`): scheduled deliveries wait
-for `ready_at`; ready ones are leased in (rank, id) order, where rank is the
-negated priority, so that one ascending partial index holding only ready rows
-serves the lookup on both databases and stays narrow however many acked or
-scheduled rows the table holds.
+Events are stored once, in log order (`seq`; on PostgreSQL also the storing
+transaction's id, `txid`). Each subscription has a cursor: its position in the
+log and where it started. Delivery rows exist only where the log cannot serve
+alone (see `broker.delivery`); they are named by (subscription, seq) and move
+through states (see `DeliveryState`): scheduled ones wait for `ready_at`; ready
+ones are leased in (rank, seq) order, where rank is the negated priority, so
+that one ascending partial index holding only ready rows serves the lookup on
+both databases.
 """
 
 from __future__ import annotations
@@ -33,7 +36,20 @@ events = sa.Table(
     sa.Column("published_at", sa.BigInteger(), nullable=False),
     sa.Column("deliver_at", sa.BigInteger(), nullable=False),
     sa.Column("delay_us", sa.BigInteger(), nullable=False),
+    # The place in the log: given by the broker on SQLite (one writer), by an
+    # identity on PostgreSQL.
+    sa.Column("seq", sa.BigInteger(), sa.Identity(), nullable=False),
+    # PostgreSQL: the storing transaction (txid_current()), for snapshot positions.
+    sa.Column("txid", sa.BigInteger(), nullable=True),
     sa.Index("ix_events_published_at", "published_at"),
+    sa.Index("ix_events_seq", "seq", unique=True),
+    sa.Index(
+        "ix_events_txid_seq",
+        "txid",
+        "seq",
+        sqlite_where=sa.text("txid IS NOT NULL"),
+        postgresql_where=sa.text("txid IS NOT NULL"),
+    ),
 )
 
 dedup = sa.Table(
@@ -83,11 +99,17 @@ deliveries = sa.Table(
     sa.Column("dead_reason", sa.SmallInteger(), nullable=False),
     sa.Column("history", sa.Text(), nullable=True),
     sa.Column("updated_at", sa.BigInteger(), nullable=False),
+    # The event's place in the log: with the subscription, the delivery's name.
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    # 1 when the subscription's position had passed the event as the row was
+    # written (a lease or a scan made it): an ack on the first attempt may then
+    # forget the row, the position says the event was acked.
+    sa.Column("via_log", sa.SmallInteger(), nullable=False, server_default="0"),
     sa.Index(
         "ix_deliveries_ready",
         "subscription_id",
         "rank",
-        "id",
+        "seq",
         sqlite_where=sa.text("state = 2"),
         postgresql_where=sa.text("state = 2"),
     ),
@@ -104,7 +126,27 @@ deliveries = sa.Table(
         postgresql_where=sa.text("state = 3"),
     ),
     sa.Index("ix_deliveries_event_id", "event_id"),
+    sa.Index("ix_deliveries_subscription_seq", "subscription_id", "seq", unique=True),
     sa.Index("ix_deliveries_subscription_state", "subscription_id", "state"),
+)
+
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    sa.Column("subscription_id", sa.Integer(), primary_key=True, autoincrement=False),
+    # Where the subscription has read to. SQLite: every event up to `seq` is
+    # passed. PostgreSQL: events of transactions visible in `passed`, and those
+    # visible in `batch` up to (`txid`, `seq`) or published before `batch_from`.
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("txid", sa.BigInteger(), nullable=True),
+    sa.Column("passed", sa.Text(), nullable=True),
+    sa.Column("batch", sa.Text(), nullable=True),
+    sa.Column("batch_from", sa.BigInteger(), nullable=False, server_default="0"),
+    # Where it started: events before that (up to `start_seq` on SQLite, visible
+    # in `start_snapshot` on PostgreSQL, published before `start_from`) are not its.
+    sa.Column("start_seq", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("start_snapshot", sa.Text(), nullable=True),
+    sa.Column("start_from", sa.BigInteger(), nullable=False, server_default="0"),
 )
 
 api_keys = sa.Table(

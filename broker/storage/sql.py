@@ -1,16 +1,19 @@
-"""The storage operations in SQLAlchemy Core, shared by the SQLite and PostgreSQL dialects.
+"""The statements both databases share, and the connection handling around them.
 
-Where the dialects differ (how ready rows are claimed, how rows read before an
-update are locked, how a connection is set up), the subclass in `sqlite.py` or
-`postgres.py` says so in its own code.
+SQL only: every method runs statements and maps rows; what to write is
+decided in `broker.delivery`. Statements are written with `?` and run on the
+driver's own cursor (a statement costs far more to issue through SQLAlchemy's
+compiled-statement machinery than a row costs to write); a dialect whose
+driver takes `%s` converts them. Where the dialects differ (how the log is
+read and a position kept, how rows are matched and locked, how many rows one
+statement inserts), `sqlite.py` and `postgres.py` say so in their own code.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, closing, contextmanager
 from typing import Any, ClassVar, NamedTuple
 
@@ -18,147 +21,132 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from broker.delivery.failure import FailingLease
+from broker.delivery.ordering import OPEN_STATES
+from broker.delivery.records import (
+    Claimed,
+    DeliveryKey,
+    KeyedDelivery,
+    LogScan,
+    NewDelivery,
+    Position,
+    ReadyDelivery,
+    Settled,
+    StateChange,
+)
+from broker.delivery.replay import SeekRow
+from broker.delivery.upkeep import OldEvent
+from broker.delivery.views import NameTally, RowCounts
 from broker.domain import (
     AckId,
     ApiKey,
-    AttemptOutcome,
-    AttemptRecord,
-    DeadReason,
     DeliveryInfo,
     DeliveryState,
-    LeaseClaim,
-    PublishOutcome,
-    Scope,
-    SettleOutcome,
-    StartPosition,
+    LegacyAckId,
     StoredEvent,
     Subscription,
-    SubscriptionCounts,
-    share_credit,
 )
-from broker.names import matches
 from broker.storage import schema
 from broker.storage.interface import (
+    AckParams,
+    ClaimParams,
     DeadLetter,
     DeadLetterListParams,
-    DeliveryAckParams,
-    DeliveryExpiredListParams,
-    DeliveryExtendParams,
-    DeliveryFailingParams,
-    DeliveryFailParams,
-    DeliveryLeaseParams,
-    DeliveryPromoteParams,
-    DeliveryRedriveParams,
-    EventInsertParams,
-    FailingLeases,
-    MaintenanceOutcome,
-    MaintenanceParams,
+    DeadSelectParams,
+    DedupParams,
+    EventAppendParams,
+    ExtendParams,
+    FailingParams,
+    FailParams,
+    LogScanParams,
+    LogTallyParams,
     Notifier,
+    OldEventsParams,
     PromoteOutcome,
-    SeekOutcome,
+    PromoteParams,
+    SettledDeleteParams,
     StorageConflictError,
     StorageFullError,
     StorageUnavailableError,
-    SubscriptionBackfillParams,
     SubscriptionExistsError,
-    SubscriptionSeekParams,
-    SubscriptionUpdateParams,
 )
-from broker.transitions import FailingLease
+from broker.storage.rows import (
+    EVENT_COLUMNS,
+    api_key_from_row,
+    delivery_info_from_row,
+    event_from_values,
+    history_from_json,
+    history_to_json,
+    subscription_from_row,
+    subscription_values,
+)
 
-_d = schema.deliveries
-_e = schema.events
 _s = schema.subscriptions
-_dd = schema.dedup
 _k = schema.api_keys
 
-_SETTLE_COLUMNS = (
-    _d.c.id,
-    _d.c.attempt,
-    _d.c.subscription_id,
-    _d.c.consumer,
-    _d.c.leased_at,
-    _d.c.history,
-    _d.c.ordering_key,
+#: Events' columns for a SELECT from `events e`.
+EVENT_SELECT = ", ".join(f"e.{c}" for c in EVENT_COLUMNS)
+INSERT_EVENTS = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}"
+#: The columns of a new delivery row, in the order `delivery_values` gives them.
+DELIVERY_COLUMNS = (
+    "subscription_id",
+    "event_id",
+    "seq",
+    "state",
+    "rank",
+    "ordering_key",
+    "ready_at",
+    "attempt",
+    "leased_at",
+    "lease_expires_at",
+    "consumer",
+    "dead_reason",
+    "via_log",
+    "updated_at",
 )
-#: States a delivery can still move from; an ordering key is held by the first of them.
-_OPEN_STATES = (
-    DeliveryState.SCHEDULED,
-    DeliveryState.READY,
-    DeliveryState.IN_FLIGHT,
-    DeliveryState.BLOCKED,
-)
-BACKFILL_PAGE = 1000
-OrderedKey = tuple[int, str]
-
-
-class _Claimed(NamedTuple):
-    """A delivery row a lease claimed."""
-
-    id: int
-    event_id: str
-    attempt: int
-    rank: int
-
-
-class _Acked(NamedTuple):
-    """A delivery row an ack settled."""
-
-    id: int
-    attempt: int
-    subscription_id: int
-    ordering_key: str | None
-
-
-def _ack_order(ack: AckId) -> tuple[int, int]:
-    """Rows are touched in id order, so that two settling transactions cannot deadlock."""
-    return (ack.delivery_id, ack.attempt)
-
-
-#: The hot statements, run through the driver: a statement costs far more to
-#: issue through SQLAlchemy's compiled-statement machinery than a row costs to
-#: write. Written with `?`; a dialect whose driver takes `%s` converts them.
-INSERT_EVENTS = (
-    "INSERT INTO events (id, name, payload, content_type, headers, dedup_id, priority,"
-    " ordering_key, published_at, deliver_at, delay_us)"
-)
-INSERT_DELIVERIES = (
-    "INSERT INTO deliveries (subscription_id, event_id, state, rank, ordering_key, ready_at,"
-    " attempt, dead_reason, updated_at)"
-)
-#: One row of each, as values (event rows and delivery rows are tuples in this order).
-EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-DELIVERY_ROW = "(?, ?, ?, ?, ?, ?, 0, 0, ?)"
+INSERT_DELIVERIES = f"INSERT INTO deliveries ({', '.join(DELIVERY_COLUMNS)})"
 #: Rows inserted by one statement at most; shorter chunks are powers of two, so
 #: that few distinct statements reach the driver's statement cache.
 INSERT_CHUNK = 64
-_LIVE_DEDUP_SQL = "SELECT dedup_id, event_id FROM dedup WHERE expires_at > ?"
+#: Most keys matched by one statement.
+KEY_CHUNK = 500
+_WAITING_STATES = "(1, 2, 6)"  # scheduled, ready, blocked
+_SETTLED_STATES = "(4, 5)"  # acked, dead
 _SUBSCRIPTION_COLUMNS = tuple(column.name for column in _s.columns)
 _SUBSCRIPTIONS_SQL = f"SELECT {', '.join(_SUBSCRIPTION_COLUMNS)} FROM subscriptions"
 #: Subscriptions as last read, by their row: a transaction that reads the same row
 #: again (PostgreSQL reads them in every write transaction) reuses the object.
 _known_subscriptions: dict[tuple[Any, ...], Subscription] = {}
 KNOWN_SUBSCRIPTIONS_MAX = 10_000
-_UPSERT_DEDUP_SQL = (
-    "INSERT INTO dedup (dedup_id, event_id, expires_at) VALUES (?, ?, ?)"
-    " ON CONFLICT (dedup_id) DO UPDATE"
-    " SET event_id = excluded.event_id, expires_at = excluded.expires_at"
+_ROW_INFO_SELECT = (
+    "SELECT d.id, d.state, d.attempt, d.ready_at, d.lease_expires_at, d.consumer,"
+    " d.dead_reason, d.last_error, d.history, d.ordering_key, d.updated_at,"
+    " s.name AS subscription_name, d.event_id"
+    " FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
 )
-#: Most dedup ids looked up by one statement.
-DEDUP_CHUNK = 500
-_FAIL_SQL = (
-    "UPDATE deliveries SET state = ?, ready_at = ?, history = ?, last_error = ?,"
-    " dead_reason = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?"
-)
-#: Most ack ids matched by one statement (two bound parameters each).
-ACK_CHUNK = 2000
+
+
+class _InfoRow(NamedTuple):
+    id: int
+    state: int
+    attempt: int
+    ready_at: int
+    lease_expires_at: int | None
+    consumer: str | None
+    dead_reason: int
+    last_error: str | None
+    history: str | None
+    ordering_key: str | None
+    updated_at: int
+    subscription_name: str
+    event_id: str
 
 
 @functools.cache
-def values_sql(insert: str, row: str, rows: int, placeholder: str = "?") -> str:
-    """`insert` of `rows` rows of the shape `row`, with the driver's placeholder."""
-    sql = f"{insert} VALUES {', '.join([row] * rows)}"
-    return sql if placeholder == "?" else sql.replace("?", placeholder)
+def values_sql(insert: str, width: int, rows: int, placeholder: str = "?") -> str:
+    """`insert` of `rows` rows of `width` values each, with the driver's placeholder."""
+    row = f"({', '.join([placeholder] * width)})"
+    return f"{insert} VALUES {', '.join([row] * rows)}"
 
 
 def flat(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -166,9 +154,9 @@ def flat(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
     return [value for row in rows for value in row]
 
 
-def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-    """`rows` in chunks of `INSERT_CHUNK`, then of decreasing powers of two."""
-    start, size = 0, INSERT_CHUNK
+def chunks(rows: Sequence[Any], size: int = INSERT_CHUNK) -> Iterator[Sequence[Any]]:
+    """`rows` in chunks of `size`, then of decreasing powers of two."""
+    start = 0
     while start < len(rows):
         while start + size > len(rows):
             size //= 2
@@ -176,12 +164,35 @@ def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
         start += size
 
 
-class SqlTx:
-    """The operations of one transaction on one connection."""
+def delivery_values(row: NewDelivery, seq: int, via_log: bool) -> tuple[Any, ...]:
+    """A new delivery's values in `DELIVERY_COLUMNS` order."""
+    return (
+        row.subscription_id,
+        row.event_id,
+        seq,
+        int(row.state),
+        row.rank,
+        row.ordering_key,
+        row.ready_at_us,
+        row.attempt,
+        row.leased_at_us,
+        row.lease_expires_at_us,
+        row.consumer,
+        int(row.dead_reason),
+        int(via_log),
+        row.leased_at_us or row.ready_at_us,
+    )
 
-    _deliveries = _d
+
+class SqlTx:
+    """The reads and writes of one transaction on one connection."""
+
     #: The driver's placeholder for a bound parameter.
     _placeholder: ClassVar[str] = "?"
+    #: Whether an event `e` is passed by the position of the cursor `c` (dialects say).
+    PASSED: ClassVar[str]
+    #: Whether an event `e` is the subscription's of cursor `c` (after its start).
+    LISTED: ClassVar[str]
 
     def __init__(
         self, conn: sa.Connection, subscriptions: dict[int, Subscription] | None = None
@@ -198,373 +209,618 @@ class SqlTx:
     def _sql(self, text: str) -> str:
         return text if self._placeholder == "?" else text.replace("?", self._placeholder)
 
-    def _insert_rows(
-        self, event_rows: list[tuple[Any, ...]], delivery_rows: list[tuple[Any, ...]]
-    ) -> None:
-        """Insert event and delivery rows, up to `INSERT_CHUNK` rows per statement.
-
-        Not `executemany`, which steps once per row: SQLite's driver lets go of the
-        interpreter lock around every step, and with the event loop busy the
-        committer then waits for the lock again after every row (a publish of 100
-        events fanned out to ten subscriptions took 1,100 such waits). A dialect
-        with a cheaper bulk form overrides.
-        """
-        cursor = self._cursor()
-        for insert, row, rows in (
-            (INSERT_EVENTS, EVENT_ROW, event_rows),
-            (INSERT_DELIVERIES, DELIVERY_ROW, delivery_rows),
-        ):
-            for chunk in _chunks(rows):
-                sql = values_sql(insert, row, len(chunk), self._placeholder)
-                cursor.execute(sql, flat(chunk))
-        cursor.close()
-
-    def _claim_sql(self) -> str:
-        """Lease up to N ready deliveries, best first, returning them. Dialects override."""
-        raise NotImplementedError
-
-    def _ack_statement(self, pairs: Sequence[AckId], now_us: int) -> tuple[str, list[Any]]:
-        """Acknowledge the live leases among these ack ids, returning their rows.
-
-        The statement returns `id, attempt, subscription_id, ordering_key` of
-        each row it settled. Dialects override.
-        """
-        raise NotImplementedError
-
-    # -- dialect hooks -------------------------------------------------------
-
-    def _locked(self, query: sa.Select[Any]) -> sa.Select[Any]:
-        """Lock rows read before an update, where the dialect needs it."""
-        return query
-
-    def _lock_ordering_key(self, subscription_id: int, key: str) -> None:
-        """Serialise transactions that move one ordering key. Dialects override."""
-
-    def _lock_subscription(self, subscription_id: int) -> None:
-        """Serialise transactions that lease for one subscription. Dialects override."""
-
-    def _lock_dedup_ids(self, dedup_ids: Sequence[str]) -> None:
-        """Serialise transactions that publish under the same dedup ids. Dialects override."""
-
-    # -- events --------------------------------------------------------------
-
-    def event_insert_many(self, params: EventInsertParams) -> list[PublishOutcome]:
-        """Store events and their deliveries; duplicates store nothing."""
-        now = params.now_us
-        dedup_ids = sorted({d.dedup_id for d in params.drafts if d.dedup_id})
-        if dedup_ids:
-            # Two brokers publishing one dedup id at once: the second waits, then sees it.
-            self._lock_dedup_ids(dedup_ids)
-        existing = self._live_dedup_ids(dedup_ids, now)
-        subscriptions = list(self._subscriptions_by_id().values())
-        event_rows: list[tuple[Any, ...]] = []
-        delivery_rows: list[tuple[Any, ...]] = []
-        dedup_rows: list[tuple[str, str, int]] = []
-        outcomes: list[PublishOutcome] = []
-        ordered_keys: set[OrderedKey] = set()
-        for draft in params.drafts:
-            if draft.dedup_id:
-                first = existing.get(draft.dedup_id)
-                if first is not None:
-                    outcomes.append(PublishOutcome(first, duplicate=True))
-                    continue
-                existing[draft.dedup_id] = draft.event_id
-                dedup_rows.append((draft.dedup_id, draft.event_id, now + params.dedup_window_us))
-            deliver_at = max(draft.deliver_at_us, now)
-            event_rows.append(
-                (
-                    draft.event_id,
-                    draft.name,
-                    draft.payload,
-                    draft.content_type,
-                    json.dumps(dict(draft.headers)) if draft.headers else None,
-                    draft.dedup_id,
-                    draft.priority,
-                    draft.ordering_key,
-                    now,
-                    deliver_at,
-                    draft.delay_us,
-                )
-            )
-            scheduled = deliver_at > now
-            state = int(DeliveryState.SCHEDULED if scheduled else DeliveryState.READY)
-            ready_ids: set[int] = set()
-            for sub in subscriptions:
-                if not matches(sub.filters, draft.name):
-                    continue
-                delivery_rows.append(
-                    (
-                        sub.id,
-                        draft.event_id,
-                        state,
-                        -draft.priority,
-                        draft.ordering_key if sub.ordered else None,
-                        deliver_at,
-                        now,
-                    )
-                )
-                ready_ids.add(sub.id)
-                if sub.ordered and draft.ordering_key:
-                    ordered_keys.add((sub.id, draft.ordering_key))
-            outcomes.append(
-                PublishOutcome(
-                    draft.event_id,
-                    duplicate=False,
-                    ready_subscription_ids=frozenset() if scheduled else frozenset(ready_ids),
-                    next_scheduled_us=deliver_at if scheduled and ready_ids else None,
-                    matched=len(ready_ids),
-                )
-            )
-        for subscription_id, key in sorted(ordered_keys):
-            # Taken before the rows exist, so that a key's deliveries are numbered in
-            # the order their transactions commit, whichever broker wrote them.
-            self._lock_ordering_key(subscription_id, key)
-        if dedup_rows:
-            # A row left for one of these ids is past its window (a live one made the
-            # publish a duplicate above, under the ids' locks): it is replaced.
-            with closing(self._cursor()) as cursor:
-                cursor.executemany(self._sql(_UPSERT_DEDUP_SQL), dedup_rows)
-        if event_rows:
-            self._insert_rows(event_rows, delivery_rows)
-        if ordered_keys:
-            self._gate(ordered_keys, now)
-        return outcomes
-
-    def _live_dedup_ids(self, dedup_ids: list[str], now: int) -> dict[str, str]:
-        """The event id of each of these dedup ids still inside its window."""
-        found: dict[str, str] = {}
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with closing(self._cursor()) as cursor:
-            for start in range(0, len(dedup_ids), DEDUP_CHUNK):
-                chunk = dedup_ids[start : start + DEDUP_CHUNK]
-                marks = ", ".join("?" * len(chunk))
-                cursor.execute(
-                    self._sql(f"{_LIVE_DEDUP_SQL} AND dedup_id IN ({marks})"), [now, *chunk]
-                )
-                found.update(cursor.fetchall())
-        return found
+            cursor.execute(self._sql(sql), params)
+            return list(cursor.fetchall())
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with closing(self._cursor()) as cursor:
+            cursor.execute(self._sql(sql), params)
+            return int(cursor.rowcount)
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            with closing(self._cursor()) as cursor:
+                cursor.executemany(self._sql(sql), rows)
+
+    def _marks(self, count: int) -> str:
+        return ", ".join("?" * count)
+
+    # -- dialect hooks -------------------------------------------------------------
+
+    def _keys_match(self, keys: Sequence[DeliveryKey]) -> tuple[str, list[Any]]:
+        """A WHERE fragment matching delivery rows `d` by key, and its parameters."""
+        raise NotImplementedError
+
+    def _leases_match(self, acks: Sequence[AckId]) -> tuple[str, list[Any]]:
+        """A WHERE fragment matching rows `d` by key and attempt, and its parameters."""
+        raise NotImplementedError
+
+    def _insert_deliveries(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert delivery rows given as `DELIVERY_COLUMNS` tuples."""
+        raise NotImplementedError
+
+    def _for_update(self) -> str:
+        """What locks rows read before an update, where the dialect needs it."""
+        return ""
+
+    def _skip_locked(self) -> str:
+        """What locks rows read to be claimed, skipping those another transaction holds."""
+        return ""
+
+    def event_append(self, params: EventAppendParams) -> None:
+        """Add events to the log in order, and the rows that refer to them. Dialects say how."""
+        raise NotImplementedError
+
+    def cursor_lock(self, subscription_id: int, *, wait: bool = False) -> Position | None:
+        """A subscription's position, locked until the transaction ends. Dialects say how."""
+        raise NotImplementedError
+
+    def log_scan(self, params: LogScanParams) -> LogScan:
+        """Up to `limit` events past the position, in log order. Dialects say how."""
+        raise NotImplementedError
+
+    def log_advance(self, subscription_id: int, position: Position) -> None:
+        """Move a subscription's position. Dialects say how."""
+        raise NotImplementedError
+
+    def log_seek(self, subscription_id: int, time_us: int) -> None:
+        """Move a subscription's position to a time. Dialects say how."""
+        raise NotImplementedError
+
+    # -- events and the log ------------------------------------------------------
 
     def event_get(self, event_id: str) -> StoredEvent | None:
         """One stored event."""
-        row = self.conn.execute(sa.select(_e).where(_e.c.id == event_id)).first()
-        return _event_from_row(row) if row is not None else None
-
-    def event_count(self) -> int:
-        """How many events are stored."""
-        return int(self.conn.execute(sa.select(sa.func.count()).select_from(_e)).scalar_one())
+        rows = self._all(f"SELECT {EVENT_SELECT} FROM events e WHERE e.id = ?", [event_id])
+        return event_from_values(rows[0]) if rows else None
 
     def event_get_many(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
         """Stored events by id (ids not stored are left out)."""
         ids = list(set(event_ids))
-        if not ids:
-            return {}
-        rows = self.conn.execute(sa.select(_e).where(_e.c.id.in_(ids)))
-        return {row.id: _event_from_row(row) for row in rows}
+        found: dict[str, StoredEvent] = {}
+        for part in chunks(ids, KEY_CHUNK):
+            sql = f"SELECT {EVENT_SELECT} FROM events e WHERE e.id IN ({self._marks(len(part))})"
+            for row in self._all(sql, list(part)):
+                found[row[0]] = event_from_values(row)
+        return found
 
-    # -- leasing -------------------------------------------------------------
+    def event_count(self) -> int:
+        """How many events are stored."""
+        return int(self._all("SELECT count(*) FROM events")[0][0])
 
-    def delivery_lease(self, params: DeliveryLeaseParams) -> dict[str, list[LeaseClaim]]:
-        """Lease ready deliveries, at most what each consumer asks for."""
-        sub = self._subscriptions_by_id().get(params.subscription_id)
-        if sub is None:
-            return {}
-        budget = sum(r.count for r in params.requests)
-        if sub.max_in_flight > 0:
-            # Count and claim under one lock, or two brokers could each fill the last slot.
-            self._lock_subscription(sub.id)
-            in_flight = self.conn.execute(
-                sa.select(sa.func.count())
-                .select_from(_d)
-                .where(_d.c.subscription_id == sub.id, _d.c.state == DeliveryState.IN_FLIGHT)
-            ).scalar_one()
-            budget = min(budget, sub.max_in_flight - int(in_flight))
-        now = params.now_us
-        expires = now + sub.ack_deadline_us
-        claimed: list[tuple[str, Any]] = []
-        shares = share_credit([r.count for r in params.requests], budget)
-        cursor = self._cursor()
-        claim = self._claim_sql()
-        for request, count in zip(params.requests, shares, strict=True):
-            if count <= 0:
-                continue
-            cursor.execute(claim, (now, expires, request.consumer, now, sub.id, count))
-            rows = [_Claimed(*row) for row in cursor.fetchall()]
-            claimed.extend((request.consumer, row) for row in rows)
-            if len(rows) < count:
-                break  # nothing more is ready
-        cursor.close()
-        leased: dict[str, list[LeaseClaim]] = {}
-        for consumer, row in sorted(claimed, key=lambda c: (c[1].rank, c[1].id)):
-            leased.setdefault(consumer, []).append(
-                LeaseClaim(str(AckId(row.id, row.attempt)), row.event_id, row.attempt, expires)
+    def event_old_list(self, params: OldEventsParams) -> list[tuple[int, OldEvent]]:
+        """Old events no row refers to, with the subscriptions still waiting for each."""
+        rows = self._all(
+            "SELECT e.seq, e.id, e.name, e.published_at FROM events e"
+            " WHERE e.published_at < ? AND e.seq > ?"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
+            " ORDER BY e.seq LIMIT ?",
+            [params.published_before_us, params.after_seq, params.limit],
+        )
+        if not rows:
+            return []
+        seqs = [row[0] for row in rows]
+        waiting: dict[int, set[int]] = {}
+        for part in chunks(seqs, KEY_CHUNK):
+            found = self._all(
+                f"SELECT e.seq, c.subscription_id FROM events e, cursors c"
+                f" WHERE e.seq IN ({self._marks(len(part))})"
+                f" AND {self.LISTED} AND NOT ({self.PASSED})",
+                list(part),
             )
-        return leased
-
-    def _live_leases(
-        self, ack_ids: Sequence[str], unexpired_at_us: int | None = None
-    ) -> tuple[dict[int, Any], list[str], list[str]]:
-        """Rows of the live leases named, and the ack ids applied and not applied.
-
-        With `unexpired_at_us`, a lease whose deadline has passed by then is not
-        live, whether or not a reaper has got to it yet: a late ack, nack or
-        extension has no effect (the reaper's own expiry passes None).
-        """
-        parsed = {text: AckId.parse(text) for text in ack_ids}
-        wanted = {a.delivery_id for a in parsed.values() if a is not None}
-        rows: dict[int, Any] = {}
-        if wanted:
-            query = sa.select(*_SETTLE_COLUMNS).where(
-                _d.c.id.in_(wanted), _d.c.state == DeliveryState.IN_FLIGHT
-            )
-            if unexpired_at_us is not None:
-                query = query.where(_d.c.lease_expires_at > unexpired_at_us)
-            rows = {row.id: row for row in self.conn.execute(self._locked(query))}
-        applied: list[str] = []
-        not_applied: list[str] = []
-        live: dict[int, Any] = {}
-        for text, ack in parsed.items():
-            row = rows.get(ack.delivery_id) if ack is not None else None
-            if ack is not None and row is not None and row.attempt == ack.attempt:
-                live[row.id] = row
-                applied.append(text)
-            else:
-                not_applied.append(text)
-        return live, applied, not_applied
-
-    def delivery_ack(self, params: DeliveryAckParams) -> SettleOutcome:
-        """Acknowledge live leases; others are reported not applied.
-
-        One statement per chunk both finds and settles them: a lease is live
-        while its row is in flight at the ack id's attempt and its deadline has
-        not passed.
-        """
-        parsed = {text: AckId.parse(text) for text in params.ack_ids}
-        pairs = sorted({a for a in parsed.values() if a is not None}, key=_ack_order)
-        live: dict[int, _Acked] = {}
-        if pairs:
-            cursor = self._cursor()
-            for start in range(0, len(pairs), ACK_CHUNK):
-                chunk = pairs[start : start + ACK_CHUNK]
-                cursor.execute(*self._ack_statement(chunk, params.now_us))
-                live.update((row[0], _Acked(*row)) for row in cursor.fetchall())
-            cursor.close()
-        applied: list[str] = []
-        not_applied: list[str] = []
-        for text, ack in parsed.items():
-            row = live.get(ack.delivery_id) if ack is not None else None
-            if ack is not None and row is not None and row.attempt == ack.attempt:
-                applied.append(text)
-            else:
-                not_applied.append(text)
-        keys = {(r.subscription_id, r.ordering_key) for r in live.values() if r.ordering_key}
-        ready, next_scheduled = self._gate(keys, params.now_us) if keys else (set(), None)
-        ready |= self._slots_freed(live.values())
-        return SettleOutcome(tuple(applied), tuple(not_applied), frozenset(ready), next_scheduled)
-
-    def _slots_freed(self, rows: Iterable[Any]) -> set[int]:
-        """Subscriptions with a concurrency limit that settling these leases makes room in."""
-        subs = self._subscriptions_by_id()
-        return {
-            row.subscription_id
-            for row in rows
-            if (sub := subs.get(row.subscription_id)) is not None and sub.max_in_flight > 0
-        }
-
-    def delivery_failing(self, params: DeliveryFailingParams) -> FailingLeases:
-        """The live leases among these ack ids, locked until the transaction ends."""
-        live, applied, not_applied = self._live_leases(params.ack_ids, params.unexpired_at_us)
-        leases = [
-            FailingLease(
-                delivery_id=row.id,
-                attempt=row.attempt,
-                subscription_id=row.subscription_id,
-                leased_at_us=row.leased_at,
-                consumer=row.consumer or "",
-                history=tuple(_history_from_json(row.history)),
-                ordering_key=row.ordering_key,
-            )
-            for row in live.values()
+            for seq, subscription_id in found:
+                waiting.setdefault(seq, set()).add(subscription_id)
+        return [
+            (seq, OldEvent(event_id, name, published, frozenset(waiting.get(seq, ()))))
+            for seq, event_id, name, published in rows
         ]
-        return FailingLeases(leases, tuple(applied), tuple(not_applied))
 
-    def delivery_fail(self, params: DeliveryFailParams) -> SettleOutcome:
-        """Write retried or dead deliveries; says which subscriptions may deliver more."""
-        if not params.changes:
-            return SettleOutcome((), ())
-        now = params.now_us
-        cursor = self._cursor()
-        cursor.executemany(
-            self._sql(_FAIL_SQL),
+    def event_delete(self, event_ids: Sequence[str]) -> int:
+        """Delete events; how many were deleted."""
+        deleted = 0
+        for part in chunks(list(event_ids), KEY_CHUNK):
+            deleted += self._run(
+                f"DELETE FROM events WHERE id IN ({self._marks(len(part))})", list(part)
+            )
+        return deleted
+
+    def dedup_lock(self, dedup_ids: Sequence[str]) -> None:
+        """Serialise publishes of the same dedup ids (SQLite: one writer, nothing to do)."""
+
+    def dedup_find(self, params: DedupParams) -> dict[str, str]:
+        """The event id of each of these dedup ids still inside its window."""
+        found: dict[str, str] = {}
+        for part in chunks(list(params.dedup_ids), KEY_CHUNK):
+            sql = (
+                "SELECT dedup_id, event_id FROM dedup WHERE expires_at > ?"
+                f" AND dedup_id IN ({self._marks(len(part))})"
+            )
+            found.update((row[0], row[1]) for row in self._all(sql, [params.now_us, *part]))
+        return found
+
+    def dedup_put(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        """Store dedup ids, replacing any left past their window."""
+        self._many(
+            "INSERT INTO dedup (dedup_id, event_id, expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (dedup_id) DO UPDATE"
+            " SET event_id = excluded.event_id, expires_at = excluded.expires_at",
+            rows,
+        )
+
+    def dedup_prune(self, now_us: int, limit: int) -> int:
+        """Forget dedup ids whose window has passed."""
+        return self._run(
+            "DELETE FROM dedup WHERE dedup_id IN"
+            " (SELECT dedup_id FROM dedup WHERE expires_at <= ? LIMIT ?)",
+            [now_us, limit],
+        )
+
+    def log_passed(self, event_id: str, subscription_ids: Sequence[int]) -> dict[int, bool]:
+        """Whether each subscription's position has passed the event (not its: left out)."""
+        if not subscription_ids:
+            return {}
+        rows = self._all(
+            f"SELECT c.subscription_id, CASE WHEN {self.PASSED} THEN 1 ELSE 0 END"
+            f" FROM events e, cursors c WHERE e.id = ?"
+            f" AND c.subscription_id IN ({self._marks(len(subscription_ids))}) AND {self.LISTED}",
+            [event_id, *subscription_ids],
+        )
+        return {row[0]: bool(row[1]) for row in rows}
+
+    def log_tally(self, params: LogTallyParams) -> list[NameTally]:
+        """A subscription's events without a row, passed or waiting, counted by name."""
+        passed = self.PASSED if params.passed else f"NOT ({self.PASSED})"
+        rows = self._all(
+            "SELECT e.name, count(*),"
+            " sum(CASE WHEN e.deliver_at > ? THEN 1 ELSE 0 END),"
+            " min(CASE WHEN e.deliver_at > ? THEN NULL ELSE e.deliver_at END)"
+            " FROM events e, cursors c WHERE c.subscription_id = ?"
+            f" AND {self.LISTED} AND {passed}"
+            " AND e.published_at >= ? AND e.published_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.subscription_id = c.subscription_id AND d.seq = e.seq)"
+            " GROUP BY e.name",
             [
-                (
-                    int(change.state),
-                    change.ready_at_us,
-                    _history_to_json(change.history),
-                    change.error,
-                    int(change.dead_reason),
-                    now,
-                    change.delivery_id,
-                )
-                for change in params.changes
+                params.now_us,
+                params.now_us,
+                params.subscription_id,
+                params.published_from_us,
+                params.published_before_us,
             ],
         )
-        cursor.close()
-        ready_subs = {c.subscription_id for c in params.changes if c.state == DeliveryState.READY}
-        scheduled = [c.ready_at_us for c in params.changes if c.state == DeliveryState.SCHEDULED]
-        next_scheduled = min(scheduled, default=None)
-        dead_keys = {
-            (c.subscription_id, c.ordering_key)
-            for c in params.changes
-            if c.state == DeliveryState.DEAD and c.ordering_key
-        }
-        if dead_keys:
-            unblocked, due = self._gate(dead_keys, now)
-            ready_subs |= unblocked
-            next_scheduled = _earliest(next_scheduled, due)
-        ready_subs |= self._slots_freed(params.changes)
-        return SettleOutcome((), (), frozenset(ready_subs), next_scheduled)
+        return [NameTally(name, int(n), int(due or 0), oldest) for name, n, due, oldest in rows]
 
-    def delivery_extend(self, params: DeliveryExtendParams) -> SettleOutcome:
-        """Extend live leases."""
-        live, applied, not_applied = self._live_leases(params.ack_ids, params.now_us)
-        if live:
-            self.conn.execute(
-                sa.update(_d)
-                .where(_d.c.id.in_(list(live)))
-                .values(lease_expires_at=params.now_us + params.extension_us)
-            )
-        return SettleOutcome(tuple(applied), tuple(not_applied))
+    # -- delivery rows ------------------------------------------------------------
 
-    def delivery_expired_list(self, params: DeliveryExpiredListParams) -> list[AckId]:
-        """Leases whose deadline has passed."""
-        rows = self.conn.execute(
-            sa.select(_d.c.id, _d.c.attempt)
-            .where(_d.c.state == DeliveryState.IN_FLIGHT, _d.c.lease_expires_at <= params.now_us)
-            .order_by(_d.c.lease_expires_at)
-            .limit(params.limit)
+    def delivery_insert(self, rows: Sequence[NewDelivery]) -> None:
+        """Write rows made by a lease or a scan (the position has passed their events)."""
+        values = []
+        for row in rows:
+            assert row.seq is not None
+            values.append(delivery_values(row, row.seq, via_log=True))
+        self._insert_deliveries(values)
+
+    def delivery_ready_list(self, subscription_id: int, limit: int) -> list[ReadyDelivery]:
+        """Ready rows in delivery order (the partial index's order), locked to be claimed."""
+        rows = self._all(
+            "SELECT seq, rank, event_id FROM deliveries"
+            " WHERE subscription_id = ? AND state = 2 ORDER BY rank, seq LIMIT ?"
+            f"{self._skip_locked()}",
+            [subscription_id, limit],
         )
-        return [AckId(row.id, row.attempt) for row in rows]
+        return [ReadyDelivery(*row) for row in rows]
 
-    def delivery_live_leases(self, ack_ids: Sequence[str]) -> set[str]:
-        """Which of these ack ids are still live leases (in flight, same attempt)."""
-        parsed = {text: AckId.parse(text) for text in ack_ids}
-        wanted = {a.delivery_id for a in parsed.values() if a is not None}
-        if not wanted:
-            return set()
-        attempts = {
-            row.id: row.attempt
-            for row in self.conn.execute(
-                sa.select(_d.c.id, _d.c.attempt).where(
-                    _d.c.id.in_(wanted), _d.c.state == DeliveryState.IN_FLIGHT
-                )
+    def delivery_in_flight_count(self, subscription_id: int) -> int:
+        """How many of a subscription's deliveries are leased now."""
+        return int(
+            self._all(
+                "SELECT count(*) FROM deliveries WHERE subscription_id = ? AND state = 3",
+                [subscription_id],
+            )[0][0]
+        )
+
+    def delivery_claim(self, params: ClaimParams) -> list[Claimed]:
+        """Lease ready rows, one statement per consumer."""
+        by_consumer: dict[str, list[int]] = {}
+        for claim in params.claims:
+            by_consumer.setdefault(claim.consumer, []).append(claim.seq)
+        claimed: list[Claimed] = []
+        for consumer, seqs in by_consumer.items():
+            rows = self._all(
+                "UPDATE deliveries SET state = 3, attempt = attempt + 1, leased_at = ?,"
+                " lease_expires_at = ?, consumer = ?, updated_at = ?"
+                f" WHERE subscription_id = ? AND state = 2 AND seq IN ({self._marks(len(seqs))})"
+                " RETURNING seq, event_id, attempt",
+                [
+                    params.now_us,
+                    params.expires_at_us,
+                    consumer,
+                    params.now_us,
+                    params.subscription_id,
+                    *seqs,
+                ],
             )
-        }
+            claimed += [Claimed(*row) for row in rows]
+        return claimed
+
+    def delivery_ack(self, params: AckParams) -> list[Settled]:
+        """Acknowledge live leases: forget clean first attempts from the log, keep the rest.
+
+        Each statement both finds and settles: a lease is live while its row is
+        in flight at the ack id's attempt and its deadline has not passed.
+        """
+        settled: list[Settled] = []
+        left = list(params.ack_ids)
+        for statement in (
+            "DELETE FROM deliveries AS d WHERE {match} AND d.state = 3"
+            " AND d.lease_expires_at > ? AND d.via_log = 1 AND d.attempt = 1"
+            " AND d.history IS NULL",
+            "UPDATE deliveries AS d SET state = 4, lease_expires_at = NULL, updated_at = ?"
+            " WHERE {match} AND d.state = 3 AND d.lease_expires_at > ?",
+        ):
+            if not left:
+                break
+            done: set[AckId] = set()
+            for part in chunks(left, KEY_CHUNK):
+                match, match_params = self._leases_match(part)
+                sql = statement.format(match=match) + (
+                    " RETURNING subscription_id, seq, attempt, ordering_key"
+                )
+                head = [params.now_us] if statement.startswith("UPDATE") else []
+                for sid, seq, attempt, key in self._all(sql, [*head, *match_params, params.now_us]):
+                    settled.append(Settled(DeliveryKey(sid, seq), attempt, key))
+                    done.add(AckId(sid, seq, attempt))
+            left = [ack for ack in left if ack not in done]
+        return settled
+
+    def delivery_failing(self, params: FailingParams) -> list[FailingLease]:
+        """The live leases among these ack ids, locked until the transaction ends."""
+        leases: list[FailingLease] = []
+        for part in chunks(list(params.ack_ids), KEY_CHUNK):
+            match, match_params = self._leases_match(part)
+            unexpired = "" if params.unexpired_at_us is None else " AND d.lease_expires_at > ?"
+            extra = [] if params.unexpired_at_us is None else [params.unexpired_at_us]
+            rows = self._all(
+                "SELECT d.subscription_id, d.seq, d.attempt, d.leased_at, d.consumer,"
+                f" d.history, d.ordering_key FROM deliveries d WHERE {match}"
+                f" AND d.state = 3{unexpired}"
+                f" ORDER BY d.subscription_id, d.seq{self._for_update()}",
+                [*match_params, *extra],
+            )
+            leases += [
+                FailingLease(
+                    key=DeliveryKey(sid, seq),
+                    attempt=attempt,
+                    leased_at_us=leased_at,
+                    consumer=consumer or "",
+                    history=tuple(history_from_json(history)),
+                    ordering_key=key,
+                )
+                for sid, seq, attempt, leased_at, consumer, history, key in rows
+            ]
+        return leases
+
+    def delivery_fail(self, params: FailParams) -> None:
+        """Write retried or dead deliveries."""
+        self._many(
+            "UPDATE deliveries SET state = ?, ready_at = ?, history = ?, last_error = ?,"
+            " dead_reason = ?, lease_expires_at = NULL, updated_at = ?"
+            " WHERE subscription_id = ? AND seq = ?",
+            [
+                (
+                    int(c.state),
+                    c.ready_at_us,
+                    history_to_json(c.history),
+                    c.error,
+                    int(c.dead_reason),
+                    params.now_us,
+                    c.key.subscription_id,
+                    c.key.seq,
+                )
+                for c in params.changes
+            ],
+        )
+
+    def delivery_extend(self, params: ExtendParams) -> list[AckId]:
+        """Extend the live leases among these ack ids; the ones extended."""
+        extended: list[AckId] = []
+        for part in chunks(list(params.ack_ids), KEY_CHUNK):
+            match, match_params = self._leases_match(part)
+            rows = self._all(
+                f"UPDATE deliveries AS d SET lease_expires_at = ? WHERE {match}"
+                " AND d.state = 3 AND d.lease_expires_at > ?"
+                " RETURNING subscription_id, seq, attempt",
+                [params.until_us, *match_params, params.now_us],
+            )
+            extended += [AckId(*row) for row in rows]
+        return extended
+
+    def delivery_expired_list(self, now_us: int, limit: int) -> list[AckId]:
+        """Leases whose deadline has passed, earliest first."""
+        rows = self._all(
+            "SELECT subscription_id, seq, attempt FROM deliveries"
+            " WHERE state = 3 AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?",
+            [now_us, limit],
+        )
+        return [AckId(*row) for row in rows]
+
+    def delivery_live(self, ack_ids: Sequence[AckId]) -> set[AckId]:
+        """Which of these ack ids are still live leases (in flight, same attempt)."""
+        live: set[AckId] = set()
+        for part in chunks(list(ack_ids), KEY_CHUNK):
+            match, match_params = self._leases_match(part)
+            rows = self._all(
+                f"SELECT d.subscription_id, d.seq, d.attempt FROM deliveries d"
+                f" WHERE {match} AND d.state = 3",
+                match_params,
+            )
+            live |= {AckId(*row) for row in rows}
+        return live
+
+    def delivery_resolve(self, legacy: Sequence[LegacyAckId]) -> dict[LegacyAckId, AckId]:
+        """The ack ids of deliveries named by their row id and attempt."""
+        ids = sorted({old.delivery_id for old in legacy})
+        keys: dict[int, tuple[int, int]] = {}
+        for part in chunks(ids, KEY_CHUNK):
+            rows = self._all(
+                f"SELECT id, subscription_id, seq FROM deliveries"
+                f" WHERE id IN ({self._marks(len(part))})",
+                list(part),
+            )
+            keys.update((row[0], (row[1], row[2])) for row in rows)
         return {
-            text
-            for text, ack in parsed.items()
-            if ack is not None and attempts.get(ack.delivery_id) == ack.attempt
+            old: AckId(*keys[old.delivery_id], old.attempt)
+            for old in legacy
+            if old.delivery_id in keys
         }
 
-    # -- API keys ------------------------------------------------------------
+    def delivery_promote(self, params: PromoteParams) -> PromoteOutcome:
+        """Make due scheduled deliveries ready."""
+        rows = self._all(
+            "UPDATE deliveries SET state = 2, updated_at = ? WHERE state = 1 AND id IN"
+            " (SELECT id FROM deliveries WHERE state = 1 AND ready_at <= ? LIMIT ?)"
+            " RETURNING subscription_id",
+            [params.now_us, params.now_us, params.limit],
+        )
+        (next_due,) = self._all("SELECT min(ready_at) FROM deliveries WHERE state = 1")[0]
+        return PromoteOutcome(
+            frozenset(row[0] for row in rows),
+            len(rows),
+            int(next_due) if next_due is not None else None,
+        )
+
+    def ordering_key_lock(self, subscription_id: int, key: str) -> None:
+        """Serialise transactions that move one ordering key (SQLite: one writer)."""
+
+    def delivery_keyed_list(self, subscription_id: int, key: str) -> list[KeyedDelivery]:
+        """The open deliveries of an ordering key, in log order."""
+        states = ", ".join(str(int(s)) for s in OPEN_STATES)
+        rows = self._all(
+            "SELECT seq, state, ready_at FROM deliveries WHERE subscription_id = ?"
+            f" AND ordering_key = ? AND state IN ({states}) ORDER BY seq",
+            [subscription_id, key],
+        )
+        return [KeyedDelivery(seq, DeliveryState(state), ready_at) for seq, state, ready_at in rows]
+
+    def delivery_set_states(self, changes: Sequence[StateChange], now_us: int) -> None:
+        """Move delivery rows to other states (a dead one with its reason)."""
+        self._many(
+            "UPDATE deliveries SET state = ?,"
+            " dead_reason = CASE WHEN ? = 5 THEN ? ELSE dead_reason END, updated_at = ?"
+            " WHERE subscription_id = ? AND seq = ?",
+            [
+                (
+                    int(c.state),
+                    int(c.state),
+                    int(c.dead_reason),
+                    now_us,
+                    c.key.subscription_id,
+                    c.key.seq,
+                )
+                for c in changes
+            ],
+        )
+
+    def delivery_restart(self, keys: Sequence[DeliveryKey], now_us: int) -> None:
+        """Make dead rows ready again as new first attempts, keeping their history."""
+        self._many(
+            "UPDATE deliveries SET state = 2, ready_at = ?, attempt = 0, dead_reason = 0,"
+            " lease_expires_at = NULL, updated_at = ? WHERE subscription_id = ? AND seq = ?",
+            [(now_us, now_us, k.subscription_id, k.seq) for k in keys],
+        )
+
+    def delivery_delete(self, keys: Sequence[DeliveryKey]) -> None:
+        """Forget delivery rows."""
+        for part in chunks(list(keys), KEY_CHUNK):
+            match, match_params = self._keys_match(part)
+            self._run(f"DELETE FROM deliveries AS d WHERE {match}", match_params)
+
+    def delivery_dead_select(self, params: DeadSelectParams) -> list[DeliveryKey]:
+        """Dead letters to redrive, oldest first, locked until the transaction ends."""
+        sql = (
+            "SELECT d.subscription_id, d.seq FROM deliveries d"
+            " WHERE d.subscription_id = ? AND d.state = 5"
+        )
+        args: list[Any] = [params.subscription_id]
+        if params.event_ids:
+            sql += f" AND d.event_id IN ({self._marks(len(params.event_ids))})"
+            args += list(params.event_ids)
+        if params.reason is not None:
+            sql += " AND d.dead_reason = ?"
+            args.append(int(params.reason))
+        if params.name is not None:
+            sql += " AND d.event_id IN (SELECT id FROM events WHERE name = ?)"
+            args.append(params.name)
+        sql += f" ORDER BY d.id LIMIT ?{self._for_update()}"
+        return [DeliveryKey(*row) for row in self._all(sql, [*args, params.limit])]
+
+    def delivery_seek_list(self, subscription_id: int) -> list[SeekRow]:
+        """A subscription's rows with their events' publish times."""
+        rows = self._all(
+            "SELECT d.seq, d.state, e.published_at FROM deliveries d"
+            " JOIN events e ON e.id = d.event_id WHERE d.subscription_id = ?",
+            [subscription_id],
+        )
+        return [
+            SeekRow(DeliveryKey(subscription_id, seq), DeliveryState(state), published)
+            for seq, state, published in rows
+        ]
+
+    def delivery_waiting_list(
+        self, subscription_id: int, published_before_us: int, limit: int
+    ) -> list[DeliveryKey]:
+        """Waiting rows (scheduled, ready, blocked) of events published before a time."""
+        rows = self._all(
+            "SELECT d.seq FROM deliveries d JOIN events e ON e.id = d.event_id"
+            f" WHERE d.subscription_id = ? AND d.state IN {_WAITING_STATES}"
+            " AND e.published_at < ? ORDER BY d.seq LIMIT ?",
+            [subscription_id, published_before_us, limit],
+        )
+        return [DeliveryKey(subscription_id, row[0]) for row in rows]
+
+    def delivery_keys_of(self, keys: Sequence[DeliveryKey]) -> set[tuple[int, str]]:
+        """The ordering keys these rows hold or wait for."""
+        found: set[tuple[int, str]] = set()
+        for part in chunks(list(keys), KEY_CHUNK):
+            match, match_params = self._keys_match(part)
+            rows = self._all(
+                f"SELECT d.subscription_id, d.ordering_key FROM deliveries d"
+                f" WHERE {match} AND d.ordering_key IS NOT NULL",
+                match_params,
+            )
+            found |= {(row[0], row[1]) for row in rows}
+        return found
+
+    def delivery_settled_delete(self, params: SettledDeleteParams) -> int:
+        """Delete acked and dead rows past retention whose events the position passed."""
+        return self._run(
+            "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d"
+            " JOIN events e ON e.id = d.event_id"
+            " JOIN cursors c ON c.subscription_id = d.subscription_id"
+            f" WHERE d.subscription_id = ? AND d.state IN {_SETTLED_STATES}"
+            f" AND d.updated_at < ? AND {self.PASSED} LIMIT ?)",
+            [params.subscription_id, params.changed_before_us, params.limit],
+        )
+
+    def delivery_list_for_event(self, event_id: str) -> list[DeliveryInfo]:
+        """An event's delivery rows, one per subscription that has one."""
+        rows = self._all(f"{_ROW_INFO_SELECT} WHERE d.event_id = ? ORDER BY s.name", [event_id])
+        return [delivery_info_from_row(_InfoRow(*row)) for row in rows]
+
+    def delivery_counts(self, subscription_id: int) -> RowCounts:
+        """A subscription's rows by state, and its oldest ready one."""
+        rows = self._all(
+            "SELECT state, count(*), min(CASE WHEN state = 2 THEN ready_at END)"
+            " FROM deliveries WHERE subscription_id = ? GROUP BY state",
+            [subscription_id],
+        )
+        oldest = [row[2] for row in rows if row[2] is not None]
+        return RowCounts(
+            {DeliveryState(row[0]): int(row[1]) for row in rows}, min(oldest, default=None)
+        )
+
+    def dead_letter_list(self, params: DeadLetterListParams) -> list[DeadLetter]:
+        """A page of dead letters, oldest first."""
+        sql = f"{_ROW_INFO_SELECT} WHERE d.subscription_id = ? AND d.state = 5 AND d.id > ?"
+        args: list[Any] = [params.subscription_id, params.after_delivery_id]
+        if params.reason is not None:
+            sql += " AND d.dead_reason = ?"
+            args.append(int(params.reason))
+        if params.name is not None:
+            sql += " AND d.event_id IN (SELECT id FROM events WHERE name = ?)"
+            args.append(params.name)
+        rows = [
+            _InfoRow(*row)
+            for row in self._all(f"{sql} ORDER BY d.id LIMIT ?", [*args, params.limit])
+        ]
+        events = self.event_get_many({row.event_id for row in rows})
+        return [
+            DeadLetter(row.id, events[row.event_id], delivery_info_from_row(row)) for row in rows
+        ]
+
+    # -- subscriptions -------------------------------------------------------------
+
+    def subscriptions_by_id(self) -> dict[int, Subscription]:
+        """Every subscription, by id (read once per transaction, or kept by the storage)."""
+        if self._subscriptions is None:
+            self._subscriptions = {}
+            for row in self._all(_SUBSCRIPTIONS_SQL):
+                key = tuple(row)
+                sub = _known_subscriptions.get(key)
+                if sub is None:
+                    if len(_known_subscriptions) >= KNOWN_SUBSCRIPTIONS_MAX:
+                        _known_subscriptions.clear()
+                    sub = subscription_from_row(_SubscriptionRow(*key))
+                    _known_subscriptions[key] = sub
+                self._subscriptions[sub.id] = sub
+        return self._subscriptions
+
+    def _cursor_start(self, subscription: Subscription) -> dict[str, Any]:
+        """The cursor row of a new subscription, at its start. Dialects override."""
+        raise NotImplementedError
+
+    def subscription_create(self, subscription: Subscription) -> Subscription:
+        """Create a subscription and its cursor at its start; raises SubscriptionExistsError."""
+        if self.subscription_get(subscription.name) is not None:
+            raise SubscriptionExistsError(subscription.name)
+        try:
+            new_id = self.conn.execute(
+                sa.insert(_s).values(**subscription_values(subscription)).returning(_s.c.id)
+            ).scalar_one()
+        except sa_exc.IntegrityError as error:
+            raise SubscriptionExistsError(subscription.name) from error
+        self._changed()
+        created = self.subscriptions_by_id()[int(new_id)]
+        self.conn.execute(
+            sa.insert(schema.cursors).values(
+                subscription_id=created.id, **self._cursor_start(created)
+            )
+        )
+        return created
+
+    def _changed(self) -> None:
+        self._subscriptions = None
+        self.subscriptions_changed = True
+
+    def subscription_get(self, name: str) -> Subscription | None:
+        """One subscription by name."""
+        row = self.conn.execute(sa.select(_s).where(_s.c.name == name)).first()
+        return subscription_from_row(row) if row is not None else None
+
+    def subscription_list(self, after_name: str, limit: int) -> list[Subscription]:
+        """Subscriptions by name, after a name."""
+        rows = self.conn.execute(
+            sa.select(_s).where(_s.c.name > after_name).order_by(_s.c.name).limit(limit)
+        )
+        return [subscription_from_row(row) for row in rows]
+
+    def subscription_update(self, subscription: Subscription) -> Subscription | None:
+        """Replace a subscription's settings; None when it does not exist."""
+        values = subscription_values(subscription)
+        for fixed in ("name", "created_at", "start_position", "start_time"):
+            values.pop(fixed)
+        result = self.conn.execute(
+            sa.update(_s).where(_s.c.name == subscription.name).values(**values)
+        )
+        self._changed()
+        if result.rowcount == 0:
+            return None
+        return self.subscription_get(subscription.name)
+
+    def subscription_delete(self, name: str) -> bool:
+        """Delete a subscription, its cursor and its rows; False when it did not exist."""
+        sub = self.subscription_get(name)
+        if sub is None:
+            return False
+        self._run("DELETE FROM deliveries WHERE subscription_id = ?", [sub.id])
+        self._run("DELETE FROM cursors WHERE subscription_id = ?", [sub.id])
+        self.conn.execute(sa.delete(_s).where(_s.c.id == sub.id))
+        self._changed()
+        return True
+
+    # -- API keys ---------------------------------------------------------------------
 
     def api_key_create(self, key: ApiKey) -> None:
         """Store a new API key."""
@@ -584,12 +840,12 @@ class SqlTx:
     def api_key_get(self, key_id: str) -> ApiKey | None:
         """One API key by id, revoked or not."""
         row = self.conn.execute(sa.select(_k).where(_k.c.id == key_id)).first()
-        return _api_key_from_row(row) if row is not None else None
+        return api_key_from_row(row) if row is not None else None
 
     def api_key_list(self) -> list[ApiKey]:
         """Every API key, oldest first."""
         rows = self.conn.execute(sa.select(_k).order_by(_k.c.created_at, _k.c.id))
-        return [_api_key_from_row(row) for row in rows]
+        return [api_key_from_row(row) for row in rows]
 
     def api_key_revoke(self, key_id: str, now_us: int) -> bool:
         """Revoke a key; False if there is no such key or it was revoked already."""
@@ -609,453 +865,10 @@ class SqlTx:
             ).scalar_one()
         )
 
-    def delivery_promote(self, params: DeliveryPromoteParams) -> PromoteOutcome:
-        """Make due scheduled deliveries ready."""
-        due = (
-            sa.select(_d.c.id)
-            .where(_d.c.state == DeliveryState.SCHEDULED, _d.c.ready_at <= params.now_us)
-            .limit(params.limit)
-        )
-        rows = self.conn.execute(
-            sa.update(_d)
-            .where(_d.c.id.in_(due.scalar_subquery()), _d.c.state == DeliveryState.SCHEDULED)
-            .values(state=DeliveryState.READY, updated_at=params.now_us)
-            .returning(_d.c.subscription_id)
-        ).all()
-        next_due = self.conn.execute(
-            sa.select(sa.func.min(_d.c.ready_at)).where(_d.c.state == DeliveryState.SCHEDULED)
-        ).scalar_one()
-        return PromoteOutcome(
-            frozenset(row.subscription_id for row in rows),
-            len(rows),
-            int(next_due) if next_due is not None else None,
-        )
 
-    # -- ordering keys ---------------------------------------------------------
-
-    def _gate(self, keys: Iterable[OrderedKey], now: int) -> tuple[set[int], int | None]:
-        """Let only the earliest open delivery of each ordering key move.
-
-        The first delivery of a key that is not yet acked or dead holds the key:
-        it is ready, scheduled or in flight; every later one is BLOCKED until it
-        is settled. Returns the subscriptions with a delivery made ready, and the
-        earliest time one made scheduled becomes due.
-        """
-        ready: set[int] = set()
-        next_due: int | None = None
-        for subscription_id, key in sorted(set(keys)):
-            self._lock_ordering_key(subscription_id, key)
-            rows = self.conn.execute(
-                sa.select(_d.c.id, _d.c.state, _d.c.ready_at)
-                .where(
-                    _d.c.subscription_id == subscription_id,
-                    _d.c.ordering_key == key,
-                    _d.c.state.in_(_OPEN_STATES),
-                )
-                .order_by(_d.c.id)
-            ).all()
-            if not rows:
-                continue
-            head = rows[0]
-            if head.state == DeliveryState.BLOCKED:
-                if head.ready_at <= now:
-                    state = DeliveryState.READY
-                    ready.add(subscription_id)
-                else:
-                    state = DeliveryState.SCHEDULED
-                    next_due = _earliest(next_due, head.ready_at)
-                self.conn.execute(
-                    sa.update(_d).where(_d.c.id == head.id).values(state=state, updated_at=now)
-                )
-            waiting = [
-                r.id for r in rows[1:] if r.state in (DeliveryState.READY, DeliveryState.SCHEDULED)
-            ]
-            if waiting:
-                self.conn.execute(
-                    sa.update(_d)
-                    .where(_d.c.id.in_(waiting))
-                    .values(state=DeliveryState.BLOCKED, updated_at=now)
-                )
-        return ready, next_due
-
-    def _keys_of(self, delivery_ids: Sequence[int]) -> set[OrderedKey]:
-        if not delivery_ids:
-            return set()
-        rows = self.conn.execute(
-            sa.select(_d.c.subscription_id, _d.c.ordering_key).where(
-                _d.c.id.in_(delivery_ids), _d.c.ordering_key.is_not(None)
-            )
-        )
-        return {(row.subscription_id, row.ordering_key) for row in rows}
-
-    # -- dead letters, replay, retention ----------------------------------------
-
-    def delivery_redrive(self, params: DeliveryRedriveParams) -> int:
-        """Make dead letters ready again, attempts counted afresh; returns how many."""
-        query = (
-            sa.select(_d.c.id)
-            .where(
-                _d.c.subscription_id == params.subscription_id,
-                _d.c.state == DeliveryState.DEAD,
-            )
-            .order_by(_d.c.id)
-            .limit(params.limit)
-        )
-        if params.event_ids:
-            query = query.where(_d.c.event_id.in_(list(params.event_ids)))
-        if params.reason is not None:
-            query = query.where(_d.c.dead_reason == params.reason)
-        if params.name is not None:
-            query = query.where(
-                _d.c.event_id.in_(sa.select(_e.c.id).where(_e.c.name == params.name))
-            )
-        ids = [row.id for row in self.conn.execute(self._locked(query))]
-        if ids:
-            self.conn.execute(
-                sa.update(_d)
-                .where(_d.c.id.in_(ids))
-                .values(
-                    state=DeliveryState.READY,
-                    ready_at=params.now_us,
-                    attempt=0,
-                    dead_reason=DeadReason.NONE,
-                    lease_expires_at=None,
-                    updated_at=params.now_us,
-                )
-            )
-            self._gate(self._keys_of(ids), params.now_us)
-        return len(ids)
-
-    def subscription_backfill(self, params: SubscriptionBackfillParams) -> int:
-        """Add deliveries for matching stored events that have none; returns how many."""
-        sub = self._subscriptions_by_id().get(params.subscription_id)
-        if sub is None:
-            return 0
-        now = params.now_us
-        added = 0
-        keys: set[OrderedKey] = set()
-        cursor = (params.since_us, "")
-        while True:
-            events = self.conn.execute(
-                sa.select(
-                    _e.c.id,
-                    _e.c.name,
-                    _e.c.priority,
-                    _e.c.ordering_key,
-                    _e.c.deliver_at,
-                    _e.c.published_at,
-                )
-                .where(sa.tuple_(_e.c.published_at, _e.c.id) > sa.tuple_(*cursor))
-                .order_by(_e.c.published_at, _e.c.id)
-                .limit(BACKFILL_PAGE)
-            ).all()
-            if not events:
-                break
-            cursor = (events[-1].published_at, events[-1].id)
-            matching = [e for e in events if matches(sub.filters, e.name)]
-            have = (
-                set(
-                    self.conn.execute(
-                        sa.select(_d.c.event_id).where(
-                            _d.c.subscription_id == sub.id,
-                            _d.c.event_id.in_([e.id for e in matching]),
-                        )
-                    ).scalars()
-                )
-                if matching
-                else set()
-            )
-            rows = [
-                {
-                    "subscription_id": sub.id,
-                    "event_id": e.id,
-                    "state": DeliveryState.SCHEDULED if e.deliver_at > now else DeliveryState.READY,
-                    "rank": -e.priority,
-                    "ordering_key": e.ordering_key if sub.ordered else None,
-                    "ready_at": max(e.deliver_at, now),
-                    "attempt": 0,
-                    "dead_reason": DeadReason.NONE,
-                    "updated_at": now,
-                }
-                for e in matching
-                if e.id not in have
-            ]
-            if rows:
-                self.conn.execute(sa.insert(_d), rows)
-                added += len(rows)
-                keys |= {(sub.id, r["ordering_key"]) for r in rows if r["ordering_key"]}
-        if keys:
-            self._gate(keys, now)
-        return added
-
-    def subscription_seek(self, params: SubscriptionSeekParams) -> SeekOutcome:
-        """Replay from a time: later events delivered again, earlier ones skipped."""
-        now = params.now_us
-        sub_id = params.subscription_id
-        before = sa.select(_e.c.id).where(_e.c.published_at < params.time_us)
-        since = sa.select(_e.c.id).where(_e.c.published_at >= params.time_us)
-        skipped = self.conn.execute(
-            sa.update(_d)
-            .where(
-                _d.c.subscription_id == sub_id,
-                _d.c.state.in_(
-                    (DeliveryState.SCHEDULED, DeliveryState.READY, DeliveryState.BLOCKED)
-                ),
-                _d.c.event_id.in_(before),
-            )
-            .values(state=DeliveryState.ACKED, updated_at=now)
-        ).rowcount
-        replay_ids = [
-            row.id
-            for row in self.conn.execute(
-                sa.select(_d.c.id).where(
-                    _d.c.subscription_id == sub_id,
-                    _d.c.state.in_((DeliveryState.ACKED, DeliveryState.DEAD)),
-                    _d.c.event_id.in_(since),
-                )
-            )
-        ]
-        if replay_ids:
-            self.conn.execute(
-                sa.update(_d)
-                .where(_d.c.id.in_(replay_ids))
-                .values(
-                    state=DeliveryState.READY,
-                    ready_at=now,
-                    attempt=0,
-                    dead_reason=DeadReason.NONE,
-                    last_error=None,
-                    history=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
-            )
-        added = self.subscription_backfill(SubscriptionBackfillParams(sub_id, params.time_us, now))
-        self._gate(self._keys_of(replay_ids), now)
-        return SeekOutcome(replayed=len(replay_ids) + added, skipped=int(skipped))
-
-    def maintenance(self, params: MaintenanceParams) -> MaintenanceOutcome:
-        """Apply maximum ages and retention, a bounded number of rows at a time."""
-        now = params.now_us
-        expired_ids: list[int] = []
-        deleted = 0
-        for sub in self._subscriptions_by_id().values():
-            if sub.max_age_us:
-                old = sa.select(_e.c.id).where(_e.c.published_at < now - sub.max_age_us)
-                expired_ids += [
-                    row.id
-                    for row in self.conn.execute(
-                        sa.select(_d.c.id)
-                        .where(
-                            _d.c.subscription_id == sub.id,
-                            _d.c.state.in_(
-                                (
-                                    DeliveryState.SCHEDULED,
-                                    DeliveryState.READY,
-                                    DeliveryState.BLOCKED,
-                                )
-                            ),
-                            _d.c.event_id.in_(old),
-                        )
-                        .limit(params.limit)
-                    )
-                ]
-            done = (
-                sa.select(_d.c.id)
-                .where(
-                    _d.c.subscription_id == sub.id,
-                    _d.c.state.in_((DeliveryState.ACKED, DeliveryState.DEAD)),
-                    _d.c.updated_at < now - sub.retention_us,
-                )
-                .limit(params.limit)
-            )
-            deleted += self.conn.execute(
-                sa.delete(_d).where(_d.c.id.in_(done.scalar_subquery()))
-            ).rowcount
-        if expired_ids:
-            self.conn.execute(
-                sa.update(_d)
-                .where(_d.c.id.in_(expired_ids))
-                .values(
-                    state=DeliveryState.DEAD,
-                    dead_reason=DeadReason.EXPIRED,
-                    updated_at=now,
-                )
-            )
-            self._gate(self._keys_of(expired_ids), now)
-        orphaned = (
-            sa.select(_e.c.id)
-            .where(
-                _e.c.published_at < now - params.event_retention_us,
-                ~sa.exists().where(_d.c.event_id == _e.c.id),
-            )
-            .limit(params.limit)
-        )
-        events_deleted = self.conn.execute(
-            sa.delete(_e).where(_e.c.id.in_(orphaned.scalar_subquery()))
-        ).rowcount
-        return MaintenanceOutcome(len(expired_ids), int(deleted), int(events_deleted))
-
-    # -- inspection ----------------------------------------------------------
-
-    def delivery_list_for_event(self, event_id: str) -> list[DeliveryInfo]:
-        """An event's delivery in each subscription."""
-        rows = self.conn.execute(
-            sa.select(_d, _s.c.name.label("subscription_name"))
-            .join(_s, _s.c.id == _d.c.subscription_id)
-            .where(_d.c.event_id == event_id)
-            .order_by(_s.c.name)
-        )
-        return [_delivery_info_from_row(row) for row in rows]
-
-    def dead_letter_list(self, params: DeadLetterListParams) -> list[DeadLetter]:
-        """A page of dead letters, oldest first."""
-        query = (
-            sa.select(_d, _s.c.name.label("subscription_name"))
-            .join(_s, _s.c.id == _d.c.subscription_id)
-            .where(
-                _d.c.subscription_id == params.subscription_id,
-                _d.c.state == DeliveryState.DEAD,
-                _d.c.id > params.after_delivery_id,
-            )
-            .order_by(_d.c.id)
-            .limit(params.limit)
-        )
-        if params.reason is not None:
-            query = query.where(_d.c.dead_reason == params.reason)
-        if params.name is not None:
-            query = query.where(
-                _d.c.event_id.in_(sa.select(_e.c.id).where(_e.c.name == params.name))
-            )
-        rows = self.conn.execute(query).all()
-        events = self.event_get_many({row.event_id for row in rows})
-        return [
-            DeadLetter(row.id, events[row.event_id], _delivery_info_from_row(row)) for row in rows
-        ]
-
-    # -- subscriptions -------------------------------------------------------
-
-    def _subscriptions_by_id(self) -> dict[int, Subscription]:
-        if self._subscriptions is None:
-            with closing(self._cursor()) as cursor:
-                cursor.execute(_SUBSCRIPTIONS_SQL)
-                rows = cursor.fetchall()
-            self._subscriptions = {}
-            for row in rows:
-                key = tuple(row)
-                sub = _known_subscriptions.get(key)
-                if sub is None:
-                    if len(_known_subscriptions) >= KNOWN_SUBSCRIPTIONS_MAX:
-                        _known_subscriptions.clear()
-                    sub = _subscription_from_row(_SubscriptionRow(*key))
-                    _known_subscriptions[key] = sub
-                self._subscriptions[sub.id] = sub
-        return self._subscriptions
-
-    def subscription_create(self, subscription: Subscription) -> Subscription:
-        """Create a subscription; raises SubscriptionExistsError."""
-        if self.subscription_get(subscription.name) is not None:
-            raise SubscriptionExistsError(subscription.name)
-        values = _subscription_values(subscription)
-        try:
-            new_id = self.conn.execute(
-                sa.insert(_s).values(**values).returning(_s.c.id)
-            ).scalar_one()
-        except sa_exc.IntegrityError as error:
-            raise SubscriptionExistsError(subscription.name) from error
-        self._subscriptions = None
-        self.subscriptions_changed = True
-        created = self.subscription_get_by_id(int(new_id))
-        assert created is not None
-        if created.start_position is StartPosition.BEGINNING:
-            self.subscription_backfill(
-                SubscriptionBackfillParams(created.id, 0, created.created_at_us)
-            )
-        elif created.start_position is StartPosition.TIME:
-            self.subscription_backfill(
-                SubscriptionBackfillParams(created.id, created.start_time_us, created.created_at_us)
-            )
-        return created
-
-    def subscription_get(self, name: str) -> Subscription | None:
-        """One subscription by name."""
-        row = self.conn.execute(sa.select(_s).where(_s.c.name == name)).first()
-        return _subscription_from_row(row) if row is not None else None
-
-    def subscription_get_by_id(self, subscription_id: int) -> Subscription | None:
-        """One subscription by id (from the subscriptions this transaction has read)."""
-        return self._subscriptions_by_id().get(subscription_id)
-
-    def subscription_list(self, after_name: str, limit: int) -> list[Subscription]:
-        """Subscriptions by name, after a name."""
-        rows = self.conn.execute(
-            sa.select(_s).where(_s.c.name > after_name).order_by(_s.c.name).limit(limit)
-        )
-        return [_subscription_from_row(row) for row in rows]
-
-    def subscription_update(self, params: SubscriptionUpdateParams) -> Subscription | None:
-        """Replace a subscription's settings; None when it does not exist."""
-        sub = params.subscription
-        values = _subscription_values(sub)
-        for fixed in ("name", "created_at", "start_position", "start_time"):
-            values.pop(fixed)
-        result = self.conn.execute(sa.update(_s).where(_s.c.name == sub.name).values(**values))
-        self._subscriptions = None
-        self.subscriptions_changed = True
-        if result.rowcount == 0:
-            return None
-        return self.subscription_get(sub.name)
-
-    def subscription_delete(self, name: str) -> bool:
-        """Delete a subscription and its deliveries; False when it did not exist."""
-        sub = self.subscription_get(name)
-        if sub is None:
-            return False
-        self.conn.execute(sa.delete(_d).where(_d.c.subscription_id == sub.id))
-        self.conn.execute(sa.delete(_s).where(_s.c.id == sub.id))
-        self._subscriptions = None
-        self.subscriptions_changed = True
-        return True
-
-    def subscription_counts(self, name: str | None) -> list[SubscriptionCounts]:
-        """Delivery counts per subscription (one, or all)."""
-        subs = [s for s in self._subscriptions_by_id().values() if name is None or s.name == name]
-        ids = [s.id for s in subs]
-        counts: dict[tuple[int, int], int] = {}
-        oldest: dict[int, int] = {}
-        if ids:
-            rows = self.conn.execute(
-                sa.select(_d.c.subscription_id, _d.c.state, sa.func.count())
-                .where(_d.c.subscription_id.in_(ids))
-                .group_by(_d.c.subscription_id, _d.c.state)
-            )
-            counts = {(row[0], row[1]): int(row[2]) for row in rows}
-            rows = self.conn.execute(
-                sa.select(_d.c.subscription_id, sa.func.min(_d.c.ready_at))
-                .where(_d.c.subscription_id.in_(ids), _d.c.state == DeliveryState.READY)
-                .group_by(_d.c.subscription_id)
-            )
-            oldest = {row[0]: int(row[1]) for row in rows}
-        return [
-            SubscriptionCounts(
-                subscription=s.name,
-                scheduled=counts.get((s.id, DeliveryState.SCHEDULED), 0),
-                ready=counts.get((s.id, DeliveryState.READY), 0),
-                in_flight=counts.get((s.id, DeliveryState.IN_FLIGHT), 0),
-                acked=counts.get((s.id, DeliveryState.ACKED), 0),
-                dead=counts.get((s.id, DeliveryState.DEAD), 0),
-                oldest_waiting_us=oldest.get(s.id),
-            )
-            for s in sorted(subs, key=lambda s: s.name)
-        ]
-
-    def dedup_prune(self, now_us: int, limit: int) -> int:
-        """Forget dedup ids whose window has passed."""
-        expired = sa.select(_dd.c.dedup_id).where(_dd.c.expires_at <= now_us).limit(limit)
-        result = self.conn.execute(
-            sa.delete(_dd).where(_dd.c.dedup_id.in_(expired.scalar_subquery()))
-        )
-        return int(result.rowcount)
+_SubscriptionRow = NamedTuple(  # type: ignore[misc]
+    "_SubscriptionRow", [(name, Any) for name in _SUBSCRIPTION_COLUMNS]
+)
 
 
 class SqlStorage:
@@ -1063,6 +876,7 @@ class SqlStorage:
 
     dialect: ClassVar[str]
     max_concurrent_writers: int = 1
+    reads_own_log: ClassVar[bool] = True
     tx_class: ClassVar[type[SqlTx]]
     #: Keep the subscriptions between transactions (sound only where every write
     #: to the database goes through this object: one process, one writer).
@@ -1123,7 +937,7 @@ def storage_errors() -> Iterator[None]:
     """Turn a database that cannot serve now into StorageUnavailableError (or a subclass).
 
     The same for SQLAlchemy's wrapped errors and for the drivers' own, which the
-    hot statements run on the driver's cursor raise.
+    statements run on the driver's cursor raise.
     """
     try:
         yield
@@ -1158,138 +972,3 @@ _DRIVER_UNAVAILABLE = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
 )
-
-
-# -- rows to domain ----------------------------------------------------------
-
-
-def _earliest(a: int | None, b: int | None) -> int | None:
-    if a is None:
-        return b
-    return a if b is None else min(a, b)
-
-
-def _api_key_from_row(row: Any) -> ApiKey:
-    return ApiKey(
-        key_id=row.id,
-        name=row.name,
-        secret_sha256=row.secret_sha256,
-        scopes=frozenset(Scope(s) for s in row.scopes.split(",") if s),
-        patterns=tuple(row.patterns.split("\n")) if row.patterns else (),
-        created_at_us=row.created_at,
-        revoked_at_us=row.revoked_at,
-        publish_rate=row.publish_rate,
-    )
-
-
-def _event_from_row(row: Any) -> StoredEvent:
-    return StoredEvent(
-        event_id=row.id,
-        name=row.name,
-        payload=bytes(row.payload),
-        content_type=row.content_type,
-        headers=json.loads(row.headers) if row.headers else {},
-        dedup_id=row.dedup_id,
-        priority=row.priority,
-        ordering_key=row.ordering_key,
-        published_at_us=row.published_at,
-        deliver_at_us=row.deliver_at,
-        delay_us=row.delay_us,
-    )
-
-
-_SubscriptionRow = NamedTuple(  # type: ignore[misc]
-    "_SubscriptionRow", [(name, Any) for name in _SUBSCRIPTION_COLUMNS]
-)
-
-
-def _subscription_from_row(row: Any) -> Subscription:
-    return Subscription(
-        name=row.name,
-        filters=tuple(json.loads(row.filters)),
-        ack_deadline_us=row.ack_deadline_us,
-        max_attempts=row.max_attempts,
-        min_backoff_us=row.min_backoff_us,
-        max_backoff_us=row.max_backoff_us,
-        max_in_flight=row.max_in_flight,
-        ordered=bool(row.ordered),
-        retention_us=row.retention_us,
-        start_position=StartPosition(row.start_position),
-        start_time_us=row.start_time,
-        created_at_us=row.created_at,
-        id=row.id,
-        max_age_us=row.max_age_us,
-        retry_delays_us=tuple(json.loads(row.retry_delays)) if row.retry_delays else (),
-    )
-
-
-def _subscription_values(sub: Subscription) -> dict[str, Any]:
-    return {
-        "name": sub.name,
-        "filters": json.dumps(list(sub.filters)),
-        "ack_deadline_us": sub.ack_deadline_us,
-        "max_attempts": sub.max_attempts,
-        "min_backoff_us": sub.min_backoff_us,
-        "max_backoff_us": sub.max_backoff_us,
-        "max_in_flight": sub.max_in_flight,
-        "ordered": sub.ordered,
-        "retention_us": sub.retention_us,
-        "start_position": int(sub.start_position),
-        "start_time": sub.start_time_us,
-        "created_at": sub.created_at_us,
-        "max_age_us": sub.max_age_us,
-        "retry_delays": json.dumps(list(sub.retry_delays_us)) if sub.retry_delays_us else None,
-    }
-
-
-def _delivery_info_from_row(row: Any) -> DeliveryInfo:
-    state = DeliveryState(row.state)
-    next_time: int | None = None
-    if state in (DeliveryState.SCHEDULED, DeliveryState.READY):
-        next_time = row.ready_at
-    elif state is DeliveryState.IN_FLIGHT:
-        next_time = row.lease_expires_at
-    return DeliveryInfo(
-        subscription=row.subscription_name,
-        state=state,
-        attempts=row.attempt,
-        next_time_us=next_time,
-        consumer=row.consumer or "",
-        dead_reason=DeadReason(row.dead_reason),
-        last_error=row.last_error or "",
-        history=tuple(_history_from_json(row.history)),
-        ordering_key=row.ordering_key,
-        updated_at_us=row.updated_at,
-    )
-
-
-def _history_from_json(text: str | None) -> list[AttemptRecord]:
-    if not text:
-        return []
-    return [
-        AttemptRecord(
-            attempt=item["attempt"],
-            delivered_at_us=item["delivered_at"],
-            ended_at_us=item["ended_at"],
-            consumer=item["consumer"],
-            outcome=AttemptOutcome(item["outcome"]),
-            error=item.get("error", ""),
-        )
-        for item in json.loads(text)
-    ]
-
-
-def _history_to_json(history: Sequence[AttemptRecord]) -> str:
-    return json.dumps(
-        [
-            {
-                "attempt": h.attempt,
-                "delivered_at": h.delivered_at_us,
-                "ended_at": h.ended_at_us,
-                "consumer": h.consumer,
-                "outcome": int(h.outcome),
-                "error": h.error,
-            }
-            for h in history
-        ]
-    )

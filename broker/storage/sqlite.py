@@ -2,10 +2,11 @@
 
 WAL mode with `synchronous=FULL`, so a commit is on disk before a publish is
 acknowledged. SQLite has one writer at a time: every write transaction starts
-with `BEGIN IMMEDIATE`, which takes the write lock up front, so a leaser that
-reads ready rows and then claims them cannot race another writer. (SQLAlchemy
-would silently drop `FOR UPDATE SKIP LOCKED` here; nothing relies on it.)
-Readers use their own connections and see the last commit without blocking it.
+with `BEGIN IMMEDIATE`, which takes the write lock up front. So transactions
+commit in the order they write, and the log's order is simply `seq`, given by
+the broker: a position is the last `seq` passed, and no lock of a cursor, an
+ordering key or a dedup id is needed (those hooks stay no-ops). Readers use
+their own connections and see the last commit without blocking it.
 """
 
 from __future__ import annotations
@@ -18,46 +19,150 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from broker.domain import AckId
-from broker.storage.sql import SqlStorage, SqlTx
+from broker.delivery.records import DeliveryKey, LogEntry, LogScan, Position
+from broker.domain import AckId, StartPosition, Subscription
+from broker.storage.interface import EventAppendParams, LogScanParams
+from broker.storage.rows import EVENT_COLUMNS, event_values
+from broker.storage.sql import (
+    DELIVERY_COLUMNS,
+    INSERT_DELIVERIES,
+    INSERT_EVENTS,
+    SqlStorage,
+    SqlTx,
+    chunks,
+    delivery_values,
+    flat,
+    values_sql,
+)
 
 BUSY_TIMEOUT_MS = 10_000
 READ_POOL_SIZE = 4
+_INSERT_EVENTS_SEQ = f"{INSERT_EVENTS}, seq)"
 
 
 class SqliteTx(SqlTx):
-    """SQLite's claims: the write lock is already held, so a plain ordered select.
+    """SQLite's log: positions are `seq`, given by the broker under the write lock."""
 
-    For the same reason ordering keys need no lock of their own
-    (`_lock_ordering_key` stays a no-op): writers never run side by side.
-    """
+    PASSED: ClassVar[str] = "e.seq <= c.seq"
+    LISTED: ClassVar[str] = "e.seq > c.start_seq AND e.published_at >= c.start_from"
 
-    def _claim_sql(self) -> str:
-        return _CLAIM_SQL
+    _next_seq: int | None = None
 
-    def _ack_statement(self, pairs: Sequence[AckId], now_us: int) -> tuple[str, list[Any]]:
-        # The row-value test alone would scan the table; `id IN` lets it use the key.
-        ids = ", ".join("?" * len(pairs))
-        values = ", ".join(["(?, ?)"] * len(pairs))
-        params: list[Any] = [now_us, now_us]
-        params += [a.delivery_id for a in pairs]
-        params += [n for a in pairs for n in (a.delivery_id, a.attempt)]
-        return _ACK_SQL.format(ids=ids, values=values), params
+    def _keys_match(self, keys: Sequence[DeliveryKey]) -> tuple[str, list[Any]]:
+        # The IN lists let SQLite use the (subscription_id, seq) index; the row-value
+        # test alone would scan the table.
+        subs = sorted({k.subscription_id for k in keys})
+        seqs = [k.seq for k in keys]
+        sql = (
+            f"d.subscription_id IN ({self._marks(len(subs))})"
+            f" AND d.seq IN ({self._marks(len(seqs))})"
+            f" AND (d.subscription_id, d.seq) IN (VALUES {', '.join(['(?, ?)'] * len(keys))})"
+        )
+        return sql, [*subs, *seqs, *flat([(k.subscription_id, k.seq) for k in keys])]
+
+    def _leases_match(self, acks: Sequence[AckId]) -> tuple[str, list[Any]]:
+        subs = sorted({a.subscription_id for a in acks})
+        seqs = [a.seq for a in acks]
+        sql = (
+            f"d.subscription_id IN ({self._marks(len(subs))})"
+            f" AND d.seq IN ({self._marks(len(seqs))})"
+            " AND (d.subscription_id, d.seq, d.attempt) IN"
+            f" (VALUES {', '.join(['(?, ?, ?)'] * len(acks))})"
+        )
+        return sql, [
+            *subs,
+            *seqs,
+            *flat([(a.subscription_id, a.seq, a.attempt) for a in acks]),
+        ]
+
+    def _insert_deliveries(self, rows: list[tuple[Any, ...]]) -> None:
+        self._insert_chunked(INSERT_DELIVERIES, len(DELIVERY_COLUMNS), rows)
+
+    def _insert_chunked(self, insert: str, width: int, rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows, up to `INSERT_CHUNK` per statement.
+
+        Not `executemany`, which steps once per row: SQLite's driver lets go of
+        the interpreter lock around every step, and with the event loop busy the
+        committer then waits for the lock again after every row.
+        """
+        if not rows:
+            return
+        cursor = self._cursor()
+        for chunk in chunks(rows):
+            cursor.execute(values_sql(insert, width, len(chunk)), flat(chunk))
+        cursor.close()
+
+    # -- the log -------------------------------------------------------------------
+
+    def event_append(self, params: EventAppendParams) -> None:
+        """Give the events the next places in the log, and write their rows."""
+        if self._next_seq is None:
+            (last,) = self._all("SELECT coalesce(max(seq), 0) FROM events")[0]
+            self._next_seq = int(last) + 1
+        seq_of: dict[str, int] = {}
+        event_rows = []
+        for stored in params.events:
+            seq_of[stored.event_id] = self._next_seq
+            event_rows.append((*event_values(stored), self._next_seq))
+            self._next_seq += 1
+        self._insert_chunked(_INSERT_EVENTS_SEQ, len(EVENT_COLUMNS) + 1, event_rows)
+        self._insert_deliveries(
+            [delivery_values(r, seq_of[r.event_id], via_log=False) for r in params.rows]
+        )
+
+    def cursor_lock(self, subscription_id: int, *, wait: bool = False) -> Position | None:
+        """The position: the write lock is held already, no other transaction runs."""
+        rows = self._all("SELECT seq FROM cursors WHERE subscription_id = ?", [subscription_id])
+        return Position(int(rows[0][0])) if rows else None
+
+    def log_scan(self, params: LogScanParams) -> LogScan:
+        """Events past the position, with whether the subscription has a row for each."""
+        after = _seq(params.position)
+        rows = self._all(
+            "SELECT e.seq, e.id, e.name, e.priority, e.ordering_key, e.published_at,"
+            " e.deliver_at, EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.subscription_id = ? AND d.seq = e.seq)"
+            " FROM events e WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
+            [params.subscription_id, after, params.limit],
+        )
+        entries = [
+            LogEntry(seq, event_id, name, priority, key, published, due, bool(has), Position(seq))
+            for seq, event_id, name, priority, key, published, due, has in rows
+        ]
+        end = rows[-1][0] if rows else after
+        return LogScan(entries, Position(end), len(rows) < params.limit)
+
+    def log_advance(self, subscription_id: int, position: Position) -> None:
+        """Move a subscription's position."""
+        self._run(
+            "UPDATE cursors SET seq = ? WHERE subscription_id = ?",
+            [_seq(position), subscription_id],
+        )
+
+    def _seq_before(self, time_us: int) -> int:
+        """The place in the log just before the first event published at or after a time."""
+        rows = self._all("SELECT min(seq) FROM events WHERE published_at >= ?", [time_us])
+        if rows[0][0] is not None:
+            return int(rows[0][0]) - 1
+        return int(self._all("SELECT coalesce(max(seq), 0) FROM events")[0][0])
+
+    def log_seek(self, subscription_id: int, time_us: int) -> None:
+        """Move the position to just before what was published at or after a time."""
+        self.log_advance(subscription_id, Position(self._seq_before(time_us)))
+
+    def _cursor_start(self, subscription: Subscription) -> dict[str, Any]:
+        if subscription.start_position is StartPosition.NEW:
+            head = int(self._all("SELECT coalesce(max(seq), 0) FROM events")[0][0])
+            return {"seq": head, "start_seq": head, "start_from": 0}
+        start = (
+            subscription.start_time_us if subscription.start_position is StartPosition.TIME else 0
+        )
+        return {"seq": self._seq_before(start), "start_seq": 0, "start_from": start}
 
 
-_CLAIM_SQL = (
-    "UPDATE deliveries SET state = 3, attempt = attempt + 1, leased_at = ?,"
-    " lease_expires_at = ?, consumer = ?, updated_at = ?"
-    " WHERE id IN (SELECT id FROM deliveries WHERE subscription_id = ? AND state = 2"
-    " ORDER BY rank, id LIMIT ?)"
-    " RETURNING id, event_id, attempt, rank"
-)
-_ACK_SQL = (
-    "UPDATE deliveries SET state = 4, lease_expires_at = NULL, updated_at = ?"
-    " WHERE state = 3 AND lease_expires_at > ? AND id IN ({ids})"
-    " AND (id, attempt) IN (VALUES {values})"
-    " RETURNING id, attempt, subscription_id, ordering_key"
-)
+def _seq(position: Position) -> int:
+    assert isinstance(position, int)
+    return position
 
 
 class SqliteStorage(SqlStorage):

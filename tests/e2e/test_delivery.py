@@ -13,11 +13,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from broker.config import Settings
+from broker.delivery.failure import Failure
 from broker.domain import AttemptOutcome
-from broker.engine.operations import fail_leases
+from broker.engine.operations.settle import fail
 from broker.storage import open_storage
-from broker.storage.interface import DeliveryExpiredListParams
-from broker.transitions import Failure
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader, subscribe
@@ -207,10 +206,10 @@ def test_credit_of_a_lease_another_broker_expired_comes_back(
     ahead_us = (int(datetime.now(UTC).timestamp()) + 60) * 1_000_000
     try:
         with other.write() as tx:
-            expired = tx.delivery_expired_list(DeliveryExpiredListParams(ahead_us, 10))
+            expired = tx.delivery_expired_list(ahead_us, 10)
             assert [str(a) for a in expired] == [first.ack_id]
             expiry = Failure(AttemptOutcome.EXPIRED, immediate=True)
-            fail_leases(tx, ahead_us, [first.ack_id], expiry, lambda low, high: low)
+            fail(tx, ahead_us, [first.ack_id], expiry, lambda low, high: low)
     finally:
         other.close()
     # Once the deadline passes here, this broker sees the lease gone and frees the slot.

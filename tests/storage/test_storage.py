@@ -1,54 +1,45 @@
-"""One storage suite, run against SQLite and PostgreSQL alike."""
+"""One storage suite, run in memory, on SQLite and on PostgreSQL alike.
+
+Each test drives storage through the operations the engine runs (storage's
+facts, the delivery decisions, storage's writes), in transactions of its own.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from ulid import ULID
 
+from broker.delivery.failure import Failure
 from broker.domain import (
     AckId,
     ApiKey,
     AttemptOutcome,
     DeadReason,
+    DeliveryInfo,
     DeliveryState,
     EventDraft,
+    LeasedDelivery,
     LeaseRequest,
     Scope,
     SettleOutcome,
     StartPosition,
+    StoredEvent,
     Subscription,
+    SubscriptionCounts,
 )
-from broker.engine.operations import fail_leases, lease_deliveries
+from broker.engine.operations import inspect, replay, settle
+from broker.engine.operations import lease as leasing
+from broker.engine.operations import publish as publishing
+from broker.engine.operations.replay import RedriveSelection, SeekOutcome
+from broker.engine.operations.upkeep import UpkeepOutcome, upkeep
 from broker.storage import Storage
-from broker.storage.interface import (
-    DeadLetterListParams,
-    DeliveryAckParams,
-    DeliveryExpiredListParams,
-    DeliveryExtendParams,
-    DeliveryLeaseParams,
-    DeliveryPromoteParams,
-    DeliveryRedriveParams,
-    EventInsertParams,
-    MaintenanceParams,
-    SubscriptionExistsError,
-    SubscriptionSeekParams,
-    SubscriptionUpdateParams,
-)
-from broker.storage.migrate import alembic_config
-from broker.storage.schema import metadata
-from broker.storage.sql import SqlStorage
-from broker.transitions import Failure
+from broker.storage.interface import DeadLetterListParams, SubscriptionExistsError
 
 S = 1_000_000
 T0 = 1_800_000_000 * S
@@ -87,6 +78,7 @@ def draft(
     priority: int = 0,
     deliver_at: int = T0,
     payload: bytes = b'{"n":1}',
+    ordering_key: str | None = None,
 ) -> EventDraft:
     return EventDraft(
         event_id=str(ULID()),
@@ -96,15 +88,19 @@ def draft(
         headers={"h": "v"},
         dedup_id=dedup_id,
         priority=priority,
-        ordering_key=None,
+        ordering_key=ordering_key,
         deliver_at_us=deliver_at,
         delay_us=max(deliver_at - T0, 0),
     )
 
 
+def ordered_draft(key: str, name: str = "user.x", **kwargs: Any) -> EventDraft:
+    return draft(name, ordering_key=key, **kwargs)
+
+
 def publish(storage: Storage, *drafts: EventDraft, now: int = T0) -> list[str]:
     with storage.write() as tx:
-        outcomes = tx.event_insert_many(EventInsertParams(drafts, now, WINDOW))
+        outcomes = publishing.publish(tx, now, drafts, WINDOW)
     return [o.event_id for o in outcomes]
 
 
@@ -113,14 +109,38 @@ def create(storage: Storage, subscription: Subscription) -> Subscription:
         return tx.subscription_create(subscription)
 
 
+def _nothing(event_ids: Collection[str]) -> dict[str, StoredEvent]:
+    return {}
+
+
+def leased(
+    storage: Storage,
+    sub_id: int,
+    count: int,
+    *,
+    consumer: str = "c1",
+    now: int = T0,
+    requests: Sequence[LeaseRequest] | None = None,
+) -> dict[str, list[LeasedDelivery]]:
+    """Lease as a dispatcher does: again while another transaction holds the position."""
+    asked = list(requests) if requests is not None else [LeaseRequest(consumer, count)]
+    while True:
+        with storage.write() as tx:
+            result = leasing.lease(tx, now, sub_id, asked, _nothing)
+        if not result.contended:
+            return result.leased
+
+
 def lease(
     storage: Storage, sub_id: int, count: int, *, consumer: str = "c1", now: int = T0
 ) -> list[str]:
-    with storage.write() as tx:
-        leased = tx.delivery_lease(
-            DeliveryLeaseParams(sub_id, [LeaseRequest(consumer, count)], now)
-        )
-    return [d.ack_id for d in leased.get(consumer, [])]
+    got = leased(storage, sub_id, count, consumer=consumer, now=now)
+    return [d.ack_id for d in got.get(consumer, [])]
+
+
+def lease_events(storage: Storage, sub_id: int, now: int = T0) -> list[str]:
+    got = leased(storage, sub_id, 100, consumer="c", now=now)
+    return [d.event.event_id for d in got.get("c", [])]
 
 
 def lowest(low: int, high: int) -> int:
@@ -142,28 +162,63 @@ def fail(
     """
     kwargs.setdefault("delay_us", 0)
     with storage.write() as tx:
-        return fail_leases(tx, now, ack_ids, Failure(outcome, **kwargs), lowest)
+        return settle.fail(tx, now, ack_ids, Failure(outcome, **kwargs), lowest)
 
 
-def states(storage: Storage, event_id: str) -> dict[str, DeliveryState]:
+def ack(storage: Storage, ack_ids: Sequence[str], now: int = T0) -> SettleOutcome:
+    with storage.write() as tx:
+        return settle.ack(tx, now, ack_ids)
+
+
+def extend(storage: Storage, ack_ids: Sequence[str], extension: int, now: int) -> SettleOutcome:
+    with storage.write() as tx:
+        return settle.extend(tx, now, ack_ids, extension)
+
+
+def expired(storage: Storage, now: int) -> list[str]:
     with storage.read() as tx:
-        return {d.subscription: d.state for d in tx.delivery_list_for_event(event_id)}
+        return [str(a) for a in tx.delivery_expired_list(now, 100)]
 
 
-def test_migrations_produce_the_declared_schema(storage: Storage) -> None:
-    assert isinstance(storage, SqlStorage)
-    with storage.write_engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
-    assert diff == []
+def promote(storage: Storage, now: int) -> Any:
+    with storage.write() as tx:
+        return settle.promote(tx, now, 100)
 
 
-def test_migrate_twice_is_a_no_op(storage: Storage) -> None:
-    storage.migrate()
-    assert isinstance(storage, SqlStorage)
-    with storage.read_engine.connect() as conn:
-        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert version == "0003"
+def deliveries(storage: Storage, event_id: str, now: int = T0) -> dict[str, DeliveryInfo]:
+    with storage.read() as tx:
+        _, infos = inspect.event_deliveries(tx, now, event_id)
+    return {d.subscription: d for d in infos}
+
+
+def states(storage: Storage, event_id: str, now: int = T0) -> dict[str, DeliveryState]:
+    return {name: d.state for name, d in deliveries(storage, event_id, now).items()}
+
+
+def counts(storage: Storage, name: str, now: int = T0) -> SubscriptionCounts:
+    with storage.read() as tx:
+        (found,) = inspect.counts(tx, now, name)
+    return found
+
+
+def seek(storage: Storage, sub_id: int, time_us: int, now: int) -> SeekOutcome:
+    with storage.write() as tx:
+        return replay.seek(tx, now, sub_id, time_us)
+
+
+def redrive(storage: Storage, sub_id: int, now: int = T0, **selection: Any) -> int:
+    with storage.write() as tx:
+        return replay.redrive(tx, now, sub_id, RedriveSelection(**selection), 100)
+
+
+def maintain(storage: Storage, now: int, event_retention: int = 3600 * S) -> UpkeepOutcome:
+    with storage.write() as tx:
+        return upkeep(tx, now, event_retention, 1000)
+
+
+def event_count(storage: Storage) -> int:
+    with storage.read() as tx:
+        return tx.event_count()
 
 
 def test_publish_fans_out_to_every_matching_subscription(storage: Storage) -> None:
@@ -175,6 +230,19 @@ def test_publish_fans_out_to_every_matching_subscription(storage: Storage) -> No
     assert lease(storage, a.id, 10) and lease(storage, b.id, 10)
 
 
+def test_a_plain_event_is_stored_once_and_read_from_the_log_by_each_subscription(
+    storage: Storage,
+) -> None:
+    subs = [create(storage, sub(f"s{i}", "user.*")) for i in range(10)]
+    event_ids = publish(storage, *[draft() for _ in range(5)])
+    with storage.read() as tx:  # no row anywhere: the log serves them all
+        assert all(not tx.delivery_counts(s.id).by_state for s in subs)
+    assert {s.name: counts(storage, s.name).ready for s in subs} == {s.name: 5 for s in subs}
+    for s in subs:
+        assert lease_events(storage, s.id) == event_ids
+        assert lease_events(storage, s.id) == []
+
+
 def test_a_large_publish_stores_every_event_and_delivery_once(storage: Storage) -> None:
     """Counts that are not multiples of any statement's row count (SQLite inserts in chunks)."""
     a = create(storage, sub("a", "user.*"))
@@ -184,13 +252,10 @@ def test_a_large_publish_stores_every_event_and_delivery_once(storage: Storage) 
     assert event_ids == [d.event_id for d in drafts]
     by_priority = sorted(drafts, key=lambda d: -d.priority)  # stable: publish order within
     for subscription in (a, b):
-        with storage.write() as tx:
-            leased = tx.delivery_lease(
-                DeliveryLeaseParams(subscription.id, [LeaseRequest("c1", 500)], T0)
-            )
-        assert [c.event_id for c in leased["c1"]] == [d.event_id for d in by_priority]
+        got = leased(storage, subscription.id, 500)
+        assert [d.event.event_id for d in got["c1"]] == [d.event_id for d in by_priority]
+    assert event_count(storage) == 203
     with storage.read() as tx:
-        assert tx.event_count() == 203
         for d in (drafts[0], drafts[64], drafts[-1]):
             event = tx.event_get(d.event_id)
             assert event is not None
@@ -201,11 +266,10 @@ def test_unmatched_event_is_stored_and_delivered_to_nobody(storage: Storage) -> 
     create(storage, sub("a", "user.*"))
     (event_id,) = publish(storage, draft("nobody.cares"))
     with storage.read() as tx:
-        event = tx.event_get(event_id)
-        deliveries = tx.delivery_list_for_event(event_id)
+        event, infos = inspect.event_deliveries(tx, T0, event_id)
     assert event is not None and event.name == "nobody.cares"
     assert event.headers == {"h": "v"}
-    assert deliveries == []
+    assert infos == []
 
 
 def test_duplicate_id_inside_window_stores_nothing(storage: Storage) -> None:
@@ -213,23 +277,21 @@ def test_duplicate_id_inside_window_stores_nothing(storage: Storage) -> None:
     first = draft(dedup_id="order-1")
     second = draft(dedup_id="order-1")
     with storage.write() as tx:
-        outcomes = tx.event_insert_many(EventInsertParams([first, second], T0, WINDOW))
+        outcomes = publishing.publish(tx, T0, [first, second], WINDOW)
     assert [o.duplicate for o in outcomes] == [False, True]
     assert outcomes[1].event_id == first.event_id
     with storage.write() as tx:
-        again = tx.event_insert_many(EventInsertParams([draft(dedup_id="order-1")], T0 + S, WINDOW))
+        again = publishing.publish(tx, T0 + S, [draft(dedup_id="order-1")], WINDOW)
     assert again[0].duplicate and again[0].event_id == first.event_id
-    with storage.read() as tx:
-        assert tx.event_count() == 1
+    assert event_count(storage) == 1
     assert len(lease(storage, s.id, 10)) == 1
 
 
 def test_duplicate_id_after_window_is_new(storage: Storage) -> None:
     create(storage, sub())
     publish(storage, draft(dedup_id="x"))
-    later = T0 + WINDOW + S
     with storage.write() as tx:
-        (outcome,) = tx.event_insert_many(EventInsertParams([draft(dedup_id="x")], later, WINDOW))
+        (outcome,) = publishing.publish(tx, T0 + WINDOW + S, [draft(dedup_id="x")], WINDOW)
     assert not outcome.duplicate
 
 
@@ -243,11 +305,24 @@ def test_lease_takes_higher_priority_first_then_publish_order(storage: Storage) 
         draft(priority=-5),
         draft(priority=10),
     )
-    with storage.write() as tx:
-        leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c", 10)], T0))
-    order = [d.event_id for d in leased["c"]]
-    assert order == [ids[1], ids[4], ids[0], ids[2], ids[3]]
-    assert all(d.attempt == 1 and d.ack_deadline_us == T0 + 30 * S for d in leased["c"])
+    got = leased(storage, s.id, 10, consumer="c")["c"]
+    assert [d.event.event_id for d in got] == [ids[1], ids[4], ids[0], ids[2], ids[3]]
+    assert all(d.attempt == 1 and d.ack_deadline_us == T0 + 30 * S for d in got)
+
+
+def test_a_priority_overtakes_a_backlog_in_the_log(storage: Storage) -> None:
+    s = create(storage, sub())
+    backlog = publish(storage, *[draft() for _ in range(50)])
+    (urgent,) = publish(storage, draft(priority=5))
+    got = lease_events(storage, s.id)
+    assert got[0] == urgent and got[1:] == backlog
+
+
+def test_lease_splits_what_it_takes_evenly_between_consumers(storage: Storage) -> None:
+    s = create(storage, sub())
+    publish(storage, *[draft() for _ in range(5)])
+    got = leased(storage, s.id, 0, requests=[LeaseRequest("a", 10), LeaseRequest("b", 10)])
+    assert (len(got["a"]), len(got["b"])) == (3, 2)
 
 
 def test_lease_respects_count_and_max_in_flight(storage: Storage) -> None:
@@ -262,50 +337,49 @@ def test_scheduled_delivery_waits_until_promoted(storage: Storage) -> None:
     s = create(storage, sub())
     (event_id,) = publish(storage, draft(deliver_at=T0 + 60 * S))
     assert states(storage, event_id) == {"billing": DeliveryState.SCHEDULED}
-    assert lease(storage, s.id, 10) == []
-    with storage.write() as tx:
-        early = tx.delivery_promote(DeliveryPromoteParams(T0 + 59 * S, 100))
+    assert lease(storage, s.id, 10) == []  # the scan gives it a scheduled row
+    assert states(storage, event_id) == {"billing": DeliveryState.SCHEDULED}
+    early = promote(storage, T0 + 59 * S)
     assert early.promoted == 0 and early.next_scheduled_us == T0 + 60 * S
-    with storage.write() as tx:
-        due = tx.delivery_promote(DeliveryPromoteParams(T0 + 60 * S, 100))
+    due = promote(storage, T0 + 60 * S)
     assert due.promoted == 1 and due.ready_subscription_ids == {s.id}
     assert due.next_scheduled_us is None
     assert len(lease(storage, s.id, 10, now=T0 + 60 * S)) == 1
+
+
+def test_a_delayed_event_reached_after_its_time_is_leased_at_once(storage: Storage) -> None:
+    s = create(storage, sub())
+    (event_id,) = publish(storage, draft(deliver_at=T0 + 60 * S))
+    assert lease_events(storage, s.id, now=T0 + 61 * S) == [event_id]
 
 
 def test_ack_applies_once_and_reports_unknown_ids(storage: Storage) -> None:
     s = create(storage, sub())
     (event_id,) = publish(storage, draft())
     (ack_id,) = lease(storage, s.id, 1)
-    huge = ["1-99999999999999999999", "99999999999999999999-1"]  # beyond any BIGINT
-    with storage.write() as tx:
-        outcome = tx.delivery_ack(DeliveryAckParams([ack_id, "999-1", "garbage", *huge], T0))
-        extended = tx.delivery_extend(DeliveryExtendParams(huge, S, T0))
+    huge = ["1-99999999999999999999", "99999999999999999999-1", f"{s.id}-1-99999999999999999999"]
+    outcome = ack(storage, [ack_id, "999-1", f"{s.id}-999-1", "garbage", *huge])
     assert fail(storage, huge).not_applied == tuple(huge)
-    assert extended.not_applied == tuple(huge)
-    assert set(outcome.not_applied) == {"999-1", "garbage", *huge}
+    assert extend(storage, huge, S, T0).not_applied == tuple(huge)
+    assert set(outcome.not_applied) == {"999-1", f"{s.id}-999-1", "garbage", *huge}
     assert outcome.applied == (ack_id,)
-    with storage.write() as tx:
-        again = tx.delivery_ack(DeliveryAckParams([ack_id], T0))
-    assert again.not_applied == (ack_id,)
+    assert ack(storage, [ack_id]).not_applied == (ack_id,)
     assert states(storage, event_id) == {"billing": DeliveryState.ACKED}
+    assert deliveries(storage, event_id)["billing"].attempts == 1
 
 
 def test_late_ack_of_expired_lease_has_no_effect(storage: Storage) -> None:
     s = create(storage, sub(ack_deadline_us=10 * S))
     (event_id,) = publish(storage, draft())
     (first,) = lease(storage, s.id, 1)
-    with storage.read() as tx:
-        assert tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 9 * S, 10)) == []
-    with storage.read() as tx:
-        expired = tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 10 * S, 10))
-    assert [str(a) for a in expired] == [first]
+    assert expired(storage, T0 + 9 * S) == []
+    assert expired(storage, T0 + 10 * S) == [first]
     fail(storage, [first], T0 + 10 * S, outcome=AttemptOutcome.EXPIRED)
     (second,) = lease(storage, s.id, 1, consumer="c2", now=T0 + 11 * S)
-    assert AckId.parse(second) == AckId(AckId.parse(first).delivery_id, 2)  # type: ignore[union-attr]
-    with storage.write() as tx:
-        late = tx.delivery_ack(DeliveryAckParams([first], T0 + 12 * S))
-    assert late.not_applied == (first,)
+    first_id, second_id = AckId.parse(first), AckId.parse(second)
+    assert isinstance(first_id, AckId) and isinstance(second_id, AckId)
+    assert second_id == first_id._replace(attempt=2)
+    assert ack(storage, [first], T0 + 12 * S).not_applied == (first,)
     assert states(storage, event_id) == {"billing": DeliveryState.IN_FLIGHT}
 
 
@@ -316,21 +390,18 @@ def test_ack_nack_or_extend_after_the_deadline_has_no_effect_before_the_reaper_r
     event_ids = publish(storage, draft(), draft(), draft())
     acked, nacked, extended = lease(storage, s.id, 3)
     late = T0 + 10 * S  # the deadline itself: the lease is over
-    with storage.write() as tx:
-        ack = tx.delivery_ack(DeliveryAckParams([acked], late))
-        extend = tx.delivery_extend(DeliveryExtendParams([extended], 60 * S, late))
+    late_ack = ack(storage, [acked], late)
+    late_extend = extend(storage, [extended], 60 * S, late)
     nack = fail(storage, [nacked], late, error="too late")
-    assert ack.not_applied == (acked,) and ack.applied == ()
-    assert extend.not_applied == (extended,)
+    assert late_ack.not_applied == (acked,) and late_ack.applied == ()
+    assert late_extend.not_applied == (extended,)
     assert nack.not_applied == (nacked,)
     assert {e: states(storage, e)["billing"] for e in event_ids} == dict.fromkeys(
         event_ids, DeliveryState.IN_FLIGHT
     )
-    with storage.read() as tx:  # the reaper still finds all three, with their attempt
-        expired = tx.delivery_expired_list(DeliveryExpiredListParams(late, 10))
-    assert sorted(str(a) for a in expired) == sorted([acked, nacked, extended])
-    with storage.write() as tx:  # one microsecond earlier, the same ack was in time
-        assert tx.delivery_ack(DeliveryAckParams([acked], late - 1)).applied == (acked,)
+    # the reaper still finds all three, with their attempt
+    assert sorted(expired(storage, late)) == sorted([acked, nacked, extended])
+    assert ack(storage, [acked], late - 1).applied == (acked,)  # a microsecond earlier: in time
 
 
 def test_nack_backs_off_then_dead_letters_after_max_attempts(storage: Storage) -> None:
@@ -340,12 +411,10 @@ def test_nack_backs_off_then_dead_letters_after_max_attempts(storage: Storage) -
     outcome = fail(storage, [first], error="boom", delay_us=5 * S)
     assert states(storage, event_id) == {"billing": DeliveryState.SCHEDULED}
     assert outcome.next_scheduled_us == T0 + 5 * S
-    with storage.write() as tx:
-        tx.delivery_promote(DeliveryPromoteParams(T0 + 5 * S, 100))
+    promote(storage, T0 + 5 * S)
     (second,) = lease(storage, s.id, 1, now=T0 + 5 * S)
     fail(storage, [second], T0 + 6 * S, error="boom again")
-    with storage.read() as tx:
-        (info,) = tx.delivery_list_for_event(event_id)
+    info = deliveries(storage, event_id)["billing"]
     assert info.state is DeliveryState.DEAD
     assert info.dead_reason is DeadReason.ATTEMPTS_EXHAUSTED
     assert info.attempts == 2 and info.last_error == "boom again"
@@ -358,6 +427,17 @@ def test_nack_backs_off_then_dead_letters_after_max_attempts(storage: Storage) -
     assert [d.event.event_id for d in letters] == [event_id]
 
 
+def test_a_retried_delivery_acked_keeps_its_attempts_and_history(storage: Storage) -> None:
+    s = create(storage, sub(max_attempts=5))
+    (event_id,) = publish(storage, draft())
+    fail(storage, lease(storage, s.id, 1), error="flaky")
+    (second,) = lease(storage, s.id, 1)
+    assert ack(storage, [second]).applied == (second,)
+    info = deliveries(storage, event_id)["billing"]
+    assert (info.state, info.attempts) == (DeliveryState.ACKED, 2)
+    assert [h.error for h in info.history] == ["flaky"]
+
+
 def test_terminal_nack_and_explicit_delay(storage: Storage) -> None:
     s = create(storage, sub(max_attempts=10))
     dead_id, delayed_id = publish(storage, draft(), draft())
@@ -365,10 +445,8 @@ def test_terminal_nack_and_explicit_delay(storage: Storage) -> None:
     fail(storage, [first], terminal=True, error="bad data")
     fail(storage, [second], delay_us=30 * S)
     assert states(storage, dead_id) == {"billing": DeliveryState.DEAD}
-    with storage.read() as tx:
-        (delayed,) = tx.delivery_list_for_event(delayed_id)
-        (dead,) = tx.delivery_list_for_event(dead_id)
-    assert dead.dead_reason is DeadReason.NACKED_TERMINAL
+    delayed = deliveries(storage, delayed_id)["billing"]
+    assert deliveries(storage, dead_id)["billing"].dead_reason is DeadReason.NACKED_TERMINAL
     assert delayed.state is DeliveryState.SCHEDULED and delayed.next_time_us == T0 + 30 * S
 
 
@@ -379,21 +457,17 @@ def test_release_makes_ready_at_once_with_attempt_counted(storage: Storage) -> N
     outcome = fail(storage, [first], outcome=AttemptOutcome.RELEASED, immediate=True)
     assert outcome.ready_subscription_ids == {s.id}
     assert states(storage, event_id) == {"billing": DeliveryState.READY}
-    with storage.write() as tx:
-        leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c2", 1)], T0))
-    assert leased["c2"][0].attempt == 2
+    assert leased(storage, s.id, 1, consumer="c2")["c2"][0].attempt == 2
 
 
 def test_extend_moves_the_deadline(storage: Storage) -> None:
     s = create(storage, sub(ack_deadline_us=10 * S))
     publish(storage, draft())
     (ack_id,) = lease(storage, s.id, 1)
-    with storage.write() as tx:
-        outcome = tx.delivery_extend(DeliveryExtendParams([ack_id, "1-99"], 60 * S, T0 + 5 * S))
+    outcome = extend(storage, [ack_id, "1-99"], 60 * S, T0 + 5 * S)
     assert outcome.applied == (ack_id,) and outcome.not_applied == ("1-99",)
-    with storage.read() as tx:
-        assert tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 30 * S, 10)) == []
-        assert len(tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 65 * S, 10))) == 1
+    assert expired(storage, T0 + 30 * S) == []
+    assert len(expired(storage, T0 + 65 * S)) == 1
 
 
 def test_subscription_crud(storage: Storage) -> None:
@@ -402,9 +476,7 @@ def test_subscription_crud(storage: Storage) -> None:
         create(storage, sub("a"))
     create(storage, sub("b"))
     with storage.write() as tx:
-        updated = tx.subscription_update(
-            SubscriptionUpdateParams(sub("a", "order.>", max_attempts=7))
-        )
+        updated = tx.subscription_update(sub("a", "order.>", max_attempts=7))
     assert updated is not None and updated.id == created.id
     assert updated.filters == ("order.>",) and updated.max_attempts == 7
     with storage.read() as tx:
@@ -416,26 +488,24 @@ def test_subscription_crud(storage: Storage) -> None:
         assert not tx.subscription_delete("a")
     with storage.read() as tx:
         assert tx.subscription_get("a") is None
-        assert tx.subscription_counts(None)[0].subscription == "b"
+        assert [c.subscription for c in inspect.counts(tx, T0, None)] == ["b"]
 
 
 def test_counts_per_state(storage: Storage) -> None:
     s = create(storage, sub())
     publish(storage, draft(), draft(), draft(), draft(deliver_at=T0 + 60 * S))
     first, second = lease(storage, s.id, 2)
-    with storage.write() as tx:
-        tx.delivery_ack(DeliveryAckParams([first], T0))
+    ack(storage, [first])
     fail(storage, [second], terminal=True)
-    with storage.read() as tx:
-        (counts,) = tx.subscription_counts("billing")
-    assert (counts.scheduled, counts.ready, counts.in_flight, counts.acked, counts.dead) == (
+    found = counts(storage, "billing")
+    assert (found.scheduled, found.ready, found.in_flight, found.acked, found.dead) == (
         1,
         1,
         0,
         1,
         1,
     )
-    assert counts.oldest_waiting_us == T0
+    assert found.oldest_waiting_us == T0
 
 
 def test_dedup_prune_forgets_expired_ids(storage: Storage) -> None:
@@ -447,70 +517,66 @@ def test_dedup_prune_forgets_expired_ids(storage: Storage) -> None:
 
 
 def test_a_failed_transaction_leaves_nothing_behind(storage: Storage) -> None:
-    create(storage, sub())
+    s = create(storage, sub())
 
     def insert_then_fail() -> None:
         with storage.write() as tx:
-            tx.event_insert_many(EventInsertParams([draft()], T0, WINDOW))
+            publishing.publish(tx, T0, [draft(), draft(priority=3)], WINDOW)
             raise RuntimeError("rollback")
 
     with pytest.raises(RuntimeError):
         insert_then_fail()
-    with storage.read() as tx:
-        assert tx.event_count() == 0
-        assert tx.subscription_counts(None)[0].ready == 0
+    assert event_count(storage) == 0
+    assert counts(storage, "billing").ready == 0
+    (event_id,) = publish(storage, draft())  # the log goes on where it was
+    assert lease_events(storage, s.id) == [event_id]
 
 
 def test_competing_leasers_never_share_a_delivery(storage: Storage) -> None:
     s = create(storage, sub())
     total = 400
     publish(storage, *[draft() for _ in range(total)])
-    leased: list[list[str]] = [[] for _ in range(4)]
+    got: list[list[str]] = [[] for _ in range(4)]
     start = threading.Barrier(4)
 
     def leaser(index: int) -> None:
         start.wait()
         while True:
-            got = lease(storage, s.id, 7, consumer=f"c{index}")
-            if not got:
+            part = lease(storage, s.id, 7, consumer=f"c{index}")
+            if not part:
                 return
-            leased[index].extend(got)
+            got[index].extend(part)
 
     threads = [threading.Thread(target=leaser, args=(i,)) for i in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    everything = [ack for part in leased for ack in part]
-    duplicates = [ack for ack, n in Counter(everything).items() if n > 1]
-    assert duplicates == []
+    everything = [ack_id for part in got for ack_id in part]
+    assert [a for a, n in Counter(everything).items() if n > 1] == []
     assert len(everything) == total
 
 
 def test_lease_takes_known_events_from_memory_and_reads_the_rest(storage: Storage) -> None:
     s = create(storage, sub())
-    first, second = draft(), draft()
+    first, second = draft(priority=1), draft(priority=1)  # rows: their events are read by id
     publish(storage, first, second)
-    remembered = dataclasses.replace(
-        storage_event(storage, first.event_id), payload=b'{"from":"memory"}'
-    )
+    with storage.read() as tx:
+        stored = tx.event_get(first.event_id)
+    assert stored is not None
+    remembered = dataclasses.replace(stored, payload=b'{"from":"memory"}')
     asked: list[set[str]] = []
 
-    def known(ids: Any) -> dict[str, Any]:
+    def known(ids: Collection[str]) -> dict[str, StoredEvent]:
         asked.append(set(ids))
         return {first.event_id: remembered}
 
     with storage.write() as tx:
-        leased = lease_deliveries(tx, T0, s.name, s.id, [LeaseRequest("c1", 10)], known)
-    payloads = {d.event.event_id: d.event.payload for d in leased["c1"]}
+        result = leasing.lease(tx, T0, s.id, [LeaseRequest("c1", 10)], known)
+    payloads = {d.event.event_id: d.event.payload for d in result.leased["c1"]}
     assert asked == [{first.event_id, second.event_id}]
     assert payloads == {first.event_id: b'{"from":"memory"}', second.event_id: b'{"n":1}'}
-    assert {d.subscription for d in leased["c1"]} == {s.name}
-
-
-def storage_event(storage: Storage, event_id: str) -> Any:
-    with storage.read() as tx:
-        return tx.event_get(event_id)
+    assert {d.subscription for d in result.leased["c1"]} == {s.name}
 
 
 def test_api_keys_are_stored_listed_and_revoked(storage: Storage) -> None:
@@ -564,9 +630,9 @@ def test_competing_leasers_never_pass_max_in_flight(storage: Storage) -> None:
     s = create(storage, sub(max_in_flight=5))
     publish(storage, *[draft() for _ in range(200)])
     for _ in range(10):
-        leased = run_together(4, lambda i: lease(storage, s.id, 5, consumer=f"c{i}"))
-        together = [ack_id for part in leased for ack_id in part]
-        assert len(together) == 5, leased
+        got = run_together(4, lambda i: lease(storage, s.id, 5, consumer=f"c{i}"))
+        together = [ack_id for part in got for ack_id in part]
+        assert len(together) == 5, got
         ack(storage, together)
 
 
@@ -575,40 +641,22 @@ def test_concurrent_publishes_of_one_dedup_id_store_one_event(storage: Storage) 
     for round_ in range(5):
         ids = run_together(4, lambda i, r=round_: publish(storage, draft(dedup_id=f"order-{r}")))
         assert len({event_id for (event_id,) in ids}) == 1, ids
-    with storage.read() as tx:
-        assert tx.event_count() == 5
-        (counts,) = tx.subscription_counts("billing")
-    assert counts.ready == 5
-
-
-def ordered_draft(key: str, name: str = "user.x", **kwargs: Any) -> EventDraft:
-    return dataclasses.replace(draft(name, **kwargs), ordering_key=key)
-
-
-def ack(storage: Storage, ack_ids: Sequence[str], now: int = T0) -> None:
-    with storage.write() as tx:
-        tx.delivery_ack(DeliveryAckParams(ack_ids, now))
+    assert event_count(storage) == 5
+    assert counts(storage, "billing").ready == 5
 
 
 def test_redrive_makes_dead_letters_ready_as_new_attempts(storage: Storage) -> None:
     s = create(storage, sub(max_attempts=1))
     ids = publish(storage, draft("user.a"), draft("user.b"), draft("user.b"))
     fail(storage, lease(storage, s.id, 3), error="boom")
-    with storage.write() as tx:
-        by_name = tx.delivery_redrive(DeliveryRedriveParams(s.id, T0, 100, name="user.a"))
-    assert by_name == 1
+    assert redrive(storage, s.id, name="user.a") == 1
     assert states(storage, ids[0]) == {"billing": DeliveryState.READY}
-    with storage.write() as tx:
-        one = tx.delivery_redrive(DeliveryRedriveParams(s.id, T0, 100, event_ids=[ids[1]]))
-        rest = tx.delivery_redrive(DeliveryRedriveParams(s.id, T0, 100))
-    assert (one, rest) == (1, 1)
-    with storage.write() as tx:
-        leased = tx.delivery_lease(DeliveryLeaseParams(s.id, [LeaseRequest("c", 10)], T0))
-    assert sorted(d.event_id for d in leased["c"]) == sorted(ids)
-    assert {d.attempt for d in leased["c"]} == {1}
-    with storage.read() as tx:
-        (info,) = tx.delivery_list_for_event(ids[0])
-    assert [h.error for h in info.history] == ["boom"]  # the history is kept
+    assert redrive(storage, s.id, event_ids=(ids[1],)) == 1
+    assert redrive(storage, s.id) == 1
+    got = leased(storage, s.id, 10, consumer="c")["c"]
+    assert sorted(d.event.event_id for d in got) == sorted(ids)
+    assert {d.attempt for d in got} == {1}
+    assert [h.error for h in deliveries(storage, ids[0])["billing"].history] == ["boom"]
 
 
 def test_start_from_the_beginning_or_a_time(storage: Storage) -> None:
@@ -622,15 +670,10 @@ def test_start_from_the_beginning_or_a_time(storage: Storage) -> None:
         dataclasses.replace(sub("t"), start_position=StartPosition.TIME, start_time_us=T0 - 50 * S),
     )
     new = create(storage, sub("n"))
-    assert sorted(lease_events(storage, beginning.id)) == sorted([old[0], recent[0]])
+    assert lease_events(storage, beginning.id) == [old[0], recent[0]]
     assert lease_events(storage, timed.id) == [recent[0]]
     assert lease_events(storage, new.id) == []
-
-
-def lease_events(storage: Storage, sub_id: int) -> list[str]:
-    with storage.write() as tx:
-        leased = tx.delivery_lease(DeliveryLeaseParams(sub_id, [LeaseRequest("c", 100)], T0))
-    return [d.event_id for d in leased.get("c", [])]
+    assert states(storage, old[0]) == {"b": DeliveryState.IN_FLIGHT}
 
 
 def test_seek_back_replays_and_seek_forward_skips(storage: Storage) -> None:
@@ -639,45 +682,56 @@ def test_seek_back_replays_and_seek_forward_skips(storage: Storage) -> None:
     second = publish(storage, draft(deliver_at=T0 - 10 * S), now=T0 - 10 * S)
     ack(storage, lease(storage, s.id, 10, now=T0 - 5 * S), T0 - 5 * S)
     third = publish(storage, draft(deliver_at=T0 - 2 * S), now=T0 - 2 * S)
-    with storage.write() as tx:
-        back = tx.subscription_seek(SubscriptionSeekParams(s.id, T0 - 15 * S, T0))
+    back = seek(storage, s.id, T0 - 15 * S, T0)
     assert (back.replayed, back.skipped) == (1, 0)
     assert sorted(lease_events(storage, s.id)) == sorted(second + third)
     fourth = publish(storage, draft(), now=T0)
-    with storage.write() as tx:
-        forward = tx.subscription_seek(SubscriptionSeekParams(s.id, T0 + S, T0 + S))
+    forward = seek(storage, s.id, T0 + S, T0 + S)
     assert forward.skipped == 1 and forward.replayed == 0
     assert states(storage, fourth[0]) == {"billing": DeliveryState.ACKED}
     assert states(storage, first[0]) == {"billing": DeliveryState.ACKED}
 
 
+def test_seek_replays_a_dead_letter_afresh(storage: Storage) -> None:
+    s = create(storage, sub(max_attempts=1))
+    (event_id,) = publish(storage, draft())
+    fail(storage, lease(storage, s.id, 1), error="boom")
+    assert seek(storage, s.id, T0, T0 + S).replayed == 1
+    (again,) = leased(storage, s.id, 1, now=T0 + S)["c1"]
+    assert (again.event.event_id, again.attempt) == (event_id, 1)
+    assert deliveries(storage, event_id, T0 + S)["billing"].history == ()
+
+
 def test_maximum_age_dead_letters_and_retention_deletes(storage: Storage) -> None:
     create(storage, sub("aged", max_age_us=60 * S))
-    kept = create(storage, sub("kept", retention_us=10 * S))
+    kept = create(storage, sub("kept", retention_us=10 * S, max_attempts=5))
     old = publish(storage, draft(deliver_at=T0 - 120 * S), now=T0 - 120 * S)[0]
     young = publish(storage, draft())[0]
+    retried = lease(storage, kept.id, 10, now=T0)
+    fail(storage, retried, T0)  # retried, then acked: they keep their rows
     ack(storage, lease(storage, kept.id, 10, now=T0), T0)
-    with storage.write() as tx:
-        outcome = tx.maintenance(MaintenanceParams(T0, 3600 * S, 1000))
+    outcome = maintain(storage, T0)
     assert outcome.expired == 1 and outcome.deliveries_deleted == 0
-    with storage.read() as tx:
-        dead = {d.subscription: d for d in tx.delivery_list_for_event(old)}
-    assert dead["aged"].dead_reason is DeadReason.EXPIRED
+    assert deliveries(storage, old)["aged"].dead_reason is DeadReason.EXPIRED
     assert states(storage, young)["aged"] is DeliveryState.READY
-    later = T0 + 11 * S
-    with storage.write() as tx:
-        outcome = tx.maintenance(MaintenanceParams(later, 3600 * S, 1000))
+    assert states(storage, young)["kept"] is DeliveryState.ACKED
+    outcome = maintain(storage, T0 + 11 * S)
     assert outcome.deliveries_deleted == 2  # both acked in "kept", past its 10 s
-    with storage.write() as tx:
-        outcome = tx.maintenance(MaintenanceParams(T0 + 7200 * S, 3600 * S, 1000))
-    assert outcome.events_deleted == 0  # "aged" still holds deliveries of both
+    assert "kept" not in states(storage, young, T0 + 11 * S)
+    outcome = maintain(storage, T0 + 7200 * S)
+    assert outcome.events_deleted == 0  # "aged" still holds or waits for both
     with storage.write() as tx:
         tx.subscription_delete("aged")
-    with storage.write() as tx:
-        outcome = tx.maintenance(MaintenanceParams(T0 + 7200 * S, 3600 * S, 1000))
+    outcome = maintain(storage, T0 + 7200 * S)
     assert outcome.events_deleted == 2
-    with storage.read() as tx:
-        assert tx.event_count() == 0
+    assert event_count(storage) == 0
+
+
+def test_retention_keeps_what_a_subscription_has_not_reached(storage: Storage) -> None:
+    s = create(storage, sub(retention_us=10 * S))
+    waiting = publish(storage, draft(), now=T0 - 7200 * S)
+    assert maintain(storage, T0).events_deleted == 0
+    assert lease_events(storage, s.id) == waiting
 
 
 def test_ordered_keys_deliver_one_at_a_time_in_publish_order(storage: Storage) -> None:
@@ -690,38 +744,15 @@ def test_ordered_keys_deliver_one_at_a_time_in_publish_order(storage: Storage) -
         ordered_draft("a"),
     )
     assert states(storage, a2) == {"billing": DeliveryState.BLOCKED}
-    first = lease_events(storage, s.id)
-    assert sorted(first) == sorted([a1, b1])  # priority does not jump the key's queue
-    # acking a1 lets a2 go; a3 still waits
-    with storage.read() as tx:
-        infos = {e: tx.delivery_list_for_event(e)[0] for e in (a1, a2, a3)}
-    assert infos[a3].state is DeliveryState.BLOCKED
-    ack_ids = ack_ids_for(storage, s.id)
-    ack(storage, [ack_ids[a1]])
-    assert lease_events(storage, s.id) == [a2]
-    fail(storage, [ack_ids_for(storage, s.id)[a2]], terminal=True)  # dead also frees the key
+    first = leased(storage, s.id, 100, consumer="c")["c"]
+    assert sorted(d.event.event_id for d in first) == sorted([a1, b1])  # priority waits its turn
+    assert states(storage, a3) == {"billing": DeliveryState.BLOCKED}
+    by_event = {d.event.event_id: d.ack_id for d in first}
+    ack(storage, [by_event[a1]])
+    (second,) = leased(storage, s.id, 100, consumer="c")["c"]
+    assert second.event.event_id == a2
+    fail(storage, [second.ack_id], terminal=True)  # dead also frees the key
     assert lease_events(storage, s.id) == [a3]
-
-
-def ack_ids_for(storage: Storage, sub_id: int) -> dict[str, str]:
-    """Ack ids of the in-flight deliveries, by event id."""
-    with storage.read() as tx:
-        expired = tx.delivery_expired_list(DeliveryExpiredListParams(T0 + 10**9 * S, 1000))
-    result = {}
-    for ack_id in expired:
-        for event_id in _event_of_delivery(storage, ack_id.delivery_id):
-            result[event_id] = str(ack_id)
-    return result
-
-
-def _event_of_delivery(storage: Storage, delivery_id: int) -> list[str]:
-    assert isinstance(storage, SqlStorage)
-    with storage.read_engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.text("SELECT event_id FROM deliveries WHERE id = :id"), {"id": delivery_id}
-            ).scalars()
-        )
 
 
 def test_ordered_key_waits_for_a_retry_of_its_head(storage: Storage) -> None:
@@ -731,10 +762,21 @@ def test_ordered_key_waits_for_a_retry_of_its_head(storage: Storage) -> None:
     fail(storage, [first], delay_us=30 * S)
     assert lease(storage, s.id, 10) == []  # k2 stays behind k1's retry
     assert states(storage, k2) == {"billing": DeliveryState.BLOCKED}
-    with storage.write() as tx:
-        tx.delivery_promote(DeliveryPromoteParams(T0 + 30 * S, 100))
-    assert lease_events(storage, s.id) == [k1]
+    promote(storage, T0 + 30 * S)
+    assert lease_events(storage, s.id, T0 + 30 * S) == [k1]
     assert states(storage, k1) == {"billing": DeliveryState.IN_FLIGHT}
+
+
+def test_an_ordered_subscription_reading_old_events_gates_their_keys(storage: Storage) -> None:
+    k1, k2 = publish(storage, ordered_draft("k"), ordered_draft("k"), now=T0 - S)
+    s = create(
+        storage,
+        dataclasses.replace(sub(), ordered=True, start_position=StartPosition.BEGINNING),
+    )
+    assert lease_events(storage, s.id) == []  # the scan gave the keyed events their rows
+    assert states(storage, k2) == {"billing": DeliveryState.BLOCKED}
+    (first,) = leased(storage, s.id, 10, consumer="c")["c"]
+    assert first.event.event_id == k1
 
 
 def test_concurrent_publishers_never_open_a_key_twice(storage: Storage) -> None:
@@ -751,30 +793,75 @@ def test_concurrent_publishers_never_open_a_key_twice(storage: Storage) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    with storage.read() as tx:
-        (counts,) = tx.subscription_counts("billing")
-    assert counts.ready == 1
+    assert counts(storage, "billing").ready == 1
     assert len(lease(storage, s.id, 100)) == 1
 
 
-def test_a_newer_broker_upgrades_an_older_database_in_place(storage: Storage) -> None:
-    assert isinstance(storage, SqlStorage)
-    with storage.write_engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "0001")
-    with storage.write_engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO subscriptions (name, filters, ack_deadline_us, max_attempts,"
-                " min_backoff_us, max_backoff_us, max_in_flight, ordered, retention_us,"
-                " start_position, start_time, created_at)"
-                " VALUES ('old', '[\"user.*\"]', 30000000, 20, 1000000, 600000000, 0,"
-                " false, 604800000000, 1, 0, 0)"
-            )
-        )
-    storage.migrate()
-    with storage.read() as tx:
-        old = tx.subscription_get("old")
-    assert old is not None
-    assert old.filters == ("user.*",) and old.max_age_us == 0 and old.retry_delays_us == ()
-    publish(storage, draft("user.joined"))
-    assert len(lease(storage, old.id, 10)) == 1
+def test_an_event_whose_transaction_commits_late_is_not_skipped(storage: Storage) -> None:
+    """A transaction that stored its event first but commits last: the position waits for it."""
+    if storage.max_concurrent_writers < 2:
+        pytest.skip("one writer at a time: transactions commit in the order they write")
+    s = create(storage, sub())
+    stored = threading.Event()
+    release = threading.Event()
+    late: list[str] = []
+
+    def slow_publisher() -> None:
+        with storage.write() as tx:
+            late.extend(o.event_id for o in publishing.publish(tx, T0, [draft()], WINDOW))
+            stored.set()
+            assert release.wait(30)
+
+    thread = threading.Thread(target=slow_publisher)
+    thread.start()
+    try:
+        assert stored.wait(30)
+        early = publish(storage, draft())
+        assert lease_events(storage, s.id) == early  # the other is not committed yet
+    finally:
+        release.set()
+        thread.join()
+    assert lease_events(storage, s.id) == late
+    assert lease_events(storage, s.id) == []
+
+
+def test_a_publish_leases_its_own_new_events_in_its_transaction(storage: Storage) -> None:
+    """What a standing request relies on: the log shows a transaction its own new events."""
+    s = create(storage, sub())
+    for _ in range(3):  # again and again: each lease starts from where the last one left
+        with storage.write() as tx:
+            (outcome,) = publishing.publish(tx, T0, [draft()], WINDOW)
+            result = leasing.lease(tx, T0, s.id, [LeaseRequest("c", 5)], _nothing)
+        assert [d.event.event_id for d in result.leased["c"]] == [outcome.event_id]
+    assert lease_events(storage, s.id) == []
+
+
+def test_a_lease_while_another_holds_the_position_takes_the_ready_rows(storage: Storage) -> None:
+    """A broker stuck mid-lease holds the log, not the retries: those go to the others."""
+    if storage.max_concurrent_writers < 2:
+        pytest.skip("one writer at a time: no lease runs beside another")
+    s = create(storage, sub())
+    first, second = publish(storage, draft(), draft())
+    retry = lease(storage, s.id, 1)
+    fail(storage, retry)  # ready again, as a row
+    holding = threading.Event()
+    release = threading.Event()
+
+    def stuck_lease() -> None:
+        with storage.write() as tx:
+            assert tx.cursor_lock(s.id) is not None
+            holding.set()
+            assert release.wait(30)
+
+    thread = threading.Thread(target=stuck_lease)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        with storage.write() as tx:
+            result = leasing.lease(tx, T0, s.id, [LeaseRequest("c", 10)], _nothing)
+        assert result.contended
+        assert [d.event.event_id for d in result.leased["c"]] == [first]
+    finally:
+        release.set()
+        thread.join()
+    assert lease_events(storage, s.id) == [second]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from broker.domain import LeasedDelivery, LeaseRequest, StoredEvent
 from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
+from broker.engine.operations.lease import LeaseResult
 
 T0 = 1_700_000_000_000_000
 
@@ -45,11 +46,9 @@ class Fake:
         )
         self.consumer = ConsumerStream("orders", "c", max_outstanding=5, max_batch_size=10)
 
-    async def _lease(
-        self, subscription_id: int, requests: Sequence[LeaseRequest]
-    ) -> dict[str, list[LeasedDelivery]]:
+    async def _lease(self, subscription_id: int, requests: Sequence[LeaseRequest]) -> LeaseResult:
         self.leases.append(list(requests))
-        return {}
+        return LeaseResult()
 
     async def start(self) -> None:
         self.dispatcher.start()
@@ -80,12 +79,12 @@ def test_a_caught_up_dispatcher_offers_freed_credit_without_leasing() -> None:
         assert fake.consumer.free == 0  # all of it reserved for the standing request
         lease = fake.dispatcher.take()
         assert lease is not None and lease.requests == (LeaseRequest(fake.consumer.id, 5),)
-        fake.dispatcher.accept({fake.consumer.id: [_delivery(1)]})
+        fake.dispatcher.accept(LeaseResult({fake.consumer.id: [_delivery(1)]}))
         await until(lambda: fake.dispatcher.has_standing)
         assert fake.consumer.outstanding == {"1-1"}
         taken = fake.dispatcher.take()
         assert taken is not None and taken.requests == (LeaseRequest(fake.consumer.id, 4),)
-        fake.dispatcher.accept({})
+        fake.dispatcher.accept(LeaseResult())
         await until(lambda: fake.dispatcher.has_standing)
         sent = await fake.consumer.next_batch(lambda: T0)
         assert sent is not None and [d.ack_id for d in sent[0]] == ["1-1"]
@@ -96,7 +95,7 @@ def test_a_caught_up_dispatcher_offers_freed_credit_without_leasing() -> None:
         assert len(fake.leases) == 1
         taken = fake.dispatcher.take()
         assert taken is not None and taken.requests == (LeaseRequest(fake.consumer.id, 5),)
-        fake.dispatcher.accept({})
+        fake.dispatcher.accept(LeaseResult())
         await fake.dispatcher.stop("done")
 
     asyncio.run(scenario())
@@ -123,7 +122,7 @@ def test_a_wake_while_a_publish_holds_the_request_leases_after_it() -> None:
         await settle()
         assert len(fake.leases) == 1  # not while the publish holds the consumer's credit
         assert not fake.dispatcher.has_standing
-        fake.dispatcher.accept({})
+        fake.dispatcher.accept(LeaseResult())
         await until(lambda: len(fake.leases) == 2)
         assert fake.leases[1] == [LeaseRequest(fake.consumer.id, 5)]
         await fake.dispatcher.stop("done")
@@ -153,7 +152,7 @@ def test_what_a_publish_leased_for_a_consumer_that_left_is_given_back() -> None:
         assert fake.dispatcher.take() is not None
         fake.consumer.closed = True
         fake.dispatcher.remove(fake.consumer)
-        fake.dispatcher.accept({fake.consumer.id: [_delivery(1), _delivery(2)]})
+        fake.dispatcher.accept(LeaseResult({fake.consumer.id: [_delivery(1), _delivery(2)]}))
         assert fake.released == ["1-1", "2-1"]
         assert fake.consumer.reserved == 0
         await settle()
@@ -186,7 +185,7 @@ def test_what_a_consumer_that_left_held_is_given_back_after_the_lease_on_its_way
         # that left, and give them back once more: an attempt each for nothing.
         fake.dispatcher.give_back(["7-1", "8-1"])
         assert fake.released == []
-        fake.dispatcher.accept({})
+        fake.dispatcher.accept(LeaseResult())
         assert fake.released == ["7-1", "8-1"]
         fake.dispatcher.give_back(["9-1"])  # nothing on its way: at once
         assert fake.released == ["7-1", "8-1", "9-1"]

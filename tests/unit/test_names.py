@@ -43,7 +43,7 @@ def test_normalize_name(raw: str, expected: str | None) -> None:
     ],
 )
 def test_matches(patterns: list[str], name: str, expected: bool) -> None:
-    assert matches(patterns, name) is expected
+    assert matches(tuple(patterns), name) is expected
 
 
 @pytest.mark.parametrize(

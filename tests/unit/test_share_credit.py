@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.domain import share_credit
+from broker.delivery.leasing import share_credit
 
 
 def test_an_even_budget_is_split_evenly() -> None:

@@ -12,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from broker.domain import AttemptOutcome, SettleOutcome
+from broker.domain import SettleOutcome
 from broker.engine import backoff
 from broker.engine.committer import Committer
 from broker.engine.holds import Holds
-from broker.engine.operations import fail_leases
+from broker.engine.operations import settle
 from broker.engine.services.base import Clock, Outcomes, Service
-from broker.storage.interface import DeliveryExpiredListParams, Storage, StorageTx
-from broker.transitions import Failure
+from broker.storage.interface import Storage
 
 _log = logging.getLogger(__name__)
 
 EXPIRE_BATCH = 500
-EXPIRED = Failure(AttemptOutcome.EXPIRED)
 
 
 class LeaseReaper(Service):
@@ -55,13 +53,9 @@ class LeaseReaper(Service):
 
     async def expire(self) -> int:
         """Fail up to a batch of leases past their deadline; how many were found."""
-
-        def expire(tx: StorageTx, now: int) -> tuple[list[str], SettleOutcome]:
-            found = tx.delivery_expired_list(DeliveryExpiredListParams(now, EXPIRE_BATCH))
-            ack_ids = [str(a) for a in found]
-            return ack_ids, fail_leases(tx, now, ack_ids, EXPIRED, backoff.draw)
-
-        ack_ids, outcome = await self._committer.run(expire)
+        ack_ids, outcome = await self._committer.run(
+            lambda tx, now: settle.expire(tx, now, EXPIRE_BATCH, backoff.draw)
+        )
         if ack_ids:
             # Settled meanwhile (a late ack, another broker's reaper) is not counted.
             if outcome.applied:
@@ -82,7 +76,7 @@ class LeaseReaper(Service):
 
         def live() -> set[str]:
             with self._storage.read() as tx:
-                return tx.delivery_live_leases(overdue)
+                return settle.live(tx, overdue)
 
         still = await asyncio.to_thread(live)
         self._holds.extend(still, now + int(self.interval_s * 1_000_000))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from broker.engine.committer import Committer
+from broker.engine.operations.upkeep import upkeep
 from broker.engine.services.base import Clock, Service
-from broker.storage.interface import MaintenanceParams
 
 _log = logging.getLogger(__name__)
 
@@ -30,14 +30,16 @@ class Retention(Service):
         super().__init__(clock, interval_s)
         self._committer = committer
         self._event_retention_us = event_retention_us
+        #: Where the next pass looks for old events (0: from the start of the log).
+        self._after_seq = 0
 
     async def step(self) -> float | None:
         """One batch; at once again when it was full."""
+        after = self._after_seq
         outcome = await self._committer.run(
-            lambda tx, now: tx.maintenance(
-                MaintenanceParams(now, self._event_retention_us, MAINTENANCE_BATCH)
-            )
+            lambda tx, now: upkeep(tx, now, self._event_retention_us, MAINTENANCE_BATCH, after)
         )
+        self._after_seq = outcome.next_after_seq
         if outcome.expired or outcome.deliveries_deleted or outcome.events_deleted:
             _log.info(
                 "retention: %d expired by age, %d deliveries and %d events past retention deleted",
@@ -46,4 +48,4 @@ class Retention(Service):
                 outcome.events_deleted,
             )
         busiest = max(outcome.expired, outcome.deliveries_deleted, outcome.events_deleted)
-        return 0.0 if busiest >= MAINTENANCE_BATCH else None
+        return 0.0 if busiest >= MAINTENANCE_BATCH or outcome.next_after_seq else None

@@ -9,8 +9,8 @@ at once again when the batch was full.
 from __future__ import annotations
 
 from broker.engine.committer import Committer
+from broker.engine.operations import settle
 from broker.engine.services.base import Clock, Outcomes, Service
-from broker.storage.interface import DeliveryPromoteParams
 
 PROMOTE_BATCH = 1000
 US_PER_S = 1_000_000
@@ -41,7 +41,7 @@ class Scheduler(Service):
         now = self.clock()
         if self.next_due_us is None or self.next_due_us <= now:
             result = await self._committer.run(
-                lambda tx, now: tx.delivery_promote(DeliveryPromoteParams(now, PROMOTE_BATCH))
+                lambda tx, now: settle.promote(tx, now, PROMOTE_BATCH)
             )
             now = self.clock()
             self.next_due_us = now if result.promoted >= PROMOTE_BATCH else result.next_scheduled_us

@@ -1,10 +1,9 @@
-"""Delivery decisions: what a delivery becomes when an attempt fails.
+"""Failure: what a delivery becomes when an attempt ends without an ack.
 
-Pure functions of a delivery's facts, what happened and the subscription's
-settings: no database, no clock, no randomness of their own (the jitter of a
-backoff is drawn through the function the caller passes). Storage applies
-what they decide and decides nothing itself; the engine composes the two
-inside one transaction.
+Pure functions of a lease's facts, what happened and the subscription's
+settings (the jitter of a backoff is drawn through the function the caller
+passes): retried after an explicit delay, at once (a consumer that left) or
+after the subscription's backoff, or dead when terminal or out of attempts.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from broker.delivery.records import DeliveryKey
 from broker.domain import (
     AttemptOutcome,
     AttemptRecord,
@@ -56,9 +56,8 @@ class Failure:
 class FailingLease:
     """A live lease about to fail: what the decision needs to know of its delivery."""
 
-    delivery_id: int
+    key: DeliveryKey
     attempt: int
-    subscription_id: int
     leased_at_us: int | None
     consumer: str
     history: tuple[AttemptRecord, ...]
@@ -69,8 +68,7 @@ class FailingLease:
 class AfterFailure:
     """What a delivery becomes: retried (scheduled or ready) or dead, with its history."""
 
-    delivery_id: int
-    subscription_id: int
+    key: DeliveryKey
     ordering_key: str | None
     state: DeliveryState
     ready_at_us: int
@@ -138,8 +136,7 @@ def after_failure(
         ready_at = now_us + max(delay, 0)
         state = DeliveryState.SCHEDULED if ready_at > now_us else DeliveryState.READY
     return AfterFailure(
-        delivery_id=lease.delivery_id,
-        subscription_id=lease.subscription_id,
+        key=lease.key,
         ordering_key=lease.ordering_key,
         state=state,
         ready_at_us=ready_at,

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from broker.delivery.failure import (
+    HISTORY_MAX_ATTEMPTS,
+    FailingLease,
+    Failure,
+    after_failure,
+    retry_delay_us,
+)
+from broker.delivery.records import DeliveryKey
 from broker.domain import (
     AttemptOutcome,
     AttemptRecord,
@@ -9,13 +17,6 @@ from broker.domain import (
     DeliveryState,
     StartPosition,
     Subscription,
-)
-from broker.transitions import (
-    HISTORY_MAX_ATTEMPTS,
-    FailingLease,
-    Failure,
-    after_failure,
-    retry_delay_us,
 )
 
 S = 1_000_000
@@ -41,9 +42,8 @@ def subscription(**overrides: object) -> Subscription:
 
 def lease(attempt: int = 1, history: tuple[AttemptRecord, ...] = ()) -> FailingLease:
     return FailingLease(
-        delivery_id=11,
+        key=DeliveryKey(7, 11),
         attempt=attempt,
-        subscription_id=7,
         leased_at_us=NOW - 2 * S,
         consumer="worker#1",
         history=history,

@@ -1,0 +1,52 @@
+"""Reads for people: an event's deliveries, a subscription's counts."""
+
+from __future__ import annotations
+
+from broker.delivery.views import implied_delivery, subscription_counts
+from broker.domain import DeliveryInfo, StoredEvent, SubscriptionCounts
+from broker.names import matches
+from broker.storage.interface import LogTallyParams, StorageTx
+
+#: Later than any publish time: a tally up to here counts everything.
+TIME_MAX_US = 2**63 - 1
+
+
+def event_deliveries(
+    tx: StorageTx, now_us: int, event_id: str
+) -> tuple[StoredEvent | None, list[DeliveryInfo]]:
+    """An event and its delivery in each subscription, by subscription name.
+
+    Rows say where a delivery stands; a subscription without a row for the
+    event is answered from its position in the log.
+    """
+    event = tx.event_get(event_id)
+    if event is None:
+        return None, []
+    infos = tx.delivery_list_for_event(event_id)
+    have = {info.subscription for info in infos}
+    candidates = [
+        sub
+        for sub in tx.subscriptions_by_id().values()
+        if sub.name not in have and matches(sub.filters, event.name)
+    ]
+    if candidates:
+        passed = tx.log_passed(event_id, [sub.id for sub in candidates])
+        for sub in candidates:
+            if sub.id in passed:
+                info = implied_delivery(sub, event, passed[sub.id], now_us)
+                if info is not None:
+                    infos.append(info)
+    return event, sorted(infos, key=lambda info: info.subscription)
+
+
+def counts(tx: StorageTx, now_us: int, name: str | None) -> list[SubscriptionCounts]:
+    """Delivery counts of one subscription, or of all, by name."""
+    subs = [s for s in tx.subscriptions_by_id().values() if name is None or s.name == name]
+    result = []
+    for sub in sorted(subs, key=lambda s: s.name):
+        waiting = tx.log_tally(LogTallyParams(sub.id, False, 0, TIME_MAX_US, now_us))
+        acked = tx.log_tally(
+            LogTallyParams(sub.id, True, now_us - sub.retention_us, TIME_MAX_US, now_us)
+        )
+        result.append(subscription_counts(sub, tx.delivery_counts(sub.id), waiting, acked))
+    return result
