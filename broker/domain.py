@@ -155,9 +155,8 @@ class LeaseRequest:
     count: int
 
 
-@dataclass(frozen=True, slots=True)
-class LeasedDelivery:
-    """A delivery leased to a consumer, with its event."""
+class LeasedDelivery(NamedTuple):
+    """A delivery leased to a consumer, with its event (a tuple: one is made per delivery)."""
 
     ack_id: str
     subscription: str
@@ -180,7 +179,7 @@ class AckId(NamedTuple):
     attempt: int
 
     def __str__(self) -> str:
-        return f"{self.subscription_id}-{self.seq}-{self.attempt}"
+        return ack_id_text(self.subscription_id, self.seq, self.attempt)
 
     @classmethod
     def parse(cls, text: str) -> AckId | LegacyAckId | None:
@@ -197,6 +196,11 @@ class AckId(NamedTuple):
         if third is None:
             return LegacyAckId(int(first), int(second))
         return cls(int(first), int(second), int(third))
+
+
+def ack_id_text(subscription_id: int, seq: int, attempt: int) -> str:
+    """The ack id of a lease, written out (as `str(AckId(...))`, without building one)."""
+    return f"{subscription_id}-{seq}-{attempt}"
 
 
 class LegacyAckId(NamedTuple):

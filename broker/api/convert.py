@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -384,6 +385,12 @@ def tail_delivery_to_proto(event: StoredEvent, *, json_as_binary: bool) -> pb.De
     )
 
 
+#: Events whose JSON data, parsed into a `Struct`, is remembered: an event fanned out to
+#: several subscriptions is parsed once (parsing is most of building a delivery).
+JSON_DATA_CACHE_MAX = 1024
+_json_data: OrderedDict[str, struct_pb2.Value] = OrderedDict()
+
+
 def _delivery(
     event: StoredEvent,
     *,
@@ -398,22 +405,35 @@ def _delivery(
         event_id=event.event_id,
         name=event.name,
         content_type=event.content_type,
-        headers=dict(event.headers),
-        publish_time=to_timestamp(event.published_at_us),
-        delay=to_duration(event.delay_us),
         priority=event.priority,
         attempt=attempt,
         subscription=subscription,
         ordering_key=event.ordering_key or "",
         dedup_id=event.dedup_id or "",
     )
+    if event.headers:
+        message.headers.update(event.headers)
+    message.publish_time.FromMicroseconds(event.published_at_us)
+    message.delay.FromMicroseconds(event.delay_us)
     if ack_deadline_us is not None:
-        message.ack_deadline.CopyFrom(to_timestamp(ack_deadline_us))
+        message.ack_deadline.FromMicroseconds(ack_deadline_us)
     if event.content_type == JSON_CONTENT_TYPE and not json_as_binary:
-        json_format.ParseDict(json.loads(event.payload), message.data)
+        message.data.CopyFrom(_json_value(event))
     else:
         message.binary_data = event.payload
     return message
+
+
+def _json_value(event: StoredEvent) -> struct_pb2.Value:
+    """An event's JSON data as a `Value`, parsed once while it is remembered."""
+    value = _json_data.get(event.event_id)
+    if value is None:
+        value = struct_pb2.Value()
+        json_format.ParseDict(json.loads(event.payload), value)
+        if len(_json_data) >= JSON_DATA_CACHE_MAX:
+            _json_data.popitem(last=False)
+        _json_data[event.event_id] = value
+    return value
 
 
 def stored_event_message(event: StoredEvent) -> pb.StoredEvent:

@@ -24,7 +24,7 @@ from broker import config, logs
 from broker.api import convert
 from broker.api.auth import Authenticator
 from broker.domain import US_PER_S, ApiKey, DeadReason, DeliveryInfo, DeliveryState, Scope
-from broker.engine.dispatcher import ConsumerStream
+from broker.engine.consumers import ConsumerStream
 from broker.engine.engine import DeliveryEngine
 from broker.errors import (
     BrokerError,

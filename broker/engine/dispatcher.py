@@ -18,19 +18,21 @@ The credit of a request posted or taken is reserved, never counted twice.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
-from broker.domain import LeasedDelivery, LeaseRequest
+from broker.domain import LeasedDelivery, LeaseRequest, SettleOutcome
+from broker.engine.consumers import ConsumerStream
+from broker.engine.dispatchers import Signals
 from broker.engine.operations.lease import LeaseResult
+from broker.engine.stats import Stats
 from broker.names import matches
 from broker.storage.interface import StorageUnavailableError
 
 _log = logging.getLogger(__name__)
-_consumer_ids = itertools.count(1)
 #: The broker's own generator: drawing from the shared `random` would move the
 #: sequence of an application (or a test) that embeds the broker and seeds it.
 _jitter = random.Random()
@@ -42,84 +44,10 @@ MATCH_CACHE_MAX = 1024
 CONTENDED_RETRY_S = 0.005
 #: Leases for the subscription: (subscription id, requests) -> what it handed out.
 LeaseFn = Callable[[int, Sequence[LeaseRequest]], Awaitable[LeaseResult]]
-#: Gives ack ids back at once (their consumer left before they arrived).
-ReleaseFn = Callable[[Sequence[str]], None]
-
-
-@dataclass(eq=False)
-class ConsumerStream:
-    """One connected consumer: its credit, what it holds, and its outbox.
-
-    Credit counts what the consumer holds and what waits to be written to its
-    stream, whichever is more: a lease that expires while its delivery still
-    waits in the outbox frees no credit until the delivery has left. So a
-    consumer that stops reading holds at most its credit in the broker's
-    memory, however many of its leases expire.
-    """
-
-    subscription: str
-    label: str
-    max_outstanding: int
-    max_batch_size: int
-    json_as_binary: bool = False
-    id: str = field(init=False)
-    outstanding: set[str] = field(default_factory=set)
-    #: Deliveries queued in the outbox or being written to the stream.
-    unsent: int = 0
-    #: Credit promised to a standing request (posted, or taken by a publish).
-    reserved: int = 0
-    #: Batches to send; None ends the stream (shutdown or subscription deleted).
-    outbox: asyncio.Queue[list[LeasedDelivery] | None] = field(default_factory=asyncio.Queue)
-    closed: bool = False
-    end_reason: str = ""
-    #: Tells the dispatcher that credit came free (set when it is attached).
-    wake: Callable[[], None] = lambda: None
-
-    def __post_init__(self) -> None:
-        self.id = f"{self.label}#{next(_consumer_ids)}"
-
-    @property
-    def free(self) -> int:
-        """How many more deliveries this consumer may be sent now."""
-        if self.closed:
-            return 0
-        return self.max_outstanding - max(len(self.outstanding), self.unsent) - self.reserved
-
-    def send(self, deliveries: list[LeasedDelivery]) -> None:
-        """Queue deliveries as stream messages of at most max_batch_size each."""
-        self.outstanding.update(d.ack_id for d in deliveries)
-        self.unsent += len(deliveries)
-        for start in range(0, len(deliveries), self.max_batch_size):
-            self.outbox.put_nowait(deliveries[start : start + self.max_batch_size])
-
-    async def next_batch(self, clock: Callable[[], int]) -> tuple[list[LeasedDelivery], int] | None:
-        """The next batch to write (None: the stream ends), and how many it took off the outbox.
-
-        Deliveries whose lease ended while they waited are left out: given back
-        or expired, or past their deadline already (a commit that hung across a
-        database outage), their ack ids are dead and the reaper retries them.
-        Call `written` with the count once the batch is written.
-        """
-        batch = await self.outbox.get()
-        if batch is None:
-            return None
-        now = clock()
-        live = [d for d in batch if d.ack_id in self.outstanding and d.ack_deadline_us > now]
-        return live, len(batch)
-
-    def written(self, count: int) -> None:
-        """`count` deliveries left the outbox: their room counts as credit again."""
-        was_counted = max(len(self.outstanding), self.unsent)
-        self.unsent -= count
-        if max(len(self.outstanding), self.unsent) < was_counted:
-            self.wake()
-
-    def end(self, reason: str) -> None:
-        """End the stream after what is queued."""
-        if not self.closed:
-            self.closed = True
-            self.end_reason = reason
-            self.outbox.put_nowait(None)
+#: Gives leases back, ready again at once (their consumer left): what that changed.
+ReleaseFn = Callable[[Sequence[str]], Awaitable[SettleOutcome]]
+#: The current time in microseconds since the epoch.
+Clock = Callable[[], int]
 
 
 @dataclass(frozen=True)
@@ -131,32 +59,46 @@ class StandingLease:
     requests: tuple[LeaseRequest, ...]
 
 
+@dataclass(frozen=True)
+class DispatchSetup:
+    """What every dispatcher of a process works with."""
+
+    #: Leases deliveries in a group-committed transaction.
+    lease: LeaseFn
+    #: Gives leases back in a group-committed transaction.
+    release: ReleaseFn
+    stats: Stats
+    signals: Signals
+    clock: Clock
+    poll_interval_s: float
+    #: Whether a caught-up dispatcher offers its credit to the next publish (where
+    #: a publish's transaction can lease its own new events).
+    standing_requests: bool = True
+
+
 class SubscriptionDispatcher:
-    """Leases ready deliveries of one subscription for its consumers."""
+    """Leases ready deliveries of one subscription for its consumers, and owns those leases.
+
+    Every lease a consumer here holds is in that consumer's `held`; when a lease
+    ends (an ack, a nack, an expiry, another broker's reaper) `ended` returns
+    its credit.
+    """
 
     def __init__(
         self,
         subscription_id: int,
         name: str,
-        lease: LeaseFn,
-        release: ReleaseFn,
-        on_leased: Callable[[SubscriptionDispatcher, ConsumerStream, list[LeasedDelivery]], None],
-        poll_interval_s: float,
+        setup: DispatchSetup,
         filters: tuple[str, ...] = (),
-        *,
-        standing_requests: bool = True,
     ) -> None:
         self.subscription_id = subscription_id
         self.name = name
         self.filters = filters
         self.consumers: list[ConsumerStream] = []
-        self._lease = lease
-        self._release = release
-        self._on_leased = on_leased
-        self._poll_interval_s = poll_interval_s
-        #: Whether a caught-up dispatcher offers its credit to the next publish (where
-        #: a publish's transaction can lease its own new events).
-        self._standing_requests = standing_requests
+        self._setup = setup
+        self._lease = setup.lease
+        self._poll_interval_s = setup.poll_interval_s
+        self._standing_requests = setup.standing_requests
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -174,6 +116,9 @@ class SubscriptionDispatcher:
         self._filling = False
         #: Leases of consumers that left, given back once no lease is on its way.
         self._deferred: list[str] = []
+        self._releases: set[asyncio.Task[None]] = set()
+        #: Consumers that left while the broker shuts down, still holding leases.
+        self._left: list[ConsumerStream] = []
         self._matches: dict[str, bool] = {}
 
     def start(self) -> None:
@@ -198,11 +143,21 @@ class SubscriptionDispatcher:
         self.consumers.append(consumer)
         self.credit_freed()
 
-    def remove(self, consumer: ConsumerStream) -> None:
-        """Detach a consumer (its credit leaves the standing request)."""
+    def remove(self, consumer: ConsumerStream, *, give_back: bool = True) -> None:
+        """Detach a consumer: its credit leaves the standing request.
+
+        What it held goes back at once (attempt counted); without `give_back`
+        (the broker is shutting down) it stays its to settle until given back.
+        """
         if consumer in self.consumers:
             self.consumers.remove(consumer)
             self.credit_freed()
+        if not consumer.held:
+            return
+        if give_back:
+            self.give_back(list(consumer.held))
+        else:
+            self._left.append(consumer)
 
     def give_back(self, ack_ids: Sequence[str]) -> None:
         """Give back what a consumer that left held, once no lease is on its way.
@@ -220,6 +175,48 @@ class SubscriptionDispatcher:
         if self._deferred:
             deferred, self._deferred = self._deferred, []
             self._release(deferred)
+
+    def _release(self, ack_ids: Sequence[str]) -> None:
+        """Give leases back in the background; who may deliver more is told once it is done."""
+        task = asyncio.get_running_loop().create_task(self._released(list(ack_ids)))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _released(self, ack_ids: list[str]) -> None:
+        try:
+            outcome = await self._setup.release(ack_ids)
+        except StorageUnavailableError as error:
+            _log.warning("leases of a consumer that left wait for their deadline: %s", error)
+            return
+        self._setup.signals.settled(ack_ids, outcome)
+
+    def ended(self, ack_ids: Iterable[str], *, acked: bool = False) -> None:
+        """These leases ended: the consumers that held them get their credit back."""
+        ids = list(ack_ids)
+        found = sum(consumer.ended(ids) for consumer in self._holders())
+        if found and acked:
+            self._setup.stats.acked(self.name, found)
+
+    def extended(self, ack_ids: Sequence[str], until_us: int) -> None:
+        """These leases (those held here) now last until `until_us`."""
+        for consumer in self._holders():
+            consumer.extended(ack_ids, until_us)
+
+    def overdue(self, now_us: int) -> list[str]:
+        """Ack ids held here past their deadline, as far as this process knows."""
+        return [
+            ack_id
+            for consumer in self._holders()
+            for ack_id, until in consumer.held.items()
+            if until < now_us
+        ]
+
+    def held(self) -> list[str]:
+        """Every lease the consumers here hold."""
+        return [ack_id for consumer in self._holders() for ack_id in consumer.held]
+
+    def _holders(self) -> list[ConsumerStream]:
+        return self.consumers + self._left if self._left else self.consumers
 
     def set_filters(self, filters: tuple[str, ...]) -> None:
         """The subscription's filters changed (a stale copy only misses a shortcut)."""
@@ -287,6 +284,9 @@ class SubscriptionDispatcher:
         self._wake.set()
         if self._task is not None:
             await self._task
+        for task in list(self._releases):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def _post(self) -> None:
         """Offer the consumers' free credit to the next publish."""
@@ -377,7 +377,7 @@ class SubscriptionDispatcher:
             self._release([d.ack_id for d in deliveries])
         else:
             consumer.send(deliveries)
-            self._on_leased(self, consumer, deliveries)
+            self._setup.stats.delivered(self.name, deliveries, self._setup.clock())
         return len(deliveries)
 
     def _in_turn(self, wanting: list[ConsumerStream]) -> list[ConsumerStream]:

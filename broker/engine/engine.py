@@ -1,11 +1,13 @@
-"""The delivery engine: what the API calls, over storage, group commit and dispatchers.
+"""The delivery engine: what the API calls, composed of group commit, dispatchers and services.
 
-It composes the parts of one broker process: the dispatcher of each
-subscription with consumers here, who holds which lease (`Holds`), the
-ephemeral tails, the background services (lease reaper, scheduler, retention,
-dedup pruning) and the rates; settling a lease returns its consumer's credit
-and wakes whoever may deliver more. Everything durable is in the storage; the
-engine can be restarted at any moment and loses nothing that was acknowledged.
+It builds the parts of one broker process and hands each what it works with:
+group commit (`Committer`), the publisher, one dispatcher per subscription
+with consumers here (each owning its consumers' leases), the ephemeral tails,
+the background services (lease reaper, scheduler, retention, dedup pruning),
+the wake-ups between brokers, and `Signals`, where news that deliveries may
+move goes. The API's settle calls run their operation and tell `Signals`
+what it changed. Everything durable is in the storage; the engine can be
+restarted at any moment and loses nothing that was acknowledged.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from broker.config import Settings
@@ -27,7 +27,6 @@ from broker.domain import (
     DeliveryInfo,
     DeliveryState,
     EventDraft,
-    LeasedDelivery,
     LeaseRequest,
     PublishOutcome,
     SettleOutcome,
@@ -36,81 +35,32 @@ from broker.domain import (
     SubscriptionCounts,
 )
 from broker.engine import backoff
-from broker.engine.committer import Coalescer, Committer
-from broker.engine.dispatcher import ConsumerStream, StandingLease, SubscriptionDispatcher
-from broker.engine.holds import Holds
+from broker.engine.committer import Committer
+from broker.engine.consumers import ConsumerStream
+from broker.engine.dispatcher import DispatchSetup, SubscriptionDispatcher
+from broker.engine.dispatchers import Dispatchers, Signals
 from broker.engine.metrics import BrokerMetrics
-from broker.engine.operations import inspect, lease, publish, replay, settle
+from broker.engine.operations import inspect, lease, replay, settle
 from broker.engine.operations.lease import LeaseResult
 from broker.engine.operations.replay import RedriveSelection, SeekOutcome
-from broker.engine.rates import RateMeter
+from broker.engine.publishing import Publisher
 from broker.engine.recent import RecentEvents
 from broker.engine.services import DedupPruner, LeaseReaper, Retention, Scheduler, Service
+from broker.engine.stats import Rates, Stats
+from broker.engine.tails import Tails, TailStream
 from broker.engine.wakeups import Wakeups
-from broker.names import matches
 from broker.storage.interface import Storage, StorageTx
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXPIRE_BATCH = 500
 REDRIVE_BATCH = 1000
-MAINTENANCE_BATCH = 1000
-PROMOTE_BATCH = 1000
-TAIL_QUEUE_MAX = 10_000
-#: Most events that many publish calls put into one joined insert.
-PUBLISH_JOIN_MAX_EVENTS = 2000
-DEDUP_PRUNE_BATCH = 1000
-EXPIRED = Failure(AttemptOutcome.EXPIRED)
+US_PER_S = 1_000_000
 
 
 def wall_clock_us() -> int:
     """The current time in microseconds since the epoch."""
     return time.time_ns() // 1000
-
-
-@dataclass(frozen=True)
-class PublishCall:
-    """One publish call's events, and the standing requests it serves."""
-
-    drafts: tuple[EventDraft, ...]
-    leases: tuple[StandingLease, ...] = ()
-
-
-@dataclass(frozen=True)
-class Published:
-    """A publish call's outcomes, and what it leased per subscription id."""
-
-    outcomes: list[PublishOutcome]
-    leased: dict[int, LeaseResult]
-
-
-def _hand_over(dispatchers: list[SubscriptionDispatcher], task: asyncio.Future[Published]) -> None:
-    """Give each dispatcher what the publish leased for it (nothing if it failed)."""
-    published = None if task.cancelled() or task.exception() else task.result()
-    for dispatcher in dispatchers:
-        leased = None if published is None else published.leased[dispatcher.subscription_id]
-        dispatcher.accept(leased)
-
-
-@dataclass(eq=False)
-class TailStream:
-    """An ephemeral tail: new events matching a filter, no acks, nothing stored."""
-
-    filters: tuple[str, ...]
-    outbox: asyncio.Queue[StoredEvent] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=TAIL_QUEUE_MAX)
-    )
-    dropped: int = 0
-
-
-@dataclass
-class Rates:
-    """Rates measured by this broker process, for GetStats."""
-
-    published: RateMeter = field(default_factory=RateMeter)
-    delivered: dict[str, RateMeter] = field(default_factory=dict)
-    acked: dict[str, RateMeter] = field(default_factory=dict)
 
 
 class DeliveryEngine:
@@ -132,24 +82,41 @@ class DeliveryEngine:
             batch_max=settings.commit_batch_max,
             delay_s=settings.commit_delay_s,
         )
-        self._publishes: Coalescer[PublishCall, Published] = Coalescer(
-            self.committer,
-            self._insert_events,
-            max_size=PUBLISH_JOIN_MAX_EVENTS,
-            size_of=lambda call: len(call.drafts),
-        )
         self.recent_events = RecentEvents()
-        self.metrics = BrokerMetrics()
-        self.rates = Rates()
-        self._dispatchers: dict[int, SubscriptionDispatcher] = {}
-        self.holds = Holds()
-        self._tails: list[TailStream] = []
+        self.stats = Stats()
+        self.dispatchers = Dispatchers()
+        self.signals = Signals(self.dispatchers)
+        self.tails = Tails()
+        self.publisher = Publisher(
+            self.committer,
+            self.dispatchers,
+            self.signals,
+            self.stats,
+            self.tails,
+            self.recent_events,
+            settings.dedup_window_us,
+        )
+        self._dispatch = DispatchSetup(
+            lease=self._lease,
+            release=self._release,
+            stats=self.stats,
+            signals=self.signals,
+            clock=clock,
+            poll_interval_s=settings.poll_interval_s,
+            standing_requests=storage.reads_own_log,
+        )
         #: Ids of the consumers attached here and not yet detached (the consumers gauge).
         self._attached: set[str] = set()
         self.reaper = LeaseReaper(
-            self.committer, storage, self.holds, self, clock, settings.reaper_interval_s
+            self.committer,
+            storage,
+            self.dispatchers,
+            self.signals,
+            clock,
+            settings.reaper_interval_s,
         )
-        self.scheduler = Scheduler(self.committer, self, clock, settings.poll_interval_s)
+        self.scheduler = Scheduler(self.committer, self.signals, clock, settings.poll_interval_s)
+        self.signals.timer = self.scheduler
         self._services: list[Service] = [
             self.reaper,
             self.scheduler,
@@ -157,7 +124,7 @@ class DeliveryEngine:
                 self.committer,
                 clock,
                 settings.maintenance_interval_s,
-                int(settings.event_retention_s * 1_000_000),
+                int(settings.event_retention_s * US_PER_S),
             ),
             DedupPruner(self.committer, clock, settings.maintenance_interval_s),
         ]
@@ -165,14 +132,25 @@ class DeliveryEngine:
         self._stopping = False
         self._wakeups: Wakeups | None = None
 
+    @property
+    def metrics(self) -> BrokerMetrics:
+        """The Prometheus metrics of this process."""
+        return self.stats.metrics
+
+    @property
+    def rates(self) -> Rates:
+        """The rates of this process, for GetStats."""
+        return self.stats.rates
+
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Start group commit and the timers for leases and scheduled deliveries."""
+        """Start group commit, the background services, and wake-ups between brokers."""
         self.committer.start()
         notifier = self.storage.notifier()
         if notifier is not None:
-            self._wakeups = Wakeups(notifier, self._on_remote_wake, self._on_remote_delete)
+            self._wakeups = Wakeups(notifier, self.signals.heard, self._deleted_elsewhere)
+            self.signals.remote = self._wakeups
             self._wakeups.start()
         for service in self._services:
             service.start()
@@ -184,7 +162,7 @@ class DeliveryEngine:
         until `stop()` gives back whatever is left.
         """
         self._stopping = True
-        for dispatcher in list(self._dispatchers.values()):
+        for dispatcher in self.dispatchers:
             await dispatcher.stop("broker shutting down")
 
     @property
@@ -194,12 +172,12 @@ class DeliveryEngine:
 
     def leases_held(self) -> int:
         """How many deliveries consumers of this process hold, not yet settled."""
-        return len(self.holds)
+        return len(self.dispatchers.held())
 
     async def stop(self) -> None:
-        """Give every lease held here back, stop the timers, then group commit."""
+        """Give every lease held here back, stop the services, then group commit."""
         await self.end_streams()
-        held = list(self.holds)
+        held = self.dispatchers.held()
         if held:
             with contextlib.suppress(Exception):
                 await self._fail(held, AttemptOutcome.RELEASED, immediate=True)
@@ -221,94 +199,11 @@ class DeliveryEngine:
 
         return await asyncio.to_thread(run)
 
-    # -- publishing ----------------------------------------------------------
+    # -- publishing and consumers ----------------------------------------------
 
     async def publish(self, drafts: Sequence[EventDraft]) -> list[PublishOutcome]:
-        """Store events all or none, then wake the subscriptions they are ready in.
-
-        Caught-up dispatchers whose subscriptions match these events have their
-        standing requests served in the same transaction: the new deliveries
-        are leased with the events' own commit, and no dispatcher needs waking.
-        """
-        taken = self._take_standing(drafts)
-        call = PublishCall(tuple(drafts), tuple(lease for _, lease in taken))
-        if not taken:
-            published = await self._publishes.run(call)
-        else:
-            task = asyncio.ensure_future(self._publishes.run(call))
-            # Handed over even if this caller is cancelled: the leases are in the database.
-            task.add_done_callback(partial(_hand_over, [d for d, _ in taken]))
-            published = await asyncio.shield(task)
-        outcomes = published.outcomes
-        new = sum(1 for o in outcomes if not o.duplicate)
-        self.rates.published.add(new)
-        self.metrics.events_published.inc(new)
-        if new < len(outcomes):
-            self.metrics.events_duplicate.inc(len(outcomes) - new)
-        now = self.clock()
-        served = frozenset(lease.subscription_id for _, lease in taken)
-        for draft, outcome in zip(drafts, outcomes, strict=True):
-            if outcome.duplicate:
-                continue
-            self.ready(outcome.ready_subscription_ids, outcome.next_scheduled_us, served=served)
-            if self._tails:
-                self._feed_tails(draft, now)
-        return outcomes
-
-    def _take_standing(
-        self, drafts: Sequence[EventDraft]
-    ) -> list[tuple[SubscriptionDispatcher, StandingLease]]:
-        """The standing requests of caught-up dispatchers that these events are ready for."""
-        standing = [d for d in self._dispatchers.values() if d.has_standing]
-        if not standing:
-            return []
-        now = self.clock()
-        names = {d.name for d in drafts if d.deliver_at_us <= now}
-        taken = []
-        for dispatcher in standing:
-            if any(dispatcher.matches(n) for n in names):
-                lease = dispatcher.take()
-                if lease is not None:
-                    taken.append((dispatcher, lease))
-        return taken
-
-    def _insert_events(self, tx: StorageTx, now: int, calls: list[PublishCall]) -> list[Published]:
-        """Insert the events of many publish calls with one statement per table.
-
-        Then serve the standing requests the calls took, in the same transaction.
-        """
-        drafts = [draft for call in calls for draft in call.drafts]
-        outcomes = publish.publish(tx, now, drafts, self.settings.dedup_window_us)
-        # Remembered for their first lease: only events ready now in some subscription.
-        self.recent_events.put_many(
-            draft.stored_at(now)
-            for draft, outcome in zip(drafts, outcomes, strict=True)
-            if outcome.matched and draft.deliver_at_us <= now
-        )
-        known = self.recent_events.get_many
-        published: list[Published] = []
-        start = 0
-        for call in calls:
-            leased = {
-                standing.subscription_id: lease.lease(
-                    tx, now, standing.subscription_id, standing.requests, known
-                )
-                for standing in call.leases
-            }
-            published.append(Published(outcomes[start : start + len(call.drafts)], leased))
-            start += len(call.drafts)
-        return published
-
-    def _feed_tails(self, draft: EventDraft, now_us: int) -> None:
-        event = draft.stored_at(now_us)
-        for tail in self._tails:
-            if matches(tail.filters, draft.name):
-                try:
-                    tail.outbox.put_nowait(event)
-                except asyncio.QueueFull:
-                    tail.dropped += 1
-
-    # -- consumers -----------------------------------------------------------
+        """Store events all or none, then wake the subscriptions they are ready in."""
+        return await self.publisher.publish(drafts, self.clock())
 
     def attach(self, subscription: Subscription, consumer: ConsumerStream) -> None:
         """Attach a consumer to a subscription's dispatcher (made on first use).
@@ -318,94 +213,66 @@ class DeliveryEngine:
         if self._stopping:
             consumer.end("broker shutting down")
             return
-        dispatcher = self._dispatchers.get(subscription.id)
+        dispatcher = self.dispatchers.get(subscription.id)
         if dispatcher is None:
             dispatcher = SubscriptionDispatcher(
-                subscription.id,
-                subscription.name,
-                self._lease,
-                self._release_soon,
-                self._on_leased,
-                self.settings.poll_interval_s,
-                subscription.filters,
-                standing_requests=self.storage.reads_own_log,
+                subscription.id, subscription.name, self._dispatch, subscription.filters
             )
-            self._dispatchers[subscription.id] = dispatcher
+            self.dispatchers.add(dispatcher)
             dispatcher.start()
         dispatcher.add(consumer)
         self._attached.add(consumer.id)
         self.metrics.consumer_attached(subscription.name)
 
     def detach(self, subscription_id: int, consumer: ConsumerStream) -> None:
-        """A consumer left: give back what it holds, at once (attempt counted).
+        """A consumer left: what it holds goes back at once (attempt counted).
 
         Not while shutting down: the stream was ended by the broker, and the consumer's
         running handlers may still settle what it holds (`stop()` gives back the rest).
         """
         consumer.closed = True
-        dispatcher = self._dispatchers.get(subscription_id)
+        dispatcher = self.dispatchers.get(subscription_id)
         if dispatcher is not None:
-            dispatcher.remove(consumer)
+            dispatcher.remove(consumer, give_back=not self._stopping)
         if consumer.id in self._attached:
             self._attached.remove(consumer.id)
             self.metrics.consumer_detached(consumer.subscription)
-        if consumer.outstanding and not self._stopping:
-            give_back = self._release_soon if dispatcher is None else dispatcher.give_back
-            give_back(list(consumer.outstanding))
 
     def tail(self, filters: tuple[str, ...]) -> TailStream:
         """Start an ephemeral tail."""
-        stream = TailStream(filters)
-        self._tails.append(stream)
-        return stream
+        return self.tails.open(filters)
 
     def untail(self, stream: TailStream) -> None:
         """End an ephemeral tail."""
-        if stream in self._tails:
-            self._tails.remove(stream)
+        self.tails.close(stream)
 
     def consumer_count(self, subscription: str) -> int:
         """Consumers of a subscription connected to this process."""
-        return sum(len(d.consumers) for d in self._dispatchers.values() if d.name == subscription)
+        return sum(len(d.consumers) for d in self.dispatchers if d.name == subscription)
 
     async def _lease(self, subscription_id: int, requests: Sequence[LeaseRequest]) -> LeaseResult:
+        """Lease for a dispatcher in the next group commit (a delivery it scheduled: the timer)."""
         known = self.recent_events.get_many
         result = await self.committer.run(
             lambda tx, now: lease.lease(tx, now, subscription_id, requests, known)
         )
         if result.next_scheduled_us is not None:
-            self.ready((), result.next_scheduled_us)
+            self.signals.ready((), result.next_scheduled_us)
         return result
 
-    def _on_leased(
-        self,
-        dispatcher: SubscriptionDispatcher,
-        consumer: ConsumerStream,
-        deliveries: list[LeasedDelivery],
-    ) -> None:
-        self.holds.add(dispatcher, consumer, deliveries)
-        self.rates.delivered.setdefault(consumer.subscription, RateMeter()).add(len(deliveries))
-        self.metrics.deliveries.labels(consumer.subscription).inc(len(deliveries))
-        now = self.clock()
-        latency = self.metrics.delivery_latency.labels(consumer.subscription)
-        for delivery in deliveries:
-            if delivery.attempt == 1:
-                latency.observe(max(0, now - delivery.event.deliver_at_us) / 1_000_000)
-
-    def _release_soon(self, ack_ids: Sequence[str]) -> None:
-        """Give leases back in the background (called where awaiting is not possible)."""
-        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
-            self._fail(list(ack_ids), AttemptOutcome.RELEASED, immediate=True)
+    async def _release(self, ack_ids: Sequence[str]) -> SettleOutcome:
+        """Give leases back, ready again at once (attempt counted), for a dispatcher."""
+        failure = Failure(AttemptOutcome.RELEASED, immediate=True)
+        return await self.committer.run(
+            lambda tx, now: settle.fail(tx, now, ack_ids, failure, backoff.draw)
         )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # -- settling ------------------------------------------------------------
 
     async def ack(self, ack_ids: Sequence[str]) -> SettleOutcome:
         """Acknowledge leases."""
         outcome = await self.committer.run(lambda tx, now: settle.ack(tx, now, ack_ids))
-        self.settled(ack_ids, outcome, acked=True)
+        self.signals.settled(ack_ids, outcome, acked=True)
         return outcome
 
     async def nack(
@@ -427,8 +294,8 @@ class DeliveryEngine:
             lambda tx, now: settle.extend(tx, now, ack_ids, extension_us)
         )
         # Ids that are no longer live are not held by anyone: return their credit.
-        self.settled(outcome.not_applied, outcome)
-        self.holds.extend(outcome.applied, self.clock() + extension_us)
+        self.signals.settled(outcome.not_applied, outcome)
+        self.dispatchers.extended(outcome.applied, self.clock() + extension_us)
         return outcome
 
     async def _fail(
@@ -445,76 +312,8 @@ class DeliveryEngine:
         outcome = await self.committer.run(
             lambda tx, now: settle.fail(tx, now, ack_ids, failure, backoff.draw)
         )
-        self.settled(ack_ids, outcome)
+        self.signals.settled(ack_ids, outcome)
         return outcome
-
-    def settled(
-        self, ack_ids: Sequence[str], outcome: SettleOutcome, *, acked: bool = False
-    ) -> None:
-        """Return the credit of settled ack ids and wake whoever may now deliver."""
-        woken: set[int] = set()
-        for ack_id in ack_ids:
-            hold = self.holds.pop(ack_id)
-            if hold is None:
-                continue
-            consumer, dispatcher = hold.consumer, hold.dispatcher
-            consumer.outstanding.discard(ack_id)
-            if acked:
-                self.rates.acked.setdefault(consumer.subscription, RateMeter()).add()
-                self.metrics.acks.labels(consumer.subscription).inc()
-            if dispatcher.subscription_id not in woken:
-                woken.add(dispatcher.subscription_id)
-                dispatcher.credit_freed()
-        self.ready(outcome.ready_subscription_ids, outcome.next_scheduled_us)
-
-    def ready(
-        self,
-        subscription_ids: Collection[int],
-        due_us: int | None = None,
-        *,
-        served: Collection[int] = (),
-    ) -> None:
-        """Wake these subscriptions' dispatchers and the scheduler here and on other brokers.
-
-        The subscriptions may deliver more now; a delivery comes due at `due_us`.
-        Dispatchers here whose standing requests were `served` in the same
-        transaction know what it left, and are not woken.
-        """
-        for subscription_id in subscription_ids:
-            if subscription_id not in served:
-                self._wake(subscription_id)
-        if due_us is not None:
-            self.scheduler.schedule(due_us)
-        if self._wakeups is not None:
-            self._wakeups.ready(subscription_ids, due_us)
-
-    def _wake(self, subscription_id: int) -> None:
-        dispatcher = self._dispatchers.get(subscription_id)
-        if dispatcher is not None:
-            dispatcher.wake()
-
-    def _on_remote_wake(self, subscription_ids: frozenset[int] | None, due_us: int | None) -> None:
-        """Another broker made deliveries ready (None: perhaps anything) or scheduled one."""
-        if subscription_ids is None:
-            for dispatcher in self._dispatchers.values():
-                dispatcher.wake()
-            self.scheduler.wake()
-        else:
-            for subscription_id in subscription_ids:
-                self._wake(subscription_id)
-        if due_us is not None:
-            self.scheduler.schedule(due_us)
-
-    def _on_remote_delete(self, subscription_ids: frozenset[int]) -> None:
-        """Another broker deleted subscriptions: end their streams here too."""
-        for subscription_id in subscription_ids:
-            dispatcher = self._dispatchers.get(subscription_id)
-            if dispatcher is not None:
-                task = asyncio.get_running_loop().create_task(
-                    self._forget(subscription_id, "the subscription was deleted")
-                )
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
 
     # -- dead letters and replay -----------------------------------------------
 
@@ -538,7 +337,7 @@ class DeliveryEngine:
                 break
         if total:
             _log.info("redrove %d dead letters of %s", total, subscription.name)
-            self.ready([subscription.id])
+            self.signals.ready([subscription.id])
         return total
 
     async def seek(self, subscription: Subscription, time_us: int) -> SeekOutcome:
@@ -552,7 +351,7 @@ class DeliveryEngine:
             outcome.replayed,
             outcome.skipped,
         )
-        self.ready([subscription.id])
+        self.signals.ready([subscription.id])
         return outcome
 
     # -- subscriptions and inspection ----------------------------------------
@@ -565,10 +364,10 @@ class DeliveryEngine:
         """Replace a subscription's settings; they apply to the next lease."""
         updated = await self.committer.run(lambda tx, now: tx.subscription_update(subscription))
         if updated is not None:
-            dispatcher = self._dispatchers.get(updated.id)
+            dispatcher = self.dispatchers.get(updated.id)
             if dispatcher is not None:
                 dispatcher.set_filters(updated.filters)
-            self.ready([updated.id])
+            self.signals.ready([updated.id])
         return updated
 
     async def delete_subscription(self, name: str) -> bool:
@@ -581,11 +380,20 @@ class DeliveryEngine:
                 self._wakeups.deleted(subscription.id)
         return deleted
 
+    def _deleted_elsewhere(self, subscription_ids: frozenset[int]) -> None:
+        """Another broker deleted subscriptions: end their streams here too."""
+        for subscription_id in subscription_ids:
+            if self.dispatchers.get(subscription_id) is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self._forget(subscription_id, "the subscription was deleted")
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
     async def _forget(self, subscription_id: int, reason: str) -> None:
-        """End a deleted subscription's streams here and forget its leases."""
-        dispatcher = self._dispatchers.pop(subscription_id, None)
+        """End a deleted subscription's streams here; its leases go with its dispatcher."""
+        dispatcher = self.dispatchers.pop(subscription_id)
         if dispatcher is not None:
-            self.holds.forget(dispatcher)
             await dispatcher.stop(reason)
 
     async def subscription(self, name: str) -> Subscription | None:

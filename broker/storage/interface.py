@@ -15,7 +15,7 @@ clock, so tests can move time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -90,17 +90,17 @@ class LogScanParams:
 
 @dataclass(frozen=True, slots=True)
 class LogTallyParams:
-    """Count a subscription's events without a row, by name.
+    """Count subscriptions' events without a row, by name.
 
-    `passed` picks the events its position has passed (acked on their first
-    attempt) or not (waiting); only events published in
-    [`published_from_us`, `published_before_us`) and since the subscription's
-    start are counted; `now_us` tells scheduled ones apart.
+    `passed` picks the events each one's position has passed (acked on their
+    first attempt) or not (waiting). For each subscription in `since_us`, only
+    events published from that time and before `published_before_us`, and
+    since the subscription's start, are counted; `now_us` tells scheduled ones
+    apart.
     """
 
-    subscription_id: int
+    since_us: Mapping[int, int]
     passed: bool
-    published_from_us: int
     published_before_us: int
     now_us: int
 
@@ -293,8 +293,8 @@ class StorageTx(Protocol):
         """
         ...
 
-    def log_tally(self, params: LogTallyParams) -> list[NameTally]:
-        """A subscription's events without a row, passed or waiting, counted by name."""
+    def log_tally(self, params: LogTallyParams) -> dict[int, list[NameTally]]:
+        """Subscriptions' events without a row, passed or waiting, counted by name."""
         ...
 
     # -- delivery rows ------------------------------------------------------------
@@ -394,6 +394,10 @@ class StorageTx(Protocol):
         """Delete acked and dead rows past retention whose events the position passed; how many."""
         ...
 
+    def delivery_orphans_delete(self, limit: int) -> int:
+        """Delete rows of subscriptions that are gone (written by a broker not yet told)."""
+        ...
+
     def delivery_list_for_event(self, event_id: str) -> list[DeliveryInfo]:
         """An event's delivery rows, one per subscription that has one."""
         ...
@@ -408,8 +412,8 @@ class StorageTx(Protocol):
 
     # -- subscriptions -------------------------------------------------------------
 
-    def subscriptions_by_id(self) -> dict[int, Subscription]:
-        """Every subscription, by id."""
+    def subscriptions_by_id(self, *, fresh: bool = False) -> dict[int, Subscription]:
+        """Every subscription, by id (as read lately; `fresh`: as the database has them now)."""
         ...
 
     def subscription_create(self, subscription: Subscription) -> Subscription:

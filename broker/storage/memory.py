@@ -289,34 +289,36 @@ class MemoryTx:
     def _listed(cursor: _Cursor, seq: int, event: StoredEvent) -> bool:
         return seq > cursor.start_seq and event.published_at_us >= cursor.start_from
 
-    def log_tally(self, params: LogTallyParams) -> list[NameTally]:
-        """A subscription's events without a row, passed or waiting, counted by name."""
+    def log_tally(self, params: LogTallyParams) -> dict[int, list[NameTally]]:
+        """Subscriptions' events without a row, passed or waiting, counted by name."""
         s = self.s
-        cursor = s.cursors.get(params.subscription_id)
-        if cursor is None:
-            return []
-        tallies: dict[str, list[int]] = {}
-        oldest: dict[str, int] = {}
-        for seq in s.seqs:
-            event = s.events[seq]
-            if not self._listed(cursor, seq, event) or (seq <= cursor.seq) != params.passed:
+        found: dict[int, list[NameTally]] = {}
+        for sid, since in params.since_us.items():
+            cursor = s.cursors.get(sid)
+            if cursor is None:
                 continue
-            if not params.published_from_us <= event.published_at_us < params.published_before_us:
-                continue
-            if DeliveryKey(params.subscription_id, seq) in s.rows:
-                continue
-            tally = tallies.setdefault(event.name, [0, 0])
-            tally[0] += 1
-            if event.deliver_at_us > params.now_us:
-                tally[1] += 1
-            else:
-                oldest[event.name] = min(
-                    oldest.get(event.name, event.deliver_at_us), event.deliver_at_us
-                )
-        return [
-            NameTally(name, n, scheduled, oldest.get(name))
-            for name, (n, scheduled) in tallies.items()
-        ]
+            tallies: dict[str, list[int]] = {}
+            oldest: dict[str, int] = {}
+            for seq in s.seqs:
+                event = s.events[seq]
+                if not self._listed(cursor, seq, event) or (seq <= cursor.seq) != params.passed:
+                    continue
+                if not since <= event.published_at_us < params.published_before_us:
+                    continue
+                if DeliveryKey(sid, seq) in s.rows:
+                    continue
+                tally = tallies.setdefault(event.name, [0, 0])
+                tally[0] += 1
+                if event.deliver_at_us > params.now_us:
+                    tally[1] += 1
+                else:
+                    due = event.deliver_at_us
+                    oldest[event.name] = min(oldest.get(event.name, due), due)
+            found[sid] = [
+                NameTally(name, n, scheduled, oldest.get(name))
+                for name, (n, scheduled) in tallies.items()
+            ]
+        return found
 
     # -- delivery rows ------------------------------------------------------------
 
@@ -612,6 +614,12 @@ class MemoryTx:
         self.delivery_delete(gone)
         return len(gone)
 
+    def delivery_orphans_delete(self, limit: int) -> int:
+        """Delete rows of subscriptions that are gone."""
+        gone = [k for k in self.s.rows if k.subscription_id not in self.s.subscriptions][:limit]
+        self.delivery_delete(gone)
+        return len(gone)
+
     def _info(self, row: _Row) -> DeliveryInfo:
         next_time: int | None = None
         if row.state in (DeliveryState.SCHEDULED, DeliveryState.READY):
@@ -670,8 +678,8 @@ class MemoryTx:
 
     # -- subscriptions -------------------------------------------------------------
 
-    def subscriptions_by_id(self) -> dict[int, Subscription]:
-        """Every subscription, by id."""
+    def subscriptions_by_id(self, *, fresh: bool = False) -> dict[int, Subscription]:
+        """Every subscription, by id (always fresh: nothing else writes)."""
         return self.s.subscriptions
 
     def subscription_create(self, subscription: Subscription) -> Subscription:

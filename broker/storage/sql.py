@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+import time
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, closing, contextmanager
 from typing import Any, ClassVar, NamedTuple
 
@@ -113,6 +114,7 @@ KEY_CHUNK = 500
 _WAITING_STATES = "(1, 2, 6)"  # scheduled, ready, blocked
 _SETTLED_STATES = "(4, 5)"  # acked, dead
 _SUBSCRIPTION_COLUMNS = tuple(column.name for column in _s.columns)
+_CURSOR_COLUMNS = tuple(c.name for c in schema.cursors.columns if c.name != "subscription_id")
 _SUBSCRIPTIONS_SQL = f"SELECT {', '.join(_SUBSCRIPTION_COLUMNS)} FROM subscriptions"
 #: Subscriptions as last read, by their row: a transaction that reads the same row
 #: again (PostgreSQL reads them in every write transaction) reuses the object.
@@ -193,6 +195,8 @@ class SqlTx:
     PASSED: ClassVar[str]
     #: Whether an event `e` is the subscription's of cursor `c` (after its start).
     LISTED: ClassVar[str]
+    #: Whether an event `e` is past the position of the cursor `c` (not passed yet).
+    WAITING: ClassVar[str]
 
     def __init__(
         self, conn: sa.Connection, subscriptions: dict[int, Subscription] | None = None
@@ -201,6 +205,8 @@ class SqlTx:
         self._subscriptions = subscriptions
         #: Set when this transaction created, changed or deleted a subscription.
         self.subscriptions_changed = False
+        #: Set when this transaction read the subscriptions itself (not from the storage).
+        self.subscriptions_read = False
 
     def _cursor(self) -> Any:
         """A cursor of the driver's own, inside this transaction."""
@@ -229,13 +235,37 @@ class SqlTx:
 
     # -- dialect hooks -------------------------------------------------------------
 
-    def _keys_match(self, keys: Sequence[DeliveryKey]) -> tuple[str, list[Any]]:
-        """A WHERE fragment matching delivery rows `d` by key, and its parameters."""
-        raise NotImplementedError
+    def _seqs_in(self, seqs: Sequence[int]) -> tuple[str, list[Any]]:
+        """A WHERE fragment for rows `d` whose `seq` is one of these, and its parameters."""
+        return f"d.seq IN ({self._marks(len(seqs))})", list(seqs)
 
-    def _leases_match(self, acks: Sequence[AckId]) -> tuple[str, list[Any]]:
-        """A WHERE fragment matching rows `d` by key and attempt, and its parameters."""
-        raise NotImplementedError
+    def _keys_where(self, keys: Iterable[DeliveryKey]) -> Iterator[tuple[str, list[Any]]]:
+        """WHERE fragments finding rows `d` by key, one per subscription and chunk.
+
+        One subscription and a list of places per statement: every database
+        reaches those rows through the (subscription_id, seq) index, whatever
+        its statistics say of the table.
+        """
+        by_subscription: dict[int, list[int]] = {}
+        for key in keys:
+            by_subscription.setdefault(key.subscription_id, []).append(key.seq)
+        for subscription_id, seqs in sorted(by_subscription.items()):
+            for part in chunks(sorted(seqs), KEY_CHUNK):
+                sql, params = self._seqs_in(part)
+                yield f"d.subscription_id = ? AND {sql}", [subscription_id, *params]
+
+    def _leases_where(self, acks: Iterable[AckId]) -> Iterator[tuple[str, list[Any]]]:
+        """WHERE fragments finding rows `d` by key and attempt (as `_keys_where`)."""
+        by_lease: dict[tuple[int, int], list[int]] = {}
+        for ack in acks:
+            by_lease.setdefault((ack.subscription_id, ack.attempt), []).append(ack.seq)
+        for (subscription_id, attempt), seqs in sorted(by_lease.items()):
+            for part in chunks(sorted(seqs), KEY_CHUNK):
+                sql, params = self._seqs_in(part)
+                yield (
+                    f"d.subscription_id = ? AND {sql} AND d.attempt = ?",
+                    [subscription_id, *params, attempt],
+                )
 
     def _insert_deliveries(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert delivery rows given as `DELIVERY_COLUMNS` tuples."""
@@ -369,28 +399,58 @@ class SqlTx:
         )
         return {row[0]: bool(row[1]) for row in rows}
 
-    def log_tally(self, params: LogTallyParams) -> list[NameTally]:
-        """A subscription's events without a row, passed or waiting, counted by name."""
-        passed = self.PASSED if params.passed else f"NOT ({self.PASSED})"
-        rows = self._all(
-            "SELECT e.name, count(*),"
-            " sum(CASE WHEN e.deliver_at > ? THEN 1 ELSE 0 END),"
-            " min(CASE WHEN e.deliver_at > ? THEN NULL ELSE e.deliver_at END)"
-            " FROM events e, cursors c WHERE c.subscription_id = ?"
-            f" AND {self.LISTED} AND {passed}"
-            " AND e.published_at >= ? AND e.published_at < ?"
-            " AND NOT EXISTS (SELECT 1 FROM deliveries d"
-            " WHERE d.subscription_id = c.subscription_id AND d.seq = e.seq)"
-            " GROUP BY e.name",
-            [
-                params.now_us,
-                params.now_us,
-                params.subscription_id,
-                params.published_from_us,
-                params.published_before_us,
-            ],
-        )
-        return [NameTally(name, int(n), int(due or 0), oldest) for name, n, due, oldest in rows]
+    def log_tally(self, params: LogTallyParams) -> dict[int, list[NameTally]]:
+        """Subscriptions' events without a row, passed or waiting, counted by name.
+
+        Subscriptions whose cursors stand alike (the same position, start and
+        time window) share one count of the events; then each one's rows for
+        those events (few: the log serves most deliveries without one) are
+        taken off. Grouped scans, not a row lookup per event.
+        """
+        ids = sorted(params.since_us)
+        if not ids:
+            return {}
+        columns = ", ".join(f"c.{name}" for name in _CURSOR_COLUMNS)
+        alike: dict[tuple[Any, ...], list[int]] = {}
+        for row in self._all(
+            f"SELECT c.subscription_id, {columns} FROM cursors c"
+            f" WHERE c.subscription_id IN ({self._marks(len(ids))})",
+            ids,
+        ):
+            alike.setdefault((*row[1:], params.since_us[row[0]]), []).append(row[0])
+        which = self.PASSED if params.passed else self.WAITING
+        counted = "count(*), sum(CASE WHEN e.deliver_at > ? THEN 1 ELSE 0 END)"
+        tallies: dict[int, list[NameTally]] = {}
+        for group in alike.values():
+            where = f"{self.LISTED} AND {which} AND e.published_at >= ? AND e.published_at < ?"
+            window = [params.since_us[group[0]], params.published_before_us]
+            events = self._all(
+                f"SELECT e.name, {counted},"
+                " min(CASE WHEN e.deliver_at > ? THEN NULL ELSE e.deliver_at END)"
+                f" FROM events e, cursors c WHERE c.subscription_id = ? AND {where}"
+                " GROUP BY e.name",
+                [params.now_us, params.now_us, group[0], *window],
+            )
+            rowed: dict[tuple[int, str], tuple[int, int]] = {
+                (sid, name): (int(n), int(due or 0))
+                for sid, name, n, due in self._all(
+                    f"SELECT d.subscription_id, e.name, {counted} FROM deliveries d"
+                    " JOIN cursors c ON c.subscription_id = d.subscription_id"
+                    " JOIN events e ON e.seq = d.seq"
+                    f" WHERE d.subscription_id IN ({self._marks(len(group))}) AND {where}"
+                    " GROUP BY d.subscription_id, e.name",
+                    [params.now_us, *group, *window],
+                )
+            }
+            for sid in group:
+                mine = tallies[sid] = []
+                for name, n, due, oldest in events:
+                    less, less_due = rowed.get((sid, name), (0, 0))
+                    if int(n) > less:
+                        mine.append(
+                            NameTally(name, int(n) - less, int(due or 0) - less_due, oldest)
+                        )
+        return tallies
 
     # -- delivery rows ------------------------------------------------------------
 
@@ -452,42 +512,37 @@ class SqlTx:
         in flight at the ack id's attempt and its deadline has not passed.
         """
         settled: list[Settled] = []
-        left = list(params.ack_ids)
-        for statement in (
-            "DELETE FROM deliveries AS d WHERE {match} AND d.state = 3"
-            " AND d.lease_expires_at > ? AND d.via_log = 1 AND d.attempt = 1"
-            " AND d.history IS NULL",
-            "UPDATE deliveries AS d SET state = 4, lease_expires_at = NULL, updated_at = ?"
-            " WHERE {match} AND d.state = 3 AND d.lease_expires_at > ?",
-        ):
-            if not left:
-                break
-            done: set[AckId] = set()
-            for part in chunks(left, KEY_CHUNK):
-                match, match_params = self._leases_match(part)
-                sql = statement.format(match=match) + (
-                    " RETURNING subscription_id, seq, attempt, ordering_key"
-                )
-                head = [params.now_us] if statement.startswith("UPDATE") else []
-                for sid, seq, attempt, key in self._all(sql, [*head, *match_params, params.now_us]):
-                    settled.append(Settled(DeliveryKey(sid, seq), attempt, key))
-                    done.add(AckId(sid, seq, attempt))
-            left = [ack for ack in left if ack not in done]
+        returning = " RETURNING subscription_id, seq, attempt, ordering_key"
+        first = [ack for ack in params.ack_ids if ack.attempt == 1]
+        for where, args in self._leases_where(first):
+            rows = self._all(
+                f"DELETE FROM deliveries AS d WHERE {where} AND d.state = 3"
+                " AND d.lease_expires_at > ? AND d.via_log = 1 AND d.history IS NULL"
+                f"{returning}",
+                [*args, params.now_us],
+            )
+            settled += [Settled(DeliveryKey(sid, seq), n, key) for sid, seq, n, key in rows]
+        done = {AckId(s.key.subscription_id, s.key.seq, s.attempt) for s in settled}
+        for where, args in self._leases_where(a for a in params.ack_ids if a not in done):
+            rows = self._all(
+                "UPDATE deliveries AS d SET state = 4, lease_expires_at = NULL, updated_at = ?"
+                f" WHERE {where} AND d.state = 3 AND d.lease_expires_at > ?{returning}",
+                [params.now_us, *args, params.now_us],
+            )
+            settled += [Settled(DeliveryKey(sid, seq), n, key) for sid, seq, n, key in rows]
         return settled
 
     def delivery_failing(self, params: FailingParams) -> list[FailingLease]:
         """The live leases among these ack ids, locked until the transaction ends."""
         leases: list[FailingLease] = []
-        for part in chunks(list(params.ack_ids), KEY_CHUNK):
-            match, match_params = self._leases_match(part)
-            unexpired = "" if params.unexpired_at_us is None else " AND d.lease_expires_at > ?"
-            extra = [] if params.unexpired_at_us is None else [params.unexpired_at_us]
+        unexpired = "" if params.unexpired_at_us is None else " AND d.lease_expires_at > ?"
+        extra = [] if params.unexpired_at_us is None else [params.unexpired_at_us]
+        for where, args in self._leases_where(params.ack_ids):
             rows = self._all(
                 "SELECT d.subscription_id, d.seq, d.attempt, d.leased_at, d.consumer,"
-                f" d.history, d.ordering_key FROM deliveries d WHERE {match}"
-                f" AND d.state = 3{unexpired}"
-                f" ORDER BY d.subscription_id, d.seq{self._for_update()}",
-                [*match_params, *extra],
+                f" d.history, d.ordering_key FROM deliveries d WHERE {where}"
+                f" AND d.state = 3{unexpired} ORDER BY d.seq{self._for_update()}",
+                [*args, *extra],
             )
             leases += [
                 FailingLease(
@@ -526,13 +581,12 @@ class SqlTx:
     def delivery_extend(self, params: ExtendParams) -> list[AckId]:
         """Extend the live leases among these ack ids; the ones extended."""
         extended: list[AckId] = []
-        for part in chunks(list(params.ack_ids), KEY_CHUNK):
-            match, match_params = self._leases_match(part)
+        for where, args in self._leases_where(params.ack_ids):
             rows = self._all(
-                f"UPDATE deliveries AS d SET lease_expires_at = ? WHERE {match}"
+                f"UPDATE deliveries AS d SET lease_expires_at = ? WHERE {where}"
                 " AND d.state = 3 AND d.lease_expires_at > ?"
                 " RETURNING subscription_id, seq, attempt",
-                [params.until_us, *match_params, params.now_us],
+                [params.until_us, *args, params.now_us],
             )
             extended += [AckId(*row) for row in rows]
         return extended
@@ -549,12 +603,11 @@ class SqlTx:
     def delivery_live(self, ack_ids: Sequence[AckId]) -> set[AckId]:
         """Which of these ack ids are still live leases (in flight, same attempt)."""
         live: set[AckId] = set()
-        for part in chunks(list(ack_ids), KEY_CHUNK):
-            match, match_params = self._leases_match(part)
+        for where, args in self._leases_where(ack_ids):
             rows = self._all(
                 f"SELECT d.subscription_id, d.seq, d.attempt FROM deliveries d"
-                f" WHERE {match} AND d.state = 3",
-                match_params,
+                f" WHERE {where} AND d.state = 3",
+                args,
             )
             live |= {AckId(*row) for row in rows}
         return live
@@ -633,9 +686,8 @@ class SqlTx:
 
     def delivery_delete(self, keys: Sequence[DeliveryKey]) -> None:
         """Forget delivery rows."""
-        for part in chunks(list(keys), KEY_CHUNK):
-            match, match_params = self._keys_match(part)
-            self._run(f"DELETE FROM deliveries AS d WHERE {match}", match_params)
+        for where, args in self._keys_where(keys):
+            self._run(f"DELETE FROM deliveries AS d WHERE {where}", args)
 
     def delivery_dead_select(self, params: DeadSelectParams) -> list[DeliveryKey]:
         """Dead letters to redrive, oldest first, locked until the transaction ends."""
@@ -683,12 +735,11 @@ class SqlTx:
     def delivery_keys_of(self, keys: Sequence[DeliveryKey]) -> set[tuple[int, str]]:
         """The ordering keys these rows hold or wait for."""
         found: set[tuple[int, str]] = set()
-        for part in chunks(list(keys), KEY_CHUNK):
-            match, match_params = self._keys_match(part)
+        for where, args in self._keys_where(keys):
             rows = self._all(
                 f"SELECT d.subscription_id, d.ordering_key FROM deliveries d"
-                f" WHERE {match} AND d.ordering_key IS NOT NULL",
-                match_params,
+                f" WHERE {where} AND d.ordering_key IS NOT NULL",
+                args,
             )
             found |= {(row[0], row[1]) for row in rows}
         return found
@@ -702,6 +753,15 @@ class SqlTx:
             f" WHERE d.subscription_id = ? AND d.state IN {_SETTLED_STATES}"
             f" AND d.updated_at < ? AND {self.PASSED} LIMIT ?)",
             [params.subscription_id, params.changed_before_us, params.limit],
+        )
+
+    def delivery_orphans_delete(self, limit: int) -> int:
+        """Delete rows of subscriptions that are gone."""
+        return self._run(
+            "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d"
+            " WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = d.subscription_id)"
+            " LIMIT ?)",
+            [limit],
         )
 
     def delivery_list_for_event(self, event_id: str) -> list[DeliveryInfo]:
@@ -742,9 +802,14 @@ class SqlTx:
 
     # -- subscriptions -------------------------------------------------------------
 
-    def subscriptions_by_id(self) -> dict[int, Subscription]:
-        """Every subscription, by id (read once per transaction, or kept by the storage)."""
-        if self._subscriptions is None:
+    def subscriptions_by_id(self, *, fresh: bool = False) -> dict[int, Subscription]:
+        """Every subscription, by id: read once per transaction, or kept by the storage.
+
+        `fresh`: read now, unless this transaction read them already (a caller
+        that missed one it was asked about: it may have been made just now).
+        """
+        if self._subscriptions is None or (fresh and not self.subscriptions_read):
+            self.subscriptions_read = True
             self._subscriptions = {}
             for row in self._all(_SUBSCRIPTIONS_SQL):
                 key = tuple(row)
@@ -878,14 +943,16 @@ class SqlStorage:
     max_concurrent_writers: int = 1
     reads_own_log: ClassVar[bool] = True
     tx_class: ClassVar[type[SqlTx]]
-    #: Keep the subscriptions between transactions (sound only where every write
-    #: to the database goes through this object: one process, one writer).
-    caches_subscriptions: ClassVar[bool] = False
+    #: How long the subscriptions one transaction read serve the next ones: None for
+    #: as long as no transaction here changes them (sound where every write goes
+    #: through this object: one process, one writer); 0 for not at all.
+    subscriptions_kept_s: ClassVar[float | None] = 0.0
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.write_engine, self.read_engine = self._create_engines(url)
         self._subscriptions_cache: dict[int, Subscription] | None = None
+        self._subscriptions_read_at = 0.0
 
     def _create_engines(self, url: str) -> tuple[sa.Engine, sa.Engine]:
         raise NotImplementedError
@@ -901,16 +968,26 @@ class SqlStorage:
     def write(self, *, keep: bool = False) -> Iterator[SqlTx]:
         """A write transaction, committed on leaving without error."""
         with storage_errors(), self._writer(keep) as conn, conn.begin():
-            tx = self.tx_class(conn, self._subscriptions_cache)
+            tx = self.tx_class(conn, self._kept_subscriptions())
             yield tx
-        if self.caches_subscriptions:  # committed: what it read or wrote is the truth now
-            self._subscriptions_cache = None if tx.subscriptions_changed else tx._subscriptions
+        if tx.subscriptions_changed:
+            self._subscriptions_cache = None
+        elif tx.subscriptions_read:  # committed: what it read is the truth now
+            self._subscriptions_cache = tx._subscriptions
+            self._subscriptions_read_at = time.monotonic()
+
+    def _kept_subscriptions(self) -> dict[int, Subscription] | None:
+        """The subscriptions last read, while they may still serve."""
+        kept = self.subscriptions_kept_s
+        if kept is not None and time.monotonic() - self._subscriptions_read_at >= kept:
+            return None
+        return self._subscriptions_cache
 
     @contextmanager
     def read(self) -> Iterator[SqlTx]:
         """A read-only transaction."""
         with storage_errors(), self.read_engine.connect() as conn:
-            yield self.tx_class(conn, self._subscriptions_cache)
+            yield self.tx_class(conn, self._kept_subscriptions())
 
     def notifier(self) -> Notifier | None:
         """None: a dialect that lets several brokers share a database overrides this."""

@@ -12,15 +12,15 @@ their own connections and see the last commit without blocking it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from broker.delivery.records import DeliveryKey, LogEntry, LogScan, Position
-from broker.domain import AckId, StartPosition, Subscription
+from broker.delivery.records import LogEntry, LogScan, Position
+from broker.domain import StartPosition, Subscription
 from broker.storage.interface import EventAppendParams, LogScanParams
 from broker.storage.rows import EVENT_COLUMNS, event_values
 from broker.storage.sql import (
@@ -44,36 +44,10 @@ class SqliteTx(SqlTx):
     """SQLite's log: positions are `seq`, given by the broker under the write lock."""
 
     PASSED: ClassVar[str] = "e.seq <= c.seq"
+    WAITING: ClassVar[str] = "e.seq > c.seq"
     LISTED: ClassVar[str] = "e.seq > c.start_seq AND e.published_at >= c.start_from"
 
     _next_seq: int | None = None
-
-    def _keys_match(self, keys: Sequence[DeliveryKey]) -> tuple[str, list[Any]]:
-        # The IN lists let SQLite use the (subscription_id, seq) index; the row-value
-        # test alone would scan the table.
-        subs = sorted({k.subscription_id for k in keys})
-        seqs = [k.seq for k in keys]
-        sql = (
-            f"d.subscription_id IN ({self._marks(len(subs))})"
-            f" AND d.seq IN ({self._marks(len(seqs))})"
-            f" AND (d.subscription_id, d.seq) IN (VALUES {', '.join(['(?, ?)'] * len(keys))})"
-        )
-        return sql, [*subs, *seqs, *flat([(k.subscription_id, k.seq) for k in keys])]
-
-    def _leases_match(self, acks: Sequence[AckId]) -> tuple[str, list[Any]]:
-        subs = sorted({a.subscription_id for a in acks})
-        seqs = [a.seq for a in acks]
-        sql = (
-            f"d.subscription_id IN ({self._marks(len(subs))})"
-            f" AND d.seq IN ({self._marks(len(seqs))})"
-            " AND (d.subscription_id, d.seq, d.attempt) IN"
-            f" (VALUES {', '.join(['(?, ?, ?)'] * len(acks))})"
-        )
-        return sql, [
-            *subs,
-            *seqs,
-            *flat([(a.subscription_id, a.seq, a.attempt) for a in acks]),
-        ]
 
     def _insert_deliveries(self, rows: list[tuple[Any, ...]]) -> None:
         self._insert_chunked(INSERT_DELIVERIES, len(DELIVERY_COLUMNS), rows)
@@ -174,7 +148,7 @@ class SqliteStorage(SqlStorage):
     # One broker process and one writer own the file, so the subscriptions read by
     # one transaction stay true until a transaction of ours changes them: every
     # publish, lease and settle is spared reading them again.
-    caches_subscriptions = True
+    subscriptions_kept_s = None
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

@@ -72,6 +72,11 @@ ROWS = [
     Row("  fan-out x10: deliveries/s", "fan_out", "deliveries_per_s", "rate"),
     Row("  fan-out publish cost", "fan_out", "publish_cost", "x"),
     _cpu("fan_out"),
+    Row("fan-out x100: publish ev/s", "many_subscriptions", "publish_events_per_s", "rate"),
+    Row("  fan-out x100 publish cost", "many_subscriptions", "publish_cost", "x", vs_nats=False),
+    Row("  broker RSS MiB", "many_subscriptions", "rss_mib", "MiB", vs_nats=False),
+    Row("  GetStats of 100 ms", "many_subscriptions", "stats_ms", "ms", vs_nats=False),
+    _cpu("many_subscriptions"),
     Row("10k idle streams: RSS MiB", "idle_streams", "rss_mib", "MiB", vs_nats=False),
     Row("2 processes / 1 (PG), e2e", "scale_out", "e2e_ratio", "x", vs_nats=False),
     Row("unread streams: RSS growth MiB", "slow_consumer", "rss_growth_mib", "MiB", vs_nats=False),
@@ -101,11 +106,11 @@ def add_derived(report: Report) -> None:
     for system in report["systems"].values():
         workloads = system.get("workloads", {})
         batched = workloads.get("batched_publish", {})
-        fanned = workloads.get("fan_out", {})
-        if batched.get("status") == "ok" and fanned.get("status") == "ok":
-            fanned["figures"]["publish_cost"] = (
-                batched["figures"]["events_per_s"] / fanned["figures"]["publish_events_per_s"]
-            )
+        for fanned in (workloads.get("fan_out", {}), workloads.get("many_subscriptions", {})):
+            if batched.get("status") == "ok" and fanned.get("status") == "ok":
+                fanned["figures"]["publish_cost"] = (
+                    batched["figures"]["events_per_s"] / fanned["figures"]["publish_events_per_s"]
+                )
 
 
 def ratio(report: Report, row: Row, system: str, peer: str) -> float | None:

@@ -68,6 +68,7 @@ WORKLOADS = [
     ("end_to_end", "end to end"),
     ("latency", "latency at a steady rate"),
     ("fan_out", "fan-out"),
+    ("many_subscriptions", "100 subscriptions"),
     ("idle_streams", "idle streams"),
     ("scale_out", "two processes against one"),
     ("slow_consumer", "consumers that stop reading"),

@@ -27,6 +27,7 @@ BROKER_WORKLOADS = [
     "end_to_end",
     "latency",
     "fan_out",
+    "many_subscriptions",
     "idle_streams",
     "slow_consumer",
 ]

@@ -41,7 +41,7 @@ def _engine(server: BrokerThread) -> DeliveryEngine:
 def _standing(server: BrokerThread, name: str) -> bool:
     """Whether the subscription's dispatcher here has a standing request posted."""
     engine = _engine(server)
-    return any(d.name == name and d.has_standing for d in engine._dispatchers.values())
+    return any(d.name == name and d.has_standing for d in engine.dispatchers)
 
 
 def _create(stub: Stub, name: str, **settings: object) -> None:

@@ -16,6 +16,7 @@ import pytest
 from ulid import ULID
 
 from broker.delivery.failure import Failure
+from broker.delivery.records import NewDelivery
 from broker.domain import (
     AckId,
     ApiKey,
@@ -865,3 +866,18 @@ def test_a_lease_while_another_holds_the_position_takes_the_ready_rows(storage: 
         release.set()
         thread.join()
     assert lease_events(storage, s.id) == [second]
+
+
+def test_upkeep_deletes_rows_of_a_subscription_that_is_gone(storage: Storage) -> None:
+    """A broker that had not heard of a deletion yet may still write a row for it."""
+    s = create(storage, sub())
+    publish(storage, draft(priority=1))  # a row at once
+    with storage.write() as tx:
+        tx.subscription_delete("billing")
+    with storage.write() as tx:  # as a broker routing with the list it read before
+        publishing.publish(tx, T0, [], WINDOW)
+        tx.delivery_insert(
+            [NewDelivery(s.id, "01J000000000000000000000ZZ", 1, DeliveryState.READY, 0, None, T0)]
+        )
+    assert maintain(storage, T0).deliveries_deleted == 1
+    assert maintain(storage, T0).deliveries_deleted == 0

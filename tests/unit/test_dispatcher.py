@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from broker.domain import LeasedDelivery, LeaseRequest, StoredEvent
-from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
+from broker.domain import LeasedDelivery, LeaseRequest, SettleOutcome, StoredEvent
+from broker.engine.consumers import ConsumerStream
+from broker.engine.dispatcher import DispatchSetup, SubscriptionDispatcher
+from broker.engine.dispatchers import Dispatchers, Signals
 from broker.engine.operations.lease import LeaseResult
+from broker.engine.stats import Stats
 
 T0 = 1_700_000_000_000_000
 
@@ -35,20 +38,24 @@ class Fake:
     def __init__(self) -> None:
         self.leases: list[list[LeaseRequest]] = []
         self.released: list[str] = []
-        self.dispatcher = SubscriptionDispatcher(
-            1,
-            "orders",
-            self._lease,
-            self.released.extend,
-            lambda *_: None,
+        setup = DispatchSetup(
+            lease=self._lease,
+            release=self._release,
+            stats=Stats(),
+            signals=Signals(Dispatchers()),
+            clock=lambda: T0,
             poll_interval_s=600.0,
-            filters=("order.*",),
         )
+        self.dispatcher = SubscriptionDispatcher(1, "orders", setup, ("order.*",))
         self.consumer = ConsumerStream("orders", "c", max_outstanding=5, max_batch_size=10)
 
     async def _lease(self, subscription_id: int, requests: Sequence[LeaseRequest]) -> LeaseResult:
         self.leases.append(list(requests))
         return LeaseResult()
+
+    async def _release(self, ack_ids: Sequence[str]) -> SettleOutcome:
+        self.released.extend(ack_ids)
+        return SettleOutcome(tuple(ack_ids), ())
 
     async def start(self) -> None:
         self.dispatcher.start()
@@ -81,7 +88,7 @@ def test_a_caught_up_dispatcher_offers_freed_credit_without_leasing() -> None:
         assert lease is not None and lease.requests == (LeaseRequest(fake.consumer.id, 5),)
         fake.dispatcher.accept(LeaseResult({fake.consumer.id: [_delivery(1)]}))
         await until(lambda: fake.dispatcher.has_standing)
-        assert fake.consumer.outstanding == {"1-1"}
+        assert set(fake.consumer.held) == {"1-1"}
         taken = fake.dispatcher.take()
         assert taken is not None and taken.requests == (LeaseRequest(fake.consumer.id, 4),)
         fake.dispatcher.accept(LeaseResult())
@@ -89,7 +96,7 @@ def test_a_caught_up_dispatcher_offers_freed_credit_without_leasing() -> None:
         sent = await fake.consumer.next_batch(lambda: T0)
         assert sent is not None and [d.ack_id for d in sent[0]] == ["1-1"]
         fake.consumer.written(sent[1])
-        fake.consumer.outstanding.clear()
+        fake.consumer.held.clear()
         fake.dispatcher.credit_freed()  # an ack: nothing was made ready, so no lease
         await settle()
         assert len(fake.leases) == 1
@@ -153,6 +160,7 @@ def test_what_a_publish_leased_for_a_consumer_that_left_is_given_back() -> None:
         fake.consumer.closed = True
         fake.dispatcher.remove(fake.consumer)
         fake.dispatcher.accept(LeaseResult({fake.consumer.id: [_delivery(1), _delivery(2)]}))
+        await settle()
         assert fake.released == ["1-1", "2-1"]
         assert fake.consumer.reserved == 0
         await settle()
@@ -184,10 +192,13 @@ def test_what_a_consumer_that_left_held_is_given_back_after_the_lease_on_its_way
         # Given back now, the publish's lease could take these again for the consumer
         # that left, and give them back once more: an attempt each for nothing.
         fake.dispatcher.give_back(["7-1", "8-1"])
+        await settle()
         assert fake.released == []
         fake.dispatcher.accept(LeaseResult())
+        await settle()
         assert fake.released == ["7-1", "8-1"]
         fake.dispatcher.give_back(["9-1"])  # nothing on its way: at once
+        await settle()
         assert fake.released == ["7-1", "8-1", "9-1"]
         await fake.dispatcher.stop("done")
 

@@ -14,10 +14,12 @@ from broker.domain import (
     SettleOutcome,
 )
 from broker.engine.committer import Committer
-from broker.engine.dispatcher import ConsumerStream, SubscriptionDispatcher
-from broker.engine.holds import Holds
+from broker.engine.consumers import ConsumerStream
+from broker.engine.dispatcher import DispatchSetup, SubscriptionDispatcher
+from broker.engine.dispatchers import Dispatchers, Signals
 from broker.engine.operations.lease import LeaseResult
 from broker.engine.services import LeaseReaper, Retention, Scheduler, Service
+from broker.engine.stats import Stats
 from broker.storage import Storage
 from broker.storage.interface import StorageUnavailableError
 from broker.storage.memory import MemoryStorage
@@ -98,7 +100,7 @@ def test_the_reaper_expires_at_the_deadline_and_reports_the_credit() -> None:
         s = create(storage, sub(ack_deadline_us=30 * S))
         (event_id,) = publish(storage, draft())
         (ack_id,) = _lease(storage, s.id)
-        reaper = LeaseReaper(committer, storage, Holds(), got, clock, interval_s=0.5)
+        reaper = LeaseReaper(committer, storage, Dispatchers(), got, clock, interval_s=0.5)
         clock.now_us = T0 + 29 * S
         await reaper.step()
         assert got.settled_ids == [] and states(storage, event_id)["billing"] is (
@@ -117,27 +119,37 @@ def test_the_reaper_notices_a_lease_another_broker_expired() -> None:
         s = create(storage, sub(ack_deadline_us=30 * S))
         publish(storage, draft(), draft())
         lost, kept = leased(storage, s.id, 2)["c1"]
-        holds = Holds()
-        holds.add(_dispatcher(), ConsumerStream("billing", "c1", 10, 10), [lost, kept])
+        dispatchers = Dispatchers()
+        dispatcher = _dispatcher(s.id)
+        dispatchers.add(dispatcher)
+        consumer = ConsumerStream("billing", "c1", 10, 10)
+        dispatcher.consumers.append(consumer)
+        consumer.send([lost, kept])
         # another broker expires one; the other was extended there
         fail(storage, [lost.ack_id], T0 + 30 * S, outcome=AttemptOutcome.EXPIRED)
         extend(storage, [kept.ack_id], 60 * S, T0 + 29 * S)
-        reaper = LeaseReaper(committer, storage, holds, got, clock, interval_s=0.5)
+        reaper = LeaseReaper(committer, storage, dispatchers, got, clock, interval_s=0.5)
         clock.now_us = T0 + 31 * S
         await reaper.release_lost()
         assert got.settled_ids == [lost.ack_id]
         # The live one is looked at again an interval later, not at every step.
-        assert kept.ack_id not in holds.overdue(T0 + 31 * S + S // 2)
-        assert kept.ack_id in holds.overdue(T0 + 31 * S + S // 2 + 1)
+        assert kept.ack_id not in dispatchers.overdue(T0 + 31 * S + S // 2)
+        assert kept.ack_id in dispatchers.overdue(T0 + 31 * S + S // 2 + 1)
 
     run(scenario)
 
 
-def _dispatcher() -> SubscriptionDispatcher:
+def _dispatcher(subscription_id: int) -> SubscriptionDispatcher:
     async def no_lease(subscription_id: int, requests: Sequence[LeaseRequest]) -> LeaseResult:
         return LeaseResult()
 
-    return SubscriptionDispatcher(1, "billing", no_lease, lambda ack_ids: None, _ignore, 1.0)
+    async def no_release(ack_ids: Sequence[str]) -> SettleOutcome:
+        return SettleOutcome((), tuple(ack_ids))
+
+    setup = DispatchSetup(
+        no_lease, no_release, Stats(), Signals(Dispatchers()), lambda: T0, poll_interval_s=1.0
+    )
+    return SubscriptionDispatcher(subscription_id, "billing", setup)
 
 
 def _ignore(*args: object) -> None:

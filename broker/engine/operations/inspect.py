@@ -42,11 +42,15 @@ def event_deliveries(
 def counts(tx: StorageTx, now_us: int, name: str | None) -> list[SubscriptionCounts]:
     """Delivery counts of one subscription, or of all, by name."""
     subs = [s for s in tx.subscriptions_by_id().values() if name is None or s.name == name]
-    result = []
-    for sub in sorted(subs, key=lambda s: s.name):
-        waiting = tx.log_tally(LogTallyParams(sub.id, False, 0, TIME_MAX_US, now_us))
-        acked = tx.log_tally(
-            LogTallyParams(sub.id, True, now_us - sub.retention_us, TIME_MAX_US, now_us)
+    waiting = tx.log_tally(LogTallyParams({sub.id: 0 for sub in subs}, False, TIME_MAX_US, now_us))
+    acked = tx.log_tally(
+        LogTallyParams(
+            {sub.id: now_us - sub.retention_us for sub in subs}, True, TIME_MAX_US, now_us
         )
-        result.append(subscription_counts(sub, tx.delivery_counts(sub.id), waiting, acked))
-    return result
+    )
+    return [
+        subscription_counts(
+            sub, tx.delivery_counts(sub.id), waiting.get(sub.id, []), acked.get(sub.id, [])
+        )
+        for sub in sorted(subs, key=lambda s: s.name)
+    ]

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from broker.delivery.leasing import lease_budget, plan_lease, scan_limit
 from broker.delivery.routing import keys_of
 from broker.domain import (
-    AckId,
     DeliveryState,
     LeasedDelivery,
     LeaseRequest,
     StoredEvent,
+    ack_id_text,
 )
 from broker.engine.operations.common import earliest, gate_keys
 from broker.storage.interface import ClaimParams, LogScanParams, StorageTx
@@ -50,6 +50,8 @@ def lease(
     published here); only the others are read.
     """
     sub = tx.subscriptions_by_id().get(subscription_id)
+    if sub is None:  # made just now on another broker, or gone
+        sub = tx.subscriptions_by_id(fresh=True).get(subscription_id)
     if sub is None:
         return _GONE
     position = tx.cursor_lock(subscription_id)
@@ -98,7 +100,7 @@ def lease(
             continue  # no longer ready (settled meanwhile on another broker)
         leased.setdefault(item.consumer, []).append(
             LeasedDelivery(
-                str(AckId(subscription_id, item.seq, attempt)),
+                ack_id_text(subscription_id, item.seq, attempt),
                 name,
                 events[item.event_id],
                 attempt,

@@ -32,8 +32,10 @@ def seek(tx: StorageTx, now_us: int, subscription_id: int, time_us: int) -> Seek
     sub = tx.subscriptions_by_id().get(subscription_id)
     if sub is None or tx.cursor_lock(subscription_id, wait=True) is None:
         return SeekOutcome(0, 0)
-    skipped_log = tx.log_tally(LogTallyParams(subscription_id, False, 0, time_us, now_us))
-    replayed_log = tx.log_tally(LogTallyParams(subscription_id, True, time_us, TIME_MAX_US, now_us))
+    since = {subscription_id: 0}
+    skipped_log = tx.log_tally(LogTallyParams(since, False, time_us, now_us))[subscription_id]
+    since = {subscription_id: time_us}
+    replayed_log = tx.log_tally(LogTallyParams(since, True, TIME_MAX_US, now_us))[subscription_id]
     plan = plan_seek(tx.delivery_seek_list(subscription_id), time_us)
     if plan.skip:
         tx.delivery_set_states(plan.skip, now_us)

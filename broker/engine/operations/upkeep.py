@@ -57,6 +57,7 @@ def upkeep(
         deleted += tx.delivery_settled_delete(
             SettledDeleteParams(sub.id, settled_cutoff_us(sub, now_us), limit)
         )
+    deleted += tx.delivery_orphans_delete(limit)
     old = tx.event_old_list(OldEventsParams(now_us - event_retention_us, after_seq, limit))
     gone = deletable_events([event for _, event in old], subscriptions, now_us)
     events_deleted = tx.event_delete(gone) if gone else 0

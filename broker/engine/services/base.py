@@ -24,7 +24,7 @@ Clock = Callable[[], int]
 
 
 class Outcomes(Protocol):
-    """Where services report what their steps changed (the engine, which wakes dispatchers)."""
+    """Where services report what their steps changed (`Signals`: dispatchers, timer, brokers)."""
 
     def ready(self, subscription_ids: Collection[int], due_us: int | None = None) -> None:
         """These subscriptions may deliver more now; a delivery comes due at `due_us`."""

@@ -15,7 +15,7 @@ import logging
 from broker.domain import SettleOutcome
 from broker.engine import backoff
 from broker.engine.committer import Committer
-from broker.engine.holds import Holds
+from broker.engine.dispatchers import Dispatchers
 from broker.engine.operations import settle
 from broker.engine.services.base import Clock, Outcomes, Service
 from broker.storage.interface import Storage
@@ -34,7 +34,7 @@ class LeaseReaper(Service):
         self,
         committer: Committer,
         storage: Storage,
-        holds: Holds,
+        dispatchers: Dispatchers,
         outcomes: Outcomes,
         clock: Clock,
         interval_s: float,
@@ -42,7 +42,7 @@ class LeaseReaper(Service):
         super().__init__(clock, interval_s)
         self._committer = committer
         self._storage = storage
-        self._holds = holds
+        self._dispatchers = dispatchers
         self._outcomes = outcomes
 
     async def step(self) -> float | None:
@@ -70,7 +70,7 @@ class LeaseReaper(Service):
         again an interval later.
         """
         now = self.clock()
-        overdue = self._holds.overdue(now)
+        overdue = self._dispatchers.overdue(now)
         if not overdue:
             return
 
@@ -79,7 +79,7 @@ class LeaseReaper(Service):
                 return settle.live(tx, overdue)
 
         still = await asyncio.to_thread(live)
-        self._holds.extend(still, now + int(self.interval_s * 1_000_000))
+        self._dispatchers.extended(list(still), now + int(self.interval_s * 1_000_000))
         lost = [ack_id for ack_id in overdue if ack_id not in still]
         if lost:
             _log.info("%d leases held here were expired by another broker", len(lost))

@@ -55,6 +55,8 @@ class Plan:
     latency_s: float = 10.0
     fanout_subscriptions: int = 10
     fanout_events: int = 5_000
+    wide_subscriptions: int = 100
+    wide_events: int = 5_000
     idle_streams: int = 10_000
     idle_processes: int = 4
     scale_events: int = 20_000
@@ -71,6 +73,7 @@ class Plan:
             single_events=200,
             latency_s=1.0,
             fanout_events=200,
+            wide_events=200,
             idle_streams=300,
             idle_processes=1,
             scale_events=400,
@@ -176,6 +179,10 @@ class Peer:
     async def fan_out(self) -> Result:
         """Publish events/s and deliveries/s with each event going to several subscriptions."""
         raise NotApplicable("not measured for this system")
+
+    async def many_subscriptions(self) -> Result:
+        """Publish cost and memory with a hundred subscriptions matching every event."""
+        raise NotApplicable("measured for this broker only")
 
     async def idle_streams(self) -> Result:
         """Broker memory with many idle subscriber streams open."""

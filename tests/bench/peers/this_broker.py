@@ -396,6 +396,50 @@ class BrokerPeer(ServicePeer):
         result.notes.extend([ACK_NOTE, *consumers.errors])
         return result
 
+    async def many_subscriptions(self) -> Result:
+        """Batched publishes that `wide_subscriptions` subscriptions all match, nobody reading.
+
+        What a publish costs when many subscriptions want each event, the broker's
+        memory afterwards, and how long one GetStats of every subscription takes.
+        """
+        channels = self._channels()
+        plan = self.plan
+        tag = uuid.uuid4().hex[:6]
+        names = [f"bench-wide-{i}-{tag}" for i in range(plan.wide_subscriptions)]
+        for name in names:
+            await _create_subscription(channels[0], name, "bench.wide")
+        total = plan.wide_events // plan.batch_size * plan.batch_size
+        request = pb.BatchPublishRequest(
+            events=[_event("bench.wide", payload()) for _ in range(plan.batch_size)]
+        )
+        pid = self.server_pid()
+        try:
+
+            async def call(index: int) -> None:
+                await channels[index].BatchPublish(request, timeout=30)
+
+            published = await run_calls(
+                total // plan.batch_size, plan.batch_callers, call, self.deadline()
+            )
+            rss_mib = rss_kib(pid)[0] / 1024 if pid else math.nan
+            began = time.perf_counter()
+            await channels[0].GetStats(pb.GetStatsRequest(), timeout=60)
+            stats_ms = (time.perf_counter() - began) * 1000
+        finally:
+            for name in names:
+                await _delete_subscription(channels[0], name)
+        done = published.done * plan.batch_size
+        return Result(
+            {
+                "publish_events_per_s": done / published.elapsed_s,
+                "rss_mib": rss_mib,
+                "stats_ms": stats_ms,
+                "events": float(done),
+            },
+            [f"{plan.wide_subscriptions} subscriptions match every event; no consumer reads"],
+            capped=done < total,
+        )
+
     async def fan_out(self) -> Result:
         """Each event to `fanout_subscriptions` subscriptions, one consumer on each."""
         channels = self._channels()
