@@ -71,6 +71,10 @@ test: $(STAMP) $(BROWSER_STAMP) $(NETNS_STAMP) $(NPM_STAMP) ## Run the whole tes
 test-ts: $(STAMP) $(NPM_STAMP) ## Run the TypeScript client's node:test suite against a live broker
 	cd $(TS) && BROKER_BIN=$(CURDIR)/$(VENV)/bin/broker npm test
 
+ts-pack: ## Pack the TypeScript client: clients/typescript/eventbroker-<version>.tgz, for `npm install PATH.tgz`
+	@command -v npm >/dev/null 2>&1 || { echo "npm (Node 20 or newer) is needed to pack the TypeScript client" >&2; exit 1; }
+	cd $(TS) && npm pack --no-audit --no-fund
+
 proto: $(STAMP) $(NPM_STAMP) ## Regenerate the stubs (clients/python/src/eventbroker/v1, clients/typescript/src/gen) and the TypeScript dist/
 	PYTHON=$(PY) scripts/gen_proto.sh
 	scripts/gen_proto_ts.sh
@@ -120,6 +124,6 @@ lock: ## Re-resolve the dependencies to their newest versions and pin them in co
 	mv constraints.new constraints.txt && rm -rf .venv-lock
 
 clean: ## Remove the virtualenv, node_modules, build output and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist $(TS)/build
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist $(TS)/build $(TS)/eventbroker-*.tgz
 
-.PHONY: help install run test test-ts proto proto-check proto-contract proto-release lint format typecheck bench bench-scale check lock clean
+.PHONY: help install run test test-ts ts-pack proto proto-check proto-contract proto-release lint format typecheck bench bench-scale check lock clean

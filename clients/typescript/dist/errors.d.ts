@@ -4,6 +4,7 @@
  * `grpc-status-details-bin` trailer, decoded once here.
  */
 import { status as Status, type ServiceError } from "@grpc/grpc-js";
+import { type DurationLike } from "./durations";
 /** One bad field of a request, as the broker named it (`event.name`, `filter[0]`). */
 export interface FieldViolation {
     /** Path of the field in the request. */
@@ -43,9 +44,31 @@ export declare class BrokerError extends Error {
     /** The status code's name: `INVALID_ARGUMENT`, `NOT_FOUND`, ... */
     get codeName(): string;
 }
-/** Raised by a handler to dead-letter its delivery at once instead of retrying it. */
+/**
+ * A request refused before it was sent (nothing reached the broker), worded as
+ * the broker words the same refusal: `INVALID_ARGUMENT` with the bad field's path.
+ */
+export declare function invalidArgument(field: string, description: string): BrokerError;
+/** Thrown by a handler to dead-letter its delivery at once instead of retrying it. */
 export declare class TerminalError extends Error {
     readonly name = "TerminalError";
+}
+/**
+ * Thrown by a handler to have its delivery retried after `delay` (a duration:
+ * a number is seconds, or `"30s"`, `"5m"`) instead of the subscription's backoff.
+ *
+ * ```ts
+ * throw new RetryError("rate limited", { delay: "30s" });
+ * ```
+ */
+export declare class RetryError extends Error {
+    readonly name = "RetryError";
+    /** The delay in seconds; undefined for the subscription's backoff. */
+    readonly delayS: number | undefined;
+    constructor(message?: string, options?: {
+        delay?: DurationLike;
+        cause?: unknown;
+    });
 }
 /** The BrokerError a grpc-js error stands for, with its google.rpc details decoded. */
 export declare function fromServiceError(error: ServiceError): BrokerError;

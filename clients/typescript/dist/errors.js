@@ -1,6 +1,7 @@
 "use strict";
 Object.defineProperty(exports, "__esModule", { value: true });
-exports.TerminalError = exports.BrokerError = void 0;
+exports.RetryError = exports.TerminalError = exports.BrokerError = void 0;
+exports.invalidArgument = invalidArgument;
 exports.fromServiceError = fromServiceError;
 exports.asBrokerError = asBrokerError;
 /**
@@ -9,6 +10,7 @@ exports.asBrokerError = asBrokerError;
  * `grpc-status-details-bin` trailer, decoded once here.
  */
 const grpc_js_1 = require("@grpc/grpc-js");
+const durations_1 = require("./durations");
 const error_details_1 = require("./gen/google/rpc/error_details");
 const status_1 = require("./gen/google/rpc/status");
 const DETAILS_TRAILER = "grpc-status-details-bin";
@@ -51,11 +53,36 @@ class BrokerError extends Error {
     }
 }
 exports.BrokerError = BrokerError;
-/** Raised by a handler to dead-letter its delivery at once instead of retrying it. */
+/**
+ * A request refused before it was sent (nothing reached the broker), worded as
+ * the broker words the same refusal: `INVALID_ARGUMENT` with the bad field's path.
+ */
+function invalidArgument(field, description) {
+    return new BrokerError(grpc_js_1.status.INVALID_ARGUMENT, `${field}: ${description} (refused by the client; nothing was sent)`, "INVALID_ARGUMENT", {}, [{ field, description }]);
+}
+/** Thrown by a handler to dead-letter its delivery at once instead of retrying it. */
 class TerminalError extends Error {
     name = "TerminalError";
 }
 exports.TerminalError = TerminalError;
+/**
+ * Thrown by a handler to have its delivery retried after `delay` (a duration:
+ * a number is seconds, or `"30s"`, `"5m"`) instead of the subscription's backoff.
+ *
+ * ```ts
+ * throw new RetryError("rate limited", { delay: "30s" });
+ * ```
+ */
+class RetryError extends Error {
+    name = "RetryError";
+    /** The delay in seconds; undefined for the subscription's backoff. */
+    delayS;
+    constructor(message = "retry requested", options = {}) {
+        super(message, options.cause === undefined ? undefined : { cause: options.cause });
+        this.delayS = options.delay === undefined ? undefined : (0, durations_1.parseDuration)(options.delay, "delay", durations_1.ANY_DELAY);
+    }
+}
+exports.RetryError = RetryError;
 /** The BrokerError a grpc-js error stands for, with its google.rpc details decoded. */
 function fromServiceError(error) {
     const decoded = decodeDetails(error.metadata);

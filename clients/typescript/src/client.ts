@@ -1,8 +1,10 @@
 /**
- * The client: publish plain JSON, run a handler per delivery, manage
+ * The client: publish plain JSON, run a consumer per subscription, manage
  * subscriptions. Everything goes through the generated grpc-js stub, which
  * stays at hand as `client.stub` for the calls this layer does not wrap.
  */
+import { isDeepStrictEqual } from "node:util";
+
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -10,17 +12,43 @@ import {
   credentials as grpcCredentials,
   Metadata,
   type ServiceError,
+  status,
 } from "@grpc/grpc-js";
 
-import { eventFromArgs, type PublishOptions, durationFromMs } from "./convert";
-import { asBrokerError } from "./errors";
+import { type Consumer as ConsumerType, type ConsumerOptions, type Handler, Consumer } from "./consumer";
+import {
+  durationFromS,
+  eventFromArgs,
+  type PublishOptions,
+  type PublishResult,
+  publishResult,
+  type Subscription,
+  subscriptionFromProto,
+} from "./convert";
+import {
+  ACK_DEADLINE,
+  AT_LEAST_ONE_SECOND,
+  ANY_DELAY,
+  type DurationLike,
+  formatDuration,
+  parseDuration,
+  UNLIMITED,
+} from "./durations";
+import { BrokerError, asBrokerError, invalidArgument } from "./errors";
 import * as pb from "./gen/eventbroker/v1/broker";
-import { type Handler, type SubscribeOptions, Subscriber } from "./subscriber";
+import { type PublishBatching, Publisher, PUBLISH_TIMEOUT_S } from "./publisher";
 
 /** The target when none is given or set in `EVENTBROKER_TARGET`. */
 export const DEFAULT_TARGET = "127.0.0.1:50051";
-/** Deadline of a unary call unless `ClientConfig.timeoutMs` says otherwise. */
-export const DEFAULT_TIMEOUT_MS = 30_000;
+/** Deadline of one unary call unless `ClientConfig.timeout` says otherwise. */
+export const DEFAULT_TIMEOUT_S = 30;
+/**
+ * Longest pause between grpc-js's reconnect attempts unless the channel options
+ * say otherwise: 10 s, as the consumer's own backoff, instead of grpc-js's 120 s,
+ * so a restarted broker is found again soon.
+ */
+export const MAX_RECONNECT_BACKOFF_MS = 10_000;
+const MS_PER_S = 1000;
 
 /** How to reach the broker. */
 export interface ClientConfig {
@@ -28,35 +56,69 @@ export interface ClientConfig {
   apiKey?: string;
   /** Channel credentials; default plaintext (`credentials.createSsl()` for TLS). */
   credentials?: ChannelCredentials;
-  /** Deadline of each unary call in milliseconds. */
-  timeoutMs?: number;
-  /** grpc-js channel options (keepalive, message sizes, ...). */
+  /** Deadline of each call (a duration: a number is seconds, or `"30s"`); default 30 s. */
+  timeout?: DurationLike;
+  /** Total time of a publish, its retries included (default 30 s); `PublishOptions.timeout` overrides it. */
+  publishTimeout?: DurationLike;
+  /**
+   * Joining publishes made while another is in flight into one BatchPublish
+   * (default on, with its bounds: `{maxEvents: 500, maxBytes: 1 MiB}`); `false`
+   * sends every publish as its own call at once.
+   */
+  publishBatching?: PublishBatching | false;
+  /** grpc-js channel options (keepalive, message sizes, interceptors, ...). */
   channelOptions?: Partial<ClientOptions>;
 }
 
-/** The outcome of a publish. */
-export interface PublishResult {
-  /** The broker-assigned event id (the first event's id for a duplicate). */
-  eventId: string;
-  /** `CREATED`: stored and fanned out; `DUPLICATE`: same id inside the dedup window. */
-  status: "CREATED" | "DUPLICATE";
-}
-
-/** The settings of a new subscription; unset ones take the broker's defaults. */
+/**
+ * The settings of a new subscription; unset ones take the broker's defaults.
+ * Durations follow the one rule: a number is seconds, a string is `"30s"`,
+ * `"5m"`, `"1 day"`, `"PT1H"`.
+ */
 export interface SubscriptionOptions {
-  /** Time a consumer has to ack, in milliseconds (default 30 s). */
-  ackDeadlineMs?: number;
+  /** Time a consumer has to ack (default 30 s; 1 s .. 12 h). */
+  ackDeadline?: DurationLike;
   /** Failed attempts before dead-lettering (default 20). */
   maxAttempts?: number;
-  /** Explicit retry delays in milliseconds: after attempt n, retryDelaysMs[n-1]; the last repeats. */
-  retryDelaysMs?: number[];
-  /** Concurrency limit across all consumers; 0 means unlimited. */
+  /** First retry delay of the exponential backoff (default 1 s). */
+  minBackoff?: DurationLike;
+  /** Longest retry delay (default 10 min). */
+  maxBackoff?: DurationLike;
+  /** An explicit retry table instead of the backoff: after attempt n, `retryDelays[n-1]`; the last repeats. */
+  retryDelays?: readonly DurationLike[];
+  /** Concurrency limit across all consumers; 0 (the default) means unlimited. */
   maxInFlight?: number;
   /** FIFO per ordering key. */
   ordered?: boolean;
   /** Deliver every stored matching event, not only new ones. */
   fromBeginning?: boolean;
+  /** How long acked and dead deliveries stay queryable (default 7 days). */
+  retention?: DurationLike;
+  /** Dead-letter deliveries of events older than this instead of delivering them (default: no limit). */
+  maxAge?: DurationLike;
+  /**
+   * If a subscription of that name exists, return it as it is instead of
+   * failing with ALREADY_EXISTS, so a program can declare the subscription it
+   * needs each time it starts. When its settings differ from the ones asked
+   * here, a warning names each one (`process.emitWarning`, type
+   * `EventbrokerWarning`, code `EVENTBROKER_SUBSCRIPTION_DIFFERS`); nothing is
+   * changed.
+   */
+  existOk?: boolean;
 }
+
+/** Options of a nack. */
+export interface NackOptions {
+  /** Why, kept in the delivery's attempt history. */
+  error?: string;
+  /** Dead-letter now instead of retrying. */
+  terminal?: boolean;
+  /** Retry after this long (a number is seconds) instead of the subscription's backoff. */
+  delay?: DurationLike;
+}
+
+/** The warning code of `createSubscription({existOk})` when the existing settings differ. */
+export const SUBSCRIPTION_DIFFERS_WARNING = "EVENTBROKER_SUBSCRIPTION_DIFFERS";
 
 type UnaryMethod<Req, Res> = (
   request: Req,
@@ -70,7 +132,7 @@ type UnaryMethod<Req, Res> = (
  *
  * ```ts
  * const client = new Client(); // EVENTBROKER_TARGET, default 127.0.0.1:50051
- * await client.publish("user.joined", { plan: "pro" }, { id: "signup-42" });
+ * await client.publish("user.joined", { plan: "pro" }, { id: "signup-42", delay: "5m" });
  * ```
  */
 export class Client {
@@ -78,54 +140,80 @@ export class Client {
   readonly stub: pb.EventBrokerServiceClient;
   /** Call metadata: the bearer key when there is one. */
   readonly metadata: Metadata;
-  private readonly timeoutMs: number;
+  /** @internal */
+  readonly publisher: Publisher;
+  private readonly timeoutS: number;
+  private readonly publishTimeoutS: number;
 
   constructor(target: string = process.env.EVENTBROKER_TARGET ?? DEFAULT_TARGET, config: ClientConfig = {}) {
+    this.timeoutS = positive("timeout", config.timeout ?? DEFAULT_TIMEOUT_S);
+    this.publishTimeoutS = positive("publishTimeout", config.publishTimeout ?? PUBLISH_TIMEOUT_S);
     this.stub = new pb.EventBrokerServiceClient(
       target,
       config.credentials ?? grpcCredentials.createInsecure(),
-      config.channelOptions,
+      { "grpc.max_reconnect_backoff_ms": MAX_RECONNECT_BACKOFF_MS, ...config.channelOptions },
     );
     this.metadata = new Metadata();
     const apiKey = config.apiKey ?? process.env.EVENTBROKER_API_KEY;
     if (apiKey) this.metadata.set("authorization", `Bearer ${apiKey}`);
-    this.timeoutMs = config.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.publisher = new Publisher(
+      {
+        publish: async (event, deadlineMs) =>
+          publishResult(await this.unary(this.stub.publish, { event }, deadlineMs)),
+        batchPublish: async (events, deadlineMs) =>
+          (await this.unary(this.stub.batchPublish, { events }, deadlineMs)).results.map(publishResult),
+      },
+      config.publishBatching ?? {},
+    );
   }
 
   /**
-   * Publish one event. `data` is any JSON value (sent as `JSON.stringify` would
-   * send it), or a Buffer / Uint8Array for binary data; `undefined` for none.
-   * Rejects with a BrokerError naming the bad field when the broker refuses it.
+   * Publish one event. `data` is any JSON value (sent as `JSON.stringify`
+   * would send it), or a Buffer / Uint8Array for binary data; `undefined` for none.
+   * `options.delay` is seconds as a number, or `"5m"`, `"1 day"`, a `Date`.
+   *
+   * While another publish of this client is in flight, this one waits for it
+   * and then goes with the others waiting in one BatchPublish (see
+   * `ClientConfig.publishBatching`); its result and errors are its own either way.
+   * Retried under the same event id while the broker is unreachable, until the
+   * publish timeout.
+   *
+   * @throws BrokerError `INVALID_ARGUMENT` naming the bad field (`event.name`,
+   *   `event.data.order.total` for a bigint) before anything is sent, or the
+   *   broker's refusal.
    */
   async publish(name: string, data?: unknown, options: PublishOptions = {}): Promise<PublishResult> {
-    const response = await this.unary(this.stub.publish, {
-      event: eventFromArgs(name, data, options),
-    });
-    return {
-      eventId: response.eventId,
-      status: response.status === pb.PublishStatus.PUBLISH_STATUS_DUPLICATE ? "DUPLICATE" : "CREATED",
-    };
+    const outgoing = eventFromArgs(name, data, options);
+    const timeoutS = options.timeout === undefined ? this.publishTimeoutS : positive("timeout", options.timeout);
+    const [result] = await this.publisher.submit([outgoing], true, timeoutS);
+    return result as PublishResult;
   }
 
-  /** Publish many events in one transaction: all are stored or none. Results in order. */
+  /**
+   * Publish many events in one transaction: all are stored or none. Results in
+   * order. Sent as one BatchPublish of its own (never joined with others).
+   */
   async publishBatch(
     events: readonly { name: string; data?: unknown; options?: PublishOptions }[],
   ): Promise<PublishResult[]> {
-    const response = await this.unary(this.stub.batchPublish, {
-      events: events.map((e) => eventFromArgs(e.name, e.data, e.options ?? {})),
-    });
-    return response.results.map((r) => ({
-      eventId: r.eventId,
-      status: r.status === pb.PublishStatus.PUBLISH_STATUS_DUPLICATE ? "DUPLICATE" : "CREATED",
-    }));
+    if (events.length === 0) throw invalidArgument("events", "at least one event is required");
+    const outgoing = events.map((e, index) => eventFromArgs(e.name, e.data, e.options ?? {}, `events[${index}]`));
+    return this.publisher.submit(outgoing, false, this.publishTimeoutS);
   }
 
-  /** Create a durable subscription to the events matching `filter` (`user.*`, `orders.>`). */
+  /**
+   * Create a durable subscription to the events matching `filter` (`user.*`,
+   * `orders.>`). Resolves to the subscription with every setting filled in
+   * (the existing one, with `existOk`).
+   *
+   * @throws RangeError A duration is out of its range (nothing was sent).
+   * @throws BrokerError `ALREADY_EXISTS` without `existOk`, or the broker's refusal.
+   */
   async createSubscription(
     name: string,
     filter: string | readonly string[],
     options: SubscriptionOptions = {},
-  ): Promise<pb.Subscription | undefined> {
+  ): Promise<Subscription> {
     const subscription: pb.Subscription = {
       name,
       filter: typeof filter === "string" ? [filter] : [...filter],
@@ -136,14 +224,37 @@ export class Client {
         ? pb.StartPosition.START_POSITION_BEGINNING
         : pb.StartPosition.START_POSITION_UNSPECIFIED,
     };
-    if (options.ackDeadlineMs !== undefined) {
-      subscription.ackDeadline = durationFromMs(options.ackDeadlineMs);
+    const asked = askedSettings(options);
+    if (asked.ackDeadline !== undefined) subscription.ackDeadline = durationFromS(asked.ackDeadline);
+    if (asked.retention !== undefined) subscription.retention = durationFromS(asked.retention);
+    if (asked.maxAge !== undefined) subscription.maxAge = durationFromS(asked.maxAge);
+    if (asked.minBackoff !== undefined || asked.maxBackoff !== undefined || asked.retryDelays !== undefined) {
+      subscription.retryPolicy = { delays: (asked.retryDelays ?? []).map(durationFromS) };
+      if (asked.minBackoff !== undefined) subscription.retryPolicy.minBackoff = durationFromS(asked.minBackoff);
+      if (asked.maxBackoff !== undefined) subscription.retryPolicy.maxBackoff = durationFromS(asked.maxBackoff);
     }
-    if (options.retryDelaysMs !== undefined) {
-      subscription.retryPolicy = { delays: options.retryDelaysMs.map(durationFromMs) };
+    try {
+      const response = await this.unary(this.stub.createSubscription, { subscription });
+      return subscriptionFromProto(response.subscription);
+    } catch (error) {
+      if (!(options.existOk && error instanceof BrokerError && error.code === status.ALREADY_EXISTS)) throw error;
     }
-    const response = await this.unary(this.stub.createSubscription, { subscription });
-    return response.subscription;
+    const existing = await this.getSubscription(name);
+    const differences = settingDifferences(existing, { ...asked, filter: subscription.filter, ordered: options.ordered });
+    if (differences.length > 0) {
+      process.emitWarning(
+        `subscription ${JSON.stringify(name)} exists with other settings than asked, kept as they are ` +
+          `(updateSubscription changes them): ${differences.join("; ")}`,
+        { type: "EventbrokerWarning", code: SUBSCRIPTION_DIFFERS_WARNING },
+      );
+    }
+    return existing;
+  }
+
+  /** The subscription called `name` (`NOT_FOUND` if there is none). */
+  async getSubscription(name: string): Promise<Subscription> {
+    const response = await this.unary(this.stub.getSubscription, { name });
+    return subscriptionFromProto(response.subscription);
   }
 
   /** Delete a subscription and its pending deliveries. */
@@ -152,14 +263,16 @@ export class Client {
   }
 
   /**
-   * Attach a consumer to `subscription` and run `handler` for each delivery:
-   * resolved, the delivery is acked; thrown, it is nacked (retried after the
-   * subscription's backoff; a `TerminalError` dead-letters it). At most
-   * `maxOutstanding` handlers run at once. Await `ready` to know the consumer
-   * is attached; `close()` lets running handlers finish and detaches.
+   * Start a consumer of `subscription` that runs `handler(message, context)` for
+   * each delivery: resolved, the delivery is acked; thrown, it is nacked (retried
+   * after the subscription's backoff, or after `RetryError`'s delay; a
+   * `TerminalError` dead-letters it). At most `maxOutstanding` handlers run at
+   * once; acks are batched, leases renewed, the stream reconnected, and the
+   * consumer drains on SIGTERM/SIGINT. Await `ready` to know it is attached;
+   * `close()` lets running handlers finish and detaches.
    */
-  subscribe(subscription: string, handler: Handler, options: SubscribeOptions = {}): Subscriber {
-    return new Subscriber(this, subscription, handler, options);
+  subscribe(subscription: string, handler: Handler, options: ConsumerOptions = {}): ConsumerType {
+    return new Consumer(this, subscription, handler, options);
   }
 
   /** Acknowledge deliveries; resolves to the ack ids that were not applied. */
@@ -168,34 +281,46 @@ export class Client {
     return response.notAppliedAckIds;
   }
 
-  /** Give deliveries back for a retry (or dead-letter them with `terminal`). */
-  async nack(
-    ackIds: readonly string[],
-    options: { error?: string; terminal?: boolean; delayMs?: number } = {},
-  ): Promise<string[]> {
+  /** Give deliveries back for a retry (or dead-letter them with `terminal`); resolves to the ids not applied. */
+  async nack(ackIds: readonly string[], options: NackOptions = {}): Promise<string[]> {
     const request: pb.NackRequest = {
       ackIds: [...ackIds],
       terminal: options.terminal ?? false,
       error: options.error ?? "",
     };
-    if (options.delayMs !== undefined) request.delay = durationFromMs(options.delayMs);
+    if (options.delay !== undefined) request.delay = durationFromS(parseDuration(options.delay, "delay", ANY_DELAY));
     const response = await this.unary(this.stub.nack, request);
     return response.notAppliedAckIds;
   }
 
-  /** Close the channel; calls still running end with CANCELLED. */
+  /** Keep leases for `extension` from now (a number is seconds; 1 s .. 12 h); resolves to the ids not extended. */
+  async extendAckDeadline(ackIds: readonly string[], extension: DurationLike): Promise<string[]> {
+    const seconds = parseDuration(extension, "extension", ACK_DEADLINE);
+    const response = await this.unary(this.stub.extendAckDeadline, {
+      ackIds: [...ackIds],
+      extension: durationFromS(seconds),
+    });
+    return response.notAppliedAckIds;
+  }
+
+  /** Close the channel; publishes still waiting are refused, calls still running end with CANCELLED. */
   close(): void {
+    this.publisher.close();
     this.stub.close();
   }
 
-  /** Call a unary method of the stub as a promise; a failure rejects with a BrokerError. */
-  unary<Req, Res>(method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
+  /**
+   * Call a unary method of the stub as a promise; a failure rejects with a
+   * BrokerError. The call's deadline is the client's timeout, or `deadlineMs`
+   * (epoch milliseconds) if sooner.
+   */
+  unary<Req, Res>(method: UnaryMethod<Req, Res>, request: Req, deadlineMs = Infinity): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
       method.call(
         this.stub,
         request,
         this.metadata,
-        { deadline: Date.now() + this.timeoutMs },
+        { deadline: Math.min(Date.now() + this.timeoutS * MS_PER_S, deadlineMs) },
         (error: ServiceError | null, response: Res) => {
           if (error) reject(asBrokerError(error));
           else resolve(response);
@@ -203,4 +328,63 @@ export class Client {
       );
     });
   }
+}
+
+/** The settings a createSubscription asked for, durations in seconds. */
+interface AskedSettings {
+  ackDeadline?: number;
+  maxAttempts?: number;
+  minBackoff?: number;
+  maxBackoff?: number;
+  retryDelays?: number[];
+  maxInFlight?: number;
+  retention?: number;
+  maxAge?: number;
+}
+
+function askedSettings(options: SubscriptionOptions): AskedSettings {
+  const asked: AskedSettings = {};
+  if (options.ackDeadline !== undefined) asked.ackDeadline = parseDuration(options.ackDeadline, "ackDeadline", ACK_DEADLINE);
+  if (options.minBackoff !== undefined) asked.minBackoff = parseDuration(options.minBackoff, "minBackoff", UNLIMITED);
+  if (options.maxBackoff !== undefined) asked.maxBackoff = parseDuration(options.maxBackoff, "maxBackoff", UNLIMITED);
+  if (options.retention !== undefined) asked.retention = parseDuration(options.retention, "retention", AT_LEAST_ONE_SECOND);
+  if (options.maxAge !== undefined) asked.maxAge = parseDuration(options.maxAge, "maxAge", AT_LEAST_ONE_SECOND);
+  if (options.retryDelays !== undefined) {
+    asked.retryDelays = options.retryDelays.map((d, i) => parseDuration(d, `retryDelays[${i}]`, ANY_DELAY));
+  }
+  if (options.maxAttempts !== undefined) asked.maxAttempts = options.maxAttempts;
+  if (options.maxInFlight !== undefined) asked.maxInFlight = options.maxInFlight;
+  return asked;
+}
+
+/** Each asked setting the existing subscription has otherwise, as `name: has X (asked Y)`. */
+function settingDifferences(
+  existing: Subscription,
+  asked: AskedSettings & { filter: string[]; ordered: boolean | undefined },
+): string[] {
+  const differences: string[] = [];
+  const seconds = (value: number | undefined): string => (value === undefined ? "none" : formatDuration(value));
+  const compare = (name: string, has: unknown, wanted: unknown, show: (v: never) => string): void => {
+    if (wanted === undefined || isDeepStrictEqual(has, wanted)) return;
+    differences.push(`${name}: has ${show(has as never)} (asked ${show(wanted as never)})`);
+  };
+  const list = (values: readonly string[]): string => JSON.stringify(values);
+  const delays = (values: readonly number[]): string => `[${values.map((v) => formatDuration(v)).join(", ")}]`;
+  compare("filter", [...existing.filter].sort(), asked.filter.map((f) => f.toLowerCase()).sort(), list);
+  compare("ackDeadline", existing.ackDeadline, asked.ackDeadline, seconds);
+  compare("maxAttempts", existing.maxAttempts, asked.maxAttempts, String);
+  compare("minBackoff", existing.minBackoff, asked.minBackoff, seconds);
+  compare("maxBackoff", existing.maxBackoff, asked.maxBackoff, seconds);
+  compare("retryDelays", existing.retryDelays, asked.retryDelays, delays);
+  compare("maxInFlight", existing.maxInFlight, asked.maxInFlight, String);
+  compare("ordered", existing.ordered, asked.ordered, String);
+  compare("retention", existing.retention, asked.retention, seconds);
+  compare("maxAge", existing.maxAge, asked.maxAge, seconds);
+  return differences;
+}
+
+function positive(name: string, value: DurationLike): number {
+  const seconds = parseDuration(value, name, UNLIMITED);
+  if (seconds <= 0) throw new RangeError(`${name} must be more than 0 s; got ${formatDuration(seconds)}`);
+  return seconds;
 }

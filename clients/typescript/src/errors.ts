@@ -5,6 +5,8 @@
  */
 import { status as Status, type Metadata, type ServiceError } from "@grpc/grpc-js";
 
+import { type DurationLike, parseDuration, ANY_DELAY } from "./durations";
+
 import { BadRequest, ErrorInfo } from "./gen/google/rpc/error_details";
 import { Status as RpcStatus } from "./gen/google/rpc/status";
 
@@ -50,9 +52,42 @@ export class BrokerError extends Error {
   }
 }
 
-/** Raised by a handler to dead-letter its delivery at once instead of retrying it. */
+/**
+ * A request refused before it was sent (nothing reached the broker), worded as
+ * the broker words the same refusal: `INVALID_ARGUMENT` with the bad field's path.
+ */
+export function invalidArgument(field: string, description: string): BrokerError {
+  return new BrokerError(
+    Status.INVALID_ARGUMENT,
+    `${field}: ${description} (refused by the client; nothing was sent)`,
+    "INVALID_ARGUMENT",
+    {},
+    [{ field, description }],
+  );
+}
+
+/** Thrown by a handler to dead-letter its delivery at once instead of retrying it. */
 export class TerminalError extends Error {
   override readonly name = "TerminalError";
+}
+
+/**
+ * Thrown by a handler to have its delivery retried after `delay` (a duration:
+ * a number is seconds, or `"30s"`, `"5m"`) instead of the subscription's backoff.
+ *
+ * ```ts
+ * throw new RetryError("rate limited", { delay: "30s" });
+ * ```
+ */
+export class RetryError extends Error {
+  override readonly name = "RetryError";
+  /** The delay in seconds; undefined for the subscription's backoff. */
+  readonly delayS: number | undefined;
+
+  constructor(message = "retry requested", options: { delay?: DurationLike; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.delayS = options.delay === undefined ? undefined : parseDuration(options.delay, "delay", ANY_DELAY);
+  }
 }
 
 /** The BrokerError a grpc-js error stands for, with its google.rpc details decoded. */

@@ -81,7 +81,7 @@ describe("publish", () => {
     assert.equal(second.eventId, first.eventId);
   });
 
-  test("an invalid name is refused with its reason and the field", TIMEOUT, async () => {
+  test("an invalid name is refused with its reason and the field, before sending", TIMEOUT, async () => {
     const error = await client.publish("no spaces allowed!", { x: 1 }).then(
       () => assert.fail("the broker accepted an invalid name"),
       (e: unknown) => e,
@@ -106,9 +106,26 @@ describe("publish", () => {
     assert.ok(error.fieldViolations.some((v) => v.field.startsWith("event")), error.message);
   });
 
-  test("a value JSON cannot hold is refused before sending", TIMEOUT, async () => {
-    await assert.rejects(client.publish("bad.data", () => 1), TypeError);
-    await assert.rejects(client.publish("bad.data", { n: 10n }), TypeError);
+  test("a value JSON cannot hold is refused before sending, naming its path", TIMEOUT, async () => {
+    const refusal = (field: string) => (e: unknown) => {
+      assert.ok(e instanceof BrokerError, String(e));
+      assert.equal(e.code, status.INVALID_ARGUMENT);
+      assert.deepEqual(e.fieldViolations.map((v) => v.field), [field]);
+      assert.match(e.message, new RegExp(field.replace(/[.[\]]/g, "\\$&")));
+      return true;
+    };
+    await assert.rejects(client.publish("bad.data", () => 1), refusal("event.data"));
+    await assert.rejects(client.publish("bad.data", { order: { total: 10n } }), refusal("event.data.order.total"));
+    await assert.rejects(client.publish("bad.data", { items: [{ price: 1 }, { price: 2n }] }), refusal("event.data.items[1].price"));
+    await assert.rejects(client.publish("bad.data", { ratio: NaN }), refusal("event.data.ratio"));
+    await assert.rejects(client.publish("bad.data", { seen: new Set([1]) }), refusal("event.data.seen"));
+    const loop: Record<string, unknown> = {};
+    loop.self = loop;
+    await assert.rejects(client.publish("bad.data", loop), refusal("event.data.self"));
+    await assert.rejects(
+      client.publishBatch([{ name: "ok.one", data: 1 }, { name: "ok.two", data: { n: 3n } }]),
+      refusal("events[1].data.n"),
+    );
   });
 });
 
@@ -132,7 +149,7 @@ describe("subscribe", () => {
   });
 
   test("a handler that throws is nacked and the retry is attempt 2", TIMEOUT, async () => {
-    await client.createSubscription("flaky", "job.run", { retryDelaysMs: [0] });
+    await client.createSubscription("flaky", "job.run", { retryDelays: [0] });
     const attempts: number[] = [];
     const retried = signal<Message>();
     const subscriber = client.subscribe("flaky", (message) => {
@@ -170,7 +187,7 @@ describe("subscribe", () => {
   });
 
   test("ready and closed reject with NOT_FOUND for an unknown subscription", TIMEOUT, async () => {
-    const subscriber = client.subscribe("nobody-made-this", () => undefined);
+    const subscriber = client.subscribe("nobody-made-this", () => undefined, { handleSignals: false });
     await assert.rejects(subscriber.ready, (e: unknown) => {
       assert.ok(e instanceof BrokerError);
       assert.equal(e.code, status.NOT_FOUND);
