@@ -27,6 +27,7 @@ from eventbroker import Client, Unavailable
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.conftest import TEST_SETTINGS, BrokerThread, PostgresServer, sqlite_url
+from tests.e2e.cli import BrokerCli
 from tests.e2e.streams import StreamReader, subscribe
 
 WAIT_S = 10.0
@@ -241,6 +242,23 @@ def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing(
             if received >= {*before, after}:
                 break
     assert {*before, after} <= received
+
+
+def test_a_cli_publish_to_a_full_disk_says_so_while_it_retries_and_when_it_gives_up(
+    sqlite_broker: BrokerThread,
+) -> None:
+    storage = sqlite_broker.app.storage
+    assert isinstance(storage, SqlStorage)
+    set_max_pages(storage, None)  # no room left
+    cli = BrokerCli({"EVENTBROKER_TARGET": sqlite_broker.target})
+    result = cli.invoke(["publish", "order.new", '{"pad": "%s"}' % ("x" * 4000), "--timeout", "2"])
+    assert result.exit_code == 1, result.output
+    retrying, error = result.stderr.splitlines()
+    reason = f"UNAVAILABLE: {storage_full().message} [STORAGE_FULL]"
+    assert retrying == (
+        f"broker at {sqlite_broker.target} answered {reason}; retrying for up to 2 s..."
+    )
+    assert error.startswith(f"error: {reason} (gave up after "), error
 
 
 def test_a_database_outage_tells_clients_a_stable_reason_and_logs_the_detail(
