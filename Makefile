@@ -64,12 +64,22 @@ $(NPM_STAMP): $(TS)/package.json $(TS)/package-lock.json
 	cd $(TS) && npm ci --no-audit --no-fund
 	touch $(NPM_STAMP)
 
+# The suites `make test` runs, one command each (a test of the Makefile puts others in).
+PYTHON_SUITE = $(PY) -m pytest $(PYTEST_ARGS)
+TS_SUITE = cd $(TS) && BROKER_BIN=$(CURDIR)/$(VENV)/bin/broker npm test
+
+# Every suite runs, even after one failed; the end says how each went, and the
+# exit status is not 0 when any failed (so `.ci/run` fails).
 test: $(STAMP) $(BROWSER_STAMP) $(NETNS_STAMP) $(NPM_STAMP) ## Run the whole test suite, Python then TypeScript (PostgreSQL tests need BROKER_TEST_DATABASE_URL)
-	$(PY) -m pytest $(PYTEST_ARGS)
-	@$(MAKE) --no-print-directory test-ts
+	@python=0; typescript=0; \
+	( $(PYTHON_SUITE) ) || python=$$?; \
+	( $(TS_SUITE) ) || typescript=$$?; \
+	outcome() { if [ "$$2" = 0 ]; then echo "$$1 passed"; else echo "$$1 FAILED (exit $$2)"; fi; }; \
+	echo; echo "make test: $$(outcome 'Python suite' $$python); $$(outcome 'TypeScript suite' $$typescript)"; \
+	[ $$python = 0 ] && [ $$typescript = 0 ]
 
 test-ts: $(STAMP) $(NPM_STAMP) ## Run the TypeScript client's node:test suite against a live broker
-	cd $(TS) && BROKER_BIN=$(CURDIR)/$(VENV)/bin/broker npm test
+	$(TS_SUITE)
 
 ts-pack: ## Pack the TypeScript client: clients/typescript/eventbroker-<version>.tgz, for `npm install PATH.tgz`
 	@command -v npm >/dev/null 2>&1 || { echo "npm (Node 20 or newer) is needed to pack the TypeScript client" >&2; exit 1; }

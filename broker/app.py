@@ -30,6 +30,20 @@ FINAL_CALLS_S = 1.0
 SETTLE_POLL_S = 0.05
 
 
+def dialable(address: str, port: int) -> str:
+    """HOST:PORT that reaches a listen address from this machine, with the port bound.
+
+    A wildcard host (every address: `0.0.0.0`, `[::]`) is not one to dial, so the
+    loopback address of its family stands in for it.
+    """
+    host = address.rpartition(":")[0]
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    return f"{host}:{port}"
+
+
 class BrokerApp:
     """A running broker; `start()` binds the port, `stop()` shuts down gracefully."""
 
@@ -82,6 +96,12 @@ class BrokerApp:
             self.port,
             storage.dialect,
         )
+        dashboard = (
+            f"dashboard http://{dialable(self.settings.http_listen, self.http_port)}/"
+            if self.settings.http_listen
+            else "no dashboard (--http-listen is empty)"
+        )
+        _log.info("ready: gRPC target %s, %s", dialable(self.settings.listen, self.port), dashboard)
         return self.port
 
     async def _start_http(self, servicer: EventBrokerServicer) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from importlib import metadata
 from typing import Annotated
 
 import typer
 
-from broker import config
+from broker import cli_connection, config
+from broker.cli_connection import connected
 from broker.cli_errors import run, usage_error
 from broker.config import Settings, SettingsError
 
@@ -37,6 +37,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
+@connected
 def _group(
     _version: Annotated[
         bool,
@@ -51,28 +52,14 @@ def _group(
         bool,
         typer.Option("--debug", help="Print a traceback for every error, not one line."),
     ] = False,
-    tls: Annotated[
-        bool, typer.Option("--tls", help="Talk to the broker over TLS (default roots).")
-    ] = False,
-    tls_ca: Annotated[
-        str | None, typer.Option("--tls-ca", help="TLS: the CA that signed the broker (PEM).")
-    ] = None,
-    tls_cert: Annotated[
-        str | None, typer.Option("--tls-cert", help="Mutual TLS: this client's certificate.")
-    ] = None,
-    tls_key: Annotated[
-        str | None, typer.Option("--tls-key", help="Mutual TLS: this client's key.")
-    ] = None,
 ) -> None:
     """A durable event broker spoken to over gRPC.
 
-    The TLS options apply to the commands that talk to a broker (publish, tail,
-    subs, ...), as the client's EVENTBROKER_TLS_* variables do.
+    The connection options (--target, --api-key, --tls...) go before the command
+    or after it, as you like; they apply to the commands that talk to a broker
+    (publish, tail, subs, events, dlq, stats). The environment variables named
+    in brackets apply when an option is not given.
     """
-    given = {"": "1" if tls else None, "_CA": tls_ca, "_CERT": tls_cert, "_KEY": tls_key}
-    for suffix, value in given.items():
-        if value:
-            os.environ[f"EVENTBROKER_TLS{suffix}"] = value
 
 
 def _sqlite_url(value: str) -> str:
@@ -190,6 +177,7 @@ def serve(
 
 def main() -> None:
     """Entry point of the `broker` command: exit with the status `run` gives."""
+    cli_connection.forget()
     sys.exit(run(app))
 
 

@@ -8,22 +8,34 @@ into one readable line (see `broker.cli_errors` for the exit statuses).
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import islice
 from typing import Annotated, Any
 
+import grpc
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker import cli_values
-from broker.cli_errors import EXIT_FAILED, CommandError, broker_error, usage_error
+from broker import cli_connection, cli_values
+from broker.cli_connection import connected
+from broker.cli_errors import (
+    EXIT_FAILED,
+    CommandError,
+    broker_error,
+    notice,
+    usage_error,
+    warn,
+)
 from broker.cli_output import (
     JsonOption,
     add_id_column,
@@ -34,22 +46,15 @@ from broker.cli_output import (
     table,
     when,
 )
-from eventbroker import BrokerError, Client, DeadLetterInfo, Stats, Subscription
-
-TargetOption = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        envvar="EVENTBROKER_TARGET",
-        help="Broker address HOST:PORT [default: 127.0.0.1:50051].",
-    ),
-]
-ApiKeyOption = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key", envvar="EVENTBROKER_API_KEY", help="Bearer key, if the broker needs one."
-    ),
-]
+from eventbroker import (
+    BrokerError,
+    Client,
+    DeadLetterInfo,
+    Stats,
+    Subscription,
+    SubscriptionSettingsWarning,
+)
+from eventbroker.durations import format_duration
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 subs_app = typer.Typer(help="Manage durable subscriptions.", no_args_is_help=True)
@@ -59,23 +64,92 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
 )
 
+
+def _takes_connection_options(group: typer.Typer) -> None:
+    """Let a group of commands take the connection options too (`broker subs --target X list`)."""
+
+    @group.callback()
+    @connected
+    def options() -> None:
+        """The connection options given between the group and its command."""
+
+
+_takes_connection_options(subs_app)
+_takes_connection_options(events_app)
+_takes_connection_options(dlq_app)
+
 #: Event ids per redrive call of `broker dlq redrive` (the progress bar moves per call).
 REDRIVE_IDS_PER_CALL = 100
 #: Dead letters per page when `broker dlq` lists them (the broker's maximum).
 DLQ_PAGE_SIZE = 1_000
 #: Characters of the last error shown in the `broker dlq list` table.
 ERROR_WIDTH_CHARS = 60
+#: How long `broker publish` keeps trying when a person waits at a terminal.
+PUBLISH_TIMEOUT_TERMINAL_S = 5.0
+#: How long it keeps trying in a script (stdout not a terminal): the client's default,
+#: long enough to ride out a broker restart.
+PUBLISH_TIMEOUT_S = 30.0
+#: The logger the client tells its publish retries on.
+CLIENT_LOGGER = "eventbroker.client"
 
 
 @contextmanager
-def client_for(target: str | None, api_key: str | None) -> Iterator[Client]:
-    """A client; a broker error ends the command with one line (`broker.cli_errors`)."""
-    client = Client(target, api_key=api_key)
+def client_for() -> Iterator[Client]:
+    """A client as the connection options say; a broker error ends the command in one line."""
+    client = Client(
+        cli_connection.target(),
+        api_key=cli_connection.api_key(),
+        tls=cli_connection.tls_config(),
+    )
     try:
         with client:
             yield client
     except BrokerError as error:
         raise broker_error(error, client.target) from error
+
+
+class _RetryNotice(logging.Handler):
+    """Says on stderr, once per kind of failure, that a publish is being retried.
+
+    It reads the records the client logs before each retry (`eventbroker._publish`),
+    which carry the attempt's error.
+    """
+
+    def __init__(self, target: str, limit: timedelta) -> None:
+        super().__init__(logging.INFO)
+        self.target = target
+        self.limit = limit
+        self._told: set[tuple[str, str | None]] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = getattr(record, "publish_error", None)
+        if not isinstance(error, BrokerError) or (error.code.name, error.reason) in self._told:
+            return
+        self._told.add((error.code.name, error.reason))
+        if error.reason is None and error.code is grpc.StatusCode.UNAVAILABLE:
+            what = f"not answering ({error.code.name})"
+        elif error.reason is None and error.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            what = f"not answering in time ({error.code.name})"
+        else:
+            what = f"answered {error}"
+        notice(
+            f"broker at {self.target} {what}; retrying for up to {format_duration(self.limit)}..."
+        )
+
+
+@contextmanager
+def retry_notices(target: str, limit: timedelta) -> Iterator[None]:
+    """While it lasts, each new kind of publish retry is told on stderr (see `_RetryNotice`)."""
+    logger = logging.getLogger(CLIENT_LOGGER)
+    handler = _RetryNotice(target, limit)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _data_text(data: Any, content_type: str) -> str:
@@ -102,11 +176,23 @@ def publish(
     ordering_key: Annotated[
         str | None, typer.Option(help="FIFO key (ordered subscriptions).")
     ] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="How long to keep trying while the broker cannot be reached or cannot "
+            "store now (seconds, or '30s', '2m') [default: 5 s when stdout is a terminal, "
+            "else 30 s].",
+        ),
+    ] = None,
     json_output: JsonOption = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
-    """Publish one event; print `created ID` or `duplicate ID`, and how many matched."""
+    """Publish one event; print `created ID` or `duplicate ID`, and how many matched.
+
+    While the broker cannot be reached or cannot store (UNAVAILABLE), the publish
+    is retried under the same event id, so it is stored once, and a line on
+    stderr says so; after --timeout it ends with the broker's last reason.
+    """
     try:
         payload = json.loads(data) if data is not None else None
     except json.JSONDecodeError as error:
@@ -118,7 +204,13 @@ def publish(
             raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="'--header'")
         headers[key] = value
     when_due = cli_values.delay("--delay", delay) if delay is not None else None
-    with client_for(target, api_key) as client:
+    if timeout is not None:
+        limit = cli_values.duration("--timeout", timeout, cli_values.PUBLISH_TIMEOUT)
+    else:
+        limit = timedelta(
+            seconds=PUBLISH_TIMEOUT_TERMINAL_S if sys.stdout.isatty() else PUBLISH_TIMEOUT_S
+        )
+    with client_for() as client, retry_notices(client.target, limit):
         result = client.publish(
             name,
             payload,
@@ -127,6 +219,7 @@ def publish(
             priority=priority,
             ordering_key=ordering_key,
             headers=headers or None,
+            timeout=limit,
         )
     if json_output:
         print_json(result)
@@ -144,15 +237,13 @@ def tail(
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object per event, one per line.")
     ] = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
     """Print new matching events as they are published (Ctrl-C to stop).
 
     An ephemeral tail: it needs no subscription, acknowledges nothing and leaves
     nothing behind.
     """
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         try:
             for message in client.tail(filter):
                 if json_output:
@@ -189,11 +280,10 @@ def _print_subscriptions(subs: list[Subscription], json_output: bool) -> None:
 
 
 @subs_app.command("list")
-def subs_list(
-    json_output: JsonOption = False, target: TargetOption = None, api_key: ApiKeyOption = None
-) -> None:
+@connected
+def subs_list(json_output: JsonOption = False) -> None:
     """List subscriptions."""
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         subs = client.list_subscriptions()
     _print_subscriptions(subs, json_output)
 
@@ -220,14 +310,13 @@ def _subscription_table(sub: Subscription) -> Table:
 
 
 @subs_app.command("show")
+@connected
 def subs_show(
     name: Annotated[str, typer.Argument(help="Subscription name.")],
     json_output: JsonOption = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
     """Show every setting of one subscription."""
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         sub = client.get_subscription(name)
     if json_output:
         print_json(sub)
@@ -325,6 +414,7 @@ def _changes(
 
 
 @subs_app.command("create")
+@connected
 def subs_create(
     name: Annotated[str, typer.Argument(help="Subscription name (lower case).")],
     filter: FilterOption = None,
@@ -344,12 +434,12 @@ def subs_create(
     exist_ok: Annotated[
         bool,
         typer.Option(
-            "--exist-ok", help="Succeed when it exists already (its settings are left as they are)."
+            "--exist-ok",
+            help="Succeed when it exists already: its settings are left as they are, and "
+            "a warning names each one that differs from those given.",
         ),
     ] = False,
     json_output: JsonOption = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
     """Create a subscription."""
     if not filter:
@@ -368,14 +458,35 @@ def subs_create(
         retention=retention,
     )
     start_at = cli_values.start("--start", start) if start is not None else None
-    with client_for(target, api_key) as client:
+    with client_for() as client, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SubscriptionSettingsWarning)
         sub = client.create_subscription(
             name, filter, ordered=ordered, start=start_at, exist_ok=exist_ok, **settings
         )
+    for warning in caught:
+        if isinstance(warning.message, SubscriptionSettingsWarning):
+            warn(_settings_warning(warning.message))
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     _print_subscriptions([sub], json_output)
 
 
+def _settings_warning(mismatch: SubscriptionSettingsWarning) -> str:
+    """The client's warning in the command's words: flags instead of keywords."""
+    listed = "; ".join(
+        f"--{setting.replace('_', '-')} is {now}, asked {asked}"
+        for setting, now, asked in mismatch.differences
+    )
+    return (
+        f"subscription {mismatch.subscription!r} exists with other settings, left as they are: "
+        f"{listed} (`broker subs update {mismatch.subscription} ...` changes them)"
+    )
+
+
 @subs_app.command("update")
+@connected
 def subs_update(
     name: Annotated[str, typer.Argument(help="Subscription name.")],
     filter: Annotated[
@@ -396,8 +507,6 @@ def subs_update(
     max_age: MaxAgeOption = None,
     retention: RetentionOption = None,
     json_output: JsonOption = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
     """Change the settings given; the others stay as they are.
 
@@ -418,28 +527,28 @@ def subs_update(
         raise usage_error(
             "nothing to change: give at least one setting (broker subs update --help)"
         )
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         sub = client.update_subscription(name, **changes)
     _print_subscriptions([sub], json_output)
 
 
 @subs_app.command("delete")
-def subs_delete(name: str, target: TargetOption = None, api_key: ApiKeyOption = None) -> None:
+@connected
+def subs_delete(name: Annotated[str, typer.Argument(help="Subscription name.")]) -> None:
     """Delete a subscription and its pending deliveries."""
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         client.delete_subscription(name)
     show(f"deleted {name}")
 
 
 @events_app.command("show")
+@connected
 def events_show(
     event_id: Annotated[str, typer.Argument(help="Event id, as publish prints it.")],
     json_output: JsonOption = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
     """Show an event and, for each subscription, where its delivery stands and why."""
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         info = client.get_event(event_id)
     if json_output:
         print_json(info)
@@ -497,17 +606,16 @@ def _shorten(text: str, width: int) -> str:
 
 
 @dlq_app.command("list")
+@connected
 def dlq_list(
     subscription: SubscriptionArgument,
     name: NameOption = None,
     reason: ReasonOption = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 50,
     json_output: JsonOption = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
     """List a subscription's dead letters, oldest first."""
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         letters = list(
             islice(
                 client.iter_dead_letters(
@@ -574,15 +682,14 @@ def _dead_letter_table(letter: DeadLetterInfo) -> Table:
 
 
 @dlq_app.command("show")
+@connected
 def dlq_show(
     subscription: SubscriptionArgument,
     event_id: Annotated[str, typer.Argument(help="Event id, as `broker dlq list` shows it.")],
     json_output: JsonOption = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
     """Show one dead letter: the event, why it died, and its attempt history."""
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         letter = client.get_dead_letter(subscription, event_id)
     if letter is None:
         raise CommandError(
@@ -613,6 +720,7 @@ def dlq_show(
 
 
 @dlq_app.command("redrive")
+@connected
 def dlq_redrive(
     subscription: SubscriptionArgument,
     event_ids: Annotated[
@@ -628,8 +736,6 @@ def dlq_redrive(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask before redriving a selection.")
     ] = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
     """Deliver dead letters again, counting their attempts afresh from 1.
 
@@ -644,7 +750,7 @@ def dlq_redrive(
             f"this would redrive every dead letter of {subscription}: "
             "say so with --all, or give EVENT_IDS, --name or --reason"
         )
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         ids = list(event_ids or [])
         if not ids:
             letters = client.iter_dead_letters(
@@ -718,15 +824,13 @@ def stats(
         bool,
         typer.Option("--json", help="Print JSON (with --watch: one object per line, per refresh)."),
     ] = False,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
 ) -> None:
     """Counts and rates per subscription.
 
     Scheduled, ready, in flight, acked and dead deliveries; consumers; delivery and
     ack rates per second.
     """
-    with client_for(target, api_key) as client:
+    with client_for() as client:
         fetch: Callable[[], Stats] = lambda: client.get_stats(subscription)  # noqa: E731
         if watch is None:
             if json_output:
@@ -750,9 +854,9 @@ def stats(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the `broker` command."""
-    app.command()(publish)
-    app.command()(tail)
-    app.command()(stats)
+    app.command()(connected(publish))
+    app.command()(connected(tail))
+    app.command()(connected(stats))
     app.add_typer(subs_app, name="subs")
     app.add_typer(events_app, name="events")
     app.add_typer(dlq_app, name="dlq")

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import grpc
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer._click import exceptions as click_errors
 
 from eventbroker import BrokerError
@@ -63,21 +64,29 @@ def broker_error(error: BrokerError, target: str) -> CommandError:
     if error.code is grpc.StatusCode.UNAVAILABLE and error.reason is None:
         # No details: the broker never answered (refused, no route, name not found).
         cause = error.message.rsplit(": ", 1)[-1].strip() or error.message
-        return CommandError(
-            f"cannot reach the broker at {target} (--target / EVENTBROKER_TARGET): {cause}",
-            EXIT_FAILED,
-        )
-    parts = [f"{error.code.name}: {error.message}"]
-    parts += [
-        f"{field}: {why}" for field, why in error.field_violations if field not in error.message
-    ]
-    exit_code = EXIT_USAGE if error.code in INPUT_CODES else EXIT_FAILED
-    return CommandError("; ".join(parts), exit_code)
+        message = f"cannot reach the broker at {target} (--target / EVENTBROKER_TARGET): {cause}"
+        exit_code = EXIT_FAILED
+    else:
+        message = str(error)  # the code, the message with the bad values, the reason
+        exit_code = EXIT_USAGE if error.code in INPUT_CODES else EXIT_FAILED
+    if error.attempts > 1:
+        message += f" (gave up after {error.attempts} attempts; --timeout says how long to try)"
+    return CommandError(message, exit_code)
 
 
 def report(message: str) -> None:
     """Print an error line on stderr (in red on a terminal)."""
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    """Print a warning line on stderr (in yellow on a terminal): the command goes on."""
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, highlight=False)
+
+
+def notice(message: str) -> None:
+    """Print a line on stderr about what the command is doing (dim on a terminal)."""
+    err.print(f"[dim]{escape(message)}[/dim]", markup=True, highlight=False)
 
 
 def run(app: typer.Typer, args: Sequence[str] | None = None) -> int:

@@ -23,6 +23,8 @@ BACKOFF = durations.ANY_DELAY
 RETRY_DELAY = durations.ANY_DELAY
 MAX_AGE = durations.MAX_AGE
 RETENTION = durations.RETENTION
+#: `broker publish --timeout`: a tenth of a second at least, no upper limit.
+PUBLISH_TIMEOUT = durations.DurationRange(0.1)
 
 
 def duration(flag: str, text: str, allowed: DurationRange) -> timedelta:

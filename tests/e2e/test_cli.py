@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import select
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import pytest
 from broker.storage import open_storage
 from eventbroker import Client
 from tests.e2e.cli import BrokerCli, Result
+from tests.e2e.processes import BrokerProcess
 
 
 @pytest.fixture
@@ -112,17 +115,58 @@ def test_durations_are_seconds_or_words(cli: BrokerCli, broker_target: str) -> N
     assert status is not None and status.state == "scheduled"
 
 
-def test_an_unreachable_broker_is_one_line_naming_it(tmp_path: Path) -> None:
+def _closed_port() -> int:
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]  # closed again: nobody listens there
+        port: int = free.getsockname()[1]  # closed again: nobody listens there
+    return port
+
+
+def test_an_unreachable_broker_says_it_retries_then_gives_up_in_one_line() -> None:
+    port = _closed_port()
     cli = BrokerCli({"EVENTBROKER_TARGET": f"127.0.0.1:{port}"})
-    result = cli.invoke(["publish", "user.joined"])
+    started = time.monotonic()
+    result = cli.invoke(["publish", "user.joined", "--timeout", "1"])
+    assert time.monotonic() - started < 1 + STARTUP_ALLOWANCE_S
     assert result.exit_code == 1
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert f"cannot reach the broker at 127.0.0.1:{port}" in lines[0]
-    assert "--target / EVENTBROKER_TARGET" in lines[0]
+    notice, error = result.stderr.splitlines()
+    assert notice == (
+        f"broker at 127.0.0.1:{port} not answering (UNAVAILABLE); retrying for up to 1 s..."
+    )
+    assert error.startswith(f"error: cannot reach the broker at 127.0.0.1:{port}")
+    assert "--target / EVENTBROKER_TARGET" in error and "--timeout" in error
+
+
+#: What starting the `broker` command costs, on top of what a test waits for (a loaded machine).
+STARTUP_ALLOWANCE_S = 8.0
+
+
+def test_publish_gives_up_after_5_s_at_a_terminal_and_30_s_in_a_script() -> None:
+    port = _closed_port()
+    command = [sys.executable, "-m", "broker", "publish", "user.joined"]
+    env = {**os.environ, "EVENTBROKER_TARGET": f"127.0.0.1:{port}"}
+    terminal, attached = pty.openpty()
+    try:
+        started = time.monotonic()
+        at_terminal = subprocess.run(
+            command, stdout=attached, stderr=subprocess.PIPE, text=True, env=env, timeout=60
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        os.close(attached)
+        os.close(terminal)
+    assert at_terminal.returncode == 1
+    assert "retrying for up to 5 s..." in at_terminal.stderr
+    assert 4 < elapsed < 5 + STARTUP_ALLOWANCE_S
+    in_script = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert in_script.stderr is not None
+        assert in_script.stderr.readline().endswith("retrying for up to 30 s...\n")
+    finally:
+        in_script.terminate()
+        in_script.communicate(timeout=10)
 
 
 @pytest.mark.parametrize(
@@ -320,6 +364,7 @@ def test_every_subscription_setting_is_a_flag(cli: BrokerCli, broker_target: str
         assert sub.retention.total_seconds() == 3 * 86400
         again = cli.invoke(["subs", "create", "billing", "-f", "x", "--exist-ok"])
         assert again.exit_code == 0 and "order.*" in again.stdout  # left as it was
+        assert "--filter is order.*, refund.>, asked x" in again.stderr
         exists = cli.invoke(["subs", "create", "billing", "-f", "x"])
         assert exists.exit_code == 1 and "ALREADY_EXISTS" in exists.stderr
         removed = cli.invoke(
@@ -388,3 +433,39 @@ def test_keys_commands_never_create_a_database(tmp_path: Path) -> None:
     listed = json.loads(cli.invoke(["keys", "list", "--json"]).stdout)
     assert [(k["name"], k["scopes"]) for k in listed] == [("ci", ["admin"])]
     assert listed[0]["create_time"].endswith("Z") and listed[0]["revoke_time"] is None
+
+
+def test_exist_ok_warns_on_stderr_naming_each_flag_that_differs(cli: BrokerCli) -> None:
+    made = cli.invoke(["subs", "create", "mails", "-f", "user.*", "--ack-deadline", "45"])
+    assert made.exit_code == 0, made.output
+    same = cli.invoke(["subs", "create", "mails", "-f", "user.*", "--exist-ok", "--json"])
+    assert same.exit_code == 0 and same.stderr == ""
+    other = cli.invoke(
+        ["subs", "create", "mails", "-f", "user.joined", "--ack-deadline", "30",
+         "--max-attempts", "3", "--exist-ok", "--json"]
+    )  # fmt: skip
+    assert other.exit_code == 0, other.output
+    (shown,) = json.loads(other.stdout)
+    assert shown["filter"] == ["user.*"] and shown["ack_deadline"] == 45.0  # left as it was
+    (warning,) = other.stderr.splitlines()
+    assert warning == (
+        "warning: subscription 'mails' exists with other settings, left as they are: "
+        "--filter is user.*, asked user.joined; --ack-deadline is 45 s, asked 30 s; "
+        "--max-attempts is 20, asked 3 (`broker subs update mails ...` changes them)"
+    )
+
+
+def test_serve_logs_the_grpc_target_and_the_dashboard_url(tmp_path: Path) -> None:
+    broker = BrokerProcess(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "broker.log").start()
+    try:
+        deadline = time.monotonic() + 10
+        while "ready: " not in (log := broker.log_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        http_port = re.search(r"\(http port (\d+)\)", log)
+        assert http_port, log
+        assert (
+            f"ready: gRPC target 127.0.0.1:{broker.port}, "
+            f"dashboard http://127.0.0.1:{http_port.group(1)}/" in log
+        ), log
+    finally:
+        broker.terminate()

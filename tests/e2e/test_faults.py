@@ -27,9 +27,14 @@ from eventbroker import Client, Unavailable
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.conftest import TEST_SETTINGS, BrokerThread, PostgresServer, sqlite_url
+from tests.e2e.cli import BrokerCli
 from tests.e2e.streams import StreamReader, subscribe
 
 WAIT_S = 10.0
+#: Publishes the full disk refuses, and how long each is retried: long enough for a
+#: loaded machine's first answer, short enough that the test takes seconds.
+FULL_DISK_PUBLISHES = 5
+FULL_DISK_TIMEOUT_S = 2.0
 
 HANGING_CONSUMER = """
 import sys, time
@@ -202,7 +207,14 @@ def sqlite_broker(tmp_path: Path) -> Iterator[BrokerThread]:
 def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing(
     sqlite_broker: BrokerThread,
 ) -> None:
-    """SQLite's page cap gives the broker the very error a full disk gives (SQLITE_FULL)."""
+    """SQLite's page cap gives the broker the very error a full disk gives (SQLITE_FULL).
+
+    The client retries UNAVAILABLE for as long as it is given (a full disk may get
+    room again), so each refused publish is several attempts; on a loaded machine
+    the last of them may be cut short by the deadline before the broker answers.
+    The error must still be the broker's reason, STORAGE_FULL, not the client's
+    DEADLINE_EXCEEDED.
+    """
     broker_server = sqlite_broker
     storage = broker_server.app.storage
     assert isinstance(storage, SqlStorage)
@@ -211,17 +223,16 @@ def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing(
         client.create_subscription("orders", "order.*")
         before = [client.publish("order.new", payload).event_id for _ in range(5)]
         set_max_pages(storage, None)  # no room left
-        refusals: list[tuple[str | None, str]] = []
-        for _ in range(20):
+        refusals: list[tuple[str | None, str, int]] = []
+        for _ in range(FULL_DISK_PUBLISHES):
             try:
-                # The client retries UNAVAILABLE for as long as it is given: a full disk
-                # may get room again. Half a second each keeps the test short.
-                client.publish("order.new", payload, timeout=0.5)
+                client.publish("order.new", payload, timeout=FULL_DISK_TIMEOUT_S)
             except Unavailable as error:
-                refusals.append((error.reason, error.message))
+                refusals.append((error.reason, error.message, error.attempts))
         assert refusals, "the capped file took every publish"
+        assert all(attempts > 1 for *_, attempts in refusals), "refused without a retry"
         full = ("STORAGE_FULL", storage_full().message)  # stable, and says "full"
-        assert set(refusals) == {full}, refusals
+        assert {(reason, message) for reason, message, _ in refusals} == {full}, refusals
         set_max_pages(storage, 1_000_000)  # room again
         after = client.publish("order.new", payload).event_id
         received: set[str] = set()
@@ -231,6 +242,23 @@ def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing(
             if received >= {*before, after}:
                 break
     assert {*before, after} <= received
+
+
+def test_a_cli_publish_to_a_full_disk_says_so_while_it_retries_and_when_it_gives_up(
+    sqlite_broker: BrokerThread,
+) -> None:
+    storage = sqlite_broker.app.storage
+    assert isinstance(storage, SqlStorage)
+    set_max_pages(storage, None)  # no room left
+    cli = BrokerCli({"EVENTBROKER_TARGET": sqlite_broker.target})
+    result = cli.invoke(["publish", "order.new", '{"pad": "%s"}' % ("x" * 4000), "--timeout", "2"])
+    assert result.exit_code == 1, result.output
+    retrying, error = result.stderr.splitlines()
+    reason = f"UNAVAILABLE: {storage_full().message} [STORAGE_FULL]"
+    assert retrying == (
+        f"broker at {sqlite_broker.target} answered {reason}; retrying for up to 2 s..."
+    )
+    assert error.startswith(f"error: {reason} (gave up after "), error
 
 
 def test_a_database_outage_tells_clients_a_stable_reason_and_logs_the_detail(

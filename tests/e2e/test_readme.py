@@ -1,11 +1,17 @@
-"""Every snippet of the READMEs, run as written against a live broker, twice in a row.
+"""Every snippet of the READMEs and docs pages, run as written against a live broker, twice.
 
-Each fenced ```python, ```sh, ```bash and ```console block of README.md and
-clients/python/README.md runs in order against a broker process on free ports
-(the README's `127.0.0.1:50051` and `127.0.0.1:8080` become its addresses, and
-`EVENTBROKER_TARGET` names it), from a scratch directory whose `.venv` is this
-virtualenv (so `source .venv/bin/activate` works) with its `bin` on `PATH`; then
-the whole README runs a second time, so that a snippet that only works once fails.
+Each fenced ```python, ```sh, ```bash and ```console block of README.md,
+clients/python/README.md and every page of docs/ runs in order against a broker
+process on free ports (the page's `127.0.0.1:50051` and `127.0.0.1:8080` become
+its addresses, and `EVENTBROKER_TARGET` names it), from a scratch directory laid
+out like the top of the clone: its `.venv` is this virtualenv (so `source
+.venv/bin/activate` works, with its `bin` on `PATH`) and its `clients` is the
+repository's (the TypeScript quickstart packs `clients/typescript`); then the whole
+page runs a second time, so that a snippet that only works once fails.
+
+The README's sections each have subscriptions and event names of their own, so
+that they run in any order and a quickstart's consumer never meets an event it has
+no handler for: `test_readme_sections_have_names_of_their_own` checks that.
 
 An HTML comment on the line above a block changes how it runs:
 
@@ -35,7 +41,8 @@ import pytest
 from tests.e2e.processes import BrokerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-READMES = [ROOT / "README.md", ROOT / "clients" / "python" / "README.md"]
+README = ROOT / "README.md"
+READMES = [README, ROOT / "clients" / "python" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"python", "sh", "bash", "console"}
 #: Longest one snippet may take.
 SNIPPET_TIMEOUT_S = 60
@@ -184,6 +191,7 @@ def test_every_snippet_runs_twice(
     workdir = tmp_path / "work"
     workdir.mkdir()
     (workdir / ".venv").symlink_to(Path(sys.prefix))
+    (workdir / "clients").symlink_to(ROOT / "clients")
     for round_ in (1, 2):
         for snippet in snippets(readme):
             if snippet.marker == "not run":
@@ -192,3 +200,75 @@ def test_every_snippet_runs_twice(
                 _run(snippet, broker.target, http, workdir)
             except AssertionError as error:
                 raise AssertionError(f"round {round_}: {error}") from None
+
+
+# -- the README's sections keep to their own names ------------------------------------
+
+_SUBSCRIPTION_NAMES = (
+    re.compile(r"create_subscription\(\s*\"([^\"]+)\""),
+    re.compile(r"createSubscription\(\"([^\"]+)\""),
+    re.compile(r"\"subscription\":\{\"name\":\"([^\"]+)\""),
+    re.compile(r"broker subs create ([\w-]+)"),
+)
+_FILTERS = (
+    re.compile(r"create_subscription\(\s*\"[^\"]+\",\s*\"([^\"]+)\""),
+    re.compile(r"createSubscription\(\"[^\"]+\", \"([^\"]+)\""),
+    re.compile(r"\"filter\":\[\"([^\"]+)\"\]"),
+    re.compile(r"-f '([^']+)'"),
+)
+_EVENT_NAMES = (
+    re.compile(r"publish\(\s*\"([^\"]+)\""),
+    re.compile(r"\"event\":\{\"name\":\"([^\"]+)\""),
+    re.compile(r"broker publish ([\w.:/-]+)"),
+)
+
+
+@dataclass(frozen=True)
+class SectionNames:
+    """The names one section of a page uses in its snippets."""
+
+    title: str
+    subscriptions: frozenset[str]
+    filters: frozenset[str]
+    events: frozenset[str]
+
+
+def section_names(page: Path) -> list[SectionNames]:
+    """Per `## ` section, the subscriptions it makes, their filters and the events it publishes."""
+    found: dict[str, list[str]] = {}
+    title = ""
+    lines = page.read_text().splitlines()
+    for snippet in snippets(page):
+        title = next(
+            (lines[i][3:] for i in range(snippet.line - 1, -1, -1) if lines[i].startswith("## ")),
+            "",
+        )
+        found.setdefault(title, []).append(snippet.code)
+
+    def every(patterns: tuple[re.Pattern[str], ...], texts: list[str]) -> frozenset[str]:
+        return frozenset(m for p in patterns for text in texts for m in p.findall(text))
+
+    return [
+        SectionNames(
+            title,
+            every(_SUBSCRIPTION_NAMES, texts),
+            every(_FILTERS, texts),
+            every(_EVENT_NAMES, texts),
+        )
+        for title, texts in found.items()
+    ]
+
+
+def test_readme_sections_have_names_of_their_own() -> None:
+    from broker.names import matches
+
+    sections = [s for s in section_names(README) if s.subscriptions or s.events]
+    quickstarts = [s.title for s in sections if s.title.startswith("Quickstart")]
+    assert len(quickstarts) == 3, quickstarts
+    for section in sections:
+        for other in sections:
+            if other is section:
+                continue
+            assert not section.subscriptions & other.subscriptions, (section, other)
+            strays = {e for e in other.events if matches(sorted(section.filters), e.lower())}
+            assert not strays, f"{other.title!r} publishes {strays} into {section.title!r}"

@@ -7,6 +7,11 @@ the caller's total deadline. Every attempt carries the same event id (the
 caller's, else one the client makes), so an attempt whose answer was lost
 after the broker stored it comes back as a duplicate instead of a second event:
 retrying is safe for every publish, which is why both codes are retried.
+
+A publish that gives up raises the most telling of its attempts' errors, not
+merely the last: a last attempt cut short by the deadline says only
+DEADLINE_EXCEEDED, where an attempt before it had the broker's own reason
+(STORAGE_FULL, DATABASE_UNAVAILABLE) or the connection's ("Connection refused").
 """
 
 from __future__ import annotations
@@ -61,10 +66,6 @@ def _with_id(spec: EventSpec) -> EventSpec:
     )
 
 
-def _retryable(error: BaseException) -> bool:
-    return isinstance(error, BrokerError) and error.code in RETRY_CODES
-
-
 class Deadline:
     """The total time a publish may take, shared by its attempts.
 
@@ -82,6 +83,7 @@ class Deadline:
                 raise ValueError("timeout must be more than 0 s (None for no limit); got 0 s")
         self.per_call_s = per_call_s
         self._started = time.monotonic()
+        self._errors: list[BrokerError] = []
 
     def attempt_timeout_s(self) -> float | None:
         """How long the next attempt may take: the call limit, cut to what is left."""
@@ -91,17 +93,33 @@ class Deadline:
         return left if self.per_call_s is None else min(left, self.per_call_s)
 
     def retry_options(self, what: str) -> dict[str, Any]:
-        """Keyword arguments of tenacity's `Retrying`/`AsyncRetrying` for this deadline."""
+        """Keyword arguments of tenacity's `Retrying`/`AsyncRetrying` for this deadline.
+
+        Each retry is logged at INFO on `eventbroker.client`; the record also carries
+        the error (`publish_error`), the attempt to come (`publish_attempt`), the pause
+        before it (`publish_retry_in_s`) and the total time (`publish_timeout_s`), for
+        a program that shows retries its own way (the `broker` command does).
+        """
 
         def log_retry(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             pause = state.next_action.sleep if state.next_action else 0.0
             _log.info(
-                "%s failed (%s); attempt %d in %.1f s", what, error, state.attempt_number + 1, pause
+                "%s failed (%s); attempt %d in %.1f s",
+                what,
+                error,
+                state.attempt_number + 1,
+                pause,
+                extra={
+                    "publish_error": error,
+                    "publish_attempt": state.attempt_number + 1,
+                    "publish_retry_in_s": pause,
+                    "publish_timeout_s": self.total_s,
+                },
             )
 
         options: dict[str, Any] = {
-            "retry": retry_if_exception(_retryable),
+            "retry": retry_if_exception(self._retryable),
             "wait": wait_exponential(multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S)
             + wait_random(0, RETRY_JITTER_S),
             "before_sleep": log_retry,
@@ -110,6 +128,42 @@ class Deadline:
         if self.total_s is not None:
             options["stop"] = stop_before_delay(self.total_s)
         return options
+
+    def _retryable(self, error: BaseException) -> bool:
+        """Whether to try again after `error`; every attempt's error is kept for `failure`."""
+        if not isinstance(error, BrokerError):
+            return False
+        self._errors.append(error)
+        return error.code in RETRY_CODES
+
+    def failure(self, last: BrokerError) -> BrokerError:
+        """The error a publish that gave up raises: the most telling of its attempts'.
+
+        The last error, unless it is the client's own (no reason from the broker:
+        a timeout or a connection that failed) and an earlier attempt said more:
+        then the latest error the broker explained (its reason, e.g. STORAGE_FULL),
+        else the latest that says the broker could not be reached, rather than a
+        bare DEADLINE_EXCEEDED. A note on it tells how many attempts were made and
+        how the last one ended. The traceback starts afresh where it is raised, so
+        that tenacity's frames do not stand between the caller and the error.
+        """
+        errors = self._errors or [last]
+        chosen = last
+        if last.reason is None and last.code in RETRY_CODES:
+            explained = [e for e in errors if e.reason is not None]
+            unreachable = [e for e in errors if e.code is grpc.StatusCode.UNAVAILABLE]
+            if explained:
+                chosen = explained[-1]
+            elif last.code is grpc.StatusCode.DEADLINE_EXCEEDED and unreachable:
+                chosen = unreachable[-1]
+        chosen.attempts = len(errors)
+        if len(errors) > 1:
+            spent = time.monotonic() - self._started
+            note = f"{len(errors)} attempts in {spent:.1f} s"
+            if chosen is not last:
+                note += f"; the last one ended {last.code.name}: {last.message}"
+            chosen.add_note(note)
+        return chosen.with_traceback(None)
 
 
 class MatchWarnings:

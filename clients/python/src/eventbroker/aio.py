@@ -7,6 +7,7 @@ through `eventbroker._convert`, the same code the blocking client uses.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -18,11 +19,12 @@ from grpc import aio
 from tenacity import AsyncRetrying
 
 from eventbroker import _convert as convert
+from eventbroker import _exist_ok as exist_ok_check
 from eventbroker import _publish as publishing
 from eventbroker._config import ConnectionConfig, TLSConfig
 from eventbroker._publish import PUBLISH_TIMEOUT_S
 from eventbroker.client import _UNSET, DEAD_LETTER_PAGE_SIZE, DEFAULT_TIMEOUT_S, _Unset
-from eventbroker.errors import AlreadyExists, error_from_rpc
+from eventbroker.errors import AlreadyExists, BrokerError, error_from_rpc
 from eventbroker.types import (
     AckIds,
     AckResult,
@@ -88,7 +90,7 @@ class SubscribeStream:
             async for response in self._call:
                 yield convert.messages(response)
         except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
+            raise error_from_rpc(error) from None
 
     def cancel(self) -> None:
         """End the stream: the consumer detaches and gives back what it holds."""
@@ -160,7 +162,9 @@ class AsyncClient:
         try:
             return await method(request, timeout=limit, metadata=self._config.metadata)
         except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
+            # Unchained: all the grpc error held is on the BrokerError, and its frames
+            # would only stand between the caller and the reason.
+            raise error_from_rpc(error, request) from None
 
     # -- publishing ----------------------------------------------------------
 
@@ -198,7 +202,11 @@ class AsyncClient:
             )
 
         retrying = AsyncRetrying(**deadline.retry_options(f"publish of {spec.name}"))
-        result = convert.publish_result(await retrying(attempt))
+        try:
+            response: pb.PublishResponse = await retrying(attempt)
+        except BrokerError as error:
+            raise deadline.failure(error) from None
+        result = convert.publish_result(response)
         self._match_warnings.check([spec.name], [result])
         return result
 
@@ -219,7 +227,11 @@ class AsyncClient:
             )
 
         retrying = AsyncRetrying(**deadline.retry_options(f"batch publish of {len(specs)}"))
-        results = convert.batch_publish_results(await retrying(attempt))
+        try:
+            response: pb.BatchPublishResponse = await retrying(attempt)
+        except BrokerError as error:
+            raise deadline.failure(error) from None
+        results = convert.batch_publish_results(response)
         self._match_warnings.check([spec.name for spec in specs], results)
         return results
 
@@ -264,7 +276,10 @@ class AsyncClient:
         except AlreadyExists:
             if not exist_ok:
                 raise
-            return await self.get_subscription(name)
+            existing = await self.get_subscription(name)
+            if mismatch := exist_ok_check.warning(request.subscription, existing):
+                warnings.warn(mismatch, stacklevel=2)
+            return existing
         return convert.subscription_from_proto(response.subscription)
 
     async def get_subscription(self, name: str) -> Subscription:
@@ -430,7 +445,7 @@ class AsyncClient:
             async for response in call:
                 yield response
         except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
+            raise error_from_rpc(error, request) from None
         finally:
             call.cancel()
 

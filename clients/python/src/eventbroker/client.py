@@ -8,6 +8,7 @@ subclasses instead of `grpc.RpcError`.
 from __future__ import annotations
 
 import enum
+import warnings
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -17,10 +18,11 @@ import grpc
 from tenacity import Retrying
 
 from eventbroker import _convert as convert
+from eventbroker import _exist_ok as exist_ok_check
 from eventbroker import _publish as publishing
 from eventbroker._config import ConnectionConfig, TLSConfig
 from eventbroker._publish import PUBLISH_TIMEOUT_S
-from eventbroker.errors import AlreadyExists, error_from_rpc
+from eventbroker.errors import AlreadyExists, BrokerError, error_from_rpc
 from eventbroker.types import (
     AckIds,
     AckResult,
@@ -119,7 +121,9 @@ class Client:
         try:
             return method(request, timeout=limit, metadata=self._config.metadata)
         except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
+            # Unchained: all the grpc error held is on the BrokerError, and its frames
+            # would only stand between the caller and the reason.
+            raise error_from_rpc(error, request) from None
 
     # -- publishing ----------------------------------------------------------
 
@@ -165,8 +169,10 @@ class Client:
 
         Raises:
             ValueError: The delay or the data cannot be read (nothing was sent).
-            BrokerError: The broker refused it (e.g. `InvalidArgument` for a bad name),
-                or the last attempt's error when the timeout ran out.
+            BrokerError: The broker refused it (e.g. `InvalidArgument` for a bad name).
+                When the timeout ran out, the most telling attempt's error: the
+                broker's last reason (e.g. `Unavailable` with reason `STORAGE_FULL`)
+                rather than the `DeadlineExceeded` of an attempt cut short.
 
         """
         spec = EventSpec(
@@ -216,9 +222,12 @@ class Client:
         """A publish call, retried as `publish` says, each attempt within what is left."""
         deadline = publishing.Deadline(timeout, self._timeout)
         retrying = Retrying(**deadline.retry_options(what))
-        return retrying(
-            lambda: self._call(method, request, call_timeout=deadline.attempt_timeout_s())
-        )
+        try:
+            return retrying(
+                lambda: self._call(method, request, call_timeout=deadline.attempt_timeout_s())
+            )
+        except BrokerError as error:
+            raise deadline.failure(error) from None
 
     # -- subscriptions -------------------------------------------------------
 
@@ -264,8 +273,9 @@ class Client:
             exist_ok: If a subscription of that name exists, return it as it is
                 instead of raising `AlreadyExists`, so that a program can declare the
                 subscription it needs every time it starts. Its settings are not
-                compared with, nor changed to, the ones given: `update_subscription`
-                changes them.
+                changed; each one given here that differs (the filter, `ordered` when
+                True, any setting not left as None) is named in a
+                `SubscriptionSettingsWarning`. `update_subscription` changes them.
 
         Returns:
             The subscription with every setting filled in (the existing one, with
@@ -293,7 +303,10 @@ class Client:
         except AlreadyExists:
             if not exist_ok:
                 raise
-            return self.get_subscription(name)
+            existing = self.get_subscription(name)
+            if mismatch := exist_ok_check.warning(request.subscription, existing):
+                warnings.warn(mismatch, stacklevel=2)
+            return existing
         return convert.subscription_from_proto(response.subscription)
 
     def get_subscription(self, name: str) -> Subscription:
@@ -515,7 +528,7 @@ class Client:
         try:
             yield from call
         except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
+            raise error_from_rpc(error, request) from None
         finally:
             call.cancel()
 
