@@ -55,6 +55,35 @@ ROWS = [
     Row("  single publish p50 ms", "single_publish", "p50_ms", "ms"),
     Row("  single publish p99 ms", "single_publish", "p99_ms", "ms"),
     _cpu("single_publish"),
+    Row("client publish, 64 tasks: ev/s", "client_publish", "events_per_s", "rate", vs_nats=False),
+    Row("  client publish p50 ms", "client_publish", "p50_ms", "ms", vs_nats=False),
+    Row("  client publish p99 ms", "client_publish", "p99_ms", "ms", vs_nats=False),
+    Row("  server CPU us/event", "client_publish", "cpu_us_per_event", "us", vs_nats=False),
+    Row(
+        "  client CPU us/event",
+        "client_publish",
+        "client_cpu_us_per_event",
+        "us",
+        vs_nats=False,
+    ),
+    Row("  unbatched: ev/s", "client_publish", "off_events_per_s", "rate", vs_nats=False),
+    Row("  unbatched p50 ms", "client_publish", "off_p50_ms", "ms", vs_nats=False),
+    Row("  unbatched p99 ms", "client_publish", "off_p99_ms", "ms", vs_nats=False),
+    Row(
+        "  unbatched server CPU us/event",
+        "client_publish",
+        "off_cpu_us_per_event",
+        "us",
+        vs_nats=False,
+    ),
+    Row(
+        "  unbatched client CPU us/event",
+        "client_publish",
+        "off_client_cpu_us_per_event",
+        "us",
+        vs_nats=False,
+    ),
+    Row("  batched / unbatched ev/s", "client_publish", "batching_ratio", "x", vs_nats=False),
     Row(
         "end to end, 4 consumers: ev/s",
         "end_to_end",
@@ -262,6 +291,11 @@ def method_notes(report: Report) -> list[str]:
         "workload (the broker's own process; the client is not counted).",
         "Publish cost of fan-out: batched publish events/s over fan-out publish events/s "
         "(with the fan-out consumers running).",
+        f"Client publish: AsyncClient.publish per event from {plan['client_callers']} tasks "
+        "(1 KiB JSON, no subscription), with the client's publish batching and with "
+        "publish_batching=False (unbatched: one Publish call per event), each on a fresh "
+        "database; p50/p99: one publish call as its caller sees it; client CPU: the "
+        "publishing process's own.",
     ]
     scale = report["systems"].get(PG, {}).get("workloads", {}).get("scale_out")
     if scale and scale.get("status") == "ok":
@@ -339,6 +373,30 @@ GOALS = [
         ">=",
         0.7,
         FLOOR,
+    ),
+    Goal(
+        "client publish batched >= 3x unbatched (SQLite)",
+        SQLITE,
+        "client_publish",
+        "batching_ratio",
+        ">=",
+        3,
+    ),
+    Goal(
+        "client publish batched >= 3x unbatched (PostgreSQL)",
+        PG,
+        "client_publish",
+        "batching_ratio",
+        ">=",
+        3,
+    ),
+    Goal(
+        "client publish p50 batched <= unbatched (SQLite)",
+        SQLITE,
+        "client_publish",
+        "p50_ratio",
+        "<=",
+        1,
     ),
     Goal("publish->handler keeps up 990/s (SQLite)", SQLITE, "latency", "rate_per_s", ">=", 990),
     Goal(

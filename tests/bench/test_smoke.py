@@ -24,6 +24,7 @@ PEERS = ["grpc-floor", "nats", "rabbitmq", "pgqueuer"]
 BROKER_WORKLOADS = [
     "batched_publish",
     "single_publish",
+    "client_publish",
     "end_to_end",
     "latency",
     "fan_out",

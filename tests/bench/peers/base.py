@@ -49,6 +49,8 @@ class Plan:
     batch_callers: int = 4
     single_events: int = 5_000
     single_callers: int = 16
+    client_events: int = 20_000  # client publish: each of batching on and off
+    client_callers: int = 64
     e2e_consumers: int = 4
     e2e_publishers: int = 2
     latency_rate: int = 1_000  # events/s
@@ -71,6 +73,7 @@ class Plan:
         return cls(
             events=400,
             single_events=200,
+            client_events=400,
             latency_s=1.0,
             fanout_events=200,
             wide_events=200,
@@ -171,6 +174,10 @@ class Peer:
     async def end_to_end(self) -> Result:
         """Events/s published, delivered and acked, with several consumers."""
         raise NotApplicable("not measured for this system")
+
+    async def client_publish(self) -> Result:
+        """Events/s and p50/p99 of `AsyncClient.publish` from many tasks, batching on and off."""
+        raise NotApplicable("measured for this broker's client only")
 
     async def latency(self) -> Result:
         """Publish -> handler p50/p99 at a steady rate."""

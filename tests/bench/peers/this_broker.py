@@ -8,13 +8,16 @@ this process over several channels, each with its own connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
+import logging
 import math
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +27,7 @@ import psycopg
 from google.protobuf import duration_pb2
 from grpc import aio
 
+from eventbroker import AsyncClient, PublishBatching
 from eventbroker._settle import FLUSH_INTERVAL_S as ACK_FLUSH_S
 from eventbroker._settle import MAX_PENDING as ACK_BATCH_MAX
 from eventbroker.v1 import broker_pb2 as pb
@@ -37,6 +41,7 @@ from tests.bench.peers.base import (
     Progress,
     Result,
     Unavailable,
+    cpu_seconds,
     latency_result,
     now_ns,
     paced,
@@ -298,6 +303,70 @@ async def single_publish(
     )
 
 
+@contextlib.contextmanager
+def _quiet_client_log() -> Iterator[None]:
+    """No "no subscription matches" warning: the workload publishes to no subscription."""
+    logger = logging.getLogger("eventbroker.client")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+async def _client_publish_part(
+    target: str, pid: int, batching: PublishBatching, plan: Plan, progress: Progress
+) -> tuple[dict[str, float], bool]:
+    """One part of `client_publish`: its figures and whether the time cap cut it short."""
+    data = json.loads(payload())
+    total = plan.client_events
+    async with AsyncClient(target, publish_batching=batching) as client:
+        await client.publish("bench.client", data)  # the channel is connected
+
+        async def call(index: int) -> None:
+            await client.publish("bench.client", data)
+
+        cpu_before = cpu_seconds(pid)
+        client_cpu_before = time.process_time()
+        done = await run_calls(
+            total,
+            plan.client_callers,
+            call,
+            time.perf_counter() + plan.cap_s,
+            lambda n: progress.update(n, total),
+        )
+        cpu_after = cpu_seconds(pid)
+        client_cpu_s = time.process_time() - client_cpu_before
+    figures = {
+        "events_per_s": done.done / done.elapsed_s,
+        "events": float(done.done),
+        "p50_ms": percentile(done.latencies_s, 50) * 1000,
+        "p99_ms": percentile(done.latencies_s, 99) * 1000,
+        "client_cpu_us_per_event": client_cpu_s * 1e6 / max(1, done.done),
+    }
+    if cpu_before is not None and cpu_after is not None and done.done:
+        figures["cpu_us_per_event"] = (cpu_after - cpu_before) * 1e6 / done.done
+    return figures, done.done < total
+
+
+def client_publish_result(
+    on: tuple[dict[str, float], bool], off: tuple[dict[str, float], bool], plan: Plan
+) -> Result:
+    """The figures of `client_publish`: batching on, and off prefixed `off_`, and their ratios."""
+    (batched, batched_capped), (unbatched, unbatched_capped) = on, off
+    figures = dict(batched)
+    figures.update({f"off_{name}": value for name, value in unbatched.items()})
+    figures["events"] = batched["events"] + unbatched["events"]
+    figures["batching_ratio"] = batched["events_per_s"] / unbatched["events_per_s"]
+    figures["p50_ratio"] = batched["p50_ms"] / unbatched["p50_ms"]
+    note = (
+        f"AsyncClient.publish of 1 KiB JSON from {plan.client_callers} tasks, each part on a "
+        "fresh database; off_ figures: publish_batching=False (one Publish call per event)"
+    )
+    return Result(figures, [note], capped=batched_capped or unbatched_capped)
+
+
 class ServicePeer(Peer):
     """A server of the broker's gRPC service, driven over `Channels` by the shared workloads."""
 
@@ -364,6 +433,33 @@ class BrokerPeer(ServicePeer):
         if self.process is None or self.process.proc is None:
             return None
         return self.process.proc.pid
+
+    async def client_publish(self) -> Result:
+        """`AsyncClient.publish` per event from `client_callers` tasks, as services publish.
+
+        Once with the client's default publish batching (publishes made while a call
+        is on its way go together), once with `publish_batching=False` (one Publish
+        per event: the client as it was before batching). Each part runs on a broker
+        of its own with a fresh database, so that neither publishes into what the
+        other stored (a fuller PostgreSQL database answers more slowly), and the
+        server's CPU is that part's.
+        """
+        parts: list[tuple[dict[str, float], bool]] = []
+        for label, batching in (("on", PublishBatching()), ("off", PublishBatching(enabled=False))):
+            url = await asyncio.to_thread(self.database_url)
+            log = self.workdir / f"{self.key}-client-{label}.log"
+            process = await asyncio.to_thread(BrokerProcess(url, log).start)
+            assert process.proc is not None
+            try:
+                with _quiet_client_log():
+                    parts.append(
+                        await _client_publish_part(
+                            process.target, process.proc.pid, batching, self.plan, self.progress
+                        )
+                    )
+            finally:
+                await asyncio.to_thread(process.terminate)
+        return client_publish_result(parts[0], parts[1], self.plan)
 
     async def latency(self) -> Result:
         """Publish -> handler at a steady rate: one Publish per event, one consumer."""

@@ -8,6 +8,7 @@ stubs are in `eventbroker.v1`.
 
 from importlib import metadata as _metadata
 
+from eventbroker._batching import PublishBatching
 from eventbroker._config import TLSConfig
 from eventbroker.aio import AsyncClient, SubscribeStream
 from eventbroker.client import Client
@@ -76,6 +77,7 @@ __all__ = [
     "Message",
     "NotFound",
     "PermissionDenied",
+    "PublishBatching",
     "PublishResult",
     "ResourceExhausted",
     "Retry",

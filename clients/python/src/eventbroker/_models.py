@@ -26,8 +26,15 @@ class _PydanticModel(Protocol):
     def model_dump(self, *, mode: str) -> Any: ...
 
 
+#: Types that are JSON as they are: checked first, as the check against the pydantic
+#: protocol costs more (about 15 us) than the rest of turning data into JSON.
+_PLAIN_JSON_TYPES = frozenset({dict, list, str, int, float, bool, type(None)})
+
+
 def jsonable(data: Any) -> Any:
     """A dataclass instance or pydantic model as a JSON-able value; anything else as is."""
+    if type(data) in _PLAIN_JSON_TYPES:
+        return data
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
         return dataclasses.asdict(data)
     if isinstance(data, _PydanticModel) and not isinstance(data, type):

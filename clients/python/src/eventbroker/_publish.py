@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from tenacity import RetryCallState, retry_if_exception, stop_before_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay
 from tenacity.wait import wait_exponential, wait_random
 
 from eventbroker.durations import parse_duration
@@ -40,6 +40,10 @@ RETRY_MAX_S = 5.0
 RETRY_JITTER_S = 0.1
 #: The status codes a publish is retried on: the event id makes each retry safe.
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: The pause before attempt n + 1 after n failed attempts (tenacity reads only the number).
+RETRY_WAIT = wait_exponential(multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S) + wait_random(
+    0, RETRY_JITTER_S
+)
 #: Event names remembered for the "no subscription matches" warning (names may embed ids).
 WARNED_NAMES_MAX = 1024
 
@@ -66,6 +70,42 @@ def _with_id(spec: EventSpec) -> EventSpec:
     )
 
 
+def log_retry_of(
+    what: str,
+    error: BaseException | None,
+    attempt: int,
+    pause_s: float,
+    timeout_s: float | None = None,
+) -> None:
+    """Log at INFO that a publish failed and when its next attempt goes.
+
+    The record also carries the error (`publish_error`), the attempt to come
+    (`publish_attempt`), the pause before it (`publish_retry_in_s`) and the total
+    time (`publish_timeout_s`), for a program that shows retries its own way (the
+    `broker` command does).
+    """
+    _log.info(
+        "%s failed (%s); attempt %d in %.1f s",
+        what,
+        error,
+        attempt,
+        pause_s,
+        extra={
+            "publish_error": error,
+            "publish_attempt": attempt,
+            "publish_retry_in_s": pause_s,
+            "publish_timeout_s": timeout_s,
+        },
+    )
+
+
+def retry_pause_s(failures: int) -> float:
+    """The pause before the next attempt after `failures` failed ones in a row (with jitter)."""
+    state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = failures
+    return float(RETRY_WAIT(state))
+
+
 class Deadline:
     """The total time a publish may take, shared by its attempts.
 
@@ -85,43 +125,38 @@ class Deadline:
         self._started = time.monotonic()
         self._errors: list[BrokerError] = []
 
+    def left_s(self) -> float | None:
+        """Time left of the total (never below 0); None when there is no limit."""
+        if self.total_s is None:
+            return None
+        return max(0.0, self.total_s - (time.monotonic() - self._started))
+
+    def ends_within(self, pause_s: float) -> bool:
+        """Whether the total runs out before an attempt `pause_s` from now (tenacity's rule)."""
+        left = self.left_s()
+        return left is not None and left <= pause_s
+
     def attempt_timeout_s(self) -> float | None:
         """How long the next attempt may take: the call limit, cut to what is left."""
-        if self.total_s is None:
+        left = self.left_s()
+        if left is None:
             return self.per_call_s
-        left = max(0.0, self.total_s - (time.monotonic() - self._started))
         return left if self.per_call_s is None else min(left, self.per_call_s)
 
     def retry_options(self, what: str) -> dict[str, Any]:
         """Keyword arguments of tenacity's `Retrying`/`AsyncRetrying` for this deadline.
 
-        Each retry is logged at INFO on `eventbroker.client`; the record also carries
-        the error (`publish_error`), the attempt to come (`publish_attempt`), the pause
-        before it (`publish_retry_in_s`) and the total time (`publish_timeout_s`), for
-        a program that shows retries its own way (the `broker` command does).
+        Each retry is logged at INFO on `eventbroker.client` (see `log_retry_of`).
         """
 
         def log_retry(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             pause = state.next_action.sleep if state.next_action else 0.0
-            _log.info(
-                "%s failed (%s); attempt %d in %.1f s",
-                what,
-                error,
-                state.attempt_number + 1,
-                pause,
-                extra={
-                    "publish_error": error,
-                    "publish_attempt": state.attempt_number + 1,
-                    "publish_retry_in_s": pause,
-                    "publish_timeout_s": self.total_s,
-                },
-            )
+            log_retry_of(what, error, state.attempt_number + 1, pause, self.total_s)
 
         options: dict[str, Any] = {
             "retry": retry_if_exception(self._retryable),
-            "wait": wait_exponential(multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S)
-            + wait_random(0, RETRY_JITTER_S),
+            "wait": RETRY_WAIT,
             "before_sleep": log_retry,
             "reraise": True,
         }
@@ -133,8 +168,12 @@ class Deadline:
         """Whether to try again after `error`; every attempt's error is kept for `failure`."""
         if not isinstance(error, BrokerError):
             return False
-        self._errors.append(error)
+        self.record(error)
         return error.code in RETRY_CODES
+
+    def record(self, error: BrokerError) -> None:
+        """An attempt failed with `error` (kept for `failure`)."""
+        self._errors.append(error)
 
     def failure(self, last: BrokerError) -> BrokerError:
         """The error a publish that gave up raises: the most telling of its attempts'.

@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying
 from eventbroker import _convert as convert
 from eventbroker import _exist_ok as exist_ok_check
 from eventbroker import _publish as publishing
+from eventbroker._batching import AsyncPublisher, PublishBatching
 from eventbroker._config import ConnectionConfig, TLSConfig
 from eventbroker._publish import PUBLISH_TIMEOUT_S
 from eventbroker.client import _UNSET, DEAD_LETTER_PAGE_SIZE, DEFAULT_TIMEOUT_S, _Unset
@@ -114,12 +115,15 @@ class AsyncClient:
         api_key: str | None = None,
         tls: bool | TLSConfig | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
+        publish_batching: bool | PublishBatching = True,
     ) -> None:
         self._config = ConnectionConfig.resolve(target, api_key, tls)
         self._timeout = timeout
+        self._batching = PublishBatching.of(publish_batching)
         self._match_warnings = publishing.MatchWarnings()
         self._channel: aio.Channel | None = None
         self._stub_instance: pb_grpc.EventBrokerServiceAsyncStub | None = None
+        self._publisher_instance: AsyncPublisher | None = None
 
     @property
     def target(self) -> str:
@@ -133,12 +137,21 @@ class AsyncClient:
             self._stub_instance = pb_grpc.EventBrokerServiceStub(self._channel)
         return self._stub_instance
 
+    @property
+    def _publisher(self) -> AsyncPublisher:
+        if self._publisher_instance is None:
+            self._publisher_instance = AsyncPublisher(self._batching, self._send_events)
+        return self._publisher_instance
+
     async def close(self) -> None:
-        """Close the connection; open streams end."""
+        """Close the connection, once the publishes under way have their results; streams end."""
+        if self._publisher_instance is not None:
+            await self._publisher_instance.drain()
         if self._channel is not None:
             await self._channel.close()
         self._channel = None
         self._stub_instance = None
+        self._publisher_instance = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -181,7 +194,7 @@ class AsyncClient:
         content_type: str | None = None,
         timeout: DurationLike | None = PUBLISH_TIMEOUT_S,  # noqa: ASYNC109 (a gRPC deadline, as in Client)
     ) -> PublishResult:
-        """Publish one event (see `Client.publish`)."""
+        """Publish one event (see `Client.publish`; joined with others as it says)."""
         spec = EventSpec(
             name=name,
             data=data,
@@ -195,6 +208,10 @@ class AsyncClient:
         (spec,) = publishing.with_event_ids([spec])
         request = convert.publish_request(spec)
         deadline = publishing.Deadline(timeout, self._timeout)
+        if self._batching.enabled:
+            result = await self._publisher.publish(spec.name, request.event, deadline)
+            self._match_warnings.check([spec.name], [result])
+            return result
 
         async def attempt() -> pb.PublishResponse:
             return await self._call(
@@ -209,6 +226,19 @@ class AsyncClient:
         result = convert.publish_result(response)
         self._match_warnings.check([spec.name], [result])
         return result
+
+    async def _send_events(
+        self, events: Sequence[pb.Event], timeout_s: float | None
+    ) -> list[PublishResult]:
+        """One call for the events the publisher joined: a Publish for one, else a BatchPublish."""
+        if len(events) == 1:
+            request = pb.PublishRequest(event=events[0])
+            response = await self._call(self._stub.Publish, request, call_timeout=timeout_s)
+            return [convert.publish_result(response)]
+        batch = pb.BatchPublishRequest(events=events)
+        return convert.batch_publish_results(
+            await self._call(self._stub.BatchPublish, batch, call_timeout=timeout_s)
+        )
 
     async def publish_batch(
         self,

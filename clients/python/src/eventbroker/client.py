@@ -20,6 +20,7 @@ from tenacity import Retrying
 from eventbroker import _convert as convert
 from eventbroker import _exist_ok as exist_ok_check
 from eventbroker import _publish as publishing
+from eventbroker._batching import BlockingPublisher, PublishBatching
 from eventbroker._config import ConnectionConfig, TLSConfig
 from eventbroker._publish import PUBLISH_TIMEOUT_S
 from eventbroker.errors import AlreadyExists, BrokerError, error_from_rpc
@@ -68,6 +69,10 @@ class Client:
         tls: True for TLS with the default roots, a `TLSConfig` for a private CA or
             mutual TLS, None/False for plaintext.
         timeout: Seconds each unary call may take (streams have none); None for no limit.
+        publish_batching: How `publish` calls made at once (from several threads) share
+            calls: True (default) joins those made while one is on its way into one
+            `BatchPublish`, with no added delay; False sends one call per event; a
+            `PublishBatching` sets the bounds. See `publish`.
 
     Use it as a context manager, or call `close()`:
 
@@ -83,12 +88,15 @@ class Client:
         api_key: str | None = None,
         tls: bool | TLSConfig | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
+        publish_batching: bool | PublishBatching = True,
     ) -> None:
         self._config = ConnectionConfig.resolve(target, api_key, tls)
         self._timeout = timeout
+        self._batching = PublishBatching.of(publish_batching)
         self._match_warnings = publishing.MatchWarnings()
         self._channel = self._config.sync_channel()
         self._stub = pb_grpc.EventBrokerServiceStub(self._channel)
+        self._publisher = BlockingPublisher(self._batching, self._send_events)
 
     @property
     def target(self) -> str:
@@ -163,6 +171,14 @@ class Client:
                 publish is retried with exponential backoff (0.1 s doubling up to 5 s,
                 with jitter) under the same event id, so it is stored once.
 
+        Publishes made at once (from several threads) share calls: one goes out at
+        once while no publish call is on its way; those made meanwhile wait for it
+        and then go together as one `BatchPublish` (up to the client's
+        `publish_batching` bounds), each still with its own result or error. An
+        event the broker would refuse is not joined to others, and a joined batch
+        the broker refuses is sent again in parts, so a refusal reaches only the
+        caller of the bad event. Nothing waits for a timer.
+
         Returns:
             The event id, whether it was a duplicate, and how many subscriptions
             matched it (a warning is logged, once per name, when none did).
@@ -187,10 +203,28 @@ class Client:
         )
         (spec,) = publishing.with_event_ids([spec])
         request = convert.publish_request(spec)
+        if self._batching.enabled:
+            deadline = publishing.Deadline(timeout, self._timeout)
+            result = self._publisher.publish(spec.name, request.event, deadline)
+            self._match_warnings.check([spec.name], [result])
+            return result
         response = self._retried(self._stub.Publish, request, timeout, f"publish of {spec.name}")
         result = convert.publish_result(response)
         self._match_warnings.check([spec.name], [result])
         return result
+
+    def _send_events(
+        self, events: Sequence[pb.Event], timeout_s: float | None
+    ) -> list[PublishResult]:
+        """One call for the events the publisher joined: a Publish for one, else a BatchPublish."""
+        if len(events) == 1:
+            request = pb.PublishRequest(event=events[0])
+            response = self._call(self._stub.Publish, request, call_timeout=timeout_s)
+            return [convert.publish_result(response)]
+        batch = pb.BatchPublishRequest(events=events)
+        return convert.batch_publish_results(
+            self._call(self._stub.BatchPublish, batch, call_timeout=timeout_s)
+        )
 
     def publish_batch(
         self,
