@@ -447,6 +447,8 @@ class AsyncPublisher:
                 return await outcome
         except TimeoutError:
             raise _late(item) from None
+        except BrokerError as error:  # afresh: the sending task's frames are not the caller's
+            raise error.with_traceback(None) from None
 
     async def drain(self) -> None:
         """Wait until every queued publish has its result (before the channel closes)."""
@@ -565,7 +567,9 @@ class BlockingPublisher:
                     self._hand_over(self._queue.next())
             raise
         if waiter.error is not None:
-            raise waiter.error
+            # Raised afresh here: the frames of whichever caller sent the batch are not
+            # this caller's to read (a bad name reads as one line and a short traceback).
+            raise waiter.error.with_traceback(None)
         assert waiter.result is not None
         return waiter.result
 
