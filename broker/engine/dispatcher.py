@@ -138,19 +138,25 @@ class SubscriptionDispatcher:
         self._wake.set()
 
     def add(self, consumer: ConsumerStream) -> None:
-        """Attach a consumer and look for deliveries for it."""
+        """Attach a consumer and look for deliveries for it.
+
+        A standing request posted before it came is taken back at once, so the
+        next one offers its credit too.
+        """
         consumer.wake = self.credit_freed
         self.consumers.append(consumer)
+        self._withdraw()
         self.credit_freed()
 
     def remove(self, consumer: ConsumerStream, *, give_back: bool = True) -> None:
-        """Detach a consumer: its credit leaves the standing request.
+        """Detach a consumer: the standing request is taken back, to be posted anew.
 
         What it held goes back at once (attempt counted); without `give_back`
         (the broker is shutting down) it stays its to settle until given back.
         """
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+            self._withdraw()  # a standing request offers none of a consumer that left
             self.credit_freed()
         if not consumer.held:
             return

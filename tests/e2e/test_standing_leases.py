@@ -111,6 +111,8 @@ def test_a_standing_request_follows_the_consumers_that_come_and_go(
     leaving = subscribe(stub, readers, "orders", max_outstanding=5)
     assert wait_for(lambda: _standing(broker_server, "orders"), 10)
     leaving.close()
+    assert wait_for(lambda: _engine(broker_server).consumer_count("orders") == 0, 10)
+    assert not _standing(broker_server, "orders")
     staying = subscribe(stub, readers, "orders", max_outstanding=5)
     assert wait_for(lambda: _engine(broker_server).consumer_count("orders") == 1, 10)
     assert wait_for(lambda: _standing(broker_server, "orders"), 10)
