@@ -34,6 +34,7 @@ from __future__ import annotations
 from broker import config
 from broker.domain import US_PER_S
 from broker.names import NAME_MAX_LENGTH
+from broker.storage.postgres import CHANNEL
 
 #: The schema that holds the callable API, and nothing else.
 API_SCHEMA = "eventbroker"
@@ -41,8 +42,6 @@ API_SCHEMA = "eventbroker"
 PUBLISH_SIGNATURE = (
     f"{API_SCHEMA}.publish(text, jsonb, jsonb, integer, interval, timestamptz, text, text)"
 )
-#: The channel brokers `LISTEN` on (`broker.storage.postgres.CHANNEL`, kept equal by a test).
-WAKEUP_CHANNEL = "eventbroker_wakeup"
 #: SQLSTATE of a refused argument: `invalid_parameter_value`.
 INVALID_ARGUMENT_SQLSTATE = "22023"
 #: The name rule, as the gRPC error words it (`broker.api.convert.NAME_RULE`).
@@ -229,7 +228,7 @@ BEGIN
                 txid_current());
     -- Delivered at commit, dropped at rollback; equal messages of one transaction
     -- are delivered once. The empty origin is no broker: nobody answers it.
-    PERFORM pg_notify('{WAKEUP_CHANNEL}', '|w|*|'
+    PERFORM pg_notify('{CHANNEL}', '|w|*|'
         || CASE WHEN v_deliver_at_us > v_now_us THEN v_deliver_at_us::text ELSE '' END);
     event_id := v_id;
     duplicate := false;
