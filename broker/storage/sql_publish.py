@@ -59,12 +59,12 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def publish_function_sql(tables_schema: str) -> str:
-    """`CREATE OR REPLACE FUNCTION eventbroker.publish(...)` for tables in `tables_schema`."""
+def publish_function_body(tables_schema: str) -> str:
+    """The PL/pgSQL body of `eventbroker.publish`, for tables in `tables_schema`."""
     s = _quote_ident(tables_schema)
     max_delay_us = config.MAX_DELAY_S * US_PER_S
     window_us = int(config.DEDUP_WINDOW_S_DEFAULT * US_PER_S)
-    body = f"""
+    return f"""
 #variable_conflict use_column
 DECLARE
     v_name text := lower(publish.name);
@@ -234,6 +234,11 @@ BEGIN
     duplicate := false;
 END
 """
+
+
+def publish_function_sql(tables_schema: str) -> str:
+    """`CREATE OR REPLACE FUNCTION eventbroker.publish(...)` for tables in `tables_schema`."""
+    body = publish_function_body(tables_schema)
     return f"""CREATE OR REPLACE FUNCTION {API_SCHEMA}.publish(
     name text,
     data jsonb DEFAULT NULL,

@@ -1,0 +1,142 @@
+"""`eventbroker.publish(...)` as installed: its limits, its privileges, its rows, its migration.
+
+PostgreSQL only (on SQLite the migration does nothing; tests/storage/test_migrations.py
+checks that the chain still produces the declared schema there).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import ulid
+from alembic import command
+
+from broker import config
+from broker.domain import JSON_CONTENT_TYPE, US_PER_S
+from broker.storage import open_storage
+from broker.storage.migrate import alembic_config
+from broker.storage.sql import SqlStorage
+from broker.storage.sql_publish import API_SCHEMA, publish_function_body
+from eventbroker.outbox import publish_in
+
+FUNCTION = "eventbroker.publish(text, jsonb, jsonb, integer, interval, timestamptz, text, text)"
+
+
+@pytest.fixture
+def pg_storage(postgres_url: str) -> Iterator[SqlStorage]:
+    """A migrated, empty PostgreSQL database."""
+    store = open_storage(postgres_url)
+    assert isinstance(store, SqlStorage)
+    store.migrate()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _dsn(store: SqlStorage) -> str:
+    url = store.write_engine.url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def _scalar(store: SqlStorage, sql: str) -> object:
+    with store.read_engine.connect() as conn:
+        return conn.exec_driver_sql(sql).scalar()
+
+
+def test_the_installed_function_carries_the_present_limits(pg_storage: SqlStorage) -> None:
+    """A limit changed in Python without a migration re-creating the function fails here."""
+    installed = _scalar(
+        pg_storage, f"SELECT prosrc FROM pg_proc WHERE oid = '{FUNCTION}'::regprocedure"
+    )
+    assert installed == publish_function_body("public")
+
+
+def test_only_granted_roles_may_call_it_and_it_runs_with_a_fixed_search_path(
+    pg_storage: SqlStorage,
+) -> None:
+    with pg_storage.read_engine.connect() as conn:
+        definer, settings, public_may_execute = conn.exec_driver_sql(
+            "SELECT prosecdef, proconfig, EXISTS (SELECT 1 FROM aclexplode(coalesce(proacl,"
+            " acldefault('f', proowner))) WHERE grantee = 0)"
+            f" FROM pg_proc WHERE oid = '{FUNCTION}'::regprocedure"
+        ).one()
+        public_may_use = conn.exec_driver_sql(
+            "SELECT EXISTS (SELECT 1 FROM aclexplode(coalesce(nspacl, acldefault('n', nspowner)))"
+            f" WHERE grantee = 0) FROM pg_namespace WHERE nspname = '{API_SCHEMA}'"
+        ).scalar()
+    assert definer is True
+    assert settings == ["search_path=pg_catalog, pg_temp"]
+    assert public_may_execute is False and public_may_use is False
+
+
+def test_the_event_is_stored_as_the_broker_stores_one(pg_storage: SqlStorage) -> None:
+    with psycopg.connect(_dsn(pg_storage)) as conn:
+        published = publish_in(
+            conn,
+            "User.Joined",
+            {"plan": "pro"},
+            headers={"source": "signup"},
+            priority=-2,
+            delay=timedelta(minutes=5),
+            id="signup-1",
+            ordering_key="user-1",
+        )
+        txid = conn.execute("SELECT txid_current()").fetchone()
+    with pg_storage.read() as tx:
+        event = tx.event_get(published.event_id)
+    assert event is not None
+    assert event.name == "user.joined" and json.loads(event.payload) == {"plan": "pro"}
+    assert event.content_type == JSON_CONTENT_TYPE and event.headers == {"source": "signup"}
+    assert (event.priority, event.ordering_key, event.dedup_id) == (-2, "user-1", "signup-1")
+    assert event.delay_us == 300 * US_PER_S
+    assert event.deliver_at_us == event.published_at_us + 300 * US_PER_S
+    parsed = ulid.ULID.from_str(published.event_id)
+    assert parsed.milliseconds == event.published_at_us // 1000
+    with pg_storage.read_engine.connect() as conn:
+        stored_txid, rows, window = conn.exec_driver_sql(
+            "SELECT e.txid, (SELECT count(*) FROM deliveries),"
+            " (SELECT d.expires_at FROM dedup d WHERE d.dedup_id = 'signup-1') - e.published_at"
+            f" FROM events e WHERE e.id = '{published.event_id}'"
+        ).one()
+    assert txid is not None and stored_txid == txid[0]  # the caller's own transaction
+    assert rows == 0  # routed by the subscriptions' scans of the log, not here
+    assert window == config.DEDUP_WINDOW_S_DEFAULT * US_PER_S
+
+
+def test_ids_are_distinct_ulids_in_time_order(pg_storage: SqlStorage) -> None:
+    with psycopg.connect(_dsn(pg_storage)) as conn:
+        ids = [publish_in(conn, "tick").event_id for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    times = [ulid.ULID.from_str(i).milliseconds for i in ids]
+    assert times == sorted(times)
+    # The random part uses every character of the alphabet in every place.
+    for place in (10, 17, 25):
+        assert len({i[place] for i in ids}) == 32
+
+
+def test_data_at_the_depth_limit_is_taken(pg_storage: SqlStorage) -> None:
+    deepest: dict[str, Any] = {"s": "[[[[" * 20}
+    for _ in range(config.JSON_DEPTH_MAX - 1):
+        deepest = {"a": deepest}
+    with psycopg.connect(_dsn(pg_storage)) as conn:
+        assert not publish_in(conn, "deep", deepest).duplicate
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="nested too deep"):
+            publish_in(conn, "deep", [deepest])
+
+
+def test_downgrade_removes_the_function_and_its_schema_and_upgrade_brings_them_back(
+    pg_storage: SqlStorage,
+) -> None:
+    exists = f"SELECT count(*) FROM pg_namespace WHERE nspname = '{API_SCHEMA}'"
+    with pg_storage.write_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0004")
+    assert _scalar(pg_storage, exists) == 0
+    pg_storage.migrate()
+    assert _scalar(pg_storage, exists) == 1
+    assert _scalar(pg_storage, f"SELECT '{FUNCTION}'::regprocedure::text") is not None
