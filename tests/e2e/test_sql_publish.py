@@ -276,6 +276,30 @@ def test_a_delayed_event_comes_due_on_time_without_polling(service: Service) -> 
     assert delivery.delay.ToTimedelta() == timedelta(seconds=1)
 
 
+def test_keyed_events_go_one_at_a_time_and_a_priority_is_kept(
+    service: Service, readers: list[StreamReader]
+) -> None:
+    """The subscriptions' scans route what the SQL publish stored without rows."""
+    service.client.create_subscription("shipping", "order.*", ordered=True)
+    reader = subscribe(service.stub, readers, "shipping", max_outstanding=10)
+    assert reader.nothing_within(0.3)
+    keyed = []
+    for n in range(3):
+        with psycopg.connect(service.dsn) as conn:
+            keyed.append(publish_in(conn, "order.step", {"n": n}, ordering_key="o-8").event_id)
+    for expected in keyed:
+        (delivery,) = reader.take(1, timeout=WAKE_S)
+        assert delivery.event_id == expected and delivery.ordering_key == "o-8"
+        assert reader.nothing_within(0.3)  # the next of the key waits for this ack
+        assert service.client.ack(delivery.ack_id).not_applied == ()
+    got = service.reader.take(3, timeout=WAKE_S)  # the unordered subscription: all at once
+    assert sorted(d.event_id for d in got) == sorted(keyed)
+    with psycopg.connect(service.dsn) as conn:
+        urgent = publish_in(conn, "order.urgent", priority=50)
+    (delivery,) = service.reader.take(1, timeout=WAKE_S)
+    assert delivery.event_id == urgent.event_id and delivery.priority == 50
+
+
 # -- refusals --------------------------------------------------------------------
 
 BAD_ARGUMENTS = [
