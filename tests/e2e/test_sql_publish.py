@@ -27,6 +27,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 from broker.config import Settings
@@ -254,15 +255,26 @@ def test_sqlalchemy_sessions_and_asyncio_connections_publish_in_their_transactio
         session.rollback()
     engine.dispose()
 
-    async def publish_async() -> str:
+    async def publish_async() -> list[str]:
         conn = await psycopg.AsyncConnection.connect(service.dsn)
         async with conn:
-            return (await publish_in_async(conn, "order.created", {"via": "async"})).event_id
+            first = await publish_in_async(conn, "order.created", {"via": "async"})
+        # asyncpg types every parameter itself: the helper's text must still do.
+        url = sa.make_url(service.url).set(drivername="postgresql+asyncpg")
+        engine = create_async_engine(url)
+        try:
+            async with AsyncSession(engine) as session, session.begin():
+                second = await publish_in_async(
+                    session, "order.created", {"via": "asyncpg"}, delay=0.01, headers={"h": "v"}
+                )
+        finally:
+            await engine.dispose()
+        return [first.event_id, second.event_id]
 
     from_async = asyncio.run(publish_async())
-    got = service.reader.take(2, timeout=WAKE_S)
-    assert [d.event_id for d in got] == [from_session.event_id, from_async]
-    assert [payload(d) for d in got] == [{"via": "session"}, {"via": "async"}]
+    got = service.reader.take(3, timeout=WAKE_S)
+    assert [d.event_id for d in got] == [from_session.event_id, *from_async]
+    assert [payload(d) for d in got] == [{"via": "session"}, {"via": "async"}, {"via": "asyncpg"}]
     assert service.reader.nothing_within(0.3)
     assert (service.order_count("o-5"), service.order_count("o-6")) == (1, 0)
 

@@ -68,8 +68,9 @@ def test_arguments_are_passed_as_text_and_integers_every_driver_takes() -> None:
     assert (result.event_id, result.duplicate) == ("01JFAKE", False)
     ((sql, params),) = conn.calls
     assert sql == (
-        "SELECT event_id, duplicate FROM eventbroker.publish(%s::text, %s::jsonb, %s::jsonb,"
-        " %s::integer, %s::interval, %s::timestamptz, %s::text, %s::text)"
+        "SELECT event_id, duplicate FROM eventbroker.publish(%s::text, %s::text::jsonb,"
+        " %s::text::jsonb, %s::integer, %s::text::interval, %s::text::timestamptz, %s::text,"
+        " %s::text)"
     )
     name, data, headers, priority, delay, deliver_at, dedup_id, key = params
     assert name == "user.joined" and priority == 5 and (dedup_id, key) == ("signup-ada", "ada")

@@ -46,16 +46,25 @@ _ARGUMENTS = (
 )
 #: Every argument's type, so that the one function is found whatever a driver sends.
 _TYPES = ("text", "jsonb", "jsonb", "integer", "interval", "timestamptz", "text", "text")
+#: How each argument is sent: JSON, intervals and times as text, read by the server
+#: (a driver that types parameters itself, as asyncpg does, would want its own types).
+_SENT_AS = tuple("integer" if t == "integer" else "text" for t in _TYPES)
 #: For DB-API connections (psycopg's `%s` placeholders).
 _DBAPI_SQL = (
     "SELECT event_id, duplicate FROM eventbroker.publish("
-    + ", ".join(f"%s::{t}" for t in _TYPES)
+    + ", ".join(
+        f"%s::{sent}" + (f"::{t}" if t != sent else "")
+        for sent, t in zip(_SENT_AS, _TYPES, strict=True)
+    )
     + ")"
 )
 #: For SQLAlchemy (named parameters; CAST, as `:name::type` would not be a parameter).
 _SQLALCHEMY_SQL = (
     "SELECT event_id, duplicate FROM eventbroker.publish("
-    + ", ".join(f"CAST(:{a} AS {t})" for a, t in zip(_ARGUMENTS, _TYPES, strict=True))
+    + ", ".join(
+        f"CAST(:{a} AS {sent})" if t == sent else f"CAST(CAST(:{a} AS {sent}) AS {t})"
+        for a, sent, t in zip(_ARGUMENTS, _SENT_AS, _TYPES, strict=True)
+    )
     + ")"
 )
 
