@@ -22,6 +22,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 import psycopg
 import pytest
@@ -269,12 +270,18 @@ def test_sqlalchemy_sessions_and_asyncio_connections_publish_in_their_transactio
                 )
         finally:
             await engine.dispose()
-        return [first.event_id, second.event_id]
+        raw = await asyncpg.connect(sa.make_url(service.dsn).render_as_string(False))
+        try:
+            async with raw.transaction():
+                third = await publish_in_async(raw, "order.created", {"via": "raw asyncpg"})
+        finally:
+            await raw.close()
+        return [first.event_id, second.event_id, third.event_id]
 
     from_async = asyncio.run(publish_async())
-    got = service.reader.take(3, timeout=WAKE_S)
+    got = service.reader.take(4, timeout=WAKE_S)
     assert [d.event_id for d in got] == [from_session.event_id, *from_async]
-    assert [payload(d) for d in got] == [{"via": "session"}, {"via": "async"}, {"via": "asyncpg"}]
+    assert [payload(d)["via"] for d in got] == ["session", "async", "asyncpg", "raw asyncpg"]
     assert service.reader.nothing_within(0.3)
     assert (service.order_count("o-5"), service.order_count("o-6")) == (1, 0)
 

@@ -17,8 +17,9 @@ which the connection raises as its own error (and your transaction is then
 aborted, as after any failed statement).
 
 Works with a psycopg 3 connection (or any DB-API connection with `%s`
-parameters), a SQLAlchemy `Connection` or `Session`, and their asyncio twins
-through `publish_in_async`; neither library is needed to import this module.
+parameters), a SQLAlchemy `Connection` or `Session`, and through
+`publish_in_async` with their asyncio twins and asyncpg's connections; no
+database library is needed to import this module.
 See docs/outbox.md for the grant the calling role needs.
 """
 
@@ -55,6 +56,15 @@ _DBAPI_SQL = (
     + ", ".join(
         f"%s::{sent}" + (f"::{t}" if t != sent else "")
         for sent, t in zip(_SENT_AS, _TYPES, strict=True)
+    )
+    + ")"
+)
+#: For asyncpg's own connections (numbered parameters).
+_NUMBERED_SQL = (
+    "SELECT event_id, duplicate FROM eventbroker.publish("
+    + ", ".join(
+        f"${n}::{sent}" + (f"::{t}" if t != sent else "")
+        for n, (sent, t) in enumerate(zip(_SENT_AS, _TYPES, strict=True), start=1)
     )
     + ")"
 )
@@ -125,7 +135,7 @@ async def publish_in_async(
     ordering_key: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> PublishResult:
-    """`publish_in` on a psycopg or SQLAlchemy `AsyncConnection`, or an `AsyncSession`.
+    """`publish_in` on an asyncio connection: psycopg's, asyncpg's, or SQLAlchemy's (or a session).
 
     Raises:
         ValueError: `data` or `delay` cannot be read (nothing was sent).
@@ -135,6 +145,8 @@ async def publish_in_async(
     if _is_sqlalchemy(conn):
         result = await conn.execute(_sqlalchemy_text(), params)
         row = result.one()
+    elif hasattr(conn, "fetchrow"):  # an asyncpg connection
+        row = await conn.fetchrow(_NUMBERED_SQL, *[params[a] for a in _ARGUMENTS])
     else:
         async with conn.cursor() as cursor:
             await cursor.execute(_DBAPI_SQL, [params[a] for a in _ARGUMENTS])
