@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from broker import config
 from broker.domain import US_PER_S
-from broker.names import NAME_MAX_LENGTH
+from broker.names import NAME_MAX_LENGTH, NAME_PATTERN
 from broker.storage.postgres import CHANNEL
 
 #: The schema that holds the callable API, and nothing else.
@@ -46,7 +46,6 @@ PUBLISH_SIGNATURE = (
 INVALID_ARGUMENT_SQLSTATE = "22023"
 #: The name rule, as the gRPC error words it (`broker.api.convert.NAME_RULE`).
 _NAME_RULE = f"must be 1 to {NAME_MAX_LENGTH} characters of letters, digits and . _ - / :"
-_NAME_PATTERN = f"^[a-z0-9._/:-]{{1,{NAME_MAX_LENGTH}}}$"
 _DEPTH_RULE = f"arrays and objects may nest at most {config.JSON_DEPTH_MAX} levels deep"
 _ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -83,7 +82,7 @@ DECLARE
     v_id text := '';
     v_alphabet constant text := {_literal(_ULID_ALPHABET)};
 BEGIN
-    IF publish.name IS NULL OR v_name !~ {_literal(_NAME_PATTERN)} THEN
+    IF publish.name IS NULL OR v_name !~ {_literal(NAME_PATTERN)} THEN
         RAISE EXCEPTION USING ERRCODE = '{INVALID_ARGUMENT_SQLSTATE}', COLUMN = 'name',
             MESSAGE = 'name: ' || {_literal(_NAME_RULE)}
                 || CASE WHEN coalesce(publish.name, '') = '' THEN ' (it is empty)' ELSE '' END;

@@ -325,6 +325,7 @@ BAD_ARGUMENTS = [
     ("name", {"name": "not a name"}, "1 to 255 characters"),
     ("name", {"name": ""}, "(it is empty)"),
     ("name", {"name": "a" * 256}, "1 to 255 characters"),
+    ("name", {"name": "order.created\n"}, "1 to 255 characters"),
     ("headers", {"headers": "[1]"}, "must be a JSON object of strings"),
     ("headers", {"headers": json.dumps({"h": 1})}, "every value must be a string"),
     ("headers", {"headers": json.dumps({"": "x"})}, "must not be empty"),
