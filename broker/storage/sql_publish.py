@@ -256,7 +256,10 @@ AS $eventbroker_publish${body}$eventbroker_publish$"""
 
 
 def create_statements(tables_schema: str) -> list[str]:
-    """The statements that create (or re-create) the API, its schema and its privileges."""
+    """The statements that create (or re-create) the API, its schema and its privileges.
+
+    Re-created (`CREATE OR REPLACE`), the function keeps the grants operators gave.
+    """
     return [
         f"CREATE SCHEMA IF NOT EXISTS {API_SCHEMA}",
         f"REVOKE ALL ON SCHEMA {API_SCHEMA} FROM PUBLIC",
