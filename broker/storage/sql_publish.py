@@ -124,8 +124,7 @@ BEGIN
     END IF;
     IF length(v_ordering_key) > {config.ORDERING_KEY_MAX_LENGTH} THEN
         RAISE EXCEPTION USING ERRCODE = '{INVALID_ARGUMENT_SQLSTATE}', COLUMN = 'ordering_key',
-            MESSAGE = 'ordering_key: at most {config.ORDERING_KEY_MAX_LENGTH} characters; got '
-                || length(v_ordering_key);
+            MESSAGE = 'ordering_key: at most {config.ORDERING_KEY_MAX_LENGTH} characters';
     END IF;
     IF publish.delay IS NOT NULL AND publish.deliver_at IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '{INVALID_ARGUMENT_SQLSTATE}', COLUMN = 'delay',

@@ -17,12 +17,16 @@ import ulid
 from alembic import command
 
 from broker import config
+from broker.api.convert import draft_from_event
+from broker.config import Settings
 from broker.domain import JSON_CONTENT_TYPE, US_PER_S
+from broker.errors import FieldViolation
 from broker.storage import open_storage
 from broker.storage.migrate import alembic_config
 from broker.storage.sql import SqlStorage
 from broker.storage.sql_publish import API_SCHEMA, publish_function_body
 from eventbroker.outbox import publish_in
+from eventbroker.v1 import broker_pb2 as pb
 
 FUNCTION = "eventbroker.publish(text, jsonb, jsonb, integer, interval, timestamptz, text, text)"
 
@@ -140,3 +144,53 @@ def test_downgrade_removes_the_function_and_its_schema_and_upgrade_brings_them_b
     pg_storage.migrate()
     assert _scalar(pg_storage, exists) == 1
     assert _scalar(pg_storage, f"SELECT '{FUNCTION}'::regprocedure::text") is not None
+
+
+#: (gRPC event fields, the SQL function's arguments, the argument the SQL error names):
+#: the same bad input both ways.
+SAME_REFUSALS = [
+    ({"name": "has space"}, {"name": "has space"}, "name"),
+    ({"name": ""}, {"name": ""}, "name"),
+    ({"priority": 51}, {"priority": 51}, "priority"),
+    ({"priority": -99}, {"priority": -99}, "priority"),
+    ({"id": "i" * 300}, {"idempotency_id": "i" * 300}, "idempotency_id"),
+    ({"ordering_key": "k" * 256}, {"ordering_key": "k" * 256}, "ordering_key"),
+    ({"headers": {f"h{i}": "v" for i in range(65)}}, {"headers": 65}, "headers"),
+    ({"headers": {"": "v"}}, {"headers": {"": "v"}}, "headers"),
+    ({"delay": -1}, {"delay": "-1 second"}, "delay"),
+    ({"delay": config.MAX_DELAY_S + 86400}, {"delay": "367 days"}, "delay"),
+]
+
+
+@pytest.mark.parametrize(("grpc_fields", "sql_arguments", "argument"), SAME_REFUSALS)
+def test_the_function_refuses_what_publish_refuses_in_the_same_words(
+    pg_storage: SqlStorage,
+    grpc_fields: dict[str, Any],
+    sql_arguments: dict[str, Any],
+    argument: str,
+) -> None:
+    event = pb.Event(name=grpc_fields.get("name", "order.created"))
+    for key, value in grpc_fields.items():
+        if key == "headers":
+            event.headers.update(value)
+        elif key == "delay":
+            event.delay.seconds = value
+        elif key != "name":
+            setattr(event, key, value)
+    violations: list[FieldViolation] = []
+    assert draft_from_event(event, "event", Settings(), 0, violations) is None
+    (violation,) = violations
+    arguments = {"name": "order.created", **sql_arguments}
+    if isinstance(arguments.get("headers"), int):
+        arguments["headers"] = {f"h{i}": "v" for i in range(arguments["headers"])}
+    if "headers" in arguments:
+        arguments["headers"] = json.dumps(arguments["headers"])
+    names = list(arguments)
+    sql = f"SELECT * FROM eventbroker.publish({', '.join(f'{n} => %s' for n in names)})"
+    with (
+        psycopg.connect(_dsn(pg_storage)) as conn,
+        pytest.raises(psycopg.errors.InvalidParameterValue) as refused,
+    ):
+        conn.execute(sql, [arguments[n] for n in names])
+    assert refused.value.diag.column_name == argument
+    assert refused.value.diag.message_primary == f"{argument}: {violation.description}"
