@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 import ulid
 from alembic import command
 
@@ -194,3 +195,26 @@ def test_the_function_refuses_what_publish_refuses_in_the_same_words(
         conn.execute(sql, [arguments[n] for n in names])
     assert refused.value.diag.column_name == argument
     assert refused.value.diag.message_primary == f"{argument}: {violation.description}"
+
+
+def test_tables_in_a_schema_of_their_own_are_found_whatever_the_callers_search_path(
+    postgres_url: str,
+) -> None:
+    dsn = sa.make_url(postgres_url).set(drivername="postgresql")
+    with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as admin:
+        admin.execute('CREATE SCHEMA "broker data"')
+        admin.execute(f'ALTER DATABASE "{dsn.database}" SET search_path = "broker data"')
+    store = open_storage(postgres_url)
+    try:
+        store.migrate()
+        with psycopg.connect(dsn.render_as_string(hide_password=False)) as conn:
+            conn.execute("SET search_path = public")
+            published = publish_in(conn, "order.created")
+            conn.commit()
+        with store.read() as tx:
+            assert tx.event_get(published.event_id) is not None
+        assert isinstance(store, SqlStorage)
+        where = "SELECT schemaname FROM pg_tables WHERE tablename = 'events'"
+        assert _scalar(store, where) == "broker data"
+    finally:
+        store.close()
