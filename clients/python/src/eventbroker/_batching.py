@@ -42,7 +42,7 @@ from typing import Generic, Protocol, TypeVar
 import grpc
 
 from eventbroker import limits
-from eventbroker._publish import RETRY_CODES, Deadline, log_retry_of, retry_pause_s
+from eventbroker._publish import RETRY_CODES, Deadline, log_retry_of
 from eventbroker.errors import BrokerError, DeadlineExceeded
 from eventbroker.types import PublishResult
 from eventbroker.v1 import broker_pb2 as pb
@@ -372,8 +372,8 @@ class PublishQueue(Generic[OutcomeT]):
         for member in members:
             member.failures += 1
             member.deadline.record(error)
-            pause = retry_pause_s(member.failures)
-            if member.deadline.ends_within(pause):
+            pause = member.deadline.next_pause_s(member.failures)
+            if pause is None:
                 member.outcome.set_exception(member.deadline.failure(error))
             else:
                 member.retry_at = now + pause

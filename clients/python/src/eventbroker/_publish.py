@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception
 from tenacity.wait import wait_exponential, wait_random
 
 from eventbroker.durations import parse_duration
@@ -38,6 +38,8 @@ PUBLISH_TIMEOUT_S = 30.0
 RETRY_INITIAL_S = 0.1
 RETRY_MAX_S = 5.0
 RETRY_JITTER_S = 0.1
+#: The least time a last attempt is given: the backoff before it is cut to leave this.
+LAST_ATTEMPT_S = 0.2
 #: The status codes a publish is retried on: the event id makes each retry safe.
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 #: The pause before attempt n + 1 after n failed attempts (tenacity reads only the number).
@@ -131,10 +133,20 @@ class Deadline:
             return None
         return max(0.0, self.total_s - (time.monotonic() - self._started))
 
-    def ends_within(self, pause_s: float) -> bool:
-        """Whether the total runs out before an attempt `pause_s` from now (tenacity's rule)."""
+    def next_pause_s(self, failures: int) -> float | None:
+        """The pause before the next attempt after `failures` failed ones; None: give up.
+
+        The backoff, cut so that a last attempt still fits in the time left: a
+        publish told to retry for 5 s tries until about 5 s have passed, rather
+        than giving up early because the next full backoff would cross the end.
+        """
+        pause = retry_pause_s(failures)
         left = self.left_s()
-        return left is not None and left <= pause_s
+        if left is None:
+            return pause
+        if left < LAST_ATTEMPT_S:
+            return None
+        return min(pause, left - LAST_ATTEMPT_S)
 
     def attempt_timeout_s(self) -> float | None:
         """How long the next attempt may take: the call limit, cut to what is left."""
@@ -154,15 +166,21 @@ class Deadline:
             pause = state.next_action.sleep if state.next_action else 0.0
             log_retry_of(what, error, state.attempt_number + 1, pause, self.total_s)
 
-        options: dict[str, Any] = {
+        pauses: dict[int, float | None] = {}
+
+        def pause(state: RetryCallState) -> float | None:
+            # Asked by `stop` and then by `wait` for the same attempt: one draw of jitter.
+            if state.attempt_number not in pauses:
+                pauses[state.attempt_number] = self.next_pause_s(state.attempt_number)
+            return pauses[state.attempt_number]
+
+        return {
             "retry": retry_if_exception(self._retryable),
-            "wait": RETRY_WAIT,
+            "stop": lambda state: pause(state) is None,
+            "wait": lambda state: pause(state) or 0.0,
             "before_sleep": log_retry,
             "reraise": True,
         }
-        if self.total_s is not None:
-            options["stop"] = stop_before_delay(self.total_s)
-        return options
 
     def _retryable(self, error: BaseException) -> bool:
         """Whether to try again after `error`; every attempt's error is kept for `failure`."""
