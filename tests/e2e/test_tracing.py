@@ -324,3 +324,30 @@ def test_a_malformed_traceparent_has_no_trace_id(client: Client) -> None:
     stored = client.get_event(published.event_id)
     assert stored.headers == {"traceparent": "00-not-a-trace-01"}  # kept verbatim all the same
     assert stored.trace_id == ""
+
+
+def test_without_the_api_installed_the_client_publishes_as_ever(
+    client: Client, broker_target: str
+) -> None:
+    # `import opentelemetry` fails in the child, as where the extra is not installed.
+    script = """
+import json, sys
+sys.modules["opentelemetry"] = None
+from eventbroker import Client
+with Client(sys.argv[1]) as client:
+    published = client.publish("order.new", headers={"src": "web"})
+    (batched,) = client.publish_batch([{"name": "order.new"}])
+print(json.dumps([published.event_id, batched.event_id]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, broker_target],
+        capture_output=True,
+        text=True,
+        cwd=_REPO,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    alone, batched = json.loads(done.stdout)
+    assert client.get_event(alone).headers == {"src": "web"}
+    assert client.get_event(batched).headers == {}

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from eventbroker.types import EventSpec, Message, PublishResult
@@ -56,8 +56,22 @@ TRACEPARENT_HEADER = "traceparent"
 #: The name the client's tracer goes by (its instrumentation scope).
 SCOPE = "eventbroker"
 
-_api_missing = False
+#: `opentelemetry.trace` once imported; False once it was found missing.
+_trace_api: ModuleType | bool | None = None
 _cached: tuple[TracerProvider, Tracer] | None = None
+
+
+def _api() -> ModuleType | None:
+    """`opentelemetry.trace`, imported on first use; None when it is not installed."""
+    global _trace_api
+    if _trace_api is None:
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            _trace_api = False
+        else:
+            _trace_api = trace
+    return _trace_api if isinstance(_trace_api, ModuleType) else None
 
 
 def tracer() -> Tracer | None:
@@ -67,15 +81,11 @@ def tracer() -> Tracer | None:
     is the API's default (the proxy that stands in until one is set) or its no-op
     provider. Read on every call, so a provider set later turns tracing on.
     """
-    global _api_missing, _cached
-    if _api_missing:
+    global _cached
+    trace = _api()
+    if trace is None:
         return None
-    try:
-        from opentelemetry import trace
-    except ImportError:
-        _api_missing = True
-        return None
-    provider = trace.get_tracer_provider()
+    provider: TracerProvider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
     if _cached is not None and _cached[0] is provider:
@@ -129,12 +139,13 @@ class Publishing:
 
     __slots__ = ("_batch_span", "_spans", "specs")
 
-    def __init__(self, specs: Sequence[EventSpec], *, target: str, batch: bool = False) -> None:
-        self.specs = list(specs)
+    def __init__(self, specs: list[EventSpec], *, target: str, batch: bool = False) -> None:
+        self.specs = specs
         self._spans: list[Span] = []
         self._batch_span: Span | None = None
         found = tracer()
         if found is not None:
+            self.specs = list(specs)  # the caller's list stays as it was
             self._start(found, target, batch)
 
     def _start(self, found: Tracer, target: str, batch: bool) -> None:
