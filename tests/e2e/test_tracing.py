@@ -3,16 +3,19 @@
 The publisher runs in a process of its own with its own tracer provider
 (`tests.e2e.trace_publisher`); the consumer runs here, with the SDK recording
 spans in memory. The broker in between only keeps the headers, and shows the
-trace id in GetEvent and the `broker` command.
+trace id in GetEvent and the `broker` command (and, asked to, on its latency
+histogram as an exemplar).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,20 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider
 
+from broker.config import Settings
 from eventbroker import AsyncClient, Client, Consumer, Context, Message, Terminal
 from tests.e2e.cli import BrokerCli
+from tests.e2e.processes import BrokerProcess
 from tests.e2e.spans import WAIT_S, RecordedSpans, SpanRecord, global_tracer_provider
 
 _REPO = Path(__file__).resolve().parents[2]
 #: A traceparent a caller sets itself (W3C Trace Context's own example).
 CALLERS_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+#: What Prometheus sends in `Accept` when it scrapes.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 
 @pytest.fixture
@@ -351,3 +361,44 @@ print(json.dumps([published.event_id, batched.event_id]))
     alone, batched = json.loads(done.stdout)
     assert client.get_event(alone).headers == {"src": "web"}
     assert client.get_event(batched).headers == {}
+
+
+def scrape(http_port: int) -> tuple[str, str]:
+    """The content type and text of `/metrics`, asked for as Prometheus asks."""
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/metrics")
+    request.add_header("Accept", PROMETHEUS_ACCEPT)
+    with urllib.request.urlopen(request, timeout=WAIT_S) as response:
+        return response.headers["Content-Type"], response.read().decode()
+
+
+@pytest.mark.parametrize("exemplars", [True, False], ids=["exemplars", "default"])
+def test_the_delivery_latency_has_trace_ids_as_exemplars_when_asked(
+    exemplars: bool, broker_settings: Settings, tmp_path: Path
+) -> None:
+    flags = ("--metrics-exemplars",) if exemplars else ()
+    broker = BrokerProcess(broker_settings.database_url, tmp_path / "broker.log", flags).start()
+    try:
+        with Client(broker.target) as client:
+            client.create_subscription("billing", "order.*")
+            client.publish("order.new", headers={"traceparent": CALLERS_TRACEPARENT})
+            for batch in client.subscribe("billing", max_outstanding=1):
+                client.ack(batch)
+                break
+        http_port = re.search(r"\(http port (\d+)\)", broker.log_text())
+        assert http_port is not None
+        content_type, text = scrape(int(http_port.group(1)))
+    finally:
+        broker.terminate()
+    buckets = [
+        line
+        for line in text.splitlines()
+        if line.startswith("eventbroker_delivery_latency_seconds_bucket{")
+    ]
+    with_exemplar = [line for line in buckets if " # {" in line]
+    if exemplars:  # on the bucket the latency fell in
+        assert content_type.startswith("application/openmetrics-text")
+        (line,) = with_exemplar
+        assert '# {trace_id="0af7651916cd43dd8448eb211c80319c"}' in line
+    else:  # the Prometheus text format, as ever
+        assert content_type.startswith("text/plain")
+        assert buckets and not with_exemplar
