@@ -284,7 +284,9 @@ def test_a_failed_publish_ends_its_span_with_an_error(spans: RecordedSpans, clie
     assert "messaging.message.id" not in span["attributes"]
 
 
-def test_a_traceparent_the_caller_set_is_kept(spans: RecordedSpans, client: Client) -> None:
+def test_a_traceparent_the_caller_set_is_kept(
+    spans: RecordedSpans, client: Client, broker_target: str
+) -> None:
     client.create_subscription("billing", "order.*")
     headers = {"traceparent": CALLERS_TRACEPARENT, "tracestate": "vendor=1"}
     published = client.publish("order.new", headers=headers)
@@ -295,6 +297,21 @@ def test_a_traceparent_the_caller_set_is_kept(spans: RecordedSpans, client: Clie
     # Whatever case the caller wrote it in.
     upper = client.publish("order.new", headers={"TraceParent": CALLERS_TRACEPARENT})
     assert client.get_event(upper.event_id).headers == {"TraceParent": CALLERS_TRACEPARENT}
+
+    # The consumer continues the caller's trace, under the caller's span.
+    consumer = Consumer("billing", target=broker_target)
+
+    @consumer.on("order.new")
+    async def record(msg: Message, ctx: Context) -> None:
+        pass
+
+    async def both_processed() -> None:
+        await asyncio.to_thread(spans.wait_for, "process billing", 2)
+
+    consume(consumer, both_processed)
+    for span in spans.named("process billing"):
+        assert span["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+        assert span["parent_id"] == "b7ad6b7169203331"
 
 
 @pytest.mark.parametrize("provider", [None, NoOpTracerProvider()], ids=["none", "no-op"])

@@ -241,7 +241,9 @@ class Processing:
 
         # Extracted into an empty context: without trace headers the span starts a
         # trace of its own rather than joining whatever was current in the consumer.
-        parent: Context = propagate.extract(dict(message.headers), context=Context())
+        # Header names are matched ignoring case, as the broker reads `traceparent`.
+        carrier = {key.lower(): value for key, value in message.headers.items()}
+        parent: Context = propagate.extract(carrier, context=Context())
         publisher = trace.get_current_span(parent).get_span_context()
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
