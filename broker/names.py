@@ -12,7 +12,12 @@ import re
 from collections.abc import Iterable
 
 NAME_MAX_LENGTH = 255
-_NAME_RE = re.compile(r"^[a-z0-9._\-/:]{1,255}$")
+#: The characters of a (lower-cased) name, as a bracket expression's inside: read the
+#: same by Python and by PostgreSQL's regular expressions (`eventbroker.publish`).
+NAME_CHARACTERS = r"a-z0-9._\-/:"
+#: A whole valid name (`\Z`, not `$`, which in Python also matches before a final newline).
+NAME_PATTERN = rf"^[{NAME_CHARACTERS}]{{1,{NAME_MAX_LENGTH}}}\Z"
+_NAME_RE = re.compile(NAME_PATTERN)
 _FILTER_SEGMENT_RE = re.compile(r"^[a-z0-9_\-/:]+$")
 FILTERS_MAX_COUNT = 100
 

@@ -13,7 +13,11 @@ as the fallback for a message lost while a listener reconnects.
 Messages are `origin|kind|ids|due`: `w` (wake) with comma-separated
 subscription ids or `*` for all, and the earliest due time in microseconds or
 empty; `d` (deleted) with the ids; `h` (here), a heartbeat. A broker ignores
-its own messages.
+its own messages. A message with an empty origin comes from no broker but from
+the database itself: `eventbroker.publish(...)` (`broker.storage.sql_publish`)
+sends `|w|*|due` as its caller's transaction commits. It wakes every broker,
+one alone too (each listens whether or not it has heard others), and makes
+nobody a peer.
 
 A broker alone on its database has nobody to tell, and a `NOTIFY` costs a
 round trip and a commit: so every broker says `h` once it listens and every
@@ -217,7 +221,8 @@ class Wakeups:
             origin, kind, ids_text, due_text = message.split("|")
             if origin == self.origin:
                 return
-            self._call(self._heard, origin)
+            if origin:  # not the database's own (empty) origin
+                self._call(self._heard, origin)
             if ids_text == "*":
                 ids: frozenset[int] | None = None
             else:

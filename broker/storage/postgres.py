@@ -417,6 +417,20 @@ class PostgresStorage(SqlStorage):
         self._kept_all: list[sa.Connection] = []
 
     @contextmanager
+    def read(self) -> Iterator[SqlTx]:
+        """A read-only transaction that sees one snapshot in all its statements.
+
+        At PostgreSQL's default level each statement sees what committed before
+        it began: counts made of several statements (the log's tally, then the
+        rows) would count an event twice when a lease moved it from the log into
+        a row in between.
+        """
+        with storage_errors(), self.read_engine.connect() as conn:
+            conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield self.tx_class(conn, self._kept_subscriptions())
+
+    @contextmanager
     def _writer(self, keep: bool) -> Iterator[sa.Connection]:
         """A write connection; with `keep`, the calling thread's, kept while it is busy.
 

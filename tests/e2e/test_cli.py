@@ -137,8 +137,10 @@ def test_an_unreachable_broker_says_it_retries_then_gives_up_in_one_line() -> No
     assert "--target / EVENTBROKER_TARGET" in error and "--timeout" in error
 
 
-#: What starting the `broker` command costs, on top of what a test waits for (a loaded machine).
-STARTUP_ALLOWANCE_S = 8.0
+#: What starting the `broker` command costs, on top of what a test waits for: on a loaded
+#: 2-core machine its imports alone took over 8 s. Kept below 25 s, so that a 5 s timeout is
+#: still told apart from the 30 s one.
+STARTUP_ALLOWANCE_S = 18.0
 
 
 def test_publish_gives_up_after_5_s_at_a_terminal_and_30_s_in_a_script() -> None:

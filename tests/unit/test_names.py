@@ -18,6 +18,7 @@ from broker.names import filter_error, matches, normalize_filters, normalize_nam
         ("has space", None),
         ("emoji.🎉", None),
         ("star.*", None),
+        ("trailing.newline\n", None),
     ],
 )
 def test_normalize_name(raw: str, expected: str | None) -> None:

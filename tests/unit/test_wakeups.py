@@ -116,3 +116,21 @@ def test_a_broker_alone_sends_no_wake_ups_and_one_that_has_company_does() -> Non
         await alone.stop()
 
     asyncio.run(run())
+
+
+def test_a_message_from_the_database_wakes_a_broker_alone_and_makes_no_peer() -> None:
+    bus = Bus()
+    heard: list[tuple[frozenset[int] | None, int | None]] = []
+
+    async def run() -> None:
+        alone = Wakeups(bus, lambda ids, due: heard.append((ids, due)), lambda ids: None)
+        alone.start()
+        await _until(lambda: any(m.startswith(f"{alone.origin}|h") for m in bus.sent))
+        bus.notify("|w|*|")  # what eventbroker.publish(...) sends at commit
+        bus.notify("|w|*|1234")
+        await _until(lambda: len(heard) == 2)
+        assert heard == [(None, None), (None, 1234)]
+        assert alone.peers == 0  # so it still sends no wake-ups of its own
+        await alone.stop()
+
+    asyncio.run(run())
