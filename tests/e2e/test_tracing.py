@@ -10,6 +10,7 @@ histogram as an exemplar).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import subprocess
@@ -20,12 +21,16 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider
 
 from broker.config import Settings
 from eventbroker import AsyncClient, Client, Consumer, Context, Message, Terminal
+from eventbroker.outbox import publish_in
+from tests.conftest import TEST_SETTINGS, BrokerThread
 from tests.e2e.cli import BrokerCli
 from tests.e2e.processes import BrokerProcess
 from tests.e2e.spans import WAIT_S, RecordedSpans, SpanRecord, global_tracer_provider
@@ -419,3 +424,29 @@ def test_the_delivery_latency_has_trace_ids_as_exemplars_when_asked(
     else:  # the Prometheus text format, as ever
         assert content_type.startswith("text/plain")
         assert buckets and not with_exemplar
+
+
+def psycopg_dsn(url: str) -> str:
+    """A SQLAlchemy URL as psycopg takes it."""
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def test_a_publish_in_a_transaction_carries_its_trace_too(
+    spans: RecordedSpans, postgres_url: str
+) -> None:
+    broker = BrokerThread(dataclasses.replace(TEST_SETTINGS, database_url=postgres_url)).start()
+    try:
+        with Client(broker.target) as client:
+            client.create_subscription("billing", "order.*")
+            with psycopg.connect(psycopg_dsn(postgres_url)) as conn:  # commits on leaving
+                published = publish_in(conn, "order.new", {"order_id": 1}, headers={"src": "db"})
+            stored = client.get_event(published.event_id)
+    finally:
+        broker.stop()
+    span = only(spans.all(), "publish order.new")
+    assert span["kind"] == "PRODUCER"
+    assert span["attributes"]["messaging.operation.name"] == "publish_in"
+    assert span["attributes"]["messaging.message.id"] == published.event_id
+    assert stored.trace_id == span["trace_id"]
+    assert stored.headers["traceparent"].startswith(f"00-{span['trace_id']}-{span['span_id']}-")
+    assert stored.headers["src"] == "db"

@@ -15,6 +15,8 @@ When it is on:
   `traceparent` header itself: then the event's headers are left as they are;
 - `publish_batch` (one call, one transaction) also makes a CLIENT span `send`
   linking the events' spans, which are then of operation type `create`;
+- `outbox.publish_in` (an event published in the caller's own PostgreSQL
+  transaction) makes the same `publish {name}` span and headers;
 - the consumer runtime runs each delivery's handlers in a CONSUMER span
   `process {subscription}`, a child of the context in the event's headers (so
   that publish and handling are one trace) that also links to it, as the
@@ -130,28 +132,36 @@ class Publishing:
     leaving the block ends every span with an error status.
 
     Args:
-        specs: The events (each already with its id).
-        target: The broker's `HOST:PORT`.
+        specs: The events (each already with its id, when the client makes one).
+        target: The broker's `HOST:PORT`; None when it is not called (`publish_in`).
         batch: True for `publish_batch`: the events' spans are of operation type
             `create`, and one CLIENT span `send` stands for the call and links them.
+        operation: `messaging.operation.name`: the client's call.
 
     """
 
     __slots__ = ("_batch_span", "_spans", "specs")
 
-    def __init__(self, specs: list[EventSpec], *, target: str, batch: bool = False) -> None:
+    def __init__(
+        self,
+        specs: list[EventSpec],
+        *,
+        target: str | None,
+        batch: bool = False,
+        operation: str = "publish",
+    ) -> None:
         self.specs = specs
         self._spans: list[Span] = []
         self._batch_span: Span | None = None
         found = tracer()
         if found is not None:
             self.specs = list(specs)  # the caller's list stays as it was
-            self._start(found, target, batch)
+            self._start(found, target, batch, operation)
 
-    def _start(self, found: Tracer, target: str, batch: bool) -> None:
+    def _start(self, found: Tracer, target: str | None, batch: bool, operation: str) -> None:
         from opentelemetry import propagate, trace
 
-        server = _server_attributes(target)
+        server = _server_attributes(target) if target is not None else {}
         for index, spec in enumerate(self.specs):
             name = spec.name.lower()
             span = found.start_span(
@@ -161,7 +171,7 @@ class Publishing:
                     "messaging.system": SYSTEM,
                     "messaging.destination.name": name,
                     "messaging.operation.type": "create" if batch else "send",
-                    "messaging.operation.name": "publish",
+                    "messaging.operation.name": operation,
                     **server,
                 },
             )
