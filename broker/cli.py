@@ -140,6 +140,13 @@ def serve(
             help="Broker processes sharing the port (several need PostgreSQL).",
         ),
     ] = 1,
+    metrics_exemplars: Annotated[
+        bool,
+        typer.Option(
+            envvar="BROKER_METRICS_EXEMPLARS",
+            help="Trace ids as exemplars of the delivery latency (OpenMetrics scrapes).",
+        ),
+    ] = False,
 ) -> None:
     """Run the broker until SIGTERM or Ctrl-C."""
     from broker.app import serve as run_broker
@@ -163,6 +170,7 @@ def serve(
             tls_cert_file=tls_cert,
             tls_key_file=tls_key,
             tls_client_ca_file=tls_client_ca,
+            metrics_exemplars=metrics_exemplars,
         )
         check_processes(settings, processes)
     except SettingsError as error:

@@ -554,6 +554,8 @@ def events_show(
         print_json(info)
         return
     show(f"{info.event_id}  {info.name}  published {when(info.publish_time)}")
+    if info.trace_id:
+        show(f"trace: {info.trace_id}")
     show(f"data: {_data_text(info.data, info.content_type)}")
     grid = table("Deliveries")
     grid.add_column("subscription", no_wrap=True)
@@ -673,6 +675,7 @@ def _dead_letter_table(letter: DeadLetterInfo) -> Table:
         ("priority", str(letter.priority)),
         ("ordering key", letter.ordering_key or "-"),
         ("dedup id", letter.dedup_id or "-"),
+        ("trace id", letter.trace_id or "-"),
         ("headers", ", ".join(f"{k}={v}" for k, v in letter.headers.items()) or "-"),
         ("data", _data_text(letter.data, letter.content_type)),
     ]

@@ -140,6 +140,9 @@ class Settings:
     tls_key_file: str | None = None
     #: Mutual TLS: clients must present a certificate signed by this CA (PEM file).
     tls_client_ca_file: str | None = None
+    #: Put the trace id of an event's `traceparent` on its delivery latency as an
+    #: exemplar, served when a scraper asks for OpenMetrics (one process only).
+    metrics_exemplars: bool = False
 
     def __post_init__(self) -> None:
         checks = [

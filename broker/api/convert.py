@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
-from broker import config
+from broker import config, trace_context
 from broker.config import Settings
 from broker.domain import (
     BINARY_CONTENT_TYPE,
@@ -437,11 +437,12 @@ def _json_value(event: StoredEvent) -> struct_pb2.Value:
 
 
 def stored_event_message(event: StoredEvent) -> pb.StoredEvent:
-    """A stored event for GetEvent and dead letters."""
+    """A stored event for GetEvent and dead letters, with the trace id its headers carry."""
     return pb.StoredEvent(
         event_id=event.event_id,
         event=stored_event_to_proto(event),
         publish_time=to_timestamp(event.published_at_us),
+        trace_id=trace_context.trace_id(event.headers),
     )
 
 

@@ -31,7 +31,6 @@ import grpc
 from aiohttp import web
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker import config, logs
 from broker.api import convert
@@ -106,10 +105,8 @@ def build_http_app(servicer: EventBrokerServicer) -> web.Application:
         engine = servicer.engine
         counts, events = await engine.counts(None)
         engine.metrics.set_counts(counts, events, engine.clock())
-        return web.Response(
-            body=engine.metrics.exposition(),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
+        body, content_type = engine.metrics.exposition(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(request: web.Request) -> web.Response:
         if servicer.engine.draining:  # shutting down: only held deliveries are settled

@@ -83,7 +83,7 @@ class DeliveryEngine:
             delay_s=settings.commit_delay_s,
         )
         self.recent_events = RecentEvents()
-        self.stats = Stats()
+        self.stats = Stats(exemplars=settings.metrics_exemplars)
         self.dispatchers = Dispatchers()
         self.signals = Signals(self.dispatchers)
         self.tails = Tails()

@@ -23,6 +23,11 @@ process (`MultiProcessCollector`). Its limits shape what is kept where:
   removes the directory when it stops.
 
 Without the variable (one process) the registry is served as it is.
+
+Exemplars (`broker serve --metrics-exemplars`: the trace id of an event on its
+delivery latency) exist only in the OpenMetrics format, so `/metrics` serves that
+format to a scraper that asks for it (Prometheus does) while they are on; the
+multiprocess files keep no exemplars.
 """
 
 from __future__ import annotations
@@ -30,9 +35,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from broker.domain import SubscriptionCounts
 
@@ -46,10 +59,21 @@ LATENCY_BUCKETS_S = (
 STATES = ("scheduled", "ready", "in_flight", "acked", "dead")
 
 
-class BrokerMetrics:
-    """The metrics, in a registry of their own."""
+#: What a scraper sends in `Accept` when it takes OpenMetrics (and so exemplars).
+OPENMETRICS_MEDIA_TYPE = "application/openmetrics-text"
 
-    def __init__(self) -> None:
+
+class BrokerMetrics:
+    """The metrics, in a registry of their own.
+
+    Args:
+        exemplars: Whether the latency histogram carries exemplars, served in the
+            OpenMetrics format to a scraper that accepts it.
+
+    """
+
+    def __init__(self, *, exemplars: bool = False) -> None:
+        self.exemplars = exemplars
         self.registry = CollectorRegistry(auto_describe=True)
         self.events_published = Counter(
             "eventbroker_events_published",
@@ -104,14 +128,21 @@ class BrokerMetrics:
         self.storage_counts.events = events
         self.storage_counts.now_us = now_us
 
-    def exposition(self) -> bytes:
-        """The metrics in the Prometheus text format: of every broker process, if several."""
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The metrics and their content type: of every broker process, if several.
+
+        The Prometheus text format, or OpenMetrics (with the exemplars) when they
+        are on and `accept`, the scraper's `Accept` header, takes it.
+        """
         if not os.environ.get(MULTIPROC_DIR_ENV):
-            return generate_latest(self.registry)
+            if self.exemplars and OPENMETRICS_MEDIA_TYPE in accept:
+                body: bytes = openmetrics.generate_latest(self.registry)  # type: ignore[no-untyped-call]  # untyped upstream
+                return body, openmetrics.CONTENT_TYPE_LATEST
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
         everyone = CollectorRegistry()
         MultiProcessCollector(everyone)  # type: ignore[no-untyped-call]  # untyped upstream
         everyone.register(self.storage_counts)
-        return generate_latest(everyone)
+        return generate_latest(everyone), CONTENT_TYPE_LATEST
 
 
 class StorageCounts:

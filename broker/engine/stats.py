@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from broker import trace_context
 from broker.domain import LeasedDelivery
 from broker.engine.metrics import BrokerMetrics
 from broker.engine.rates import RateMeter
@@ -22,11 +23,18 @@ class Rates:
 
 
 class Stats:
-    """Counts publishes, deliveries and acks into the rates and the Prometheus metrics."""
+    """Counts publishes, deliveries and acks into the rates and the Prometheus metrics.
 
-    def __init__(self) -> None:
+    Args:
+        exemplars: Observe a first delivery's latency with the trace id of its
+            event's `traceparent` as an exemplar, linking the histogram to traces.
+
+    """
+
+    def __init__(self, *, exemplars: bool = False) -> None:
         self.rates = Rates()
-        self.metrics = BrokerMetrics()
+        self.metrics = BrokerMetrics(exemplars=exemplars)
+        self._exemplars = exemplars
 
     def published(self, new: int, duplicates: int) -> None:
         """Events stored by a publish, and duplicates it stored nothing for."""
@@ -43,8 +51,11 @@ class Stats:
         self.metrics.deliveries.labels(subscription).inc(len(deliveries))
         latency = self.metrics.delivery_latency.labels(subscription)
         for delivery in deliveries:
-            if delivery.attempt == 1:
-                latency.observe(max(0, now_us - delivery.event.deliver_at_us) / US_PER_S)
+            if delivery.attempt != 1:
+                continue
+            seconds = max(0, now_us - delivery.event.deliver_at_us) / US_PER_S
+            trace_id = trace_context.trace_id(delivery.event.headers) if self._exemplars else ""
+            latency.observe(seconds, exemplar={"trace_id": trace_id} if trace_id else None)
 
     def acked(self, subscription: str, count: int) -> None:
         """Acks of leases held by consumers here."""

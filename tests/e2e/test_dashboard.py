@@ -137,3 +137,21 @@ def test_the_dashboard_updates_live_explains_and_redrives(
     keep = os.environ.get("BROKER_SCREENSHOT_DIR")  # to look at it after the run
     if keep:
         shutil.copy(shot, Path(keep) / "dashboard.png")
+
+
+def test_the_event_lookup_shows_the_trace_id(page: Any, broker_server: BrokerThread) -> None:
+    from playwright.sync_api import expect
+
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    with Client(broker_server.target) as client:
+        traced = client.publish(
+            "order.new", headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
+        )
+        untraced = client.publish("order.new")
+    page.fill("#event-id", traced.event_id)
+    page.click("#event-search")
+    expect(page.locator("#event-result .trace")).to_have_text(f"trace {trace_id}", timeout=WAIT_MS)
+    page.fill("#event-id", untraced.event_id)
+    page.click("#event-search")
+    expect(page.locator("#event-result")).to_contain_text(untraced.event_id, timeout=WAIT_MS)
+    expect(page.locator("#event-result .trace")).to_have_count(0)

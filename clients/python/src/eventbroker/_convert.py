@@ -502,6 +502,7 @@ def event_info(response: pb.GetEventResponse) -> EventInfo:
         ordering_key=event.ordering_key or None,
         dedup_id=event.id or None,
         deliveries=tuple(_delivery_status(d) for d in response.deliveries),
+        trace_id=stored.trace_id,
     )
 
 
@@ -566,6 +567,7 @@ def _dead_letter_info(stored: pb.StoredEvent, delivery: pb.DeliveryStatus) -> De
         priority=event.priority,
         ordering_key=event.ordering_key or None,
         dedup_id=event.id or None,
+        trace_id=stored.trace_id,
     )
 
 

@@ -126,6 +126,7 @@ class Verdict:
         error: The nack's error: the failures' reprs, joined by `; `.
         terminal: Nack as terminal (dead-letter now).
         delay: Retry after this long instead of the subscription's backoff.
+        failures: What the failed handlers raised (for the delivery's trace span).
 
     """
 
@@ -133,6 +134,7 @@ class Verdict:
     error: str = ""
     terminal: bool = False
     delay: timedelta | None = None
+    failures: tuple[BaseException, ...] = ()
 
 
 async def run_handlers(routes: Sequence[Route], message: Message, context: Context) -> Verdict:
@@ -160,6 +162,7 @@ async def run_handlers(routes: Sequence[Route], message: Message, context: Conte
         error="; ".join(repr(f) for f in failures),
         terminal=any(isinstance(f, Terminal) for f in failures),
         delay=max(delays) if delays else None,
+        failures=tuple(failures),
     )
 
 

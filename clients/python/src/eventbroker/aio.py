@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying
 from eventbroker import _convert as convert
 from eventbroker import _exist_ok as exist_ok_check
 from eventbroker import _publish as publishing
+from eventbroker import _tracing as tracing
 from eventbroker._batching import AsyncPublisher, PublishBatching
 from eventbroker._config import ConnectionConfig, TLSConfig
 from eventbroker._publish import PUBLISH_TIMEOUT_S
@@ -206,26 +207,34 @@ class AsyncClient:
             content_type=content_type,
         )
         (spec,) = publishing.with_event_ids([spec])
-        request = convert.publish_request(spec)
-        deadline = publishing.Deadline(timeout, self._timeout)
-        if self._batching.enabled:
-            result = await self._publisher.publish(spec.name, request.event, deadline)
-            self._match_warnings.check([spec.name], [result])
-            return result
+        with tracing.Publishing([spec], target=self.target) as traced:
+            (spec,) = traced.specs
+            request = convert.publish_request(spec)
+            deadline = publishing.Deadline(timeout, self._timeout)
+            if self._batching.enabled:
+                result = await self._publisher.publish(spec.name, request.event, deadline)
+            else:
+                result = await self._publish_alone(request, deadline, spec.name)
+            traced.done([result])
+        self._match_warnings.check([spec.name], [result])
+        return result
+
+    async def _publish_alone(
+        self, request: pb.PublishRequest, deadline: publishing.Deadline, name: str
+    ) -> PublishResult:
+        """One event in a Publish call of its own, retried as `publish` says."""
 
         async def attempt() -> pb.PublishResponse:
             return await self._call(
                 self._stub.Publish, request, call_timeout=deadline.attempt_timeout_s()
             )
 
-        retrying = AsyncRetrying(**deadline.retry_options(f"publish of {spec.name}"))
+        retrying = AsyncRetrying(**deadline.retry_options(f"publish of {name}"))
         try:
             response: pb.PublishResponse = await retrying(attempt)
         except BrokerError as error:
             raise deadline.failure(error) from None
-        result = convert.publish_result(response)
-        self._match_warnings.check([spec.name], [result])
-        return result
+        return convert.publish_result(response)
 
     async def _send_events(
         self, events: Sequence[pb.Event], timeout_s: float | None
@@ -248,20 +257,22 @@ class AsyncClient:
     ) -> list[PublishResult]:
         """Publish many events in one transaction, all or none (see `Client.publish_batch`)."""
         specs = publishing.with_event_ids(convert.event_specs(events))
-        request = convert.batch_publish_request(specs)
-        deadline = publishing.Deadline(timeout, self._timeout)
+        with tracing.Publishing(specs, target=self.target, batch=True) as traced:
+            request = convert.batch_publish_request(traced.specs)
+            deadline = publishing.Deadline(timeout, self._timeout)
 
-        async def attempt() -> pb.BatchPublishResponse:
-            return await self._call(
-                self._stub.BatchPublish, request, call_timeout=deadline.attempt_timeout_s()
-            )
+            async def attempt() -> pb.BatchPublishResponse:
+                return await self._call(
+                    self._stub.BatchPublish, request, call_timeout=deadline.attempt_timeout_s()
+                )
 
-        retrying = AsyncRetrying(**deadline.retry_options(f"batch publish of {len(specs)}"))
-        try:
-            response: pb.BatchPublishResponse = await retrying(attempt)
-        except BrokerError as error:
-            raise deadline.failure(error) from None
-        results = convert.batch_publish_results(response)
+            retrying = AsyncRetrying(**deadline.retry_options(f"batch publish of {len(specs)}"))
+            try:
+                response: pb.BatchPublishResponse = await retrying(attempt)
+            except BrokerError as error:
+                raise deadline.failure(error) from None
+            results = convert.batch_publish_results(response)
+            traced.done(results)
         self._match_warnings.check([spec.name for spec in specs], results)
         return results
 

@@ -20,6 +20,7 @@ from tenacity import Retrying
 from eventbroker import _convert as convert
 from eventbroker import _exist_ok as exist_ok_check
 from eventbroker import _publish as publishing
+from eventbroker import _tracing as tracing
 from eventbroker._batching import BlockingPublisher, PublishBatching
 from eventbroker._config import ConnectionConfig, TLSConfig
 from eventbroker._publish import PUBLISH_TIMEOUT_S
@@ -202,14 +203,17 @@ class Client:
             content_type=content_type,
         )
         (spec,) = publishing.with_event_ids([spec])
-        request = convert.publish_request(spec)
-        if self._batching.enabled:
-            deadline = publishing.Deadline(timeout, self._timeout)
-            result = self._publisher.publish(spec.name, request.event, deadline)
-            self._match_warnings.check([spec.name], [result])
-            return result
-        response = self._retried(self._stub.Publish, request, timeout, f"publish of {spec.name}")
-        result = convert.publish_result(response)
+        with tracing.Publishing([spec], target=self.target) as traced:
+            (spec,) = traced.specs
+            request = convert.publish_request(spec)
+            if self._batching.enabled:
+                deadline = publishing.Deadline(timeout, self._timeout)
+                result = self._publisher.publish(spec.name, request.event, deadline)
+            else:
+                what = f"publish of {spec.name}"
+                response = self._retried(self._stub.Publish, request, timeout, what)
+                result = convert.publish_result(response)
+            traced.done([result])
         self._match_warnings.check([spec.name], [result])
         return result
 
@@ -245,10 +249,12 @@ class Client:
 
         """
         specs = publishing.with_event_ids(convert.event_specs(events))
-        request = convert.batch_publish_request(specs)
-        what = f"batch publish of {len(specs)}"
-        response = self._retried(self._stub.BatchPublish, request, timeout, what)
-        results = convert.batch_publish_results(response)
+        with tracing.Publishing(specs, target=self.target, batch=True) as traced:
+            request = convert.batch_publish_request(traced.specs)
+            what = f"batch publish of {len(specs)}"
+            response = self._retried(self._stub.BatchPublish, request, timeout, what)
+            results = convert.batch_publish_results(response)
+            traced.done(results)
         self._match_warnings.check([spec.name for spec in specs], results)
         return results
 

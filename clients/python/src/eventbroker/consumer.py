@@ -35,8 +35,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential, wait_random
 
 from eventbroker import _models, durations
+from eventbroker import _tracing as tracing
 from eventbroker._config import TLSConfig
-from eventbroker._dispatch import Context, run_handlers, running_loop
+from eventbroker._dispatch import Context, Verdict, run_handlers, running_loop
 from eventbroker._leaser import Leaser
 from eventbroker._routes import Router
 from eventbroker._settle import Settler
@@ -254,7 +255,7 @@ class Consumer:
             raise RuntimeError("no handlers: register one with @consumer.on('event.name')")
         stopping = self._attach(asyncio.get_running_loop())
         client = AsyncClient(**self._client_args)
-        settler = Settler(client)
+        settler = Settler(client, subscription=self.subscription)
         leaser = Leaser(client.extend_ack_deadline)
         helpers = [asyncio.create_task(settler.run()), asyncio.create_task(leaser.run())]
         signals = self._catch_signals() if handle_signals else ()
@@ -461,28 +462,34 @@ class Consumer:
     async def _deliver(
         self, message: Message, settler: Settler, leaser: Leaser, stopping: asyncio.Event
     ) -> None:
-        try:
-            routes = self._router.routes_for(message.name)
-            if not routes:
-                _log.warning("no handler for %s (event %s); nacked", message.name, message.event_id)
-            context = Context(message, extend_lease=leaser.extend, stopping=stopping)
-            leaser.hold(message)
+        # The handlers run inside the delivery's process span (when tracing is on).
+        with tracing.Processing(self.subscription, message) as traced:
             try:
-                verdict = await run_handlers(routes, message, context)
-            finally:
-                leaser.release(message.ack_id)
-        except Exception as error:
-            _log.exception("delivery of %s %s failed", message.name, message.event_id)
-            settler.nack(message.ack_id, error=repr(error), terminal=False)
-            return
+                routes = self._router.routes_for(message.name)
+                if not routes:
+                    _log.warning(
+                        "no handler for %s (event %s); nacked", message.name, message.event_id
+                    )
+                context = Context(message, extend_lease=leaser.extend, stopping=stopping)
+                leaser.hold(message)
+                try:
+                    verdict = await run_handlers(routes, message, context)
+                finally:
+                    leaser.release(message.ack_id)
+            except Exception as error:
+                _log.exception("delivery of %s %s failed", message.name, message.event_id)
+                verdict = Verdict(ack=False, error=repr(error), failures=(error,))
+            if not verdict.ack:
+                traced.failed(verdict.error, verdict.failures)
         if verdict.ack:
-            settler.ack(message.ack_id)
+            settler.ack(message.ack_id, traced=traced.span_context)
         else:
             settler.nack(
                 message.ack_id,
                 error=verdict.error,
                 terminal=verdict.terminal,
                 delay=verdict.delay,
+                traced=traced.span_context,
             )
 
     async def _drain(self, settler: Settler) -> None:

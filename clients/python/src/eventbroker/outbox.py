@@ -30,8 +30,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from eventbroker import _models
+from eventbroker import _tracing as tracing
 from eventbroker.durations import parse_delay
-from eventbroker.types import DelayLike, PublishResult
+from eventbroker.types import DelayLike, EventSpec, PublishResult
 
 __all__ = ["publish_in", "publish_in_async"]
 
@@ -113,15 +114,21 @@ def publish_in(
     Raises:
         ValueError: `data` or `delay` cannot be read (nothing was sent).
 
+    With OpenTelemetry on, the publish is a span whose trace context goes into the
+    event's headers, as with `Client.publish` (see docs/tracing.md).
+
     """
-    params = _params(name, data, id, delay, priority, ordering_key, headers)
-    if _is_sqlalchemy(conn):
-        row = conn.execute(_sqlalchemy_text(), params).one()
-    else:
-        with conn.cursor() as cursor:
-            cursor.execute(_DBAPI_SQL, [params[a] for a in _ARGUMENTS])
-            row = cursor.fetchone()
-    return PublishResult(event_id=row[0], duplicate=bool(row[1]))
+    with _traced(name, headers) as traced:
+        params = _params(name, data, id, delay, priority, ordering_key, traced.specs[0].headers)
+        if _is_sqlalchemy(conn):
+            row = conn.execute(_sqlalchemy_text(), params).one()
+        else:
+            with conn.cursor() as cursor:
+                cursor.execute(_DBAPI_SQL, [params[a] for a in _ARGUMENTS])
+                row = cursor.fetchone()
+        result = PublishResult(event_id=row[0], duplicate=bool(row[1]))
+        traced.done([result])
+    return result
 
 
 async def publish_in_async(
@@ -141,17 +148,27 @@ async def publish_in_async(
         ValueError: `data` or `delay` cannot be read (nothing was sent).
 
     """
-    params = _params(name, data, id, delay, priority, ordering_key, headers)
-    if _is_sqlalchemy(conn):
-        result = await conn.execute(_sqlalchemy_text(), params)
-        row = result.one()
-    elif hasattr(conn, "fetchrow"):  # an asyncpg connection
-        row = await conn.fetchrow(_NUMBERED_SQL, *[params[a] for a in _ARGUMENTS])
-    else:
-        async with conn.cursor() as cursor:
-            await cursor.execute(_DBAPI_SQL, [params[a] for a in _ARGUMENTS])
-            row = await cursor.fetchone()
-    return PublishResult(event_id=row[0], duplicate=bool(row[1]))
+    with _traced(name, headers) as traced:
+        params = _params(name, data, id, delay, priority, ordering_key, traced.specs[0].headers)
+        if _is_sqlalchemy(conn):
+            rows = await conn.execute(_sqlalchemy_text(), params)
+            row = rows.one()
+        elif hasattr(conn, "fetchrow"):  # an asyncpg connection
+            row = await conn.fetchrow(_NUMBERED_SQL, *[params[a] for a in _ARGUMENTS])
+        else:
+            async with conn.cursor() as cursor:
+                await cursor.execute(_DBAPI_SQL, [params[a] for a in _ARGUMENTS])
+                row = await cursor.fetchone()
+        result = PublishResult(event_id=row[0], duplicate=bool(row[1]))
+        traced.done([result])
+    return result
+
+
+def _traced(name: str, headers: Mapping[str, str] | None) -> tracing.Publishing:
+    """The publish span of one event, whose context goes into its headers (tracing on)."""
+    return tracing.Publishing(
+        [EventSpec(name=name, headers=headers)], target=None, operation="publish_in"
+    )
 
 
 def _params(

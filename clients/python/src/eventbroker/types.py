@@ -306,6 +306,9 @@ class EventInfo:
         ordering_key: Ordering key given at publish, if any.
         dedup_id: Deduplication id given at publish, if any.
         deliveries: Its delivery in each matching subscription.
+        trace_id: The W3C trace id of its `traceparent` header (32 lowercase hex
+            digits), to find its publish and handling in a tracing system; "" when
+            it carries none (see docs/tracing.md).
 
     """
 
@@ -320,6 +323,7 @@ class EventInfo:
     ordering_key: str | None
     dedup_id: str | None
     deliveries: tuple[DeliveryStatus, ...] = ()
+    trace_id: str = ""
 
     def delivery(self, subscription: str) -> DeliveryStatus | None:
         """The delivery status in `subscription`, or None if the event did not match it."""
@@ -361,6 +365,7 @@ class DeadLetterInfo:
         priority: Priority given at publish.
         ordering_key: Ordering key given at publish, if any.
         dedup_id: Deduplication id given at publish, if any.
+        trace_id: The W3C trace id of its `traceparent` header; "" when it carries none.
 
     """
 
@@ -380,6 +385,7 @@ class DeadLetterInfo:
     priority: int = 0
     ordering_key: str | None = None
     dedup_id: str | None = None
+    trace_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

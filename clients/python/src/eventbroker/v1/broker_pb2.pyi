@@ -1287,8 +1287,14 @@ class StoredEvent(_message.Message):
     EVENT_ID_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Broker-assigned id."""
+    trace_id: _builtins.str
+    """The W3C trace id the event carries in its `traceparent` header: 32 lowercase
+    hex digits, so that the publish and its handling can be found in a tracing
+    system; empty when it carries no valid `traceparent`.
+    """
     @_builtins.property
     def event(self) -> Global___Event:
         """The event as published (name lower-cased)."""
@@ -1303,10 +1309,11 @@ class StoredEvent(_message.Message):
         event_id: _builtins.str = ...,
         event: Global___Event | None = ...,
         publish_time: _timestamp_pb2.Timestamp | None = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "publish_time", b"publish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "event_id", b"event_id", "publish_time", b"publish_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "event_id", b"event_id", "publish_time", b"publish_time", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -442,6 +442,12 @@ export interface StoredEvent {
     event?: Event | undefined;
     /** When it was published. */
     publishTime?: Date | undefined;
+    /**
+     * The W3C trace id the event carries in its `traceparent` header: 32 lowercase
+     * hex digits, so that the publish and its handling can be found in a tracing
+     * system; empty when it carries no valid `traceparent`.
+     */
+    traceId: string;
 }
 /** GetEventResponse is an event and its deliveries. */
 export interface GetEventResponse {

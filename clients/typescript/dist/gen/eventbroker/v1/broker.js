@@ -3626,7 +3626,7 @@ exports.DeliveryStatus = {
     },
 };
 function createBaseStoredEvent() {
-    return { eventId: "", event: undefined, publishTime: undefined };
+    return { eventId: "", event: undefined, publishTime: undefined, traceId: "" };
 }
 exports.StoredEvent = {
     encode(message, writer = new wire_1.BinaryWriter()) {
@@ -3638,6 +3638,9 @@ exports.StoredEvent = {
         }
         if (message.publishTime !== undefined) {
             timestamp_1.Timestamp.encode(toTimestamp(message.publishTime), writer.uint32(26).fork()).join();
+        }
+        if (message.traceId !== "") {
+            writer.uint32(34).string(message.traceId);
         }
         return writer;
     },
@@ -3675,6 +3678,13 @@ exports.StoredEvent = {
                         message.publishTime = fromTimestamp(timestamp_1.Timestamp.decode(reader, reader.uint32()));
                         continue;
                     }
+                    case 4: {
+                        if (tag !== 34) {
+                            break;
+                        }
+                        message.traceId = reader.string();
+                        continue;
+                    }
                 }
                 if ((tag & 7) === 4 || tag === 0) {
                     break;
@@ -3700,6 +3710,11 @@ exports.StoredEvent = {
                 : isSet(object.publish_time)
                     ? fromJsonTimestamp(object.publish_time)
                     : undefined,
+            traceId: isSet(object.traceId)
+                ? globalThis.String(object.traceId)
+                : isSet(object.trace_id)
+                    ? globalThis.String(object.trace_id)
+                    : "",
         };
     },
     toJSON(message) {
@@ -3713,6 +3728,9 @@ exports.StoredEvent = {
         if (message.publishTime !== undefined) {
             obj.publishTime = message.publishTime.toISOString();
         }
+        if (message.traceId !== "") {
+            obj.traceId = message.traceId;
+        }
         return obj;
     },
     create(base) {
@@ -3723,6 +3741,7 @@ exports.StoredEvent = {
         message.eventId = object.eventId ?? "";
         message.event = (object.event !== undefined && object.event !== null) ? exports.Event.fromPartial(object.event) : undefined;
         message.publishTime = object.publishTime ?? undefined;
+        message.traceId = object.traceId ?? "";
         return message;
     },
 };

@@ -734,7 +734,15 @@ export interface StoredEvent {
     | Event
     | undefined;
   /** When it was published. */
-  publishTime?: Date | undefined;
+  publishTime?:
+    | Date
+    | undefined;
+  /**
+   * The W3C trace id the event carries in its `traceparent` header: 32 lowercase
+   * hex digits, so that the publish and its handling can be found in a tracing
+   * system; empty when it carries no valid `traceparent`.
+   */
+  traceId: string;
 }
 
 /** GetEventResponse is an event and its deliveries. */
@@ -4465,7 +4473,7 @@ export const DeliveryStatus: MessageFns<DeliveryStatus> = {
 };
 
 function createBaseStoredEvent(): StoredEvent {
-  return { eventId: "", event: undefined, publishTime: undefined };
+  return { eventId: "", event: undefined, publishTime: undefined, traceId: "" };
 }
 
 export const StoredEvent: MessageFns<StoredEvent> = {
@@ -4478,6 +4486,9 @@ export const StoredEvent: MessageFns<StoredEvent> = {
     }
     if (message.publishTime !== undefined) {
       Timestamp.encode(toTimestamp(message.publishTime), writer.uint32(26).fork()).join();
+    }
+    if (message.traceId !== "") {
+      writer.uint32(34).string(message.traceId);
     }
     return writer;
   },
@@ -4519,6 +4530,14 @@ export const StoredEvent: MessageFns<StoredEvent> = {
             message.publishTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.traceId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4544,6 +4563,11 @@ export const StoredEvent: MessageFns<StoredEvent> = {
         : isSet(object.publish_time)
         ? fromJsonTimestamp(object.publish_time)
         : undefined,
+      traceId: isSet(object.traceId)
+        ? globalThis.String(object.traceId)
+        : isSet(object.trace_id)
+        ? globalThis.String(object.trace_id)
+        : "",
     };
   },
 
@@ -4558,6 +4582,9 @@ export const StoredEvent: MessageFns<StoredEvent> = {
     if (message.publishTime !== undefined) {
       obj.publishTime = message.publishTime.toISOString();
     }
+    if (message.traceId !== "") {
+      obj.traceId = message.traceId;
+    }
     return obj;
   },
 
@@ -4569,6 +4596,7 @@ export const StoredEvent: MessageFns<StoredEvent> = {
     message.eventId = object.eventId ?? "";
     message.event = (object.event !== undefined && object.event !== null) ? Event.fromPartial(object.event) : undefined;
     message.publishTime = object.publishTime ?? undefined;
+    message.traceId = object.traceId ?? "";
     return message;
   },
 };
