@@ -1,0 +1,306 @@
+/**
+ * Trace context from publish to handler, through OpenTelemetry when the
+ * application uses it.
+ *
+ * `@opentelemetry/api` is an optional peer dependency, loaded on first use.
+ * When it is not installed, or no tracer provider is registered (the API's
+ * global provider is still its no-op proxy), the functions here do nothing but
+ * that check: no spans, no headers. A provider registered later is used from
+ * then on.
+ *
+ * With a provider:
+ * - each published event gets a PRODUCER span `publish {name}`, and its W3C
+ *   `traceparent` and `tracestate` go into the event's headers (the same
+ *   headers the Python client writes), unless the caller set `traceparent`
+ *   (then the caller's trace context travels as it is) or the event already
+ *   holds the most headers the broker takes;
+ * - each delivery gets a CONSUMER span `process {subscription}` whose parent
+ *   is the context in the event's headers, so publisher and handler are one
+ *   trace, with a link to that context too; the handler runs in it;
+ * - each Ack or Nack call gets a CLIENT span `ack {subscription}` or
+ *   `nack {subscription}` linking the process spans of the deliveries it settles.
+ *
+ * Headers are written and read by the global propagator when the application
+ * registered one, else by the W3C Trace Context format built in here, so an
+ * application that registers a tracer provider alone (as the SDK's
+ * `BasicTracerProvider` leaves it) still carries its traces through the broker.
+ *
+ * No type of the API appears in what this module exports, so the package's
+ * declarations compile where the API is not installed.
+ */
+import type * as Otel from "@opentelemetry/api";
+
+import { HEADERS_MAX_COUNT, type Message, type OutgoingEvent, type PublishResult } from "./convert";
+
+type Api = typeof Otel;
+
+/** The name of the tracer every span of this client comes from. */
+export const TRACER_NAME = "eventbroker";
+/** The W3C Trace Context headers. */
+export const TRACEPARENT_HEADER = "traceparent";
+export const TRACESTATE_HEADER = "tracestate";
+/** `messaging.system` of every span. */
+export const MESSAGING_SYSTEM = "eventbroker";
+
+/** The attributes of the OpenTelemetry messaging semantic conventions, and this system's own. */
+export const ATTRIBUTES = {
+  system: "messaging.system",
+  operationType: "messaging.operation.type",
+  operationName: "messaging.operation.name",
+  destination: "messaging.destination.name",
+  subscription: "messaging.destination.subscription.name",
+  messageId: "messaging.message.id",
+  batchCount: "messaging.batch.message_count",
+  deliveryAttempt: "messaging.eventbroker.message.delivery_attempt",
+  publishStatus: "messaging.eventbroker.publish.status",
+  notApplied: "messaging.eventbroker.settle.not_applied_count",
+} as const;
+
+/** A span to link to, opaque outside this module. */
+export type TraceLink = object;
+
+/** How acks and nacks are named in spans. */
+export type SettleKind = "ack" | "nack";
+
+/** The process span of one delivery. */
+export interface DeliverySpan {
+  /** The span, for the settle span of its batch to link to. */
+  readonly link: TraceLink;
+  /** Run `handler` inside the span's context (spans it makes are the span's children). */
+  run<T>(handler: () => T): T;
+  /** The handler resolved. */
+  succeeded(): void;
+  /** The handler threw, or did not finish in time. */
+  failed(error: unknown): void;
+}
+
+/** The span of one Ack or Nack call. */
+export interface SettleSpan {
+  /** The call ended; `notApplied` ids were not settled (lease expired or moved on). */
+  succeeded(notApplied: number): void;
+  /** The call failed for good. */
+  failed(error: unknown): void;
+}
+
+/** The API module: undefined until first asked for, null when it is not installed. */
+let api: Api | null | undefined;
+
+/** The API when tracing is on (the API installed and a tracer provider registered), else undefined. */
+function tracingApi(): Api | undefined {
+  if (api === undefined) {
+    try {
+      // Loaded here, not imported: the API is an optional peer dependency.
+      api = require("@opentelemetry/api") as Api;
+    } catch {
+      api = null;
+    }
+  }
+  if (api === null) return undefined;
+  // The global provider is always the API's proxy; until an SDK registers a
+  // provider, the proxy's delegate is the API's no-op provider.
+  const provider = api.trace.getTracerProvider() as Partial<Otel.ProxyTracerProvider>;
+  const delegate = provider.getDelegate?.() ?? provider;
+  return delegate.constructor.name === "NoopTracerProvider" ? undefined : api;
+}
+
+/** True when spans are made and trace context is sent: the API is installed and a provider registered. */
+export function tracingEnabled(): boolean {
+  return tracingApi() !== undefined;
+}
+
+/**
+ * Publish `events` through `send`, each in a PRODUCER span whose context goes
+ * into the event's headers; without tracing, `send(events)` as it is.
+ */
+export async function tracedPublish(
+  events: readonly OutgoingEvent[],
+  send: (events: readonly OutgoingEvent[]) => Promise<PublishResult[]>,
+): Promise<PublishResult[]> {
+  const otel = tracingApi();
+  if (otel === undefined) return send(events);
+  const tracer = otel.trace.getTracer(TRACER_NAME);
+  const propagator = headerPropagator(otel);
+  const spans: Otel.Span[] = [];
+  const traced = events.map((outgoing) => {
+    const name = outgoing.event.name.toLowerCase();
+    const span = tracer.startSpan(`publish ${name}`, {
+      kind: otel.SpanKind.PRODUCER,
+      attributes: {
+        [ATTRIBUTES.system]: MESSAGING_SYSTEM,
+        [ATTRIBUTES.operationType]: "send",
+        [ATTRIBUTES.operationName]: "publish",
+        [ATTRIBUTES.destination]: name,
+      },
+    });
+    spans.push(span);
+    return withTraceHeaders(otel, propagator, outgoing, span);
+  });
+  try {
+    const results = await send(traced);
+    results.forEach((result, index) => {
+      spans[index]?.setAttributes({
+        [ATTRIBUTES.messageId]: result.eventId,
+        [ATTRIBUTES.publishStatus]: result.status,
+      });
+    });
+    return results;
+  } catch (error) {
+    for (const span of spans) recordFailure(otel, span, error);
+    throw error;
+  } finally {
+    for (const span of spans) span.end();
+  }
+}
+
+/**
+ * The event with the span's trace context added to its headers, unless the
+ * caller set `traceparent` (their context is kept whole) or there is no room
+ * for more headers. Headers the caller set are never replaced.
+ */
+function withTraceHeaders(
+  otel: Api,
+  propagator: Otel.TextMapPropagator,
+  outgoing: OutgoingEvent,
+  span: Otel.Span,
+): OutgoingEvent {
+  const headers = outgoing.event.headers;
+  if (Object.hasOwn(headers, TRACEPARENT_HEADER)) return outgoing;
+  const carrier: Record<string, string> = {};
+  propagator.inject(otel.trace.setSpan(otel.context.active(), span), carrier, otel.defaultTextMapSetter);
+  const added = Object.entries(carrier).filter(([header]) => !Object.hasOwn(headers, header));
+  if (added.length === 0 || Object.keys(headers).length + added.length > HEADERS_MAX_COUNT) return outgoing;
+  let sizeBytes = outgoing.sizeBytes;
+  for (const [header, value] of added) sizeBytes += Buffer.byteLength(header) + Buffer.byteLength(value);
+  return { event: { ...outgoing.event, headers: { ...headers, ...Object.fromEntries(added) } }, sizeBytes };
+}
+
+/**
+ * Start the process span of a delivery: its parent is the trace context in
+ * the event's headers (a new trace when there is none), which it also links to.
+ * Undefined when tracing is off.
+ */
+export function startProcess(subscription: string, message: Message): DeliverySpan | undefined {
+  const otel = tracingApi();
+  if (otel === undefined) return undefined;
+  const parent = headerPropagator(otel).extract(otel.ROOT_CONTEXT, message.headers, otel.defaultTextMapGetter);
+  const creation = otel.trace.getSpanContext(parent);
+  const span = otel.trace.getTracer(TRACER_NAME).startSpan(
+    `process ${subscription}`,
+    {
+      kind: otel.SpanKind.CONSUMER,
+      attributes: {
+        [ATTRIBUTES.system]: MESSAGING_SYSTEM,
+        [ATTRIBUTES.operationType]: "process",
+        [ATTRIBUTES.operationName]: "process",
+        [ATTRIBUTES.destination]: message.name,
+        [ATTRIBUTES.subscription]: subscription,
+        [ATTRIBUTES.messageId]: message.eventId,
+        [ATTRIBUTES.deliveryAttempt]: message.attempt,
+      },
+      links: creation !== undefined && otel.isSpanContextValid(creation) ? [{ context: creation }] : [],
+    },
+    parent,
+  );
+  const inSpan = otel.trace.setSpan(parent, span);
+  return {
+    link: span.spanContext(),
+    run: (handler) => otel.context.with(inSpan, handler),
+    succeeded: () => span.end(),
+    failed: (error) => {
+      recordFailure(otel, span, error);
+      span.end();
+    },
+  };
+}
+
+/**
+ * Start the span of one Ack or Nack call for `count` deliveries, linking the
+ * process spans in `links`. Undefined when tracing is off.
+ */
+export function startSettle(
+  kind: SettleKind,
+  subscription: string,
+  count: number,
+  links: readonly TraceLink[],
+): SettleSpan | undefined {
+  const otel = tracingApi();
+  if (otel === undefined) return undefined;
+  const span = otel.trace.getTracer(TRACER_NAME).startSpan(
+    `${kind} ${subscription}`,
+    {
+      kind: otel.SpanKind.CLIENT,
+      attributes: {
+        [ATTRIBUTES.system]: MESSAGING_SYSTEM,
+        [ATTRIBUTES.operationType]: "settle",
+        [ATTRIBUTES.operationName]: kind,
+        [ATTRIBUTES.subscription]: subscription,
+        [ATTRIBUTES.batchCount]: count,
+      },
+      links: links.map((link) => ({ context: link as Otel.SpanContext })),
+    },
+    otel.ROOT_CONTEXT,
+  );
+  return {
+    succeeded: (notApplied) => {
+      if (notApplied > 0) span.setAttribute(ATTRIBUTES.notApplied, notApplied);
+      span.end();
+    },
+    failed: (error) => {
+      recordFailure(otel, span, error);
+      span.end();
+    },
+  };
+}
+
+function recordFailure(otel: Api, span: Otel.Span, error: unknown): void {
+  const message = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  if (error instanceof Error) span.recordException(error);
+  span.setStatus({ code: otel.SpanStatusCode.ERROR, message });
+}
+
+/** The global propagator when the application registered one, else W3C Trace Context. */
+function headerPropagator(otel: Api): Otel.TextMapPropagator {
+  return otel.propagation.fields().length > 0 ? otel.propagation : w3cTraceContext(otel);
+}
+
+/** `version-traceid-spanid-flags`; a future version may append fields after another dash. */
+const TRACEPARENT_RE = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
+
+/**
+ * The W3C Trace Context format (https://www.w3.org/TR/trace-context/), as
+ * `@opentelemetry/core`'s `W3CTraceContextPropagator` writes and reads it,
+ * kept here so that the API stays the only (optional) dependency.
+ */
+function w3cTraceContext(otel: Api): Otel.TextMapPropagator {
+  return {
+    inject(context, carrier, setter) {
+      const spanContext = otel.trace.getSpanContext(context);
+      if (spanContext === undefined || !otel.isSpanContextValid(spanContext)) return;
+      const flags = (spanContext.traceFlags & 0xff).toString(16).padStart(2, "0");
+      setter.set(carrier, TRACEPARENT_HEADER, `00-${spanContext.traceId}-${spanContext.spanId}-${flags}`);
+      const state = spanContext.traceState?.serialize();
+      if (state) setter.set(carrier, TRACESTATE_HEADER, state);
+    },
+    extract(context, carrier, getter) {
+      const traceparent = single(getter.get(carrier, TRACEPARENT_HEADER));
+      const match = TRACEPARENT_RE.exec(traceparent?.trim() ?? "");
+      if (match === null) return context;
+      const [, version, traceId, spanId, flags, rest] = match as unknown as [string, string, string, string, string, string?];
+      if (version === "ff" || (version === "00" && rest !== undefined)) return context;
+      const tracestate = single(getter.get(carrier, TRACESTATE_HEADER));
+      const spanContext: Otel.SpanContext = {
+        traceId,
+        spanId,
+        traceFlags: parseInt(flags, 16),
+        isRemote: true,
+        ...(tracestate ? { traceState: otel.createTraceState(tracestate) } : {}),
+      };
+      return otel.isSpanContextValid(spanContext) ? otel.trace.setSpanContext(context, spanContext) : context;
+    },
+    fields: () => [TRACEPARENT_HEADER, TRACESTATE_HEADER],
+  };
+}
+
+function single(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value.join(",") : value;
+}
