@@ -98,6 +98,7 @@ export declare class Client {
     readonly publisher: Publisher;
     private readonly timeoutS;
     private readonly publishTimeoutS;
+    private readonly target;
     constructor(target?: string, config?: ClientConfig);
     /**
      * Publish one event. `data` is any JSON value (sent as `JSON.stringify`

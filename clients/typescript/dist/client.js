@@ -78,9 +78,11 @@ class Client {
     publisher;
     timeoutS;
     publishTimeoutS;
+    target;
     constructor(target = process.env.EVENTBROKER_TARGET ?? exports.DEFAULT_TARGET, config = {}) {
         this.timeoutS = positive("timeout", config.timeout ?? exports.DEFAULT_TIMEOUT_S);
         this.publishTimeoutS = positive("publishTimeout", config.publishTimeout ?? publisher_1.PUBLISH_TIMEOUT_S);
+        this.target = target;
         this.stub = new pb.EventBrokerServiceClient(target, config.credentials ?? grpc_js_1.credentials.createInsecure(), { "grpc.max_reconnect_backoff_ms": exports.MAX_RECONNECT_BACKOFF_MS, ...config.channelOptions });
         this.metadata = new grpc_js_1.Metadata();
         const apiKey = config.apiKey ?? process.env.EVENTBROKER_API_KEY;
@@ -110,7 +112,7 @@ class Client {
     async publish(name, data, options = {}) {
         const outgoing = (0, convert_1.eventFromArgs)(name, data, options);
         const timeoutS = options.timeout === undefined ? this.publishTimeoutS : positive("timeout", options.timeout);
-        const [result] = await (0, tracing_1.tracedPublish)([outgoing], (traced) => this.publisher.submit(traced, true, timeoutS));
+        const [result] = await (0, tracing_1.tracedPublish)([outgoing], (traced) => this.publisher.submit(traced, true, timeoutS), this.target);
         return result;
     }
     /**
@@ -121,7 +123,7 @@ class Client {
         if (events.length === 0)
             throw (0, errors_1.invalidArgument)("events", "at least one event is required");
         const outgoing = events.map((e, index) => (0, convert_1.eventFromArgs)(e.name, e.data, e.options ?? {}, `events[${index}]`));
-        return (0, tracing_1.tracedPublish)(outgoing, (traced) => this.publisher.submit(traced, false, this.publishTimeoutS));
+        return (0, tracing_1.tracedPublish)(outgoing, (traced) => this.publisher.submit(traced, false, this.publishTimeoutS), this.target, true);
     }
     /**
      * Create a durable subscription to the events matching `filter` (`user.*`,

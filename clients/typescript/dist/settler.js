@@ -102,7 +102,7 @@ class Settler {
      */
     async send(kind, batch, call) {
         const ackIds = batch.ids;
-        const span = (0, tracing_1.startSettle)(kind, this.subscription, ackIds.length, batch.links);
+        const span = (0, tracing_1.startSettle)(kind, this.subscription, ackIds.length, batch.links, batch.options?.terminal);
         for (let attempt = 1;; attempt += 1) {
             this.calls += 1;
             try {

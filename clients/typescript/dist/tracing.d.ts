@@ -13,11 +13,18 @@ export declare const ATTRIBUTES: {
     readonly operationName: "messaging.operation.name";
     readonly destination: "messaging.destination.name";
     readonly subscription: "messaging.destination.subscription.name";
+    readonly consumerGroup: "messaging.consumer.group.name";
     readonly messageId: "messaging.message.id";
     readonly batchCount: "messaging.batch.message_count";
+    readonly serverAddress: "server.address";
+    readonly serverPort: "server.port";
+    readonly errorType: "error.type";
+    readonly ackId: "messaging.eventbroker.message.ack_id";
     readonly deliveryAttempt: "messaging.eventbroker.message.delivery_attempt";
-    readonly publishStatus: "messaging.eventbroker.publish.status";
-    readonly notApplied: "messaging.eventbroker.settle.not_applied_count";
+    readonly orderingKey: "messaging.eventbroker.message.ordering_key";
+    readonly duplicate: "messaging.eventbroker.duplicate";
+    readonly terminal: "messaging.eventbroker.nack.terminal";
+    readonly notApplied: "messaging.eventbroker.not_applied";
 };
 /** A span to link to, opaque outside this module. */
 export type TraceLink = object;
@@ -45,9 +52,11 @@ export interface SettleSpan {
 export declare function tracingEnabled(): boolean;
 /**
  * Publish `events` through `send`, each in a PRODUCER span whose context goes
- * into the event's headers; without tracing, `send(events)` as it is.
+ * into the event's headers; without tracing, `send(events)` as it is. `batch`:
+ * the events are one `publishBatch`, whose call gets a CLIENT span of its own.
+ * `target` is the broker's `HOST:PORT`.
  */
-export declare function tracedPublish(events: readonly OutgoingEvent[], send: (events: readonly OutgoingEvent[]) => Promise<PublishResult[]>): Promise<PublishResult[]>;
+export declare function tracedPublish(events: readonly OutgoingEvent[], send: (events: readonly OutgoingEvent[]) => Promise<PublishResult[]>, target: string, batch?: boolean): Promise<PublishResult[]>;
 /**
  * Start the process span of a delivery: its parent is the trace context in
  * the event's headers (a new trace when there is none), which it also links to.
@@ -56,6 +65,8 @@ export declare function tracedPublish(events: readonly OutgoingEvent[], send: (e
 export declare function startProcess(subscription: string, message: Message): DeliverySpan | undefined;
 /**
  * Start the span of one Ack or Nack call for `count` deliveries, linking the
- * process spans in `links`. Undefined when tracing is off.
+ * process spans in `links` (a root span: one call settles deliveries of many
+ * traces). Undefined when tracing is off or no delivery of the call was traced.
+ * `terminal`: a nack that dead-letters.
  */
-export declare function startSettle(kind: SettleKind, subscription: string, count: number, links: readonly TraceLink[]): SettleSpan | undefined;
+export declare function startSettle(kind: SettleKind, subscription: string, count: number, links: readonly TraceLink[], terminal?: boolean): SettleSpan | undefined;

@@ -6,6 +6,7 @@ exports.tracedPublish = tracedPublish;
 exports.startProcess = startProcess;
 exports.startSettle = startSettle;
 const convert_1 = require("./convert");
+const errors_1 = require("./errors");
 /** The name of the tracer every span of this client comes from. */
 exports.TRACER_NAME = "eventbroker";
 /** The W3C Trace Context headers. */
@@ -20,11 +21,18 @@ exports.ATTRIBUTES = {
     operationName: "messaging.operation.name",
     destination: "messaging.destination.name",
     subscription: "messaging.destination.subscription.name",
+    consumerGroup: "messaging.consumer.group.name",
     messageId: "messaging.message.id",
     batchCount: "messaging.batch.message_count",
+    serverAddress: "server.address",
+    serverPort: "server.port",
+    errorType: "error.type",
+    ackId: "messaging.eventbroker.message.ack_id",
     deliveryAttempt: "messaging.eventbroker.message.delivery_attempt",
-    publishStatus: "messaging.eventbroker.publish.status",
-    notApplied: "messaging.eventbroker.settle.not_applied_count",
+    orderingKey: "messaging.eventbroker.message.ordering_key",
+    duplicate: "messaging.eventbroker.duplicate",
+    terminal: "messaging.eventbroker.nack.terminal",
+    notApplied: "messaging.eventbroker.not_applied",
 };
 /** The API module: undefined until first asked for, null when it is not installed. */
 let api;
@@ -53,14 +61,17 @@ function tracingEnabled() {
 }
 /**
  * Publish `events` through `send`, each in a PRODUCER span whose context goes
- * into the event's headers; without tracing, `send(events)` as it is.
+ * into the event's headers; without tracing, `send(events)` as it is. `batch`:
+ * the events are one `publishBatch`, whose call gets a CLIENT span of its own.
+ * `target` is the broker's `HOST:PORT`.
  */
-async function tracedPublish(events, send) {
+async function tracedPublish(events, send, target, batch = false) {
     const otel = tracingApi();
     if (otel === undefined)
         return send(events);
     const tracer = otel.trace.getTracer(exports.TRACER_NAME);
     const propagator = headerPropagator(otel);
+    const server = serverAttributes(target);
     const spans = [];
     const traced = events.map((outgoing) => {
         const name = outgoing.event.name.toLowerCase();
@@ -68,21 +79,38 @@ async function tracedPublish(events, send) {
             kind: otel.SpanKind.PRODUCER,
             attributes: {
                 [exports.ATTRIBUTES.system]: exports.MESSAGING_SYSTEM,
-                [exports.ATTRIBUTES.operationType]: "send",
-                [exports.ATTRIBUTES.operationName]: "publish",
                 [exports.ATTRIBUTES.destination]: name,
+                [exports.ATTRIBUTES.operationType]: batch ? "create" : "send",
+                [exports.ATTRIBUTES.operationName]: "publish",
+                ...server,
             },
         });
         spans.push(span);
         return withTraceHeaders(otel, propagator, outgoing, span);
     });
+    if (batch) {
+        // Named for its destination when all its events share one, as the conventions say.
+        const names = new Set(events.map((outgoing) => outgoing.event.name.toLowerCase()));
+        const [only] = names;
+        spans.push(tracer.startSpan(names.size === 1 ? `send ${only}` : "send", {
+            kind: otel.SpanKind.CLIENT,
+            links: spans.map((span) => ({ context: span.spanContext() })),
+            attributes: {
+                [exports.ATTRIBUTES.system]: exports.MESSAGING_SYSTEM,
+                [exports.ATTRIBUTES.operationType]: "send",
+                [exports.ATTRIBUTES.operationName]: "batch_publish",
+                [exports.ATTRIBUTES.batchCount]: events.length,
+                ...(names.size === 1 && only !== undefined ? { [exports.ATTRIBUTES.destination]: only } : {}),
+                ...server,
+            },
+        }));
+    }
     try {
         const results = await send(traced);
         results.forEach((result, index) => {
-            spans[index]?.setAttributes({
-                [exports.ATTRIBUTES.messageId]: result.eventId,
-                [exports.ATTRIBUTES.publishStatus]: result.status,
-            });
+            spans[index]?.setAttribute(exports.ATTRIBUTES.messageId, result.eventId);
+            if (result.status === "DUPLICATE")
+                spans[index]?.setAttribute(exports.ATTRIBUTES.duplicate, true);
         });
         return results;
     }
@@ -95,6 +123,15 @@ async function tracedPublish(events, send) {
         for (const span of spans)
             span.end();
     }
+}
+/** `server.address` and `server.port` of a `HOST:PORT` target. */
+function serverAttributes(target) {
+    const colon = target.lastIndexOf(":");
+    const host = target.slice(0, colon);
+    const port = target.slice(colon + 1);
+    if (colon < 1 || !/^\d+$/.test(port))
+        return { [exports.ATTRIBUTES.serverAddress]: target };
+    return { [exports.ATTRIBUTES.serverAddress]: host.replace(/^\[|\]$/g, ""), [exports.ATTRIBUTES.serverPort]: Number(port) };
 }
 /**
  * The event with the span's trace context added to its headers, unless the
@@ -134,8 +171,11 @@ function startProcess(subscription, message) {
             [exports.ATTRIBUTES.operationName]: "process",
             [exports.ATTRIBUTES.destination]: message.name,
             [exports.ATTRIBUTES.subscription]: subscription,
+            [exports.ATTRIBUTES.consumerGroup]: subscription,
             [exports.ATTRIBUTES.messageId]: message.eventId,
+            [exports.ATTRIBUTES.ackId]: message.ackId,
             [exports.ATTRIBUTES.deliveryAttempt]: message.attempt,
+            ...(message.orderingKey ? { [exports.ATTRIBUTES.orderingKey]: message.orderingKey } : {}),
         },
         links: creation !== undefined && otel.isSpanContextValid(creation) ? [{ context: creation }] : [],
     }, parent);
@@ -152,9 +192,13 @@ function startProcess(subscription, message) {
 }
 /**
  * Start the span of one Ack or Nack call for `count` deliveries, linking the
- * process spans in `links`. Undefined when tracing is off.
+ * process spans in `links` (a root span: one call settles deliveries of many
+ * traces). Undefined when tracing is off or no delivery of the call was traced.
+ * `terminal`: a nack that dead-letters.
  */
-function startSettle(kind, subscription, count, links) {
+function startSettle(kind, subscription, count, links, terminal) {
+    if (links.length === 0)
+        return undefined;
     const otel = tracingApi();
     if (otel === undefined)
         return undefined;
@@ -165,7 +209,9 @@ function startSettle(kind, subscription, count, links) {
             [exports.ATTRIBUTES.operationType]: "settle",
             [exports.ATTRIBUTES.operationName]: kind,
             [exports.ATTRIBUTES.subscription]: subscription,
+            [exports.ATTRIBUTES.consumerGroup]: subscription,
             [exports.ATTRIBUTES.batchCount]: count,
+            ...(terminal === undefined ? {} : { [exports.ATTRIBUTES.terminal]: terminal }),
         },
         links: links.map((link) => ({ context: link })),
     }, otel.ROOT_CONTEXT);
@@ -181,8 +227,11 @@ function startSettle(kind, subscription, count, links) {
         },
     };
 }
+/** Mark `span` failed by `error`: its status, `error.type` (the gRPC code's name, else the error's), the exception as an event. */
 function recordFailure(otel, span, error) {
     const message = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    const type = error instanceof errors_1.BrokerError ? error.codeName : error instanceof Error ? error.name : typeof error;
+    span.setAttribute(exports.ATTRIBUTES.errorType, type);
     if (error instanceof Error)
         span.recordException(error);
     span.setStatus({ code: otel.SpanStatusCode.ERROR, message });

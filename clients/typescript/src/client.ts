@@ -145,10 +145,12 @@ export class Client {
   readonly publisher: Publisher;
   private readonly timeoutS: number;
   private readonly publishTimeoutS: number;
+  private readonly target: string;
 
   constructor(target: string = process.env.EVENTBROKER_TARGET ?? DEFAULT_TARGET, config: ClientConfig = {}) {
     this.timeoutS = positive("timeout", config.timeout ?? DEFAULT_TIMEOUT_S);
     this.publishTimeoutS = positive("publishTimeout", config.publishTimeout ?? PUBLISH_TIMEOUT_S);
+    this.target = target;
     this.stub = new pb.EventBrokerServiceClient(
       target,
       config.credentials ?? grpcCredentials.createInsecure(),
@@ -187,7 +189,7 @@ export class Client {
   async publish(name: string, data?: unknown, options: PublishOptions = {}): Promise<PublishResult> {
     const outgoing = eventFromArgs(name, data, options);
     const timeoutS = options.timeout === undefined ? this.publishTimeoutS : positive("timeout", options.timeout);
-    const [result] = await tracedPublish([outgoing], (traced) => this.publisher.submit(traced, true, timeoutS));
+    const [result] = await tracedPublish([outgoing], (traced) => this.publisher.submit(traced, true, timeoutS), this.target);
     return result as PublishResult;
   }
 
@@ -200,7 +202,7 @@ export class Client {
   ): Promise<PublishResult[]> {
     if (events.length === 0) throw invalidArgument("events", "at least one event is required");
     const outgoing = events.map((e, index) => eventFromArgs(e.name, e.data, e.options ?? {}, `events[${index}]`));
-    return tracedPublish(outgoing, (traced) => this.publisher.submit(traced, false, this.publishTimeoutS));
+    return tracedPublish(outgoing, (traced) => this.publisher.submit(traced, false, this.publishTimeoutS), this.target, true);
   }
 
   /**

@@ -42,7 +42,7 @@ export class Settler {
   /** How many Ack and Nack calls were sent (for logs and tests). */
   calls = 0;
   private acks: Batch = { ids: [], links: [] };
-  private nacks = new Map<string, Batch & { options: NackOptions }>();
+  private nacks = new Map<string, Batch & { readonly options: NackOptions }>();
   private pending = 0;
   private timer: NodeJS.Timeout | undefined;
   private readonly sending = new Set<Promise<void>>();
@@ -113,7 +113,7 @@ export class Settler {
    */
   private async send(kind: SettleKind, batch: Batch, call: () => Promise<string[]>): Promise<void> {
     const ackIds = batch.ids;
-    const span = startSettle(kind, this.subscription, ackIds.length, batch.links);
+    const span = startSettle(kind, this.subscription, ackIds.length, batch.links, batch.options?.terminal);
     for (let attempt = 1; ; attempt += 1) {
       this.calls += 1;
       try {
@@ -144,6 +144,8 @@ export class Settler {
 interface Batch {
   readonly ids: string[];
   readonly links: TraceLink[];
+  /** A nack's error, terminal flag and delay (none for acks). */
+  readonly options?: NackOptions;
 }
 
 function queue(batch: Batch, ackId: string, link: TraceLink | undefined): void {

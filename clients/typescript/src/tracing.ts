@@ -14,6 +14,9 @@
  *   headers the Python client writes), unless the caller set `traceparent`
  *   (then the caller's trace context travels as it is) or the event already
  *   holds the most headers the broker takes;
+ * - `publishBatch` (one call, one transaction) also makes a CLIENT span
+ *   `send {name}` (`send` when its events have several names) linking the
+ *   events' spans, which are then of operation type `create`;
  * - each delivery gets a CONSUMER span `process {subscription}` whose parent
  *   is the context in the event's headers, so publisher and handler are one
  *   trace, with a link to that context too; the handler runs in it;
@@ -25,12 +28,17 @@
  * application that registers a tracer provider alone (as the SDK's
  * `BasicTracerProvider` leaves it) still carries its traces through the broker.
  *
+ * The spans' names and attributes are the Python client's, so traces read the
+ * same whichever client made them: the messaging semantic conventions'
+ * (`messaging.*`), and this system's own under `messaging.eventbroker.*`.
+ *
  * No type of the API appears in what this module exports, so the package's
  * declarations compile where the API is not installed.
  */
 import type * as Otel from "@opentelemetry/api";
 
 import { HEADERS_MAX_COUNT, type Message, type OutgoingEvent, type PublishResult } from "./convert";
+import { BrokerError } from "./errors";
 
 type Api = typeof Otel;
 
@@ -49,11 +57,18 @@ export const ATTRIBUTES = {
   operationName: "messaging.operation.name",
   destination: "messaging.destination.name",
   subscription: "messaging.destination.subscription.name",
+  consumerGroup: "messaging.consumer.group.name",
   messageId: "messaging.message.id",
   batchCount: "messaging.batch.message_count",
+  serverAddress: "server.address",
+  serverPort: "server.port",
+  errorType: "error.type",
+  ackId: "messaging.eventbroker.message.ack_id",
   deliveryAttempt: "messaging.eventbroker.message.delivery_attempt",
-  publishStatus: "messaging.eventbroker.publish.status",
-  notApplied: "messaging.eventbroker.settle.not_applied_count",
+  orderingKey: "messaging.eventbroker.message.ordering_key",
+  duplicate: "messaging.eventbroker.duplicate",
+  terminal: "messaging.eventbroker.nack.terminal",
+  notApplied: "messaging.eventbroker.not_applied",
 } as const;
 
 /** A span to link to, opaque outside this module. */
@@ -110,16 +125,21 @@ export function tracingEnabled(): boolean {
 
 /**
  * Publish `events` through `send`, each in a PRODUCER span whose context goes
- * into the event's headers; without tracing, `send(events)` as it is.
+ * into the event's headers; without tracing, `send(events)` as it is. `batch`:
+ * the events are one `publishBatch`, whose call gets a CLIENT span of its own.
+ * `target` is the broker's `HOST:PORT`.
  */
 export async function tracedPublish(
   events: readonly OutgoingEvent[],
   send: (events: readonly OutgoingEvent[]) => Promise<PublishResult[]>,
+  target: string,
+  batch = false,
 ): Promise<PublishResult[]> {
   const otel = tracingApi();
   if (otel === undefined) return send(events);
   const tracer = otel.trace.getTracer(TRACER_NAME);
   const propagator = headerPropagator(otel);
+  const server = serverAttributes(target);
   const spans: Otel.Span[] = [];
   const traced = events.map((outgoing) => {
     const name = outgoing.event.name.toLowerCase();
@@ -127,21 +147,39 @@ export async function tracedPublish(
       kind: otel.SpanKind.PRODUCER,
       attributes: {
         [ATTRIBUTES.system]: MESSAGING_SYSTEM,
-        [ATTRIBUTES.operationType]: "send",
-        [ATTRIBUTES.operationName]: "publish",
         [ATTRIBUTES.destination]: name,
+        [ATTRIBUTES.operationType]: batch ? "create" : "send",
+        [ATTRIBUTES.operationName]: "publish",
+        ...server,
       },
     });
     spans.push(span);
     return withTraceHeaders(otel, propagator, outgoing, span);
   });
+  if (batch) {
+    // Named for its destination when all its events share one, as the conventions say.
+    const names = new Set(events.map((outgoing) => outgoing.event.name.toLowerCase()));
+    const [only] = names;
+    spans.push(
+      tracer.startSpan(names.size === 1 ? `send ${only}` : "send", {
+        kind: otel.SpanKind.CLIENT,
+        links: spans.map((span) => ({ context: span.spanContext() })),
+        attributes: {
+          [ATTRIBUTES.system]: MESSAGING_SYSTEM,
+          [ATTRIBUTES.operationType]: "send",
+          [ATTRIBUTES.operationName]: "batch_publish",
+          [ATTRIBUTES.batchCount]: events.length,
+          ...(names.size === 1 && only !== undefined ? { [ATTRIBUTES.destination]: only } : {}),
+          ...server,
+        },
+      }),
+    );
+  }
   try {
     const results = await send(traced);
     results.forEach((result, index) => {
-      spans[index]?.setAttributes({
-        [ATTRIBUTES.messageId]: result.eventId,
-        [ATTRIBUTES.publishStatus]: result.status,
-      });
+      spans[index]?.setAttribute(ATTRIBUTES.messageId, result.eventId);
+      if (result.status === "DUPLICATE") spans[index]?.setAttribute(ATTRIBUTES.duplicate, true);
     });
     return results;
   } catch (error) {
@@ -150,6 +188,15 @@ export async function tracedPublish(
   } finally {
     for (const span of spans) span.end();
   }
+}
+
+/** `server.address` and `server.port` of a `HOST:PORT` target. */
+function serverAttributes(target: string): Otel.Attributes {
+  const colon = target.lastIndexOf(":");
+  const host = target.slice(0, colon);
+  const port = target.slice(colon + 1);
+  if (colon < 1 || !/^\d+$/.test(port)) return { [ATTRIBUTES.serverAddress]: target };
+  return { [ATTRIBUTES.serverAddress]: host.replace(/^\[|\]$/g, ""), [ATTRIBUTES.serverPort]: Number(port) };
 }
 
 /**
@@ -194,8 +241,11 @@ export function startProcess(subscription: string, message: Message): DeliverySp
         [ATTRIBUTES.operationName]: "process",
         [ATTRIBUTES.destination]: message.name,
         [ATTRIBUTES.subscription]: subscription,
+        [ATTRIBUTES.consumerGroup]: subscription,
         [ATTRIBUTES.messageId]: message.eventId,
+        [ATTRIBUTES.ackId]: message.ackId,
         [ATTRIBUTES.deliveryAttempt]: message.attempt,
+        ...(message.orderingKey ? { [ATTRIBUTES.orderingKey]: message.orderingKey } : {}),
       },
       links: creation !== undefined && otel.isSpanContextValid(creation) ? [{ context: creation }] : [],
     },
@@ -215,14 +265,18 @@ export function startProcess(subscription: string, message: Message): DeliverySp
 
 /**
  * Start the span of one Ack or Nack call for `count` deliveries, linking the
- * process spans in `links`. Undefined when tracing is off.
+ * process spans in `links` (a root span: one call settles deliveries of many
+ * traces). Undefined when tracing is off or no delivery of the call was traced.
+ * `terminal`: a nack that dead-letters.
  */
 export function startSettle(
   kind: SettleKind,
   subscription: string,
   count: number,
   links: readonly TraceLink[],
+  terminal?: boolean,
 ): SettleSpan | undefined {
+  if (links.length === 0) return undefined;
   const otel = tracingApi();
   if (otel === undefined) return undefined;
   const span = otel.trace.getTracer(TRACER_NAME).startSpan(
@@ -234,7 +288,9 @@ export function startSettle(
         [ATTRIBUTES.operationType]: "settle",
         [ATTRIBUTES.operationName]: kind,
         [ATTRIBUTES.subscription]: subscription,
+        [ATTRIBUTES.consumerGroup]: subscription,
         [ATTRIBUTES.batchCount]: count,
+        ...(terminal === undefined ? {} : { [ATTRIBUTES.terminal]: terminal }),
       },
       links: links.map((link) => ({ context: link as Otel.SpanContext })),
     },
@@ -252,8 +308,11 @@ export function startSettle(
   };
 }
 
+/** Mark `span` failed by `error`: its status, `error.type` (the gRPC code's name, else the error's), the exception as an event. */
 function recordFailure(otel: Api, span: Otel.Span, error: unknown): void {
   const message = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  const type = error instanceof BrokerError ? error.codeName : error instanceof Error ? error.name : typeof error;
+  span.setAttribute(ATTRIBUTES.errorType, type);
   if (error instanceof Error) span.recordException(error);
   span.setStatus({ code: otel.SpanStatusCode.ERROR, message });
 }

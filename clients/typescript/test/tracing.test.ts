@@ -148,13 +148,15 @@ describe("with a tracer provider", () => {
     assert.equal(publish.name, "publish traced.order");
     assert.equal(publish.kind, SpanKind.PRODUCER);
     assert.equal(publish.status, SpanStatusCode.UNSET);
+    const [host, port] = broker.target.split(":");
     assert.deepEqual(publish.attributes, {
       "messaging.system": "eventbroker",
       "messaging.operation.type": "send",
       "messaging.operation.name": "publish",
       "messaging.destination.name": "traced.order",
       "messaging.message.id": published.results[0]?.eventId,
-      "messaging.eventbroker.publish.status": "CREATED",
+      "server.address": host,
+      "server.port": Number(port),
     });
 
     const [process_] = exporter.getFinishedSpans().filter(named("process traced"));
@@ -171,9 +173,12 @@ describe("with a tracer provider", () => {
       "messaging.operation.name": "process",
       "messaging.destination.name": "traced.order",
       "messaging.destination.subscription.name": "traced",
+      "messaging.consumer.group.name": "traced",
       "messaging.message.id": published.results[0]?.eventId,
+      "messaging.eventbroker.message.ack_id": process_.attributes["messaging.eventbroker.message.ack_id"],
       "messaging.eventbroker.message.delivery_attempt": 1,
     });
+    assert.match(String(process_.attributes["messaging.eventbroker.message.ack_id"]), /\S/);
     assert.equal(process_.status.code, SpanStatusCode.UNSET);
 
     const active = await handled.promise;
@@ -235,6 +240,11 @@ describe("with a tracer provider", () => {
         ],
       );
       assert.equal(processed[0]?.events[0]?.name, "exception", "the handler's error is recorded");
+      assert.equal(processed[0]?.attributes["error.type"], "Error");
+      assert.deepEqual(
+        nacks.map((span) => span.attributes["messaging.eventbroker.nack.terminal"]),
+        [false, true],
+      );
     } finally {
       await consumer.close();
     }
@@ -262,6 +272,37 @@ describe("with a tracer provider", () => {
         const n = Number(event.name.slice("joined.n".length));
         assert.equal(span.attributes["messaging.message.id"], results[n]?.eventId);
       }
+    } finally {
+      counting.client.close();
+    }
+  });
+
+  test("publishBatch: a span per event, and a CLIENT span for the call linking them", TIMEOUT, async () => {
+    const counting = countingClient(broker.target);
+    try {
+      const results = await counting.client.publishBatch([
+        { name: "batched.a", data: 1 },
+        { name: "batched.b", data: 2, options: { id: "batched-b" } },
+      ]);
+      await counting.client.publishBatch([{ name: "batched.b", data: 2, options: { id: "batched-b" } }]);
+      const events = (counting.requests.get("BatchPublish") as pb.BatchPublishRequest[])[0]?.events ?? [];
+      const spans = exporter.getFinishedSpans();
+      const a = spans.find(named("publish batched.a")) as ReadableSpan;
+      const [b, again] = spans.filter(named("publish batched.b"));
+      assert.equal(a.attributes["messaging.operation.type"], "create");
+      assert.equal(a.attributes["messaging.message.id"], results[0]?.eventId);
+      assert.equal(b?.attributes["messaging.eventbroker.duplicate"], undefined);
+      assert.equal(again?.attributes["messaging.eventbroker.duplicate"], true, "the second publish of an id is a duplicate");
+      assert.deepEqual(
+        events.map((event) => TRACEPARENT_RE.exec(event.headers.traceparent ?? "")?.[2]),
+        [a.spanContext().spanId, b?.spanContext().spanId],
+      );
+      const [send] = spans.filter(named("send"));
+      assert.equal(send?.kind, SpanKind.CLIENT);
+      assert.equal(send?.attributes["messaging.operation.name"], "batch_publish");
+      assert.equal(send?.attributes["messaging.batch.message_count"], 2);
+      assert.deepEqual(send?.links.map((link) => link.context.spanId), [a.spanContext().spanId, b?.spanContext().spanId]);
+      assert.ok(spans.find(named("send batched.b")), "a batch of one name is named for it");
     } finally {
       counting.client.close();
     }
@@ -318,6 +359,7 @@ describe("with a tracer provider", () => {
     const [span] = await exporter.until(1, named("publish refused.big"));
     assert.equal(span?.status.code, SpanStatusCode.ERROR);
     assert.match(span?.status.message ?? "", /BrokerError/);
+    assert.match(String(span?.attributes["error.type"]), /^(INVALID_ARGUMENT|RESOURCE_EXHAUSTED)$/);
     assert.equal(span?.attributes["messaging.message.id"], undefined);
   });
 });
