@@ -136,15 +136,17 @@ function serverAttributes(target) {
 /**
  * The event with the span's trace context added to its headers, unless the
  * caller set `traceparent` (their context is kept whole) or there is no room
- * for more headers. Headers the caller set are never replaced.
+ * for more headers. Headers the caller set are never replaced (names compared
+ * ignoring case, as the Python client compares them).
  */
 function withTraceHeaders(otel, propagator, outgoing, span) {
     const headers = outgoing.event.headers;
-    if (Object.hasOwn(headers, exports.TRACEPARENT_HEADER))
+    const callerSet = new Set(Object.keys(headers).map((header) => header.toLowerCase()));
+    if (callerSet.has(exports.TRACEPARENT_HEADER))
         return outgoing;
     const carrier = {};
     propagator.inject(otel.trace.setSpan(otel.context.active(), span), carrier, otel.defaultTextMapSetter);
-    const added = Object.entries(carrier).filter(([header]) => !Object.hasOwn(headers, header));
+    const added = Object.entries(carrier).filter(([header]) => !callerSet.has(header.toLowerCase()));
     if (added.length === 0 || Object.keys(headers).length + added.length > convert_1.HEADERS_MAX_COUNT)
         return outgoing;
     let sizeBytes = outgoing.sizeBytes;
@@ -236,9 +238,14 @@ function recordFailure(otel, span, error) {
         span.recordException(error);
     span.setStatus({ code: otel.SpanStatusCode.ERROR, message });
 }
+/** The built-in W3C propagator, made once. */
+let builtIn;
 /** The global propagator when the application registered one, else W3C Trace Context. */
 function headerPropagator(otel) {
-    return otel.propagation.fields().length > 0 ? otel.propagation : w3cTraceContext(otel);
+    if (otel.propagation.fields().length > 0)
+        return otel.propagation;
+    builtIn ??= w3cTraceContext(otel);
+    return builtIn;
 }
 /** `version-traceid-spanid-flags`; a future version may append fields after another dash. */
 const TRACEPARENT_RE = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;

@@ -202,7 +202,8 @@ function serverAttributes(target: string): Otel.Attributes {
 /**
  * The event with the span's trace context added to its headers, unless the
  * caller set `traceparent` (their context is kept whole) or there is no room
- * for more headers. Headers the caller set are never replaced.
+ * for more headers. Headers the caller set are never replaced (names compared
+ * ignoring case, as the Python client compares them).
  */
 function withTraceHeaders(
   otel: Api,
@@ -211,10 +212,11 @@ function withTraceHeaders(
   span: Otel.Span,
 ): OutgoingEvent {
   const headers = outgoing.event.headers;
-  if (Object.hasOwn(headers, TRACEPARENT_HEADER)) return outgoing;
+  const callerSet = new Set(Object.keys(headers).map((header) => header.toLowerCase()));
+  if (callerSet.has(TRACEPARENT_HEADER)) return outgoing;
   const carrier: Record<string, string> = {};
   propagator.inject(otel.trace.setSpan(otel.context.active(), span), carrier, otel.defaultTextMapSetter);
-  const added = Object.entries(carrier).filter(([header]) => !Object.hasOwn(headers, header));
+  const added = Object.entries(carrier).filter(([header]) => !callerSet.has(header.toLowerCase()));
   if (added.length === 0 || Object.keys(headers).length + added.length > HEADERS_MAX_COUNT) return outgoing;
   let sizeBytes = outgoing.sizeBytes;
   for (const [header, value] of added) sizeBytes += Buffer.byteLength(header) + Buffer.byteLength(value);
@@ -317,9 +319,14 @@ function recordFailure(otel: Api, span: Otel.Span, error: unknown): void {
   span.setStatus({ code: otel.SpanStatusCode.ERROR, message });
 }
 
+/** The built-in W3C propagator, made once. */
+let builtIn: Otel.TextMapPropagator | undefined;
+
 /** The global propagator when the application registered one, else W3C Trace Context. */
 function headerPropagator(otel: Api): Otel.TextMapPropagator {
-  return otel.propagation.fields().length > 0 ? otel.propagation : w3cTraceContext(otel);
+  if (otel.propagation.fields().length > 0) return otel.propagation;
+  builtIn ??= w3cTraceContext(otel);
+  return builtIn;
 }
 
 /** `version-traceid-spanid-flags`; a future version may append fields after another dash. */

@@ -321,6 +321,10 @@ describe("with a tracer provider", () => {
       const [processed] = await exporter.until(1, named("process kept"));
       assert.equal(processed?.spanContext().traceId, "0af7651916cd43dd8448eb211c80319c");
       assert.equal(processed?.parentSpanContext?.spanId, "b7ad6b7169203331");
+      // Header names compared ignoring case, as the Python client compares them.
+      await counting.client.publish("kept.two", {}, { headers: { TraceParent: theirs, TraceState: "a=b" } });
+      const second = (counting.requests.get("Publish") as pb.PublishRequest[])[1];
+      assert.deepEqual(second?.event?.headers, { TraceParent: theirs, TraceState: "a=b" });
     } finally {
       await consumer.close();
       counting.client.close();
@@ -348,6 +352,28 @@ describe("with a tracer provider", () => {
         { set: (c: Record<string, string>, k, v) => (c[k] = v) },
       );
       assert.deepEqual(carrier, headers);
+    } finally {
+      await consumer.close();
+    }
+  });
+
+  test("a handler past its timeout ends its process span with an error", TIMEOUT, async () => {
+    await client.createSubscription("timed", "timed.*", { retryDelays: ["1h"] });
+    const consumer = client.subscribe(
+      "timed",
+      (_message, context) => new Promise((resolve) => context.signal.addEventListener("abort", resolve)),
+      { handlerTimeout: 0.2, handleSignals: false },
+    );
+    consumer.on("warning", () => undefined);
+    try {
+      await consumer.ready;
+      await client.publish("timed.one", {});
+      const [processed] = await exporter.until(1, named("process timed"));
+      assert.equal(processed?.status.code, SpanStatusCode.ERROR);
+      assert.match(processed?.status.message ?? "", /^TimeoutError: handler did not finish within its timeout/);
+      assert.equal(processed?.attributes["error.type"], "TimeoutError");
+      const [nack] = await exporter.until(1, named("nack timed"));
+      assert.deepEqual(nack?.links.map((link) => link.context.spanId), [processed?.spanContext().spanId]);
     } finally {
       await consumer.close();
     }
