@@ -4,7 +4,8 @@
  * the handler here in one trace, through a retry and a redrive; the spans'
  * kinds, names, links and attributes; no provider, no header; the caller's
  * traceparent kept; a traceparent written by another client (the Python one
- * writes the same W3C header) continued.
+ * writes the same W3C header) continued, and a publish by the Python client
+ * with its SDK continued here (skipped where that Python has no SDK).
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -25,11 +26,13 @@ import {
 import { Client, type Message, TerminalError, pb } from "../src/index";
 import { eventFromArgs } from "../src/convert";
 import { tracingEnabled } from "../src/tracing";
-import { type Broker, startBroker } from "./broker";
+import { BROKER_BIN, type Broker, startBroker } from "./broker";
 import { countingClient } from "./calls";
 import { signal } from "./waiting";
 
 const run = promisify(execFile);
+/** The Python beside the broker (its .venv has the Python client); PYTHON names another. */
+const PYTHON = process.env.PYTHON ?? path.join(path.dirname(BROKER_BIN), "python");
 const TIMEOUT = { timeout: 60_000 };
 const TRACEPARENT_RE = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/;
 
@@ -357,6 +360,30 @@ describe("with a tracer provider", () => {
     }
   });
 
+  test("a publish by the Python client with the OpenTelemetry SDK and the handler here are one trace", TIMEOUT, async (t) => {
+    try {
+      await run(PYTHON, ["-c", "import opentelemetry.sdk.trace, eventbroker"]);
+    } catch {
+      t.skip(`the Python client's tracing is not installed for ${PYTHON} (opentelemetry-sdk)`);
+      return;
+    }
+    const consumer = await consume("from-python", "python.*", () => undefined);
+    let published: { eventId: string; spans: { name: string; traceId: string; spanId: string }[] };
+    try {
+      const { stdout } = await run(PYTHON, ["-c", PYTHON_PUBLISHER, broker.target, "python.order"], { timeout: 30_000 });
+      published = JSON.parse(stdout);
+      await exporter.until(1, named("process from-python"));
+    } finally {
+      await consumer.close();
+    }
+    const publish = published.spans.find((span) => span.name === "publish python.order");
+    assert.ok(publish, `the Python client made no publish span: ${JSON.stringify(published.spans)}`);
+    const [processed] = exporter.getFinishedSpans().filter(named("process from-python"));
+    assert.equal(processed?.attributes["messaging.message.id"], published.eventId);
+    assert.equal(processed?.spanContext().traceId, publish.traceId, "one trace across the two languages");
+    assert.equal(processed?.parentSpanContext?.spanId, publish.spanId);
+  });
+
   test("a handler past its timeout ends its process span with an error", TIMEOUT, async () => {
     await client.createSubscription("timed", "timed.*", { retryDelays: ["1h"] });
     const consumer = client.subscribe(
@@ -406,3 +433,26 @@ async function assertDead(eventId: string, subscription: string): Promise<void> 
   const state = response.deliveries.find((d) => d.subscription === subscription)?.state;
   assert.equal(state, pb.DeliveryState.DELIVERY_STATE_DEAD);
 }
+
+/** A publisher with the Python client and the OpenTelemetry SDK: prints the event id and its finished spans. */
+const PYTHON_PUBLISHER = `
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from eventbroker import Client
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+with Client(sys.argv[1]) as client:
+    result = client.publish(sys.argv[2], {"from": "python"})
+provider.shutdown()
+spans = [
+    {"name": s.name, "traceId": format(s.context.trace_id, "032x"), "spanId": format(s.context.span_id, "016x")}
+    for s in exporter.get_finished_spans()
+]
+print(json.dumps({"eventId": result.event_id, "spans": spans}))
+`;
