@@ -4,8 +4,9 @@
  * the handler here in one trace, through a retry and a redrive; the spans'
  * kinds, names, links and attributes; no provider, no header; the caller's
  * traceparent kept; a traceparent written by another client (the Python one
- * writes the same W3C header) continued, and a publish by the Python client
- * with its SDK continued here (skipped where that Python has no SDK).
+ * writes the same W3C header) continued; and, where the broker's Python has
+ * the Python client's tracing (the OpenTelemetry SDK), a Python publisher and a
+ * handler here in one trace, and the reverse (skipped where it has not).
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -384,6 +385,26 @@ describe("with a tracer provider", () => {
     assert.equal(processed?.parentSpanContext?.spanId, publish.spanId);
   });
 
+  test("a publish here and a handler of the Python client with the OpenTelemetry SDK are one trace", TIMEOUT, async (t) => {
+    try {
+      await run(PYTHON, ["-c", "import opentelemetry.sdk.trace, eventbroker"]);
+    } catch {
+      t.skip(`the Python client's tracing is not installed for ${PYTHON} (opentelemetry-sdk)`);
+      return;
+    }
+    await client.createSubscription("to-python", "typescript.order");
+    const { eventId } = await client.publish("typescript.order", { from: "typescript" });
+    const [publish] = await exporter.until(1, named("publish typescript.order"));
+    const { stdout } = await run(PYTHON, ["-c", PYTHON_CONSUMER, broker.target, "to-python"], { timeout: 30_000 });
+    const consumed: { traceparent: string; spans: { name: string; traceId: string; parentSpanId: string | null }[] } =
+      JSON.parse(stdout);
+    assert.equal(consumed.traceparent, `00-${publish?.spanContext().traceId}-${publish?.spanContext().spanId}-01`);
+    const processed = consumed.spans.find((span) => span.name === "process to-python");
+    assert.ok(processed, `the Python client made no process span: ${stdout}`);
+    assert.equal(processed.traceId, publish?.spanContext().traceId, `one trace across the two languages (${eventId})`);
+    assert.equal(processed.parentSpanId, publish?.spanContext().spanId);
+  });
+
   test("a handler past its timeout ends its process span with an error", TIMEOUT, async () => {
     await client.createSubscription("timed", "timed.*", { retryDelays: ["1h"] });
     const consumer = client.subscribe(
@@ -455,4 +476,38 @@ spans = [
     for s in exporter.get_finished_spans()
 ]
 print(json.dumps({"eventId": result.event_id, "spans": spans}))
+`;
+
+/** A consumer with the Python client and the OpenTelemetry SDK: handles one delivery, prints its header and spans. */
+const PYTHON_CONSUMER = `
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from eventbroker import Consumer
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+consumer = Consumer(sys.argv[2], target=sys.argv[1])
+seen = {}
+
+@consumer.on(">")
+async def handle(msg, ctx):
+    seen["traceparent"] = msg.headers.get("traceparent")
+    consumer.stop()
+
+consumer.run()
+provider.shutdown()
+spans = [
+    {
+        "name": s.name,
+        "traceId": format(s.context.trace_id, "032x"),
+        "parentSpanId": format(s.parent.span_id, "016x") if s.parent else None,
+    }
+    for s in exporter.get_finished_spans()
+]
+print(json.dumps({"traceparent": seen.get("traceparent"), "spans": spans}))
 `;
