@@ -65,10 +65,11 @@ function tracingEnabled() {
  * the events are one `publishBatch`, whose call gets a CLIENT span of its own.
  * `target` is the broker's `HOST:PORT`.
  */
-async function tracedPublish(events, send, target, batch = false) {
+function tracedPublish(events, send, target, batch = false) {
     const otel = tracingApi();
-    if (otel === undefined)
-        return send(events);
+    return otel === undefined ? send(events) : publishInSpans(otel, events, send, target, batch);
+}
+async function publishInSpans(otel, events, send, target, batch) {
     const tracer = otel.trace.getTracer(exports.TRACER_NAME);
     const propagator = headerPropagator(otel);
     const server = serverAttributes(target);

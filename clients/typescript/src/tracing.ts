@@ -129,14 +129,23 @@ export function tracingEnabled(): boolean {
  * the events are one `publishBatch`, whose call gets a CLIENT span of its own.
  * `target` is the broker's `HOST:PORT`.
  */
-export async function tracedPublish(
+export function tracedPublish(
   events: readonly OutgoingEvent[],
   send: (events: readonly OutgoingEvent[]) => Promise<PublishResult[]>,
   target: string,
   batch = false,
 ): Promise<PublishResult[]> {
   const otel = tracingApi();
-  if (otel === undefined) return send(events);
+  return otel === undefined ? send(events) : publishInSpans(otel, events, send, target, batch);
+}
+
+async function publishInSpans(
+  otel: Api,
+  events: readonly OutgoingEvent[],
+  send: (events: readonly OutgoingEvent[]) => Promise<PublishResult[]>,
+  target: string,
+  batch: boolean,
+): Promise<PublishResult[]> {
   const tracer = otel.trace.getTracer(TRACER_NAME);
   const propagator = headerPropagator(otel);
   const server = serverAttributes(target);
