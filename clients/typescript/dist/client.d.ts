@@ -98,6 +98,7 @@ export declare class Client {
     readonly publisher: Publisher;
     private readonly timeoutS;
     private readonly publishTimeoutS;
+    private readonly target;
     constructor(target?: string, config?: ClientConfig);
     /**
      * Publish one event. `data` is any JSON value (sent as `JSON.stringify`
@@ -108,7 +109,8 @@ export declare class Client {
      * and then goes with the others waiting in one BatchPublish (see
      * `ClientConfig.publishBatching`); its result and errors are its own either way.
      * Retried under the same event id while the broker is unreachable, until the
-     * publish timeout.
+     * publish timeout. With OpenTelemetry on (see `tracing.ts`), a PRODUCER span
+     * `publish {name}` covers it and its trace context goes in the headers.
      *
      * @throws BrokerError `INVALID_ARGUMENT` naming the bad field (`event.name`,
      *   `event.data.order.total` for a bigint) before anything is sent, or the

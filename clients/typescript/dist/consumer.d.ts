@@ -9,7 +9,8 @@
  * `close()`; errors that retrying cannot fix (unknown subscription, bad key)
  * end it by rejecting `closed`. On SIGTERM or SIGINT it drains: no new
  * deliveries are started, running handlers finish and are settled, then it
- * detaches.
+ * detaches. With OpenTelemetry on (`tracing.ts`), each delivery's handler runs
+ * in a `process {subscription}` span continuing the publisher's trace.
  */
 import { EventEmitter } from "node:events";
 import { status } from "@grpc/grpc-js";

@@ -12,7 +12,8 @@ exports.Consumer = exports.Context = exports.FATAL_CODES = exports.HEALTHY_STREA
  * `close()`; errors that retrying cannot fix (unknown subscription, bad key)
  * end it by rejecting `closed`. On SIGTERM or SIGINT it drains: no new
  * deliveries are started, running handlers finish and are settled, then it
- * detaches.
+ * detaches. With OpenTelemetry on (`tracing.ts`), each delivery's handler runs
+ * in a `process {subscription}` span continuing the publisher's trace.
  */
 const node_events_1 = require("node:events");
 const node_os_1 = require("node:os");
@@ -22,6 +23,7 @@ const durations_1 = require("./durations");
 const errors_1 = require("./errors");
 const leaser_1 = require("./leaser");
 const settler_1 = require("./settler");
+const tracing_1 = require("./tracing");
 /** Subscribe's response headers, sent by the broker once the consumer is attached. */
 exports.ATTACHED_HEADER = "eventbroker-attached";
 exports.CONSUMER_HEADER = "eventbroker-consumer";
@@ -173,7 +175,7 @@ class Consumer extends node_events_1.EventEmitter {
         this.settler = new settler_1.Settler({
             ack: (ids) => client.ack(ids),
             nack: (ids, nack) => client.nack(ids, { error: nack.error, terminal: nack.terminal, delay: nack.delayS }),
-        }, warn);
+        }, warn, subscription);
         this.leaser = new leaser_1.Leaser((ids, seconds) => client.extendAckDeadline(ids, seconds), warn);
         this.stopAsked = new Promise((resolve) => (this.wakeStop = resolve));
         let attached = () => undefined;
@@ -338,22 +340,27 @@ class Consumer extends node_events_1.EventEmitter {
             }, Math.max(0, context.timeoutAtMs - performance.now()));
         };
         const context = new Context(message, this.leaser, this, this.handlerTimeoutS, () => arm());
+        const span = (0, tracing_1.startProcess)(this.subscription, message);
+        const handle = () => this.handler(message, context);
         arm();
         try {
-            await Promise.race([new Promise((resolve) => resolve(this.handler(message, context))), timeout]);
-            this.settler.ack(message.ackId);
+            await Promise.race([new Promise((resolve) => resolve(span ? span.run(handle) : handle())), timeout]);
+            span?.succeeded();
+            this.settler.ack(message.ackId, span?.link);
         }
         catch (error) {
+            span?.failed(error);
             if (error instanceof Error && error.name === "TimeoutError")
                 context.abort(error);
             if (!(error instanceof errors_1.TerminalError || error instanceof errors_1.RetryError)) {
                 this.warn(`handler failed on ${message.name} ${message.eventId} (attempt ${message.attempt})`, error);
             }
-            this.settler.nack(message.ackId, {
+            const nack = {
                 error: error instanceof Error ? `${error.name}: ${error.message}` : String(error),
                 terminal: error instanceof errors_1.TerminalError,
                 ...(error instanceof errors_1.RetryError && error.delayS !== undefined ? { delayS: error.delayS } : {}),
-            });
+            };
+            this.settler.nack(message.ackId, nack, span?.link);
         }
         finally {
             clearTimeout(timer);

@@ -1,3 +1,4 @@
+import { type TraceLink } from "./tracing";
 /** How long the first queued settlement waits for others to join it. */
 export declare const FLUSH_INTERVAL_MS = 5;
 /** Settlements sent at once when this many are queued. */
@@ -21,6 +22,8 @@ export declare class Settler {
     private readonly settle;
     /** Told what could not be settled (those deliveries come again after their deadline). */
     private readonly warn;
+    /** The subscription settled, for the spans' names. */
+    private readonly subscription;
     private readonly flushIntervalMs;
     private readonly maxPending;
     /** How many Ack and Nack calls were sent (for logs and tests). */
@@ -32,11 +35,13 @@ export declare class Settler {
     private readonly sending;
     constructor(settle: SettleCalls, 
     /** Told what could not be settled (those deliveries come again after their deadline). */
-    warn: (message: string, error?: unknown) => void, flushIntervalMs?: number, maxPending?: number);
-    /** Queue an ack. */
-    ack(ackId: string): void;
+    warn: (message: string, error?: unknown) => void, 
+    /** The subscription settled, for the spans' names. */
+    subscription?: string, flushIntervalMs?: number, maxPending?: number);
+    /** Queue an ack; `link` is the delivery's process span, when traced. */
+    ack(ackId: string, link?: TraceLink): void;
     /** Queue a nack: retried after `delayS` (default: the backoff), or dead-lettered when terminal. */
-    nack(ackId: string, options: NackOptions): void;
+    nack(ackId: string, options: NackOptions, link?: TraceLink): void;
     /** Send everything queued now, and wait until every send under way has ended. */
     drain(): Promise<void>;
     private added;

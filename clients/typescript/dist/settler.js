@@ -9,10 +9,12 @@ exports.Settler = exports.SETTLE_ATTEMPTS = exports.MAX_PENDING = exports.FLUSH_
  * them together `FLUSH_INTERVAL_MS` after the first one is queued, or at once
  * when `MAX_PENDING` are waiting (the Python client's `_settle` rule). Nacks
  * are grouped by what they carry (error text, terminal or not, delay), since
- * one Nack applies one error to all its ids.
+ * one Nack applies one error to all its ids. With tracing on, each call is a
+ * span linking the process spans of the deliveries it settles.
  */
 const grpc_js_1 = require("@grpc/grpc-js");
 const errors_1 = require("./errors");
+const tracing_1 = require("./tracing");
 /** How long the first queued settlement waits for others to join it. */
 exports.FLUSH_INTERVAL_MS = 5;
 /** Settlements sent at once when this many are queued. */
@@ -25,36 +27,41 @@ const RETRY_MAX_MS = 1000;
 class Settler {
     settle;
     warn;
+    subscription;
     flushIntervalMs;
     maxPending;
     /** How many Ack and Nack calls were sent (for logs and tests). */
     calls = 0;
-    acks = [];
+    acks = { ids: [], links: [] };
     nacks = new Map();
     pending = 0;
     timer;
     sending = new Set();
     constructor(settle, 
     /** Told what could not be settled (those deliveries come again after their deadline). */
-    warn, flushIntervalMs = exports.FLUSH_INTERVAL_MS, maxPending = exports.MAX_PENDING) {
+    warn, 
+    /** The subscription settled, for the spans' names. */
+    subscription = "", flushIntervalMs = exports.FLUSH_INTERVAL_MS, maxPending = exports.MAX_PENDING) {
         this.settle = settle;
         this.warn = warn;
+        this.subscription = subscription;
         this.flushIntervalMs = flushIntervalMs;
         this.maxPending = maxPending;
     }
-    /** Queue an ack. */
-    ack(ackId) {
-        this.acks.push(ackId);
+    /** Queue an ack; `link` is the delivery's process span, when traced. */
+    ack(ackId, link) {
+        queue(this.acks, ackId, link);
         this.added();
     }
     /** Queue a nack: retried after `delayS` (default: the backoff), or dead-lettered when terminal. */
-    nack(ackId, options) {
+    nack(ackId, options, link) {
         const key = JSON.stringify([options.terminal, options.error, options.delayS ?? null]);
-        const group = this.nacks.get(key);
-        if (group)
-            group.ids.push(ackId);
-        else
-            this.nacks.set(key, { ids: [ackId], options });
+        let group = this.nacks.get(key);
+        if (group === undefined) {
+            group = { ids: [], links: [], options };
+            this.nacks.set(key, group);
+        }
+        queue(group, ackId, link);
         this.added();
     }
     /** Send everything queued now, and wait until every send under way has ended. */
@@ -75,13 +82,13 @@ class Settler {
         this.timer = undefined;
         const acks = this.acks;
         const nacks = [...this.nacks.values()];
-        this.acks = [];
+        this.acks = { ids: [], links: [] };
         this.nacks = new Map();
         this.pending = 0;
-        if (acks.length > 0)
-            this.track(this.send("ack", acks, () => this.settle.ack(acks)));
-        for (const { ids, options } of nacks) {
-            this.track(this.send("nack", ids, () => this.settle.nack(ids, options)));
+        if (acks.ids.length > 0)
+            this.track(this.send("ack", acks, () => this.settle.ack(acks.ids)));
+        for (const batch of nacks) {
+            this.track(this.send("nack", batch, () => this.settle.nack(batch.ids, batch.options)));
         }
     }
     track(send) {
@@ -93,11 +100,14 @@ class Settler {
      * settlement is lost is delivered again after its deadline (at-least-once),
      * so a failure here is reported, not thrown.
      */
-    async send(kind, ackIds, call) {
+    async send(kind, batch, call) {
+        const ackIds = batch.ids;
+        const span = (0, tracing_1.startSettle)(kind, this.subscription, ackIds.length, batch.links, batch.options?.terminal);
         for (let attempt = 1;; attempt += 1) {
             this.calls += 1;
             try {
                 const notApplied = await call();
+                span?.succeeded(notApplied.length);
                 if (notApplied.length > 0) {
                     this.warn(`${notApplied.length} of ${ackIds.length} ${kind}s not applied ` +
                         "(lease expired or moved on); those deliveries come again");
@@ -107,6 +117,7 @@ class Settler {
             catch (error) {
                 const retryable = error instanceof errors_1.BrokerError && error.code === grpc_js_1.status.UNAVAILABLE;
                 if (!retryable || attempt >= exports.SETTLE_ATTEMPTS) {
+                    span?.failed(error);
                     this.warn(`could not ${kind} ${ackIds.length} deliveries; they will be delivered again`, error);
                     return;
                 }
@@ -117,3 +128,8 @@ class Settler {
     }
 }
 exports.Settler = Settler;
+function queue(batch, ackId, link) {
+    batch.ids.push(ackId);
+    if (link !== undefined)
+        batch.links.push(link);
+}

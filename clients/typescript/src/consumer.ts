@@ -9,7 +9,8 @@
  * `close()`; errors that retrying cannot fix (unknown subscription, bad key)
  * end it by rejecting `closed`. On SIGTERM or SIGINT it drains: no new
  * deliveries are started, running handlers finish and are settled, then it
- * detaches.
+ * detaches. With OpenTelemetry on (`tracing.ts`), each delivery's handler runs
+ * in a `process {subscription}` span continuing the publisher's trace.
  */
 import { EventEmitter } from "node:events";
 import { hostname } from "node:os";
@@ -23,6 +24,7 @@ import { BrokerError, RetryError, TerminalError, asBrokerError } from "./errors"
 import type * as pb from "./gen/eventbroker/v1/broker";
 import { Leaser } from "./leaser";
 import { Settler } from "./settler";
+import { startProcess } from "./tracing";
 
 /** Subscribe's response headers, sent by the broker once the consumer is attached. */
 export const ATTACHED_HEADER = "eventbroker-attached";
@@ -232,6 +234,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
         nack: (ids, nack) => client.nack(ids, { error: nack.error, terminal: nack.terminal, delay: nack.delayS }),
       },
       warn,
+      subscription,
     );
     this.leaser = new Leaser((ids, seconds) => client.extendAckDeadline(ids, seconds), warn);
     this.stopAsked = new Promise<void>((resolve) => (this.wakeStop = resolve));
@@ -400,20 +403,25 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
       }, Math.max(0, context.timeoutAtMs - performance.now()));
     };
     const context = new Context(message, this.leaser, this, this.handlerTimeoutS, () => arm());
+    const span = startProcess(this.subscription, message);
+    const handle = (): unknown => this.handler(message, context);
     arm();
     try {
-      await Promise.race([new Promise((resolve) => resolve(this.handler(message, context))), timeout]);
-      this.settler.ack(message.ackId);
+      await Promise.race([new Promise((resolve) => resolve(span ? span.run(handle) : handle())), timeout]);
+      span?.succeeded();
+      this.settler.ack(message.ackId, span?.link);
     } catch (error) {
+      span?.failed(error);
       if (error instanceof Error && error.name === "TimeoutError") context.abort(error);
       if (!(error instanceof TerminalError || error instanceof RetryError)) {
         this.warn(`handler failed on ${message.name} ${message.eventId} (attempt ${message.attempt})`, error);
       }
-      this.settler.nack(message.ackId, {
+      const nack = {
         error: error instanceof Error ? `${error.name}: ${error.message}` : String(error),
         terminal: error instanceof TerminalError,
         ...(error instanceof RetryError && error.delayS !== undefined ? { delayS: error.delayS } : {}),
-      });
+      };
+      this.settler.nack(message.ackId, nack, span?.link);
     } finally {
       clearTimeout(timer);
       this.leaser.release(message.ackId);

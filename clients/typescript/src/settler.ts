@@ -6,11 +6,13 @@
  * them together `FLUSH_INTERVAL_MS` after the first one is queued, or at once
  * when `MAX_PENDING` are waiting (the Python client's `_settle` rule). Nacks
  * are grouped by what they carry (error text, terminal or not, delay), since
- * one Nack applies one error to all its ids.
+ * one Nack applies one error to all its ids. With tracing on, each call is a
+ * span linking the process spans of the deliveries it settles.
  */
 import { status } from "@grpc/grpc-js";
 
 import { BrokerError } from "./errors";
+import { type SettleKind, type TraceLink, startSettle } from "./tracing";
 
 /** How long the first queued settlement waits for others to join it. */
 export const FLUSH_INTERVAL_MS = 5;
@@ -39,8 +41,8 @@ export interface SettleCalls {
 export class Settler {
   /** How many Ack and Nack calls were sent (for logs and tests). */
   calls = 0;
-  private acks: string[] = [];
-  private nacks = new Map<string, { ids: string[]; options: NackOptions }>();
+  private acks: Batch = { ids: [], links: [] };
+  private nacks = new Map<string, Batch & { readonly options: NackOptions }>();
   private pending = 0;
   private timer: NodeJS.Timeout | undefined;
   private readonly sending = new Set<Promise<void>>();
@@ -49,22 +51,27 @@ export class Settler {
     private readonly settle: SettleCalls,
     /** Told what could not be settled (those deliveries come again after their deadline). */
     private readonly warn: (message: string, error?: unknown) => void,
+    /** The subscription settled, for the spans' names. */
+    private readonly subscription = "",
     private readonly flushIntervalMs = FLUSH_INTERVAL_MS,
     private readonly maxPending = MAX_PENDING,
   ) {}
 
-  /** Queue an ack. */
-  ack(ackId: string): void {
-    this.acks.push(ackId);
+  /** Queue an ack; `link` is the delivery's process span, when traced. */
+  ack(ackId: string, link?: TraceLink): void {
+    queue(this.acks, ackId, link);
     this.added();
   }
 
   /** Queue a nack: retried after `delayS` (default: the backoff), or dead-lettered when terminal. */
-  nack(ackId: string, options: NackOptions): void {
+  nack(ackId: string, options: NackOptions, link?: TraceLink): void {
     const key = JSON.stringify([options.terminal, options.error, options.delayS ?? null]);
-    const group = this.nacks.get(key);
-    if (group) group.ids.push(ackId);
-    else this.nacks.set(key, { ids: [ackId], options });
+    let group = this.nacks.get(key);
+    if (group === undefined) {
+      group = { ids: [], links: [], options };
+      this.nacks.set(key, group);
+    }
+    queue(group, ackId, link);
     this.added();
   }
 
@@ -85,12 +92,12 @@ export class Settler {
     this.timer = undefined;
     const acks = this.acks;
     const nacks = [...this.nacks.values()];
-    this.acks = [];
+    this.acks = { ids: [], links: [] };
     this.nacks = new Map();
     this.pending = 0;
-    if (acks.length > 0) this.track(this.send("ack", acks, () => this.settle.ack(acks)));
-    for (const { ids, options } of nacks) {
-      this.track(this.send("nack", ids, () => this.settle.nack(ids, options)));
+    if (acks.ids.length > 0) this.track(this.send("ack", acks, () => this.settle.ack(acks.ids)));
+    for (const batch of nacks) {
+      this.track(this.send("nack", batch, () => this.settle.nack(batch.ids, batch.options)));
     }
   }
 
@@ -104,11 +111,14 @@ export class Settler {
    * settlement is lost is delivered again after its deadline (at-least-once),
    * so a failure here is reported, not thrown.
    */
-  private async send(kind: string, ackIds: string[], call: () => Promise<string[]>): Promise<void> {
+  private async send(kind: SettleKind, batch: Batch, call: () => Promise<string[]>): Promise<void> {
+    const ackIds = batch.ids;
+    const span = startSettle(kind, this.subscription, ackIds.length, batch.links, batch.options?.terminal);
     for (let attempt = 1; ; attempt += 1) {
       this.calls += 1;
       try {
         const notApplied = await call();
+        span?.succeeded(notApplied.length);
         if (notApplied.length > 0) {
           this.warn(
             `${notApplied.length} of ${ackIds.length} ${kind}s not applied ` +
@@ -119,6 +129,7 @@ export class Settler {
       } catch (error) {
         const retryable = error instanceof BrokerError && error.code === status.UNAVAILABLE;
         if (!retryable || attempt >= SETTLE_ATTEMPTS) {
+          span?.failed(error);
           this.warn(`could not ${kind} ${ackIds.length} deliveries; they will be delivered again`, error);
           return;
         }
@@ -127,4 +138,17 @@ export class Settler {
       }
     }
   }
+}
+
+/** Ack ids to send in one call, and the process spans of those traced. */
+interface Batch {
+  readonly ids: string[];
+  readonly links: TraceLink[];
+  /** A nack's error, terminal flag and delay (none for acks). */
+  readonly options?: NackOptions;
+}
+
+function queue(batch: Batch, ackId: string, link: TraceLink | undefined): void {
+  batch.ids.push(ackId);
+  if (link !== undefined) batch.links.push(link);
 }
