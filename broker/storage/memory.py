@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from broker.delivery.failure import FailingLease
-from broker.delivery.ordering import OPEN_STATES
+from broker.delivery.ordering import OPEN_STATES, header_key
 from broker.delivery.records import (
     Claimed,
     DeliveryKey,
@@ -246,7 +246,9 @@ class MemoryTx:
                     e.event_id,
                     e.name,
                     e.priority,
-                    e.ordering_key,
+                    header_key(e.headers, params.key_header)
+                    if params.key_header
+                    else e.ordering_key,
                     e.published_at_us,
                     e.deliver_at_us,
                     DeliveryKey(params.subscription_id, seq) in s.rows,
@@ -514,6 +516,16 @@ class MemoryTx:
             key=lambda r: r.seq,
         )
         return [KeyedDelivery(r.seq, r.state, r.ready_at) for r in rows]
+
+    def delivery_blocked_keys(self, subscription_id: int) -> list[str]:
+        """The keys of a subscription that have blocked deliveries, sorted."""
+        return sorted(
+            {
+                r.ordering_key
+                for r in self._of(subscription_id)
+                if r.state is DeliveryState.BLOCKED and r.ordering_key is not None
+            }
+        )
 
     def delivery_set_states(self, changes: Sequence[StateChange], now_us: int) -> None:
         """Move rows to other states."""

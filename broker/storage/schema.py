@@ -79,6 +79,8 @@ subscriptions = sa.Table(
     sa.Column("created_at", sa.BigInteger(), nullable=False),
     sa.Column("max_age_us", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("retry_delays", sa.Text(), nullable=True),
+    sa.Column("max_in_flight_per_key", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("key_header", sa.String(255), nullable=False, server_default=""),
 )
 
 deliveries = sa.Table(

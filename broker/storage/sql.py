@@ -657,6 +657,15 @@ class SqlTx:
         )
         return [KeyedDelivery(seq, DeliveryState(state), ready_at) for seq, state, ready_at in rows]
 
+    def delivery_blocked_keys(self, subscription_id: int) -> list[str]:
+        """The keys of a subscription that have blocked deliveries, sorted."""
+        rows = self._all(
+            "SELECT DISTINCT ordering_key FROM deliveries WHERE subscription_id = ?"
+            " AND state = 6 AND ordering_key IS NOT NULL ORDER BY ordering_key",
+            [subscription_id],
+        )
+        return [row[0] for row in rows]
+
     def delivery_set_states(self, changes: Sequence[StateChange], now_us: int) -> None:
         """Move delivery rows to other states (a dead one with its reason)."""
         self._many(

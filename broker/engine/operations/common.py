@@ -1,11 +1,12 @@
-"""What several operations share: parsing ack ids, and the ordering-key gate."""
+"""What several operations share: parsing ack ids, and the key gate."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from broker.delivery.ordering import gate
+from broker.delivery.records import DeliveryKey
 from broker.domain import AckId, LegacyAckId, Subscription
 from broker.storage.interface import StorageTx
 
@@ -59,14 +60,29 @@ def earliest(a: int | None, b: int | None) -> int | None:
 
 
 def gate_keys(
-    tx: StorageTx, keys: Iterable[tuple[int, str]], now_us: int
+    tx: StorageTx,
+    keys: Iterable[tuple[int, str]],
+    now_us: int,
+    entering: Collection[DeliveryKey] = (),
 ) -> tuple[set[int], int | None]:
-    """Run the gate on each ordering key; the subscriptions made ready, the next due time."""
+    """Run the gate on each key; the subscriptions made ready, the next due time.
+
+    `entering`: rows this transaction has just made ready (redriven), which
+    must wait for a free slot of their key like the blocked ones.
+    """
     ready: set[int] = set()
     due: int | None = None
+    subscriptions = tx.subscriptions_by_id()
     for subscription_id, key in sorted(set(keys)):
+        sub = subscriptions.get(subscription_id)
+        # A key's rows outlive a change of settings: a subscription no longer
+        # keyed lets them all through.
+        cap = sub.key_cap if sub is not None else None
         tx.ordering_key_lock(subscription_id, key)
-        decision = gate(subscription_id, tx.delivery_keyed_list(subscription_id, key), now_us)
+        new = {k.seq for k in entering if k.subscription_id == subscription_id}
+        decision = gate(
+            subscription_id, tx.delivery_keyed_list(subscription_id, key), cap, now_us, new
+        )
         if decision.changes:
             tx.delivery_set_states(decision.changes, now_us)
         if decision.ready:

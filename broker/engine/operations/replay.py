@@ -71,5 +71,6 @@ def redrive(
         tx.delivery_restart(dead, now_us)
         keys = tx.delivery_keys_of(dead)
         if keys:
-            gate_keys(tx, keys, now_us)
+            # Redriven, they wait for a free slot of their key like the blocked ones.
+            gate_keys(tx, keys, now_us, entering=dead)
     return len(dead)
