@@ -283,7 +283,7 @@ class KeyWait:
     key: str
     #: Deliveries of the key holding a slot (in flight, or ready or backing off
     #: before their next attempt).
-    holding: int
+    in_flight: int
     #: How many may hold one at once (1 in an ordered subscription).
     limit: int
 

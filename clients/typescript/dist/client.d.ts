@@ -53,6 +53,14 @@ export interface SubscriptionOptions {
     maxInFlight?: number;
     /** FIFO per ordering key. */
     ordered?: boolean;
+    /**
+     * Concurrency limit per key: at most this many deliveries of one key in
+     * flight at once, across all consumers and brokers; 0 (the default) means
+     * no cap. With `ordered`, only 0 or 1.
+     */
+    maxInFlightPerKey?: number;
+    /** The header whose value is an event's key (for `ordered` and `maxInFlightPerKey`); default: its ordering key. */
+    keyHeader?: string;
     /** Deliver every stored matching event, not only new ones. */
     fromBeginning?: boolean;
     /** How long acked and dead deliveries stay queryable (default 7 days). */

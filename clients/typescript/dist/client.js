@@ -136,6 +136,8 @@ class Client {
             maxAttempts: options.maxAttempts ?? 0,
             maxInFlight: options.maxInFlight ?? 0,
             ordered: options.ordered ?? false,
+            maxInFlightPerKey: options.maxInFlightPerKey ?? 0,
+            keyHeader: options.keyHeader ?? "",
             startPosition: options.fromBeginning
                 ? pb.StartPosition.START_POSITION_BEGINNING
                 : pb.StartPosition.START_POSITION_UNSPECIFIED,
@@ -258,6 +260,10 @@ function askedSettings(options) {
         asked.maxAttempts = options.maxAttempts;
     if (options.maxInFlight !== undefined)
         asked.maxInFlight = options.maxInFlight;
+    if (options.maxInFlightPerKey !== undefined)
+        asked.maxInFlightPerKey = options.maxInFlightPerKey;
+    if (options.keyHeader !== undefined)
+        asked.keyHeader = options.keyHeader;
     return asked;
 }
 /** Each asked setting the existing subscription has otherwise, as `name: has X (asked Y)`. */
@@ -279,6 +285,8 @@ function settingDifferences(existing, asked) {
     compare("retryDelays", existing.retryDelays, asked.retryDelays, delays);
     compare("maxInFlight", existing.maxInFlight, asked.maxInFlight, String);
     compare("ordered", existing.ordered, asked.ordered, String);
+    compare("maxInFlightPerKey", existing.maxInFlightPerKey, asked.maxInFlightPerKey, String);
+    compare("keyHeader", existing.keyHeader, asked.keyHeader, JSON.stringify);
     compare("retention", existing.retention, asked.retention, seconds);
     compare("maxAge", existing.maxAge, asked.maxAge, seconds);
     return differences;

@@ -90,6 +90,14 @@ export interface SubscriptionOptions {
   maxInFlight?: number;
   /** FIFO per ordering key. */
   ordered?: boolean;
+  /**
+   * Concurrency limit per key: at most this many deliveries of one key in
+   * flight at once, across all consumers and brokers; 0 (the default) means
+   * no cap. With `ordered`, only 0 or 1.
+   */
+  maxInFlightPerKey?: number;
+  /** The header whose value is an event's key (for `ordered` and `maxInFlightPerKey`); default: its ordering key. */
+  keyHeader?: string;
   /** Deliver every stored matching event, not only new ones. */
   fromBeginning?: boolean;
   /** How long acked and dead deliveries stay queryable (default 7 days). */
@@ -220,6 +228,8 @@ export class Client {
       maxAttempts: options.maxAttempts ?? 0,
       maxInFlight: options.maxInFlight ?? 0,
       ordered: options.ordered ?? false,
+      maxInFlightPerKey: options.maxInFlightPerKey ?? 0,
+      keyHeader: options.keyHeader ?? "",
       startPosition: options.fromBeginning
         ? pb.StartPosition.START_POSITION_BEGINNING
         : pb.StartPosition.START_POSITION_UNSPECIFIED,
@@ -338,6 +348,8 @@ interface AskedSettings {
   maxBackoff?: number;
   retryDelays?: number[];
   maxInFlight?: number;
+  maxInFlightPerKey?: number;
+  keyHeader?: string;
   retention?: number;
   maxAge?: number;
 }
@@ -354,6 +366,8 @@ function askedSettings(options: SubscriptionOptions): AskedSettings {
   }
   if (options.maxAttempts !== undefined) asked.maxAttempts = options.maxAttempts;
   if (options.maxInFlight !== undefined) asked.maxInFlight = options.maxInFlight;
+  if (options.maxInFlightPerKey !== undefined) asked.maxInFlightPerKey = options.maxInFlightPerKey;
+  if (options.keyHeader !== undefined) asked.keyHeader = options.keyHeader;
   return asked;
 }
 
@@ -378,6 +392,8 @@ function settingDifferences(
   compare("retryDelays", existing.retryDelays, asked.retryDelays, delays);
   compare("maxInFlight", existing.maxInFlight, asked.maxInFlight, String);
   compare("ordered", existing.ordered, asked.ordered, String);
+  compare("maxInFlightPerKey", existing.maxInFlightPerKey, asked.maxInFlightPerKey, String);
+  compare("keyHeader", existing.keyHeader, asked.keyHeader, JSON.stringify);
   compare("retention", existing.retention, asked.retention, seconds);
   compare("maxAge", existing.maxAge, asked.maxAge, seconds);
   return differences;
