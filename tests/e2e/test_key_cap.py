@@ -18,6 +18,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from eventbroker import Client, InvalidArgument, KeyWait
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
 from tests.e2e.streams import StreamReader, subscribe
@@ -243,3 +244,30 @@ def test_the_cap_holds_across_brokers(pair: Pair, readers: list[StreamReader]) -
                 left[key] -= 1
                 turn += 1
     assert {status(first, i, "shared-cap").state for i in ids} == {pb.DELIVERY_STATE_ACKED}
+
+
+def test_the_python_client_sets_and_reads_the_cap(
+    broker_target: str, stub: Stub, readers: list[StreamReader]
+) -> None:
+    with Client(broker_target) as client:
+        made = client.create_subscription(
+            "py-capped", "user.*", max_in_flight_per_key=1, key_header="tenant"
+        )
+        assert (made.max_in_flight_per_key, made.key_header) == (1, "tenant")
+        reader = subscribe(stub, readers, "py-capped", max_outstanding=10)
+        first = client.publish("user.x", headers={"tenant": "t1"})
+        second = client.publish("user.x", headers={"tenant": "t1"})
+        (held,) = reader.take(1)
+        assert held.event_id == first.event_id
+        (status_,) = client.get_event(second.event_id).deliveries
+        assert status_.state == "blocked" and status_.key == "t1"
+        assert status_.key_wait == KeyWait("t1", 1, 1)
+        updated = client.update_subscription(
+            "py-capped", max_in_flight_per_key=None, key_header=None
+        )
+        assert (updated.max_in_flight_per_key, updated.key_header) == (None, None)
+        (freed,) = reader.take(1)  # no cap any more: the blocked one goes at once
+        assert freed.event_id == second.event_id
+        with pytest.raises(InvalidArgument) as caught:
+            client.create_subscription("py-bad", "user.*", ordered=True, max_in_flight_per_key=3)
+        assert "max_in_flight_per_key" in str(caught.value)
