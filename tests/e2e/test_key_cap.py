@@ -21,6 +21,7 @@ from google.protobuf import duration_pb2
 from eventbroker import Client, InvalidArgument, KeyWait
 from eventbroker.v1 import broker_pb2 as pb
 from eventbroker.v1 import broker_pb2_grpc as pb_grpc
+from tests.e2e.cli import BrokerCli
 from tests.e2e.streams import StreamReader, subscribe
 from tests.e2e.test_delivery import create, no_backoff, violations
 from tests.e2e.test_scale_out import NO_POLLING, Pair
@@ -271,3 +272,37 @@ def test_the_python_client_sets_and_reads_the_cap(
         with pytest.raises(InvalidArgument) as caught:
             client.create_subscription("py-bad", "user.*", ordered=True, max_in_flight_per_key=3)
         assert "max_in_flight_per_key" in str(caught.value)
+
+
+def test_the_command_line_sets_shows_and_explains_the_cap(
+    broker_target: str, stub: Stub, readers: list[StreamReader]
+) -> None:
+    cli = BrokerCli({"EVENTBROKER_TARGET": broker_target, "COLUMNS": "200"})
+    created = cli.invoke(
+        [
+            *("subs", "create", "per-tenant", "-f", "user.*"),
+            *("--max-in-flight-per-key", "1", "--key-header", "tenant"),
+        ]
+    )
+    assert created.exit_code == 0, created.output
+    assert "1 by tenant" in cli.invoke(["subs", "list"]).output
+    shown = cli.invoke(["subs", "show", "per-tenant"]).output
+    assert "max in flight per key" in shown and "header 'tenant'" in shown
+    reader = subscribe(stub, readers, "per-tenant", max_outstanding=10)
+    events = [pb.Event(name="user.x", headers={"tenant": "t9"}) for _ in range(2)]
+    ids = [r.event_id for r in stub.BatchPublish(pb.BatchPublishRequest(events=events)).results]
+    reader.take(1)
+    explained = cli.invoke(["events", "show", ids[1]]).output
+    assert "waiting behind an earlier event of ordering key 't9'" in explained
+    raised = cli.invoke(["subs", "update", "per-tenant", "--max-in-flight-per-key", "3"])
+    assert raised.exit_code == 0, raised.output
+    reader.take(1)  # the raised cap lets the blocked one through
+    cleared = cli.invoke(
+        ["subs", "update", "per-tenant", "--max-in-flight-per-key", "0", "--key-header", ""]
+    )
+    assert cleared.exit_code == 0, cleared.output
+    assert "no cap" in cli.invoke(["subs", "show", "per-tenant"]).output
+    refused = cli.invoke(
+        ["subs", "create", "x", "-f", "a.*", "--ordered", "--max-in-flight-per-key", "2"]
+    )
+    assert refused.exit_code != 0 and "max_in_flight_per_key" in refused.output
