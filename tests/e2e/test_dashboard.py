@@ -137,3 +137,30 @@ def test_the_dashboard_updates_live_explains_and_redrives(
     keep = os.environ.get("BROKER_SCREENSHOT_DIR")  # to look at it after the run
     if keep:
         shutil.copy(shot, Path(keep) / "dashboard.png")
+
+
+def test_the_dashboard_shows_the_cap_per_key_and_what_holds_a_key(
+    page: Any, broker_server: BrokerThread
+) -> None:
+    from playwright.sync_api import expect
+
+    with Client(broker_server.target) as client:
+        client.create_subscription("tenants", "job.*", max_in_flight_per_key=2, key_header="tenant")
+        expect(cell(page, "tenants", "limits")).to_have_text(
+            "2 per key · key: header tenant", timeout=WAIT_MS
+        )
+        ids = [
+            r.event_id
+            for r in client.publish_batch([{"name": "job.run", "headers": {"tenant": "t1"}}] * 3)
+        ]
+        stream = client.subscribe("tenants", max_outstanding=10)
+        try:
+            held = next(stream)
+            assert {d.event_id for d in held} <= set(ids[:2])
+            page.fill("#event-id", ids[2])
+            page.click("#event-search")
+            found = page.locator('#event-result li[data-subscription="tenants"]')
+            expect(found).to_contain_text("waiting: 2 of 't1' in flight", timeout=WAIT_MS)
+            expect(found.locator(".key-wait")).to_have_text(" (key t1: 2 of 2 slots held)")
+        finally:
+            stream.close()
