@@ -281,8 +281,8 @@ class KeyWait:
     """Why a delivery waits for its key: the key's slots are all held."""
 
     key: str
-    #: Deliveries of the key holding a slot (in flight, or ready or backing off
-    #: before their next attempt).
+    #: Deliveries of the key holding a slot: in flight, or ready to be (in an
+    #: ordered subscription also one backing off before a retry).
     in_flight: int
     #: How many may hold one at once (1 in an ordered subscription).
     limit: int

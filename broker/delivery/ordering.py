@@ -2,14 +2,16 @@
 
 A keyed subscription (ordered, or with `max_in_flight_per_key`) gives each
 event with a key a delivery row as it is stored, and gates the rows of each
-key. A delivery that has been let through holds one of its key's slots until
-it is acked or dead: while it is in flight, and while it is ready or backing
-off before its next attempt. The others are BLOCKED; when a slot frees, the
+key. A delivery let through holds one of its key's slots while it is in
+flight or ready to be; the others are BLOCKED, and when a slot frees, the
 earliest blocked one (in log order, whatever its priority) is let through.
 
-An ordered subscription is the cap of 1: its key's events then move one at a
-time, in log order. With a cap of N, up to N move at once and are delivered in
-any order among themselves.
+An ordered subscription is the cap of 1, and there a delivery also holds the
+slot while it is scheduled (backing off before a retry, or delayed): its key's
+events move one at a time, in log order, each waiting for the one before it
+to be acked or dead. Under a cap of N (`max_in_flight_per_key`), up to N are
+in flight at once, in any order among themselves; a scheduled one holds no
+slot, and comes back through the gate when it is due (`entering`).
 
 The gate never takes a slot back: a delivery let through stays through, even
 when the cap is lowered (the key drains down to the new cap), so that a row
@@ -47,23 +49,35 @@ class GateDecision:
     due_us: int | None
 
 
+def holds_slot(delivery: KeyedDelivery, scheduled_holds: bool) -> bool:
+    """Whether an open delivery holds one of its key's slots (see the module's docstring)."""
+    state = delivery.state
+    if state is DeliveryState.BLOCKED:
+        return False
+    return scheduled_holds or state is not DeliveryState.SCHEDULED
+
+
 def gate(
     subscription_id: int,
     open_deliveries: Sequence[KeyedDelivery],
     cap: int | None,
     now_us: int,
     entering: Collection[int] = (),
+    *,
+    scheduled_holds: bool = True,
 ) -> GateDecision:
     """Let the earliest waiting deliveries of a key through while it has free slots.
 
     `open_deliveries` are the key's deliveries in open states, in log order;
     `cap` how many may hold a slot at once (None: no cap, all go through).
     `entering` are the seqs of rows this transaction has just made ready
-    (redriven dead letters): they hold no slot yet, and are blocked if none is
-    free.
+    (redriven dead letters, retries come due): they hold no slot yet, and are
+    blocked if none is free. `scheduled_holds`: a scheduled delivery holds its
+    slot (ordered subscriptions); if not, a blocked one not yet due is let
+    through as scheduled without taking a slot.
     """
     holding = sum(
-        1 for d in open_deliveries if d.state is not DeliveryState.BLOCKED and d.seq not in entering
+        1 for d in open_deliveries if d.seq not in entering and holds_slot(d, scheduled_holds)
     )
     free = None if cap is None else cap - holding
     changes: list[StateChange] = []
@@ -71,6 +85,13 @@ def gate(
     for d in open_deliveries:
         is_entering = d.seq in entering
         if d.state is not DeliveryState.BLOCKED and not is_entering:
+            continue
+        if not scheduled_holds and d.state is DeliveryState.BLOCKED and d.ready_at_us > now_us:
+            # Not due yet: it waits for its time without a slot, then comes back through.
+            changes.append(
+                StateChange(DeliveryKey(subscription_id, d.seq), DeliveryState.SCHEDULED)
+            )
+            due = d.ready_at_us if due is None else min(due, d.ready_at_us)
             continue
         if free is None or free > 0:
             if free is not None:
@@ -96,7 +117,7 @@ def key_wait(
     cap = sub.key_cap
     if cap is None:
         return None
-    holding = sum(1 for d in open_deliveries if d.state is not DeliveryState.BLOCKED)
+    holding = sum(1 for d in open_deliveries if holds_slot(d, sub.ordered))
     return KeyWait(key, holding, cap)
 
 

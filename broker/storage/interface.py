@@ -178,6 +178,8 @@ class PromoteOutcome:
     ready_subscription_ids: frozenset[int]
     promoted: int
     next_scheduled_us: int | None
+    #: The promoted rows that have a key, with it.
+    keyed: tuple[tuple[DeliveryKey, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -499,7 +499,14 @@ class MemoryTx:
             self.s.rows[key] = replace(row, state=DeliveryState.READY, updated_at=params.now_us)
         later = [r.ready_at for r in self.s.rows.values() if r.state is DeliveryState.SCHEDULED]
         return PromoteOutcome(
-            frozenset(r.subscription_id for r in due), len(due), min(later, default=None)
+            frozenset(r.subscription_id for r in due),
+            len(due),
+            min(later, default=None),
+            tuple(
+                (DeliveryKey(r.subscription_id, r.seq), r.ordering_key)
+                for r in due
+                if r.ordering_key is not None
+            ),
         )
 
     def ordering_key_lock(self, subscription_id: int, key: str) -> None:

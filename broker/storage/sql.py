@@ -634,7 +634,7 @@ class SqlTx:
         rows = self._all(
             "UPDATE deliveries SET state = 2, updated_at = ? WHERE state = 1 AND id IN"
             " (SELECT id FROM deliveries WHERE state = 1 AND ready_at <= ? LIMIT ?)"
-            " RETURNING subscription_id",
+            " RETURNING subscription_id, seq, ordering_key",
             [params.now_us, params.now_us, params.limit],
         )
         (next_due,) = self._all("SELECT min(ready_at) FROM deliveries WHERE state = 1")[0]
@@ -642,6 +642,7 @@ class SqlTx:
             frozenset(row[0] for row in rows),
             len(rows),
             int(next_due) if next_due is not None else None,
+            tuple((DeliveryKey(row[0], row[1]), row[2]) for row in rows if row[2] is not None),
         )
 
     def ordering_key_lock(self, subscription_id: int, key: str) -> None:

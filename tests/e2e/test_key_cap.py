@@ -86,6 +86,7 @@ def test_a_key_at_its_cap_waits_while_other_keys_flow(
         2,
     )
     assert waiting.reason.startswith("waiting: 2 of 'A' in flight (max_in_flight_per_key 2)")
+    assert status(stub, a_ids[0], "capped").key_wait.limit == 0  # in flight: nothing to wait for
     # Each ack of an A lets exactly the next A through, in publish order.
     for expected in a_ids[2:]:
         first = next(iter(held_a))
@@ -107,11 +108,11 @@ def test_nacks_dead_letters_and_expired_leases_give_the_slot_back(
         ack_deadline=duration_pb2.Duration(seconds=1),
     )
     reader = subscribe(stub, readers, "one-each", max_outstanding=10)
-    k1, k2, k3 = publish_keyed(stub, ["k", "k", "k"])
+    k1, k2, k3, k4 = publish_keyed(stub, ["k", "k", "k", "k"])
     (first,) = reader.take(1)
     assert first.event_id == k1
     assert status(stub, k2, "one-each").state == pb.DELIVERY_STATE_BLOCKED
-    # A nack gives the lease back: its retry comes at once, in the key's one slot.
+    # A nack without a delay: its retry is ready at once and keeps the key's one slot.
     stub.Nack(pb.NackRequest(ack_ids=[first.ack_id]))
     (retry,) = reader.take(1)
     assert (retry.event_id, retry.attempt) == (k1, 2)
@@ -120,14 +121,19 @@ def test_nacks_dead_letters_and_expired_leases_give_the_slot_back(
     stub.Nack(pb.NackRequest(ack_ids=[retry.ack_id], terminal=True))
     (second,) = reader.take(1)
     assert second.event_id == k2
-    # Not acked in time: the lease expires and the delivery comes back in the slot.
+    # Not acked in time: the lease expires and the delivery comes back at once, in the slot.
     (expired,) = reader.take(1, timeout=10)
     assert (expired.event_id, expired.attempt) == (k2, 2)
     assert status(stub, k3, "one-each").state == pb.DELIVERY_STATE_BLOCKED
     stub.Ack(pb.AckRequest(ack_ids=[expired.ack_id]))
     (third,) = reader.take(1)
     assert third.event_id == k3
-    stub.Ack(pb.AckRequest(ack_ids=[third.ack_id]))
+    # Nacked with a delay, it backs off without the slot: the next one goes meanwhile.
+    stub.Nack(pb.NackRequest(ack_ids=[third.ack_id], delay=duration_pb2.Duration(seconds=3600)))
+    (fourth,) = reader.take(1)
+    assert fourth.event_id == k4
+    assert status(stub, k3, "one-each").state == pb.DELIVERY_STATE_SCHEDULED
+    stub.Ack(pb.AckRequest(ack_ids=[fourth.ack_id]))
 
 
 def test_the_key_can_come_from_a_header(stub: Stub, readers: list[StreamReader]) -> None:

@@ -107,29 +107,43 @@ def test_nacked_expired_and_dead_leases_free_their_slot(storage: Storage) -> Non
     s = create(storage, capped(1, max_attempts=2))
     k = publish(storage, *[keyed("k") for _ in range(4)])
     (first,) = lease(storage, s.id, 10)
-    fail(storage, [first], delay_us=10 * S)  # backing off: it keeps the slot
-    assert lease(storage, s.id, 10, now=T0 + S) == []
-    assert lease_events(storage, s.id, T0 + 10 * S) == []  # still scheduled until promoted
-    # Its second attempt fails for good: dead, the slot frees.
-    promote(storage, T0 + 10 * S)
-    (again,) = lease(storage, s.id, 10, now=T0 + 10 * S)
-    fail(storage, [again], now=T0 + 10 * S)
-    assert states(storage, k[0]) == {"billing": DeliveryState.DEAD}
-    (second,) = leased(storage, s.id, 10, consumer="c", now=T0 + 10 * S)["c"]
+    # A retry backing off holds no slot: the next one goes meanwhile.
+    fail(storage, [first], delay_us=10 * S)
+    (second,) = leased(storage, s.id, 10, consumer="c", now=T0 + S)["c"]
     assert second.event.event_id == k[1]
-    # Its lease expires: the reaper fails it, its retry keeps the slot while it backs off.
-    late = T0 + 10 * S + 31 * S
-    assert expired(storage, late) == [second.ack_id]
+    # Come due, the retry waits for the slot, first in line (log order).
+    due = T0 + 10 * S
+    promote(storage, due)
+    assert states(storage, k[0]) == {"billing": DeliveryState.BLOCKED}
+    assert deliveries(storage, k[0], due)["billing"].key_wait == KeyWait("k", 1, 1)
+    assert lease(storage, s.id, 10, now=due) == []
+    ack(storage, [second.ack_id], now=due)
+    (again,) = leased(storage, s.id, 10, consumer="c", now=due)["c"]
+    assert (again.event.event_id, again.attempt) == (k[0], 2)
+    # Its second attempt fails for good: dead, the slot frees.
+    fail(storage, [again.ack_id], now=due)
+    assert states(storage, k[0]) == {"billing": DeliveryState.DEAD}
+    (third,) = leased(storage, s.id, 10, consumer="c", now=due)["c"]
+    assert third.event.event_id == k[2]
+    # Its lease expires: the reaper fails it, and its retry backs off without the slot.
+    late = due + 31 * S
+    assert expired(storage, late) == [third.ack_id]
     with storage.write() as tx:
         settle.expire(tx, late, 100, lowest)
-    assert lease(storage, s.id, 10, now=late) == []
-    late += S  # the backoff's low end
-    promote(storage, late)
-    retried = leased(storage, s.id, 10, consumer="c", now=late)["c"]
-    assert [d.event.event_id for d in retried] == [k[1]]
-    assert retried[0].attempt == 2
-    ack(storage, [retried[0].ack_id], now=late)
-    assert lease_events(storage, s.id, late) == [k[2]]
+    assert lease_events(storage, s.id, late) == [k[3]]
+
+
+def test_a_ready_retry_keeps_its_slot_and_a_delayed_event_takes_none_until_due(
+    storage: Storage,
+) -> None:
+    s = create(storage, capped(1))
+    later = T0 + 60 * S
+    k1, k2, delayed = publish(storage, keyed("k"), keyed("k"), keyed("k", deliver_at=later))
+    assert states(storage, delayed) == {"billing": DeliveryState.SCHEDULED}
+    (first,) = lease(storage, s.id, 10)
+    fail(storage, [first])  # ready again at once: still its key's one in flight or ready
+    assert lease_events(storage, s.id) == [k1]
+    assert states(storage, k2) == {"billing": DeliveryState.BLOCKED}
 
 
 def test_the_key_can_come_from_a_header(storage: Storage) -> None:

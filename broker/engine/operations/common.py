@@ -67,8 +67,9 @@ def gate_keys(
 ) -> tuple[set[int], int | None]:
     """Run the gate on each key; the subscriptions made ready, the next due time.
 
-    `entering`: rows this transaction has just made ready (redriven), which
-    must wait for a free slot of their key like the blocked ones.
+    `entering`: rows this transaction has just made ready (redriven, or
+    retries come due under a cap), which must wait for a free slot of their
+    key like the blocked ones.
     """
     ready: set[int] = set()
     due: int | None = None
@@ -81,7 +82,12 @@ def gate_keys(
         tx.ordering_key_lock(subscription_id, key)
         new = {k.seq for k in entering if k.subscription_id == subscription_id}
         decision = gate(
-            subscription_id, tx.delivery_keyed_list(subscription_id, key), cap, now_us, new
+            subscription_id,
+            tx.delivery_keyed_list(subscription_id, key),
+            cap,
+            now_us,
+            new,
+            scheduled_holds=sub is None or sub.ordered,
         )
         if decision.changes:
             tx.delivery_set_states(decision.changes, now_us)
@@ -89,6 +95,23 @@ def gate_keys(
             ready.add(subscription_id)
         due = earliest(due, decision.due_us)
     return ready, due
+
+
+def capped_keys(
+    subscriptions: dict[int, Subscription], keyed: Iterable[tuple[DeliveryKey, str]]
+) -> list[tuple[DeliveryKey, str]]:
+    """Those of these keyed deliveries whose subscription caps keys without ordering them.
+
+    Under such a cap a scheduled delivery holds no slot: one that becomes
+    scheduled frees a slot, and one that comes due must take one (the gate).
+    """
+    return [
+        (delivery, key)
+        for delivery, key in keyed
+        if (sub := subscriptions.get(delivery.subscription_id)) is not None
+        and not sub.ordered
+        and sub.max_in_flight_per_key > 0
+    ]
 
 
 def with_limits(

@@ -308,9 +308,9 @@ class Client:
                 (e.g. `["10s", "1m", "10m"]`; at most 100 entries).
             max_in_flight_per_key: Concurrency limit per key: at most this many
                 deliveries of one key in flight at once, across all consumers and
-                brokers, while other keys flow (default: no cap). A delivery keeps
-                its slot while it backs off before a retry. Events without a key are
-                not capped. With `ordered`, only 1.
+                brokers, while other keys flow (default: no cap). A retry backing off
+                holds no slot until it is due. Events without a key are not capped.
+                With `ordered`, only 1.
             key_header: Take each event's key (for `ordered` and
                 `max_in_flight_per_key`) from this header instead of its ordering key.
             exist_ok: If a subscription of that name exists, return it as it is

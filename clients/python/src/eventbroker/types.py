@@ -297,8 +297,8 @@ class KeyWait:
 
     Attributes:
         key: The key.
-        in_flight: Deliveries of the key holding a slot now (in flight, or ready or
-            backing off before their next attempt).
+        in_flight: Deliveries of the key holding a slot now: in flight, or ready to
+            be (in an ordered subscription also one backing off before a retry).
         limit: Slots per key: `max_in_flight_per_key`, or 1 in an ordered subscription.
 
     """

@@ -605,11 +605,14 @@ export interface Subscription {
    * Concurrency limit per key (0 .. 100,000; 0 means no cap): at most this
    * many deliveries of one key are in flight at once, across all consumers
    * and brokers, while other keys flow. A delivery holds one of its key's
-   * slots from when it is let through until it is acked or dead (while it
-   * backs off before a retry too). Events without a key are not capped. It
+   * slots while it is in flight or ready to be; a retry backing off, or an
+   * event delayed, holds none until it is due (then it waits for a free slot,
+   * first in line). Past the cap, deliveries are BLOCKED and let through in
+   * publish order as slots free. Events without a key are not capped. It
    * applies beside `max_in_flight`. With `ordered`, only 0 or 1 (ordered is
-   * the cap of 1 with FIFO order). A change lets blocked deliveries through
-   * at once when raised; when lowered, a key drains down to the new cap.
+   * the cap of 1 with FIFO order, where a retry keeps its key's slot). A
+   * change lets blocked deliveries through at once when raised; when
+   * lowered, a key drains down to the new cap.
    */
   maxInFlightPerKey: number;
   /**
@@ -764,8 +767,8 @@ export interface KeyWait {
   /** The key. */
   key: string;
   /**
-   * Deliveries of the key holding a slot now: in flight, or ready or backing
-   * off before their next attempt.
+   * Deliveries of the key holding a slot now: in flight, or ready to be (in
+   * an ordered subscription also one backing off before a retry).
    */
   inFlight: number;
   /**
