@@ -37,6 +37,7 @@ from tests.storage.test_storage import (
     lease_events,
     leased,
     lowest,
+    maintain,
     promote,
     publish,
     redrive,
@@ -231,3 +232,18 @@ def test_competing_leasers_and_ackers_never_pass_the_cap(storage: Storage) -> No
         assert all(n <= 2 for n in in_flight_by_key(storage, keys, "billing").values())
         ack(storage, rest)
     assert {deliveries(storage, e)["billing"].state for e in keys} == {DeliveryState.ACKED}
+
+
+def test_events_too_old_are_dead_lettered_under_their_header_key(storage: Storage) -> None:
+    (old,) = publish(storage, headed("5"), now=T0 - 2 * 3600 * S)
+    s = create(
+        storage,
+        capped(
+            1, key_header="customer", start_position=StartPosition.BEGINNING, max_age_us=3600 * S
+        ),
+    )
+    assert maintain(storage, T0).expired == 1
+    info = deliveries(storage, old)["billing"]
+    assert (info.state, info.ordering_key) == (DeliveryState.DEAD, "5")
+    assert redrive(storage, s.id) == 1
+    assert lease_events(storage, s.id) == [old]
