@@ -21,7 +21,7 @@ from broker.domain import (
     Subscription,
 )
 from broker.engine.operations import lease as leasing
-from broker.engine.operations import settle
+from broker.engine.operations import replay, settle
 from broker.engine.operations.subscriptions import update
 from broker.storage import Storage
 from tests.storage.test_storage import (
@@ -247,3 +247,16 @@ def test_events_too_old_are_dead_lettered_under_their_header_key(storage: Storag
     assert (info.state, info.ordering_key) == (DeliveryState.DEAD, "5")
     assert redrive(storage, s.id) == 1
     assert lease_events(storage, s.id) == [old]
+
+
+def test_a_seek_past_the_deliveries_holding_a_key_lets_the_next_through(
+    storage: Storage,
+) -> None:
+    s = create(storage, capped(1))
+    (skipped,) = publish(storage, keyed("k", deliver_at=T0 - 2 * S), now=T0 - 2 * S)
+    (kept,) = publish(storage, keyed("k", deliver_at=T0 - S), now=T0 - S)
+    assert states(storage, kept) == {"billing": DeliveryState.BLOCKED}
+    with storage.write() as tx:
+        replay.seek(tx, T0, s.id, T0 - S)
+    assert states(storage, skipped) == {"billing": DeliveryState.ACKED}
+    assert lease_events(storage, s.id) == [kept]
