@@ -199,6 +199,8 @@ def draft_from_event(
         )
     if len(event.ordering_key) > config.ORDERING_KEY_MAX_LENGTH:
         bad("ordering_key", f"at most {config.ORDERING_KEY_MAX_LENGTH} characters")
+    elif "\x00" in event.ordering_key:
+        bad("ordering_key", "must not contain NUL characters")
     deliver_at, delay = _schedule(event, now_us, bad)
     if len(violations) > before or name is None or payload is None:
         return None
@@ -579,6 +581,8 @@ def _check_key_settings(message: pb.Subscription, bad: Callable[[str, str], None
     header = message.key_header
     if len(header) > config.KEY_HEADER_MAX_LENGTH:
         bad("key_header", f"at most {config.KEY_HEADER_MAX_LENGTH} characters")
+    elif "\x00" in header:
+        bad("key_header", "must not contain NUL characters")
     elif header and not message.ordered and cap == 0:
         bad(
             "key_header",

@@ -124,13 +124,14 @@ def key_wait(
 def header_key(headers: Mapping[str, str], header: str) -> str | None:
     """An event's key taken from one of its headers (None: the event has no such header).
 
-    A value longer than a key column holds is replaced by its SHA-256 digest,
-    so that two long values share a key only if they are equal.
+    A value longer than a key column holds, or one with a NUL character (which
+    PostgreSQL's text cannot hold), is replaced by its SHA-256 digest, so that
+    two such values share a key only if they are equal.
     """
     value = headers.get(header)
     if not value:
         return None
-    if len(value) > KEY_MAX_LENGTH:
+    if len(value) > KEY_MAX_LENGTH or "\x00" in value:
         return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
     return value
 

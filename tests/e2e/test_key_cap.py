@@ -312,3 +312,22 @@ def test_the_command_line_sets_shows_and_explains_the_cap(
         ["subs", "create", "x", "-f", "a.*", "--ordered", "--max-in-flight-per-key", "2"]
     )
     assert refused.exit_code != 0 and "max_in_flight_per_key" in refused.output
+
+
+def test_keys_never_carry_a_nul_character(stub: Stub, readers: list[StreamReader]) -> None:
+    """PostgreSQL's text cannot hold NUL: such a key is refused, or kept as its digest."""
+    with pytest.raises(grpc.RpcError) as caught:
+        publish_keyed(stub, ["a\x00b"])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NUL" in violations(caught.value)["events[0].ordering_key"]
+    with pytest.raises(grpc.RpcError) as refused:
+        create(stub, "nul-header", max_in_flight_per_key=1, key_header="a\x00b")
+    assert "NUL" in violations(refused.value)["subscription.key_header"]
+    create(stub, "nul-value", max_in_flight_per_key=1, key_header="tenant")
+    reader = subscribe(stub, readers, "nul-value", max_outstanding=10)
+    events = [pb.Event(name="user.x", headers={"tenant": "t\x00"}) for _ in range(2)]
+    ids = [r.event_id for r in stub.BatchPublish(pb.BatchPublishRequest(events=events)).results]
+    (first,) = reader.take(1)
+    assert first.event_id == ids[0]
+    waiting = status(stub, ids[1], "nul-value")
+    assert waiting.state == pb.DELIVERY_STATE_BLOCKED and waiting.key.startswith("sha256:")
