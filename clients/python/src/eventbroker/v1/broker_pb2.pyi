@@ -242,7 +242,8 @@ class Event(_message.Message):
     """
     ordering_key: _builtins.str
     """Optional ordering key: the key of ordered subscriptions (FIFO per key) and
-    of max_in_flight_per_key (a concurrency limit per key).
+    of max_in_flight_per_key (a concurrency limit per key). At most 255
+    characters, without NUL.
     """
     @_builtins.property
     def data(self) -> _struct_pb2.Value:

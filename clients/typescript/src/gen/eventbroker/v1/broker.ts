@@ -353,7 +353,8 @@ export interface Event {
   priority: number;
   /**
    * Optional ordering key: the key of ordered subscriptions (FIFO per key) and
-   * of max_in_flight_per_key (a concurrency limit per key).
+   * of max_in_flight_per_key (a concurrency limit per key). At most 255
+   * characters, without NUL.
    */
   orderingKey: string;
 }
