@@ -361,8 +361,14 @@ class StorageTx(Protocol):
         """Serialise transactions that move one key of a subscription (one writer: no-op)."""
         ...
 
-    def delivery_keyed_list(self, subscription_id: int, key: str) -> list[KeyedDelivery]:
-        """The open deliveries of a key (ordering key or header key), in log order."""
+    def delivery_keyed_list(
+        self, subscription_id: int, key: str, blocked_limit: int | None = None
+    ) -> list[KeyedDelivery]:
+        """The open deliveries of a key (ordering key or header key), in log order.
+
+        Every one that is not blocked, and the first `blocked_limit` blocked
+        ones (None: all of them).
+        """
         ...
 
     def delivery_blocked_keys(self, subscription_id: int) -> list[str]:

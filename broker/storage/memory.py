@@ -512,8 +512,10 @@ class MemoryTx:
     def ordering_key_lock(self, subscription_id: int, key: str) -> None:
         """One writer: nothing to serialise."""
 
-    def delivery_keyed_list(self, subscription_id: int, key: str) -> list[KeyedDelivery]:
-        """The open deliveries of an ordering key, in log order."""
+    def delivery_keyed_list(
+        self, subscription_id: int, key: str, blocked_limit: int | None = None
+    ) -> list[KeyedDelivery]:
+        """A key's open deliveries: those not blocked, and the first blocked ones, in log order."""
         rows = sorted(
             (
                 r
@@ -522,7 +524,15 @@ class MemoryTx:
             ),
             key=lambda r: r.seq,
         )
-        return [KeyedDelivery(r.seq, r.state, r.ready_at) for r in rows]
+        found: list[KeyedDelivery] = []
+        blocked = 0
+        for r in rows:
+            if r.state is DeliveryState.BLOCKED:
+                if blocked_limit is not None and blocked >= blocked_limit:
+                    continue
+                blocked += 1
+            found.append(KeyedDelivery(r.seq, r.state, r.ready_at))
+        return found
 
     def delivery_blocked_keys(self, subscription_id: int) -> list[str]:
         """The keys of a subscription that have blocked deliveries, sorted."""

@@ -136,6 +136,7 @@ deliveries = sa.Table(
         "ix_deliveries_open_key",
         "subscription_id",
         "ordering_key",
+        "state",
         "seq",
         sqlite_where=sa.text(OPEN_KEYED),
         postgresql_where=sa.text(OPEN_KEYED),

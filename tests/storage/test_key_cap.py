@@ -260,3 +260,24 @@ def test_a_seek_past_the_deliveries_holding_a_key_lets_the_next_through(
         replay.seek(tx, T0, s.id, T0 - S)
     assert states(storage, skipped) == {"billing": DeliveryState.ACKED}
     assert lease_events(storage, s.id) == [kept]
+
+
+def test_a_backlog_longer_than_the_gates_window_is_served_in_publish_order(
+    storage: Storage,
+) -> None:
+    s = create(storage, capped(2))
+    backlog = publish(storage, *[keyed("big") for _ in range(80)])
+    served: list[str] = []
+    while got := leased(storage, s.id, 100, consumer="c").get("c", []):
+        assert len(got) <= 2
+        served += sorted((d.event.event_id for d in got), key=backlog.index)
+        ack(storage, [d.ack_id for d in got])
+    assert served == backlog
+
+
+def test_delayed_events_filling_the_window_do_not_hold_back_a_due_one(storage: Storage) -> None:
+    s = create(storage, capped(1))
+    later = T0 + 100 * S
+    *delayed, due = publish(storage, *[keyed("k", deliver_at=later) for _ in range(40)], keyed("k"))
+    assert lease_events(storage, s.id) == [due]
+    assert states(storage, delayed[-1]) == {"billing": DeliveryState.SCHEDULED}

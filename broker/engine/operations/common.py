@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from broker.delivery.ordering import gate
 from broker.delivery.records import DeliveryKey
-from broker.domain import AckId, LegacyAckId, Subscription
+from broker.domain import AckId, DeliveryState, LegacyAckId, Subscription
 from broker.storage.interface import StorageTx
 
 
@@ -59,6 +59,11 @@ def earliest(a: int | None, b: int | None) -> int | None:
     return a if b is None else min(a, b)
 
 
+#: Blocked deliveries of a key read past its cap at a time: the gate lets at most
+#: the cap through, and passes over those not yet due.
+GATE_WINDOW_SLACK = 32
+
+
 def gate_keys(
     tx: StorageTx,
     keys: Iterable[tuple[int, str]],
@@ -81,19 +86,28 @@ def gate_keys(
         cap = sub.key_cap if sub is not None else None
         tx.ordering_key_lock(subscription_id, key)
         new = {k.seq for k in entering if k.subscription_id == subscription_id}
-        decision = gate(
-            subscription_id,
-            tx.delivery_keyed_list(subscription_id, key),
-            cap,
-            now_us,
-            new,
-            scheduled_holds=sub is None or sub.ordered,
-        )
-        if decision.changes:
-            tx.delivery_set_states(decision.changes, now_us)
-        if decision.ready:
-            ready.add(subscription_id)
-        due = earliest(due, decision.due_us)
+        # A key's backlog may be long: read the blocked ones a window at a time,
+        # and read on only while the gate is letting them through.
+        window = None if cap is None else cap + GATE_WINDOW_SLACK
+        while True:
+            open_deliveries = tx.delivery_keyed_list(subscription_id, key, window)
+            decision = gate(
+                subscription_id,
+                open_deliveries,
+                cap,
+                now_us,
+                new,
+                scheduled_holds=sub is None or sub.ordered,
+            )
+            if decision.changes:
+                tx.delivery_set_states(decision.changes, now_us)
+            if decision.ready:
+                ready.add(subscription_id)
+            due = earliest(due, decision.due_us)
+            blocked = sum(1 for d in open_deliveries if d.state is DeliveryState.BLOCKED)
+            if window is None or blocked < window or not decision.changes:
+                break
+            new = set()
     return ready, due
 
 

@@ -49,7 +49,8 @@ def _with_key_wait(tx: StorageTx, info: DeliveryInfo) -> DeliveryInfo:
     sub = next((s for s in tx.subscriptions_by_id().values() if s.name == info.subscription), None)
     if sub is None:
         return info
-    wait = key_wait(sub, info.ordering_key, tx.delivery_keyed_list(sub.id, info.ordering_key))
+    holding = tx.delivery_keyed_list(sub.id, info.ordering_key, blocked_limit=0)
+    wait = key_wait(sub, info.ordering_key, holding)
     return replace(info, key_wait=wait)
 
 

@@ -27,7 +27,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_deliveries_open_key",
         "deliveries",
-        ["subscription_id", "ordering_key", "seq"],
+        ["subscription_id", "ordering_key", "state", "seq"],
         sqlite_where=sa.text(_OPEN_KEYED),
         postgresql_where=sa.text(_OPEN_KEYED),
     )
