@@ -286,6 +286,8 @@ class KeyWait:
     in_flight: int
     #: How many may hold one at once (1 in an ordered subscription).
     limit: int
+    #: The subscription is ordered: the delivery waits for the one before it.
+    ordered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -589,7 +589,7 @@ def describe(info: DeliveryInfo, concurrency: tuple[int, int] | None = None) -> 
             )
         case DeliveryState.READY:
             return f"ready since {at(info.next_time_us)}, waiting for a consumer with free credit"
-        case DeliveryState.BLOCKED if info.key_wait is not None and info.key_wait.limit > 1:
+        case DeliveryState.BLOCKED if info.key_wait is not None and not info.key_wait.ordered:
             wait = info.key_wait
             return (
                 f"waiting: {wait.in_flight} of {wait.key!r} in flight"

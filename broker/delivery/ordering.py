@@ -118,7 +118,7 @@ def key_wait(
     if cap is None:
         return None
     holding = sum(1 for d in open_deliveries if holds_slot(d, sub.ordered))
-    return KeyWait(key, holding, cap)
+    return KeyWait(key, holding, cap, sub.ordered)
 
 
 def header_key(headers: Mapping[str, str], header: str) -> str | None:

@@ -299,7 +299,7 @@ def test_the_command_line_sets_shows_and_explains_the_cap(
     ids = [r.event_id for r in stub.BatchPublish(pb.BatchPublishRequest(events=events)).results]
     reader.take(1)
     explained = cli.invoke(["events", "show", ids[1]]).output
-    assert "waiting behind an earlier event of ordering key 't9'" in explained
+    assert "waiting: 1 of 't9' in flight (max_in_flight_per_key 1)" in explained
     raised = cli.invoke(["subs", "update", "per-tenant", "--max-in-flight-per-key", "3"])
     assert raised.exit_code == 0, raised.output
     reader.take(1)  # the raised cap lets the blocked one through

@@ -88,7 +88,7 @@ def test_key_wait_counts_the_slots_held() -> None:
     open_rows = rows(IN_FLIGHT, SCHEDULED, READY, BLOCKED)
     assert key_wait(capped, "k", open_rows) == KeyWait("k", 2, 2)
     ordered = subscription(ordered=True)
-    assert key_wait(ordered, "k", open_rows) == KeyWait("k", 3, 1)
+    assert key_wait(ordered, "k", open_rows) == KeyWait("k", 3, 1, ordered=True)
     assert key_wait(subscription(), "k", open_rows) is None
 
 
