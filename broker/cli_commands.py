@@ -258,7 +258,8 @@ def tail(
 def _subscriptions_table(subs: list[Subscription]) -> Table:
     grid = table("Subscriptions")
     grid.add_column("name", no_wrap=True)
-    for column in ("filter", "ack deadline", "max attempts", "max in flight", "ordered"):
+    columns = ("filter", "ack deadline", "max attempts", "max in flight", "per key", "ordered")
+    for column in columns:
         grid.add_column(column)
     for sub in subs:
         grid.add_row(
@@ -267,9 +268,16 @@ def _subscriptions_table(subs: list[Subscription]) -> Table:
             seconds(sub.ack_deadline),
             str(sub.max_attempts),
             str(sub.max_in_flight or "unlimited"),
+            _per_key(sub),
             "yes" if sub.ordered else "no",
         )
     return grid
+
+
+def _per_key(sub: Subscription) -> str:
+    """The cap per key, and which header the key comes from when not the ordering key."""
+    cap = str(sub.max_in_flight_per_key or "no cap")
+    return f"{cap} by {sub.key_header}" if sub.key_header and sub.max_in_flight_per_key else cap
 
 
 def _print_subscriptions(subs: list[Subscription], json_output: bool) -> None:
@@ -299,6 +307,8 @@ def _subscription_table(sub: Subscription) -> Table:
         ("backoff", f"{seconds(sub.min_backoff)} .. {seconds(sub.max_backoff)}"),
         ("retry delays", ", ".join(seconds(d) for d in sub.retry_delays) or "none (backoff)"),
         ("max in flight", str(sub.max_in_flight or "unlimited")),
+        ("max in flight per key", str(sub.max_in_flight_per_key or "no cap")),
+        ("key", f"header {sub.key_header!r}" if sub.key_header else "ordering key"),
         ("ordered", "yes" if sub.ordered else "no"),
         ("max age", seconds(sub.max_age) if sub.max_age else "none"),
         ("retention", seconds(sub.retention)),
@@ -346,6 +356,22 @@ MaxInFlightOption = Annotated[
     int | None,
     typer.Option(min=0, help="Deliveries held at once across consumers (0: unlimited)."),
 ]
+MaxInFlightPerKeyOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Deliveries of one key held at once across consumers and brokers (0: no cap); "
+        "the key is the ordering key, or --key-header's value.",
+    ),
+]
+KeyHeaderOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Take each event's key (for --ordered and --max-in-flight-per-key) from this "
+        "header instead of its ordering key ('': the ordering key again).",
+    ),
+]
 MinBackoffOption = Annotated[
     str | None, typer.Option(metavar="DURATION", help=f"First retry delay: {FORMS} (default 1 s).")
 ]
@@ -383,6 +409,8 @@ def _changes(
     ack_deadline: str | None,
     max_attempts: int | None,
     max_in_flight: int | None,
+    max_in_flight_per_key: int | None,
+    key_header: str | None,
     min_backoff: str | None,
     max_backoff: str | None,
     retry_delays: str | None,
@@ -410,6 +438,10 @@ def _changes(
         changes["max_attempts"] = max_attempts
     if max_in_flight is not None:
         changes["max_in_flight"] = max_in_flight or None
+    if max_in_flight_per_key is not None:
+        changes["max_in_flight_per_key"] = max_in_flight_per_key or None
+    if key_header is not None:
+        changes["key_header"] = key_header or None
     return changes
 
 
@@ -421,6 +453,8 @@ def subs_create(
     ack_deadline: AckDeadlineOption = None,
     max_attempts: MaxAttemptsOption = None,
     max_in_flight: MaxInFlightOption = None,
+    max_in_flight_per_key: MaxInFlightPerKeyOption = None,
+    key_header: KeyHeaderOption = None,
     min_backoff: MinBackoffOption = None,
     max_backoff: MaxBackoffOption = None,
     retry_delays: RetryDelaysOption = None,
@@ -451,6 +485,8 @@ def subs_create(
         ack_deadline=ack_deadline,
         max_attempts=max_attempts,
         max_in_flight=max_in_flight,
+        max_in_flight_per_key=max_in_flight_per_key,
+        key_header=key_header,
         min_backoff=min_backoff,
         max_backoff=max_backoff,
         retry_delays=retry_delays,
@@ -501,6 +537,8 @@ def subs_update(
     ack_deadline: AckDeadlineOption = None,
     max_attempts: MaxAttemptsOption = None,
     max_in_flight: MaxInFlightOption = None,
+    max_in_flight_per_key: MaxInFlightPerKeyOption = None,
+    key_header: KeyHeaderOption = None,
     min_backoff: MinBackoffOption = None,
     max_backoff: MaxBackoffOption = None,
     retry_delays: RetryDelaysOption = None,
@@ -517,6 +555,8 @@ def subs_update(
         ack_deadline=ack_deadline,
         max_attempts=max_attempts,
         max_in_flight=max_in_flight,
+        max_in_flight_per_key=max_in_flight_per_key,
+        key_header=key_header,
         min_backoff=min_backoff,
         max_backoff=max_backoff,
         retry_delays=retry_delays,

@@ -28,6 +28,10 @@ DEDUP_WINDOW_S_DEFAULT = 24 * 3600
 ACK_DEADLINE_DEFAULT_S = 30
 MAX_ATTEMPTS_DEFAULT = 20
 MAX_ATTEMPTS_LIMIT = 1000
+#: The highest cap of deliveries in flight per key a subscription may set.
+MAX_IN_FLIGHT_PER_KEY_LIMIT = 100_000
+#: The longest name of the header a subscription takes its keys from.
+KEY_HEADER_MAX_LENGTH = 255
 MIN_BACKOFF_DEFAULT_S = 1
 MAX_BACKOFF_DEFAULT_S = 600
 RETENTION_DEFAULT_S = 7 * 24 * 3600

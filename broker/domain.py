@@ -145,6 +145,22 @@ class Subscription:
     max_age_us: int = 0
     #: An explicit retry table (delay after attempt n is [n-1], the last repeats).
     retry_delays_us: tuple[int, ...] = ()
+    #: How many deliveries of one key may be in flight at once; 0 for no cap.
+    max_in_flight_per_key: int = 0
+    #: The header whose value is an event's key; empty for its ordering key.
+    key_header: str = ""
+
+    @property
+    def keyed(self) -> bool:
+        """Whether deliveries are gated by their key (ordered, or capped per key)."""
+        return self.ordered or self.max_in_flight_per_key > 0
+
+    @property
+    def key_cap(self) -> int | None:
+        """How many deliveries of one key may move at once (None: keys are not gated)."""
+        if self.ordered:
+            return 1
+        return self.max_in_flight_per_key or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +267,27 @@ class DeliveryInfo:
     dead_reason: DeadReason
     last_error: str
     history: tuple[AttemptRecord, ...] = field(default_factory=tuple)
-    #: Set on deliveries of ordered subscriptions.
+    #: Set on deliveries of keyed subscriptions (ordered, or capped per key): the
+    #: delivery's key there (its ordering key, or the subscription's key header).
     ordering_key: str | None = None
     #: When the delivery last changed state (a dead letter: when it died).
     updated_at_us: int | None = None
+    #: A blocked delivery: what holds its key's slots.
+    key_wait: KeyWait | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyWait:
+    """Why a delivery waits for its key: the key's slots are all held."""
+
+    key: str
+    #: Deliveries of the key holding a slot: in flight, or ready to be (in an
+    #: ordered subscription also one backing off before a retry).
+    in_flight: int
+    #: How many may hold one at once (1 in an ordered subscription).
+    limit: int
+    #: The subscription is ordered: the delivery waits for the one before it.
+    ordered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -199,6 +199,8 @@ def draft_from_event(
         )
     if len(event.ordering_key) > config.ORDERING_KEY_MAX_LENGTH:
         bad("ordering_key", f"at most {config.ORDERING_KEY_MAX_LENGTH} characters")
+    elif "\x00" in event.ordering_key:
+        bad("ordering_key", "must not contain NUL characters")
     deliver_at, delay = _schedule(event, now_us, bad)
     if len(violations) > before or name is None or payload is None:
         return None
@@ -464,6 +466,8 @@ UPDATABLE_FIELDS = frozenset(
         "retry_policy.max_backoff",
         "retry_policy.delays",
         "max_in_flight",
+        "max_in_flight_per_key",
+        "key_header",
         "retention",
         "max_age",
     }
@@ -526,6 +530,7 @@ def subscription_from_proto(
         bad("max_age", "must be at least 1 s (leave it unset for no maximum age)")
     if message.max_in_flight < 0:
         bad("max_in_flight", "must not be negative (0 means unlimited)")
+    _check_key_settings(message, bad)
     retention = duration_or_default("retention", message, "retention")
     if retention < US_PER_S:
         bad("retention", "must be at least 1 s")
@@ -551,12 +556,40 @@ def subscription_from_proto(
         max_in_flight=message.max_in_flight,
         ordered=message.ordered,
         retention_us=retention,
+        max_in_flight_per_key=message.max_in_flight_per_key,
+        key_header=message.key_header,
         start_position=start,
         start_time_us=start_time,
         created_at_us=now_us,
         max_age_us=max_age,
         retry_delays_us=delays,
     )
+
+
+def _check_key_settings(message: pb.Subscription, bad: Callable[[str, str], None]) -> None:
+    """The settings of keys: the cap per key, and the header keys come from."""
+    cap_limit = config.MAX_IN_FLIGHT_PER_KEY_LIMIT
+    cap = message.max_in_flight_per_key
+    if not 0 <= cap <= cap_limit:
+        bad("max_in_flight_per_key", f"must be between 0 and {cap_limit} (0 means no cap)")
+    elif message.ordered and cap > 1:
+        why = (
+            f"ordered delivers one event of a key at a time, so max_in_flight_per_key {cap}"
+            " cannot go with it: with ordered, max_in_flight_per_key must be 0 or 1"
+        )
+        bad("max_in_flight_per_key", why)
+        bad("ordered", why)
+    header = message.key_header
+    if len(header) > config.KEY_HEADER_MAX_LENGTH:
+        bad("key_header", f"at most {config.KEY_HEADER_MAX_LENGTH} characters")
+    elif "\x00" in header:
+        bad("key_header", "must not contain NUL characters")
+    elif header and not message.ordered and cap == 0:
+        bad(
+            "key_header",
+            "names the header events are keyed by, which only ordered or"
+            " max_in_flight_per_key use: set one of them, or leave key_header empty",
+        )
 
 
 def subscription_to_proto(sub: Subscription) -> pb.Subscription:
@@ -574,6 +607,8 @@ def subscription_to_proto(sub: Subscription) -> pb.Subscription:
         max_age=to_duration(sub.max_age_us) if sub.max_age_us else None,
         max_in_flight=sub.max_in_flight,
         ordered=sub.ordered,
+        max_in_flight_per_key=sub.max_in_flight_per_key,
+        key_header=sub.key_header,
         start_position=int(sub.start_position),  # type: ignore[arg-type]
         start_time=to_timestamp(sub.start_time_us) if sub.start_time_us else None,
         retention=to_duration(sub.retention_us),
@@ -646,7 +681,13 @@ def delivery_status_to_proto(info: DeliveryInfo, reason: str) -> pb.DeliveryStat
         last_error=info.last_error,
         history=[_attempt_to_proto(h) for h in info.history],
         reason=reason,
+        key=info.ordering_key or "",
     )
+    if info.key_wait is not None:
+        wait = info.key_wait
+        message.key_wait.CopyFrom(
+            pb.KeyWait(key=wait.key, in_flight=wait.in_flight, limit=wait.limit)
+        )
     if info.next_time_us is not None:
         message.next_time.CopyFrom(to_timestamp(info.next_time_us))
     if info.updated_at_us is not None:

@@ -589,6 +589,12 @@ def describe(info: DeliveryInfo, concurrency: tuple[int, int] | None = None) -> 
             )
         case DeliveryState.READY:
             return f"ready since {at(info.next_time_us)}, waiting for a consumer with free credit"
+        case DeliveryState.BLOCKED if info.key_wait is not None and not info.key_wait.ordered:
+            wait = info.key_wait
+            return (
+                f"waiting: {wait.in_flight} of {wait.key!r} in flight"
+                f" (max_in_flight_per_key {wait.limit}); it moves when one of them is acked or dead"
+            )
         case DeliveryState.BLOCKED:
             return (
                 f"waiting behind an earlier event of ordering key {info.ordering_key!r} "

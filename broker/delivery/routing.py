@@ -4,8 +4,9 @@ An event is stored once, in the log. A subscription reads the log from its
 position on, so most deliveries need no row of their own until they are
 leased. Two kinds do need one as the event is stored, because the log's order
 cannot serve them: an event with a priority (it must overtake what waits
-ahead of it) and an event with an ordering key in an ordered subscription (the
-gate holds it behind the key's earlier events, whatever their priority).
+ahead of it) and an event with a key in a keyed subscription (ordered, or
+capped per key: the gate holds it until its key has a free slot, whatever its
+priority).
 Everything else is routed when a lease's scan of the log reaches it
 (`route_scanned`): leased at once, or given a row when it must wait for its
 time, its key or its age.
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from broker.delivery.ordering import event_key
 from broker.delivery.records import DeliveryKey, LogEntry, NewDelivery
 from broker.domain import DeadReason, DeliveryState, EventDraft, Subscription
 from broker.names import matches
@@ -27,9 +29,12 @@ def rank_of(priority: int) -> int:
     return -priority
 
 
-def needs_row_when_stored(priority: int, ordering_key: str | None, sub: Subscription) -> bool:
-    """Whether a subscription gets a delivery row as the event is stored."""
-    return priority != 0 or (sub.ordered and ordering_key is not None)
+def needs_row_when_stored(priority: int, key: str | None) -> bool:
+    """Whether a subscription gets a delivery row as the event is stored.
+
+    `key` is the event's key in the subscription (`ordering.event_key`).
+    """
+    return priority != 0 or key is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +49,7 @@ class EventRoute:
     wake: frozenset[int]
     #: The earliest time a row made here becomes due, if one is scheduled.
     next_scheduled_us: int | None
-    #: Ordering keys of ordered subscriptions that got a row (for the gate).
+    #: Keys of keyed subscriptions that got a row (for the gate).
     keys: frozenset[tuple[int, str]] = field(default_factory=frozenset)
 
 
@@ -62,16 +67,20 @@ def route_stored(
         if not matches(sub.filters, draft.name):
             continue
         matched += 1
-        if not needs_row_when_stored(draft.priority, draft.ordering_key, sub):
+        key = event_key(sub, draft.ordering_key, draft.headers)
+        if not needs_row_when_stored(draft.priority, key):
             wake.add(sub.id)  # its scan of the log routes the event (scheduled ones too)
             continue
-        key = draft.ordering_key if sub.ordered else None
+        if key is not None:
+            state = DeliveryState.BLOCKED  # until the gate lets it through
+        else:
+            state = DeliveryState.SCHEDULED if scheduled else DeliveryState.READY
         rows.append(
             NewDelivery(
                 subscription_id=sub.id,
                 event_id=draft.event_id,
                 seq=None,
-                state=DeliveryState.SCHEDULED if scheduled else DeliveryState.READY,
+                state=state,
                 rank=rank_of(draft.priority),
                 ordering_key=key,
                 ready_at_us=deliver_at,
@@ -117,19 +126,21 @@ def route_scanned(sub: Subscription, entry: LogEntry, now_us: int) -> Scanned:
     """Route an event a lease's scan of the log reached, at `now_us`.
 
     An event that matches and has no row yet is leased, unless it must wait:
-    for its time (scheduled), behind its ordering key (the gate decides), or
+    for its time (scheduled), for its key (the gate decides), or
     it is older than the subscription's maximum age (dead). A priority gets a
     row too: the event predates the subscription's present filters, so it
     could not have got one when stored.
     """
     if entry.has_row or not matches(sub.filters, entry.name):
         return _SKIP
-    key = entry.ordering_key if sub.ordered else None
+    key = entry.ordering_key if sub.keyed else None
     if sub.max_age_us and entry.published_at_us < now_us - sub.max_age_us:
         state, reason = DeliveryState.DEAD, DeadReason.EXPIRED
+    elif key is not None:
+        state, reason = DeliveryState.BLOCKED, DeadReason.NONE  # until the gate lets it through
     elif entry.deliver_at_us > now_us:
         state, reason = DeliveryState.SCHEDULED, DeadReason.NONE
-    elif key is not None or entry.priority != 0:
+    elif entry.priority != 0:
         state, reason = DeliveryState.READY, DeadReason.NONE
     else:
         return _LEASE

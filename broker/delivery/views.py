@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from broker.delivery.ordering import event_key
 from broker.domain import (
     DeadReason,
     DeliveryInfo,
@@ -47,7 +48,7 @@ def implied_delivery(
         consumer="",
         dead_reason=DeadReason.NONE,
         last_error="",
-        ordering_key=event.ordering_key if sub.ordered else None,
+        ordering_key=event_key(sub, event.ordering_key, event.headers),
     )
 
 

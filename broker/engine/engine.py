@@ -43,6 +43,7 @@ from broker.engine.metrics import BrokerMetrics
 from broker.engine.operations import inspect, lease, replay, settle
 from broker.engine.operations.lease import LeaseResult
 from broker.engine.operations.replay import RedriveSelection, SeekOutcome
+from broker.engine.operations.subscriptions import update as update_subscription
 from broker.engine.publishing import Publisher
 from broker.engine.recent import RecentEvents
 from broker.engine.services import DedupPruner, LeaseReaper, Retention, Scheduler, Service
@@ -362,12 +363,15 @@ class DeliveryEngine:
 
     async def update_subscription(self, subscription: Subscription) -> Subscription | None:
         """Replace a subscription's settings; they apply to the next lease."""
-        updated = await self.committer.run(lambda tx, now: tx.subscription_update(subscription))
+        outcome = await self.committer.run(
+            lambda tx, now: update_subscription(tx, now, subscription)
+        )
+        updated = outcome.subscription
         if updated is not None:
             dispatcher = self.dispatchers.get(updated.id)
             if dispatcher is not None:
                 dispatcher.set_filters(updated.filters)
-            self.signals.ready([updated.id])
+            self.signals.ready([updated.id], outcome.due_us)
         return updated
 
     async def delete_subscription(self, name: str) -> bool:

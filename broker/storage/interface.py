@@ -86,6 +86,9 @@ class LogScanParams:
     subscription_id: int
     position: Position
     limit: int
+    #: Each entry's key is this header's value instead of its ordering key
+    #: (`broker.delivery.ordering.header_key`); empty: the ordering key.
+    key_header: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,8 @@ class PromoteOutcome:
     ready_subscription_ids: frozenset[int]
     promoted: int
     next_scheduled_us: int | None
+    #: The promoted rows that have a key, with it.
+    keyed: tuple[tuple[DeliveryKey, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,11 +358,21 @@ class StorageTx(Protocol):
         ...
 
     def ordering_key_lock(self, subscription_id: int, key: str) -> None:
-        """Serialise transactions that move one ordering key (one writer: no-op)."""
+        """Serialise transactions that move one key of a subscription (one writer: no-op)."""
         ...
 
-    def delivery_keyed_list(self, subscription_id: int, key: str) -> list[KeyedDelivery]:
-        """The open deliveries of an ordering key, in log order."""
+    def delivery_keyed_list(
+        self, subscription_id: int, key: str, blocked_limit: int | None = None
+    ) -> list[KeyedDelivery]:
+        """The open deliveries of a key (ordering key or header key), in log order.
+
+        Every one that is not blocked, and the first `blocked_limit` blocked
+        ones (None: all of them).
+        """
+        ...
+
+    def delivery_blocked_keys(self, subscription_id: int) -> list[str]:
+        """The keys of a subscription that have blocked deliveries, sorted."""
         ...
 
     def delivery_set_states(self, changes: Sequence[StateChange], now_us: int) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from broker.delivery.failure import FailingLease
-from broker.delivery.ordering import OPEN_STATES
+from broker.delivery.ordering import OPEN_STATES, header_key
 from broker.delivery.records import (
     Claimed,
     DeliveryKey,
@@ -246,7 +246,9 @@ class MemoryTx:
                     e.event_id,
                     e.name,
                     e.priority,
-                    e.ordering_key,
+                    header_key(e.headers, params.key_header)
+                    if params.key_header
+                    else e.ordering_key,
                     e.published_at_us,
                     e.deliver_at_us,
                     DeliveryKey(params.subscription_id, seq) in s.rows,
@@ -497,14 +499,23 @@ class MemoryTx:
             self.s.rows[key] = replace(row, state=DeliveryState.READY, updated_at=params.now_us)
         later = [r.ready_at for r in self.s.rows.values() if r.state is DeliveryState.SCHEDULED]
         return PromoteOutcome(
-            frozenset(r.subscription_id for r in due), len(due), min(later, default=None)
+            frozenset(r.subscription_id for r in due),
+            len(due),
+            min(later, default=None),
+            tuple(
+                (DeliveryKey(r.subscription_id, r.seq), r.ordering_key)
+                for r in due
+                if r.ordering_key is not None
+            ),
         )
 
     def ordering_key_lock(self, subscription_id: int, key: str) -> None:
         """One writer: nothing to serialise."""
 
-    def delivery_keyed_list(self, subscription_id: int, key: str) -> list[KeyedDelivery]:
-        """The open deliveries of an ordering key, in log order."""
+    def delivery_keyed_list(
+        self, subscription_id: int, key: str, blocked_limit: int | None = None
+    ) -> list[KeyedDelivery]:
+        """A key's open deliveries: those not blocked, and the first blocked ones, in log order."""
         rows = sorted(
             (
                 r
@@ -513,7 +524,25 @@ class MemoryTx:
             ),
             key=lambda r: r.seq,
         )
-        return [KeyedDelivery(r.seq, r.state, r.ready_at) for r in rows]
+        found: list[KeyedDelivery] = []
+        blocked = 0
+        for r in rows:
+            if r.state is DeliveryState.BLOCKED:
+                if blocked_limit is not None and blocked >= blocked_limit:
+                    continue
+                blocked += 1
+            found.append(KeyedDelivery(r.seq, r.state, r.ready_at))
+        return found
+
+    def delivery_blocked_keys(self, subscription_id: int) -> list[str]:
+        """The keys of a subscription that have blocked deliveries, sorted."""
+        return sorted(
+            {
+                r.ordering_key
+                for r in self._of(subscription_id)
+                if r.state is DeliveryState.BLOCKED and r.ordering_key is not None
+            }
+        )
 
     def delivery_set_states(self, changes: Sequence[StateChange], now_us: int) -> None:
         """Move rows to other states."""

@@ -39,7 +39,7 @@ from broker.storage.interface import (
     Notifier,
     StorageUnavailableError,
 )
-from broker.storage.rows import EVENT_COLUMNS, event_values
+from broker.storage.rows import EVENT_COLUMNS, event_values, header_key_of_json
 from broker.storage.sql import (
     DELIVERY_COLUMNS,
     INSERT_DELIVERIES,
@@ -224,28 +224,34 @@ class PostgresTx(SqlTx):
         entries = (
             []
             if position.read_to_end
-            else self._batch(params.subscription_id, position, params.limit)
+            else self._batch(params.subscription_id, position, params.limit, params.key_header)
         )
         if len(entries) >= params.limit:
             return LogScan(entries, entries[-1].position, exhausted=False)
         following = PgPosition(position.batch, position.now or str(self._snapshot()), 0, 0)
         room = params.limit - len(entries)
-        more = self._batch(params.subscription_id, following, room)
+        more = self._batch(params.subscription_id, following, room, params.key_header)
         if len(more) >= room:
             return LogScan(entries + more, more[-1].position, exhausted=False)
         # The next batch was read to its end too: all of it is passed.
         done = PgPosition(following.batch, following.batch, 0, 0)
         return LogScan(entries + more, Position(done), exhausted=True)
 
-    def _batch(self, subscription_id: int, position: PgPosition, limit: int) -> list[LogEntry]:
-        """Up to `limit` events of the position's batch after it, in (txid, seq) order."""
+    def _batch(
+        self, subscription_id: int, position: PgPosition, limit: int, key_header: str
+    ) -> list[LogEntry]:
+        """Up to `limit` events of the position's batch after it, in (txid, seq) order.
+
+        With `key_header`, each entry's key is that header's value.
+        """
         batch = Snapshot.parse(position.batch)
         low = (position.txid, position.seq)
         if position.passed is not None:
             # Transactions below the passed snapshot's xmin were all passed.
             low = max(low, (Snapshot.parse(position.passed).xmin, -1))
         rows = self._all(
-            "SELECT e.txid, e.seq, e.id, e.name, e.priority, e.ordering_key, e.published_at,"
+            "SELECT e.txid, e.seq, e.id, e.name, e.priority,"
+            f" {'e.headers' if key_header else 'e.ordering_key'}, e.published_at,"
             " e.deliver_at, EXISTS (SELECT 1 FROM deliveries d"
             " WHERE d.subscription_id = %s AND d.seq = e.seq)"
             " FROM events e WHERE e.txid IS NOT NULL AND (e.txid, e.seq) > (%s, %s)"
@@ -270,7 +276,7 @@ class PostgresTx(SqlTx):
                 event_id,
                 name,
                 priority,
-                key,
+                header_key_of_json(key, key_header) if key_header else key,
                 published,
                 due,
                 bool(has),

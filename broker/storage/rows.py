@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from broker.delivery.ordering import header_key
 from broker.domain import (
     ApiKey,
     AttemptOutcome,
@@ -96,6 +97,13 @@ def api_key_from_row(row: Any) -> ApiKey:
     )
 
 
+def header_key_of_json(headers: str | None, header: str) -> str | None:
+    """An event's key from one of its headers, as stored (JSON text, or NULL for none)."""
+    if not headers:
+        return None
+    return header_key(json.loads(headers), header)
+
+
 def subscription_from_row(row: Any) -> Subscription:
     """A subscription from its row."""
     return Subscription(
@@ -114,6 +122,8 @@ def subscription_from_row(row: Any) -> Subscription:
         id=row.id,
         max_age_us=row.max_age_us,
         retry_delays_us=tuple(json.loads(row.retry_delays)) if row.retry_delays else (),
+        max_in_flight_per_key=row.max_in_flight_per_key,
+        key_header=row.key_header,
     )
 
 
@@ -134,6 +144,8 @@ def subscription_values(sub: Subscription) -> dict[str, Any]:
         "created_at": sub.created_at_us,
         "max_age_us": sub.max_age_us,
         "retry_delays": json.dumps(list(sub.retry_delays_us)) if sub.retry_delays_us else None,
+        "max_in_flight_per_key": sub.max_in_flight_per_key,
+        "key_header": sub.key_header,
     }
 
 

@@ -19,6 +19,10 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+#: Deliveries of a key still open (scheduled, ready, in flight, blocked): written as
+#: the key gate's query writes it, so that SQLite sees the query implies it.
+OPEN_KEYED = "ordering_key IS NOT NULL AND state IN (1, 2, 3, 6)"
+
 # SQLite's rowid alias must be declared INTEGER to autoincrement.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -79,6 +83,8 @@ subscriptions = sa.Table(
     sa.Column("created_at", sa.BigInteger(), nullable=False),
     sa.Column("max_age_us", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("retry_delays", sa.Text(), nullable=True),
+    sa.Column("max_in_flight_per_key", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("key_header", sa.String(255), nullable=False, server_default=""),
 )
 
 deliveries = sa.Table(
@@ -124,6 +130,16 @@ deliveries = sa.Table(
         "lease_expires_at",
         sqlite_where=sa.text("state = 3"),
         postgresql_where=sa.text("state = 3"),
+    ),
+    # A key's open deliveries, read by the key gate on every change of the key.
+    sa.Index(
+        "ix_deliveries_open_key",
+        "subscription_id",
+        "ordering_key",
+        "state",
+        "seq",
+        sqlite_where=sa.text(OPEN_KEYED),
+        postgresql_where=sa.text(OPEN_KEYED),
     ),
     sa.Index("ix_deliveries_event_id", "event_id"),
     sa.Index("ix_deliveries_subscription_seq", "subscription_id", "seq", unique=True),

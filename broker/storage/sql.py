@@ -23,7 +23,6 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from broker.delivery.failure import FailingLease
-from broker.delivery.ordering import OPEN_STATES
 from broker.delivery.records import (
     Claimed,
     DeliveryKey,
@@ -634,7 +633,7 @@ class SqlTx:
         rows = self._all(
             "UPDATE deliveries SET state = 2, updated_at = ? WHERE state = 1 AND id IN"
             " (SELECT id FROM deliveries WHERE state = 1 AND ready_at <= ? LIMIT ?)"
-            " RETURNING subscription_id",
+            " RETURNING subscription_id, seq, ordering_key",
             [params.now_us, params.now_us, params.limit],
         )
         (next_due,) = self._all("SELECT min(ready_at) FROM deliveries WHERE state = 1")[0]
@@ -642,20 +641,46 @@ class SqlTx:
             frozenset(row[0] for row in rows),
             len(rows),
             int(next_due) if next_due is not None else None,
+            tuple((DeliveryKey(row[0], row[1]), row[2]) for row in rows if row[2] is not None),
         )
 
     def ordering_key_lock(self, subscription_id: int, key: str) -> None:
         """Serialise transactions that move one ordering key (SQLite: one writer)."""
 
-    def delivery_keyed_list(self, subscription_id: int, key: str) -> list[KeyedDelivery]:
-        """The open deliveries of an ordering key, in log order."""
-        states = ", ".join(str(int(s)) for s in OPEN_STATES)
-        rows = self._all(
+    def delivery_keyed_list(
+        self, subscription_id: int, key: str, blocked_limit: int | None = None
+    ) -> list[KeyedDelivery]:
+        """A key's open deliveries: those not blocked, and the first blocked ones, in log order.
+
+        Both statements repeat the open key index's condition word for word
+        (`schema.OPEN_KEYED`): SQLite uses a partial index only for a query
+        that carries its condition.
+        """
+        where = (
             "SELECT seq, state, ready_at FROM deliveries WHERE subscription_id = ?"
-            f" AND ordering_key = ? AND state IN ({states}) ORDER BY seq",
-            [subscription_id, key],
+            f" AND ordering_key = ? AND {schema.OPEN_KEYED}"
         )
-        return [KeyedDelivery(seq, DeliveryState(state), ready_at) for seq, state, ready_at in rows]
+        args: list[Any] = [subscription_id, key]
+        # Open and below 6: not blocked (a range SQLite seeks in the index; with
+        # `state IN (1, 2, 3)` it walked the blocked ones too). Sorted below.
+        rows = self._all(f"{where} AND state < 6", args)
+        if blocked_limit is None:
+            rows += self._all(f"{where} AND state = 6 ORDER BY seq", args)
+        elif blocked_limit > 0:
+            rows += self._all(f"{where} AND state = 6 ORDER BY seq LIMIT ?", [*args, blocked_limit])
+        return sorted(
+            (KeyedDelivery(seq, DeliveryState(state), ready_at) for seq, state, ready_at in rows),
+            key=lambda d: d.seq,
+        )
+
+    def delivery_blocked_keys(self, subscription_id: int) -> list[str]:
+        """The keys of a subscription that have blocked deliveries, sorted."""
+        rows = self._all(
+            "SELECT DISTINCT ordering_key FROM deliveries WHERE subscription_id = ?"
+            " AND state = 6 AND ordering_key IS NOT NULL ORDER BY ordering_key",
+            [subscription_id],
+        )
+        return [row[0] for row in rows]
 
     def delivery_set_states(self, changes: Sequence[StateChange], now_us: int) -> None:
         """Move delivery rows to other states (a dead one with its reason)."""

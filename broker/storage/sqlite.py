@@ -22,7 +22,7 @@ from sqlalchemy import event
 from broker.delivery.records import LogEntry, LogScan, Position
 from broker.domain import StartPosition, Subscription
 from broker.storage.interface import EventAppendParams, LogScanParams
-from broker.storage.rows import EVENT_COLUMNS, event_values
+from broker.storage.rows import EVENT_COLUMNS, event_values, header_key_of_json
 from broker.storage.sql import (
     DELIVERY_COLUMNS,
     INSERT_DELIVERIES,
@@ -92,15 +92,27 @@ class SqliteTx(SqlTx):
     def log_scan(self, params: LogScanParams) -> LogScan:
         """Events past the position, with whether the subscription has a row for each."""
         after = _seq(params.position)
+        header = params.key_header
         rows = self._all(
-            "SELECT e.seq, e.id, e.name, e.priority, e.ordering_key, e.published_at,"
+            "SELECT e.seq, e.id, e.name, e.priority,"
+            f" {'e.headers' if header else 'e.ordering_key'}, e.published_at,"
             " e.deliver_at, EXISTS (SELECT 1 FROM deliveries d"
             " WHERE d.subscription_id = ? AND d.seq = e.seq)"
             " FROM events e WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
             [params.subscription_id, after, params.limit],
         )
         entries = [
-            LogEntry(seq, event_id, name, priority, key, published, due, bool(has), Position(seq))
+            LogEntry(
+                seq,
+                event_id,
+                name,
+                priority,
+                header_key_of_json(key, header) if header else key,
+                published,
+                due,
+                bool(has),
+                Position(seq),
+            )
             for seq, event_id, name, priority, key, published, due, has in rows
         ]
         end = rows[-1][0] if rows else after

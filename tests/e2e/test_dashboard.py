@@ -155,3 +155,30 @@ def test_the_event_lookup_shows_the_trace_id(page: Any, broker_server: BrokerThr
     page.click("#event-search")
     expect(page.locator("#event-result")).to_contain_text(untraced.event_id, timeout=WAIT_MS)
     expect(page.locator("#event-result .trace")).to_have_count(0)
+
+
+def test_the_dashboard_shows_the_cap_per_key_and_what_holds_a_key(
+    page: Any, broker_server: BrokerThread
+) -> None:
+    from playwright.sync_api import expect
+
+    with Client(broker_server.target) as client:
+        client.create_subscription("tenants", "job.*", max_in_flight_per_key=2, key_header="tenant")
+        expect(cell(page, "tenants", "limits")).to_have_text(
+            "2 per key · key: header tenant", timeout=WAIT_MS
+        )
+        ids = [
+            r.event_id
+            for r in client.publish_batch([{"name": "job.run", "headers": {"tenant": "t1"}}] * 3)
+        ]
+        stream = client.subscribe("tenants", max_outstanding=10)
+        try:
+            held = next(stream)
+            assert {d.event_id for d in held} <= set(ids[:2])
+            page.fill("#event-id", ids[2])
+            page.click("#event-search")
+            found = page.locator('#event-result li[data-subscription="tenants"]')
+            expect(found).to_contain_text("waiting: 2 of 't1' in flight", timeout=WAIT_MS)
+            expect(found.locator(".key-wait")).to_have_text(" (key t1: 2 of 2 slots held)")
+        finally:
+            stream.close()

@@ -69,3 +69,18 @@ def test_the_asyncio_client_warns_the_same(broker_target: str) -> None:
             assert again == created
 
     asyncio.run(asyncio.wait_for(scenario(), WAIT_S))
+
+
+def test_exist_ok_names_a_different_cap_per_key_and_key_header(broker_target: str) -> None:
+    with Client(broker_target) as client:
+        client.create_subscription("tenants", "job.*", max_in_flight_per_key=2, key_header="tenant")
+        with pytest.warns(SubscriptionSettingsWarning) as caught:
+            client.create_subscription(
+                "tenants", "job.*", max_in_flight_per_key=3, key_header="org", exist_ok=True
+            )
+    (warning,) = caught
+    assert isinstance(warning.message, SubscriptionSettingsWarning)
+    assert warning.message.differences == [
+        ("max_in_flight_per_key", "2", "3"),
+        ("key_header", "'tenant'", "'org'"),
+    ]

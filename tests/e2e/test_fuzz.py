@@ -216,6 +216,8 @@ def subscriptions(draw: st.DrawFn) -> pb.Subscription:
         max_attempts=draw(int32s),
         max_in_flight=draw(int32s),
         ordered=draw(st.booleans()),
+        max_in_flight_per_key=draw(int32s),
+        key_header=draw(st.one_of(st.just(""), names, hostile_text)),
     )
     for field in ("ack_deadline", "max_age"):
         if draw(st.booleans()):

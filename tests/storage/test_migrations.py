@@ -19,7 +19,7 @@ from broker.storage.sql import SqlStorage
 from tests.conftest import sqlite_url
 from tests.storage.test_storage import draft, lease, publish
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

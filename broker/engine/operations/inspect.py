@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from broker.delivery.ordering import key_wait
 from broker.delivery.views import implied_delivery, subscription_counts
-from broker.domain import DeliveryInfo, StoredEvent, SubscriptionCounts
+from broker.domain import DeliveryInfo, DeliveryState, StoredEvent, SubscriptionCounts
 from broker.names import matches
 from broker.storage.interface import LogTallyParams, StorageTx
 
@@ -22,7 +25,7 @@ def event_deliveries(
     event = tx.event_get(event_id)
     if event is None:
         return None, []
-    infos = tx.delivery_list_for_event(event_id)
+    infos = [_with_key_wait(tx, info) for info in tx.delivery_list_for_event(event_id)]
     have = {info.subscription for info in infos}
     candidates = [
         sub
@@ -37,6 +40,18 @@ def event_deliveries(
                 if info is not None:
                     infos.append(info)
     return event, sorted(infos, key=lambda info: info.subscription)
+
+
+def _with_key_wait(tx: StorageTx, info: DeliveryInfo) -> DeliveryInfo:
+    """A blocked delivery with what holds its key's slots."""
+    if info.state is not DeliveryState.BLOCKED or info.ordering_key is None:
+        return info
+    sub = next((s for s in tx.subscriptions_by_id().values() if s.name == info.subscription), None)
+    if sub is None:
+        return info
+    holding = tx.delivery_keyed_list(sub.id, info.ordering_key, blocked_limit=0)
+    wait = key_wait(sub, info.ordering_key, holding)
+    return replace(info, key_wait=wait)
 
 
 def counts(tx: StorageTx, now_us: int, name: str | None) -> list[SubscriptionCounts]:

@@ -65,7 +65,14 @@ def lease(
     # Another transaction holds the cursor (it reads the log for this subscription):
     # lease the ready rows meanwhile, and the log a moment later.
     scan = (
-        tx.log_scan(LogScanParams(subscription_id, position, scan_limit(budget)))
+        tx.log_scan(
+            LogScanParams(
+                subscription_id,
+                position,
+                scan_limit(budget),
+                sub.key_header if sub.keyed else "",
+            )
+        )
         if position is not None
         else None
     )

@@ -39,6 +39,10 @@ def seek(tx: StorageTx, now_us: int, subscription_id: int, time_us: int) -> Seek
     plan = plan_seek(tx.delivery_seek_list(subscription_id), time_us)
     if plan.skip:
         tx.delivery_set_states(plan.skip, now_us)
+        # A skipped delivery that held its key's slot frees it for the key's next one.
+        keys = tx.delivery_keys_of([change.key for change in plan.skip])
+        if keys:
+            gate_keys(tx, keys, now_us)
     if plan.forget:
         tx.delivery_delete(plan.forget)
     tx.log_seek(subscription_id, time_us)
@@ -71,5 +75,6 @@ def redrive(
         tx.delivery_restart(dead, now_us)
         keys = tx.delivery_keys_of(dead)
         if keys:
-            gate_keys(tx, keys, now_us)
+            # Redriven, they wait for a free slot of their key like the blocked ones.
+            gate_keys(tx, keys, now_us, entering=dead)
     return len(dead)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from broker.delivery.failure import Draw, Failure, after_failure
 from broker.domain import AckId, AttemptOutcome, DeliveryState, SettleOutcome
-from broker.engine.operations.common import earliest, gate_keys, parse_ack_ids, with_limits
+from broker.engine.operations.common import (
+    capped_keys,
+    earliest,
+    gate_keys,
+    parse_ack_ids,
+    with_limits,
+)
 from broker.storage.interface import (
     AckParams,
     ExtendParams,
@@ -59,13 +66,19 @@ def fail(
     tx.delivery_fail(FailParams(changes, now_us))
     ready = {c.key.subscription_id for c in changes if c.state is DeliveryState.READY}
     due = min((c.ready_at_us for c in changes if c.state is DeliveryState.SCHEDULED), default=None)
-    dead_keys = {
+    # A dead delivery frees its key's slot; so does a retry that backs off under a cap.
+    backing_off = {
+        (c.key, c.ordering_key)
+        for c in changes
+        if c.state is DeliveryState.SCHEDULED and c.ordering_key
+    }
+    freed = {
         (c.key.subscription_id, c.ordering_key)
         for c in changes
         if c.state is DeliveryState.DEAD and c.ordering_key
-    }
-    if dead_keys:
-        unblocked, key_due = gate_keys(tx, dead_keys, now_us)
+    } | {(d.subscription_id, key) for d, key in capped_keys(subscriptions, backing_off)}
+    if freed:
+        unblocked, key_due = gate_keys(tx, freed, now_us)
         ready |= unblocked
         due = earliest(due, key_due)
     ready |= with_limits(subscriptions, {c.key.subscription_id for c in changes})
@@ -96,5 +109,19 @@ def live(tx: StorageTx, ack_ids: Sequence[str]) -> set[str]:
 
 
 def promote(tx: StorageTx, now_us: int, limit: int) -> PromoteOutcome:
-    """Make scheduled deliveries whose time has come ready."""
-    return tx.delivery_promote(PromoteParams(now_us, limit))
+    """Make scheduled deliveries whose time has come ready.
+
+    Under a cap per key, one that comes due takes a free slot of its key, or
+    waits blocked for one.
+    """
+    outcome = tx.delivery_promote(PromoteParams(now_us, limit))
+    entering = capped_keys(tx.subscriptions_by_id(), outcome.keyed)
+    if not entering:
+        return outcome
+    _, due = gate_keys(
+        tx,
+        {(d.subscription_id, key) for d, key in entering},
+        now_us,
+        entering=[d for d, _ in entering],
+    )
+    return replace(outcome, next_scheduled_us=earliest(outcome.next_scheduled_us, due))

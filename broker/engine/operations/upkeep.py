@@ -47,7 +47,8 @@ def upkeep(
                 expired += len(keys)
             position = tx.cursor_lock(sub.id)
             if position is not None:  # else a lease routes what is too old itself
-                scan = tx.log_scan(LogScanParams(sub.id, position, limit))
+                key_header = sub.key_header if sub.keyed else ""
+                scan = tx.log_scan(LogScanParams(sub.id, position, limit, key_header))
                 passed = expire_log(sub, scan, now_us)
                 if passed.rows:
                     tx.delivery_insert(passed.rows)

@@ -53,6 +53,14 @@ export interface SubscriptionOptions {
     maxInFlight?: number;
     /** FIFO per ordering key. */
     ordered?: boolean;
+    /**
+     * Concurrency limit per key: at most this many deliveries of one key in
+     * flight at once, across all consumers and brokers; 0 (the default) means
+     * no cap. With `ordered`, only 0 or 1.
+     */
+    maxInFlightPerKey?: number;
+    /** The header whose value is an event's key (for `ordered` and `maxInFlightPerKey`); default: its ordering key. */
+    keyHeader?: string;
     /** Deliver every stored matching event, not only new ones. */
     fromBeginning?: boolean;
     /** How long acked and dead deliveries stay queryable (default 7 days). */
@@ -68,6 +76,31 @@ export interface SubscriptionOptions {
      * changed.
      */
     existOk?: boolean;
+}
+/** The settings `updateSubscription` changes: only those given; `null` removes a limit. */
+export interface SubscriptionChanges {
+    /** Name patterns, replacing the filter. */
+    filter?: string | readonly string[];
+    /** Time a consumer has to ack. */
+    ackDeadline?: DurationLike;
+    /** Failed attempts before dead-lettering. */
+    maxAttempts?: number;
+    /** First retry delay of the exponential backoff. */
+    minBackoff?: DurationLike;
+    /** Longest retry delay. */
+    maxBackoff?: DurationLike;
+    /** An explicit retry table (empty: the exponential backoff again). */
+    retryDelays?: readonly DurationLike[];
+    /** Concurrency limit across all consumers; null for none. */
+    maxInFlight?: number | null;
+    /** Concurrency limit per key across all consumers and brokers; null for none. */
+    maxInFlightPerKey?: number | null;
+    /** The header events are keyed by; null for their ordering key. */
+    keyHeader?: string | null;
+    /** How long acked and dead deliveries stay queryable. */
+    retention?: DurationLike;
+    /** Dead-letter deliveries of events older than this; null for no maximum age. */
+    maxAge?: DurationLike | null;
 }
 /** Options of a nack. */
 export interface NackOptions {
@@ -135,6 +168,17 @@ export declare class Client {
      * @throws BrokerError `ALREADY_EXISTS` without `existOk`, or the broker's refusal.
      */
     createSubscription(name: string, filter: string | readonly string[], options?: SubscriptionOptions): Promise<Subscription>;
+    /**
+     * Change the settings given, and only those (`ordered` and the start are fixed
+     * at creation). `null` removes a limit: `maxInFlight`, `maxInFlightPerKey`,
+     * `maxAge`; `keyHeader: null` keys events by their ordering key again. A raised
+     * `maxInFlightPerKey` lets blocked deliveries through at once; a lowered one
+     * takes no delivery back (a key drains down to it).
+     *
+     * @throws RangeError A duration is out of its range, or nothing is to change (nothing was sent).
+     * @throws BrokerError `NOT_FOUND`, or the broker's refusal (`INVALID_ARGUMENT` naming the field).
+     */
+    updateSubscription(name: string, changes: SubscriptionChanges): Promise<Subscription>;
     /** The subscription called `name` (`NOT_FOUND` if there is none). */
     getSubscription(name: string): Promise<Subscription>;
     /** Delete a subscription and its pending deliveries. */

@@ -140,6 +140,8 @@ class Client {
             maxAttempts: options.maxAttempts ?? 0,
             maxInFlight: options.maxInFlight ?? 0,
             ordered: options.ordered ?? false,
+            maxInFlightPerKey: options.maxInFlightPerKey ?? 0,
+            keyHeader: options.keyHeader ?? "",
             startPosition: options.fromBeginning
                 ? pb.StartPosition.START_POSITION_BEGINNING
                 : pb.StartPosition.START_POSITION_UNSPECIFIED,
@@ -173,6 +175,87 @@ class Client {
                 `(updateSubscription changes them): ${differences.join("; ")}`, { type: "EventbrokerWarning", code: exports.SUBSCRIPTION_DIFFERS_WARNING });
         }
         return existing;
+    }
+    /**
+     * Change the settings given, and only those (`ordered` and the start are fixed
+     * at creation). `null` removes a limit: `maxInFlight`, `maxInFlightPerKey`,
+     * `maxAge`; `keyHeader: null` keys events by their ordering key again. A raised
+     * `maxInFlightPerKey` lets blocked deliveries through at once; a lowered one
+     * takes no delivery back (a key drains down to it).
+     *
+     * @throws RangeError A duration is out of its range, or nothing is to change (nothing was sent).
+     * @throws BrokerError `NOT_FOUND`, or the broker's refusal (`INVALID_ARGUMENT` naming the field).
+     */
+    async updateSubscription(name, changes) {
+        const subscription = {
+            name,
+            filter: [],
+            maxAttempts: 0,
+            maxInFlight: 0,
+            ordered: false,
+            startPosition: pb.StartPosition.START_POSITION_UNSPECIFIED,
+            maxInFlightPerKey: 0,
+            keyHeader: "",
+        };
+        const mask = [];
+        if (changes.filter !== undefined) {
+            subscription.filter = typeof changes.filter === "string" ? [changes.filter] : [...changes.filter];
+            mask.push("filter");
+        }
+        const asked = askedSettings({
+            ackDeadline: changes.ackDeadline,
+            minBackoff: changes.minBackoff,
+            maxBackoff: changes.maxBackoff,
+            retention: changes.retention,
+            retryDelays: changes.retryDelays,
+            maxAge: changes.maxAge ?? undefined,
+        });
+        if (asked.ackDeadline !== undefined) {
+            subscription.ackDeadline = (0, convert_1.durationFromS)(asked.ackDeadline);
+            mask.push("ack_deadline");
+        }
+        if (asked.retention !== undefined) {
+            subscription.retention = (0, convert_1.durationFromS)(asked.retention);
+            mask.push("retention");
+        }
+        if (changes.maxAge !== undefined) {
+            if (asked.maxAge !== undefined)
+                subscription.maxAge = (0, convert_1.durationFromS)(asked.maxAge);
+            mask.push("max_age");
+        }
+        if (asked.minBackoff !== undefined || asked.maxBackoff !== undefined || asked.retryDelays !== undefined) {
+            subscription.retryPolicy = { delays: (asked.retryDelays ?? []).map(convert_1.durationFromS) };
+            if (asked.minBackoff !== undefined) {
+                subscription.retryPolicy.minBackoff = (0, convert_1.durationFromS)(asked.minBackoff);
+                mask.push("retry_policy.min_backoff");
+            }
+            if (asked.maxBackoff !== undefined) {
+                subscription.retryPolicy.maxBackoff = (0, convert_1.durationFromS)(asked.maxBackoff);
+                mask.push("retry_policy.max_backoff");
+            }
+            if (asked.retryDelays !== undefined)
+                mask.push("retry_policy.delays");
+        }
+        if (changes.maxAttempts !== undefined) {
+            subscription.maxAttempts = changes.maxAttempts;
+            mask.push("max_attempts");
+        }
+        if (changes.maxInFlight !== undefined) {
+            subscription.maxInFlight = changes.maxInFlight ?? 0;
+            mask.push("max_in_flight");
+        }
+        if (changes.maxInFlightPerKey !== undefined) {
+            subscription.maxInFlightPerKey = changes.maxInFlightPerKey ?? 0;
+            mask.push("max_in_flight_per_key");
+        }
+        if (changes.keyHeader !== undefined) {
+            subscription.keyHeader = changes.keyHeader ?? "";
+            mask.push("key_header");
+        }
+        if (mask.length === 0)
+            throw new RangeError("updateSubscription: nothing to change; give at least one setting");
+        const response = await this.unary(this.stub.updateSubscription, { subscription, updateMask: mask });
+        return (0, convert_1.subscriptionFromProto)(response.subscription);
     }
     /** The subscription called `name` (`NOT_FOUND` if there is none). */
     async getSubscription(name) {
@@ -262,6 +345,10 @@ function askedSettings(options) {
         asked.maxAttempts = options.maxAttempts;
     if (options.maxInFlight !== undefined)
         asked.maxInFlight = options.maxInFlight;
+    if (options.maxInFlightPerKey !== undefined)
+        asked.maxInFlightPerKey = options.maxInFlightPerKey;
+    if (options.keyHeader !== undefined)
+        asked.keyHeader = options.keyHeader;
     return asked;
 }
 /** Each asked setting the existing subscription has otherwise, as `name: has X (asked Y)`. */
@@ -283,6 +370,8 @@ function settingDifferences(existing, asked) {
     compare("retryDelays", existing.retryDelays, asked.retryDelays, delays);
     compare("maxInFlight", existing.maxInFlight, asked.maxInFlight, String);
     compare("ordered", existing.ordered, asked.ordered, String);
+    compare("maxInFlightPerKey", existing.maxInFlightPerKey, asked.maxInFlightPerKey, String);
+    compare("keyHeader", existing.keyHeader, asked.keyHeader, JSON.stringify);
     compare("retention", existing.retention, asked.retention, seconds);
     compare("maxAge", existing.maxAge, asked.maxAge, seconds);
     return differences;

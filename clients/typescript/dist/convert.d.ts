@@ -147,6 +147,10 @@ export interface Subscription {
     readonly maxInFlight: number;
     /** FIFO per ordering key. */
     readonly ordered: boolean;
+    /** Concurrency limit per key across all consumers; 0 for none. */
+    readonly maxInFlightPerKey: number;
+    /** The header whose value is an event's key; empty for its ordering key. */
+    readonly keyHeader: string;
     /** Seconds acked and dead deliveries stay queryable. */
     readonly retention: number | undefined;
     /** Deliveries of events older than this many seconds are dead-lettered; undefined for no limit. */

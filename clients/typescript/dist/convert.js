@@ -266,6 +266,8 @@ function subscriptionFromProto(subscription) {
         retryDelays: (subscription.retryPolicy?.delays ?? []).map((d) => durationToS(d) ?? 0),
         maxInFlight: subscription.maxInFlight,
         ordered: subscription.ordered,
+        maxInFlightPerKey: subscription.maxInFlightPerKey,
+        keyHeader: subscription.keyHeader,
         retention: durationToS(subscription.retention),
         maxAge: durationToS(subscription.maxAge),
         createTime: subscription.createTime,

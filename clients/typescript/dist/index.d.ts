@@ -10,7 +10,7 @@
  * ErrorInfo reason and the field violations. The generated messages and the
  * grpc-js stub are `pb`.
  */
-export { Client, type ClientConfig, DEFAULT_TARGET, DEFAULT_TIMEOUT_S, type NackOptions, SUBSCRIPTION_DIFFERS_WARNING, type SubscriptionOptions, } from "./client";
+export { Client, type ClientConfig, DEFAULT_TARGET, DEFAULT_TIMEOUT_S, type NackOptions, SUBSCRIPTION_DIFFERS_WARNING, type SubscriptionChanges, type SubscriptionOptions, } from "./client";
 export { ATTACHED_HEADER, type Attachment, CONSUMER_HEADER, Consumer, type ConsumerEvents, type ConsumerOptions, Context, DEFAULT_HANDLER_TIMEOUT_S, DEFAULT_MAX_OUTSTANDING, type Disconnection, type Handler, } from "./consumer";
 export { type JsonValue, type Message, type PublishOptions, type PublishResult, type Subscription, } from "./convert";
 export { ACK_DEADLINE_MAX_S, ACK_DEADLINE_MIN_S, type DelayLike, type DurationLike, MAX_DELAY_S, parseDelay, parseDuration, } from "./durations";

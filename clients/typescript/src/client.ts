@@ -91,6 +91,14 @@ export interface SubscriptionOptions {
   maxInFlight?: number;
   /** FIFO per ordering key. */
   ordered?: boolean;
+  /**
+   * Concurrency limit per key: at most this many deliveries of one key in
+   * flight at once, across all consumers and brokers; 0 (the default) means
+   * no cap. With `ordered`, only 0 or 1.
+   */
+  maxInFlightPerKey?: number;
+  /** The header whose value is an event's key (for `ordered` and `maxInFlightPerKey`); default: its ordering key. */
+  keyHeader?: string;
   /** Deliver every stored matching event, not only new ones. */
   fromBeginning?: boolean;
   /** How long acked and dead deliveries stay queryable (default 7 days). */
@@ -106,6 +114,32 @@ export interface SubscriptionOptions {
    * changed.
    */
   existOk?: boolean;
+}
+
+/** The settings `updateSubscription` changes: only those given; `null` removes a limit. */
+export interface SubscriptionChanges {
+  /** Name patterns, replacing the filter. */
+  filter?: string | readonly string[];
+  /** Time a consumer has to ack. */
+  ackDeadline?: DurationLike;
+  /** Failed attempts before dead-lettering. */
+  maxAttempts?: number;
+  /** First retry delay of the exponential backoff. */
+  minBackoff?: DurationLike;
+  /** Longest retry delay. */
+  maxBackoff?: DurationLike;
+  /** An explicit retry table (empty: the exponential backoff again). */
+  retryDelays?: readonly DurationLike[];
+  /** Concurrency limit across all consumers; null for none. */
+  maxInFlight?: number | null;
+  /** Concurrency limit per key across all consumers and brokers; null for none. */
+  maxInFlightPerKey?: number | null;
+  /** The header events are keyed by; null for their ordering key. */
+  keyHeader?: string | null;
+  /** How long acked and dead deliveries stay queryable. */
+  retention?: DurationLike;
+  /** Dead-letter deliveries of events older than this; null for no maximum age. */
+  maxAge?: DurationLike | null;
 }
 
 /** Options of a nack. */
@@ -224,6 +258,8 @@ export class Client {
       maxAttempts: options.maxAttempts ?? 0,
       maxInFlight: options.maxInFlight ?? 0,
       ordered: options.ordered ?? false,
+      maxInFlightPerKey: options.maxInFlightPerKey ?? 0,
+      keyHeader: options.keyHeader ?? "",
       startPosition: options.fromBeginning
         ? pb.StartPosition.START_POSITION_BEGINNING
         : pb.StartPosition.START_POSITION_UNSPECIFIED,
@@ -253,6 +289,85 @@ export class Client {
       );
     }
     return existing;
+  }
+
+  /**
+   * Change the settings given, and only those (`ordered` and the start are fixed
+   * at creation). `null` removes a limit: `maxInFlight`, `maxInFlightPerKey`,
+   * `maxAge`; `keyHeader: null` keys events by their ordering key again. A raised
+   * `maxInFlightPerKey` lets blocked deliveries through at once; a lowered one
+   * takes no delivery back (a key drains down to it).
+   *
+   * @throws RangeError A duration is out of its range, or nothing is to change (nothing was sent).
+   * @throws BrokerError `NOT_FOUND`, or the broker's refusal (`INVALID_ARGUMENT` naming the field).
+   */
+  async updateSubscription(name: string, changes: SubscriptionChanges): Promise<Subscription> {
+    const subscription: pb.Subscription = {
+      name,
+      filter: [],
+      maxAttempts: 0,
+      maxInFlight: 0,
+      ordered: false,
+      startPosition: pb.StartPosition.START_POSITION_UNSPECIFIED,
+      maxInFlightPerKey: 0,
+      keyHeader: "",
+    };
+    const mask: string[] = [];
+    if (changes.filter !== undefined) {
+      subscription.filter = typeof changes.filter === "string" ? [changes.filter] : [...changes.filter];
+      mask.push("filter");
+    }
+    const asked = askedSettings({
+      ackDeadline: changes.ackDeadline,
+      minBackoff: changes.minBackoff,
+      maxBackoff: changes.maxBackoff,
+      retention: changes.retention,
+      retryDelays: changes.retryDelays,
+      maxAge: changes.maxAge ?? undefined,
+    });
+    if (asked.ackDeadline !== undefined) {
+      subscription.ackDeadline = durationFromS(asked.ackDeadline);
+      mask.push("ack_deadline");
+    }
+    if (asked.retention !== undefined) {
+      subscription.retention = durationFromS(asked.retention);
+      mask.push("retention");
+    }
+    if (changes.maxAge !== undefined) {
+      if (asked.maxAge !== undefined) subscription.maxAge = durationFromS(asked.maxAge);
+      mask.push("max_age");
+    }
+    if (asked.minBackoff !== undefined || asked.maxBackoff !== undefined || asked.retryDelays !== undefined) {
+      subscription.retryPolicy = { delays: (asked.retryDelays ?? []).map(durationFromS) };
+      if (asked.minBackoff !== undefined) {
+        subscription.retryPolicy.minBackoff = durationFromS(asked.minBackoff);
+        mask.push("retry_policy.min_backoff");
+      }
+      if (asked.maxBackoff !== undefined) {
+        subscription.retryPolicy.maxBackoff = durationFromS(asked.maxBackoff);
+        mask.push("retry_policy.max_backoff");
+      }
+      if (asked.retryDelays !== undefined) mask.push("retry_policy.delays");
+    }
+    if (changes.maxAttempts !== undefined) {
+      subscription.maxAttempts = changes.maxAttempts;
+      mask.push("max_attempts");
+    }
+    if (changes.maxInFlight !== undefined) {
+      subscription.maxInFlight = changes.maxInFlight ?? 0;
+      mask.push("max_in_flight");
+    }
+    if (changes.maxInFlightPerKey !== undefined) {
+      subscription.maxInFlightPerKey = changes.maxInFlightPerKey ?? 0;
+      mask.push("max_in_flight_per_key");
+    }
+    if (changes.keyHeader !== undefined) {
+      subscription.keyHeader = changes.keyHeader ?? "";
+      mask.push("key_header");
+    }
+    if (mask.length === 0) throw new RangeError("updateSubscription: nothing to change; give at least one setting");
+    const response = await this.unary(this.stub.updateSubscription, { subscription, updateMask: mask });
+    return subscriptionFromProto(response.subscription);
   }
 
   /** The subscription called `name` (`NOT_FOUND` if there is none). */
@@ -342,6 +457,8 @@ interface AskedSettings {
   maxBackoff?: number;
   retryDelays?: number[];
   maxInFlight?: number;
+  maxInFlightPerKey?: number;
+  keyHeader?: string;
   retention?: number;
   maxAge?: number;
 }
@@ -358,6 +475,8 @@ function askedSettings(options: SubscriptionOptions): AskedSettings {
   }
   if (options.maxAttempts !== undefined) asked.maxAttempts = options.maxAttempts;
   if (options.maxInFlight !== undefined) asked.maxInFlight = options.maxInFlight;
+  if (options.maxInFlightPerKey !== undefined) asked.maxInFlightPerKey = options.maxInFlightPerKey;
+  if (options.keyHeader !== undefined) asked.keyHeader = options.keyHeader;
   return asked;
 }
 
@@ -382,6 +501,8 @@ function settingDifferences(
   compare("retryDelays", existing.retryDelays, asked.retryDelays, delays);
   compare("maxInFlight", existing.maxInFlight, asked.maxInFlight, String);
   compare("ordered", existing.ordered, asked.ordered, String);
+  compare("maxInFlightPerKey", existing.maxInFlightPerKey, asked.maxInFlightPerKey, String);
+  compare("keyHeader", existing.keyHeader, asked.keyHeader, JSON.stringify);
   compare("retention", existing.retention, asked.retention, seconds);
   compare("maxAge", existing.maxAge, asked.maxAge, seconds);
   return differences;

@@ -327,6 +327,10 @@ export interface Subscription {
   readonly maxInFlight: number;
   /** FIFO per ordering key. */
   readonly ordered: boolean;
+  /** Concurrency limit per key across all consumers; 0 for none. */
+  readonly maxInFlightPerKey: number;
+  /** The header whose value is an event's key; empty for its ordering key. */
+  readonly keyHeader: string;
   /** Seconds acked and dead deliveries stay queryable. */
   readonly retention: number | undefined;
   /** Deliveries of events older than this many seconds are dead-lettered; undefined for no limit. */
@@ -348,6 +352,8 @@ export function subscriptionFromProto(subscription: pb.Subscription | undefined)
     retryDelays: (subscription.retryPolicy?.delays ?? []).map((d) => durationToS(d) ?? 0),
     maxInFlight: subscription.maxInFlight,
     ordered: subscription.ordered,
+    maxInFlightPerKey: subscription.maxInFlightPerKey,
+    keyHeader: subscription.keyHeader,
     retention: durationToS(subscription.retention),
     maxAge: durationToS(subscription.maxAge),
     createTime: subscription.createTime,

@@ -17,6 +17,7 @@ export {
   DEFAULT_TIMEOUT_S,
   type NackOptions,
   SUBSCRIPTION_DIFFERS_WARNING,
+  type SubscriptionChanges,
   type SubscriptionOptions,
 } from "./client";
 export {

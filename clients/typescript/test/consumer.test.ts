@@ -296,3 +296,55 @@ describe("drain on SIGTERM", () => {
     }
   });
 });
+
+describe("the cap per key", () => {
+  test("createSubscription and updateSubscription set maxInFlightPerKey and keyHeader", TIMEOUT, async () => {
+    const created = await client.createSubscription("per-tenant", "tenant.*", {
+      maxInFlightPerKey: 1,
+      keyHeader: "tenant",
+    });
+    assert.equal(created.maxInFlightPerKey, 1);
+    assert.equal(created.keyHeader, "tenant");
+    const first = await client.publish("tenant.job", { n: 1 }, { headers: { tenant: "t1" } });
+    const second = await client.publish("tenant.job", { n: 2 }, { headers: { tenant: "t1" } });
+    const received: string[] = [];
+    const gotOne = signal();
+    const release = signal();
+    const consumer = client.subscribe(
+      "per-tenant",
+      async (message: Message) => {
+        received.push(message.eventId);
+        gotOne.resolve();
+        await release.promise; // held while the test looks
+      },
+      { maxOutstanding: 10 },
+    );
+    try {
+      await gotOne.promise;
+      assert.deepEqual(received, [first.eventId]);
+      const blocked = await deliveryOf(second.eventId, "per-tenant");
+      assert.equal(blocked.state, pb.DeliveryState.DELIVERY_STATE_BLOCKED);
+      assert.equal(blocked.key, "t1");
+      assert.deepEqual(
+        { key: blocked.keyWait?.key, inFlight: blocked.keyWait?.inFlight, limit: blocked.keyWait?.limit },
+        { key: "t1", inFlight: 1, limit: 1 },
+      );
+      const updated = await client.updateSubscription("per-tenant", { maxInFlightPerKey: 2, keyHeader: null });
+      assert.equal(updated.maxInFlightPerKey, 2);
+      assert.equal(updated.keyHeader, "");
+      await assert.rejects(client.updateSubscription("per-tenant", {}), RangeError);
+      await assert.rejects(
+        client.createSubscription("bad-cap", "x.*", { ordered: true, maxInFlightPerKey: 2 }),
+        (e: unknown) => {
+          assert.ok(e instanceof BrokerError);
+          assert.equal(e.code, status.INVALID_ARGUMENT);
+          assert.match(e.message, /max_in_flight_per_key/);
+          return true;
+        },
+      );
+    } finally {
+      release.resolve();
+      await consumer.close();
+    }
+  });
+});

@@ -205,6 +205,7 @@ def _is_refused_by_broker(event: pb.Event) -> bool:
     if (
         len(event.id) > limits.DEDUP_ID_MAX_LENGTH
         or len(event.ordering_key) > limits.ORDERING_KEY_MAX_LENGTH
+        or "\x00" in event.ordering_key
         or len(event.content_type) > limits.CONTENT_TYPE_MAX_LENGTH
     ):
         return True

@@ -28,6 +28,7 @@ from eventbroker.types import (
     DurationLike,
     EventInfo,
     EventSpec,
+    KeyWait,
     Message,
     PublishResult,
     SeekResult,
@@ -54,6 +55,8 @@ SETTING_PATHS = {
     "min_backoff": "retry_policy.min_backoff",
     "max_backoff": "retry_policy.max_backoff",
     "max_in_flight": "max_in_flight",
+    "max_in_flight_per_key": "max_in_flight_per_key",
+    "key_header": "key_header",
     "retention": "retention",
     "max_age": "max_age",
     "retry_delays": "retry_policy.delays",
@@ -274,8 +277,10 @@ def _apply_settings(message: pb.Subscription, changes: Mapping[str, Any]) -> lis
         paths.append(SETTING_PATHS[key])
         if key == "filter":
             message.filter.extend(_filters(value))
-        elif key in ("max_attempts", "max_in_flight"):
+        elif key in ("max_attempts", "max_in_flight", "max_in_flight_per_key"):
             setattr(message, key, value or 0)
+        elif key == "key_header":
+            message.key_header = value or ""
         elif key in ("min_backoff", "max_backoff"):
             getattr(message.retry_policy, key).CopyFrom(_duration_setting(key, value))
         elif key == "retry_delays":
@@ -348,6 +353,8 @@ def subscription_from_proto(message: pb.Subscription) -> Subscription:
         create_time=_optional_time(message, "create_time"),
         max_age=message.max_age.ToTimedelta() if message.HasField("max_age") else None,
         retry_delays=tuple(delay.ToTimedelta() for delay in policy.delays),
+        max_in_flight_per_key=message.max_in_flight_per_key or None,
+        key_header=message.key_header or None,
     )
 
 
@@ -483,6 +490,12 @@ def _delivery_status(message: pb.DeliveryStatus) -> DeliveryStatus:
         reason=message.reason,
         history=tuple(_attempt(a) for a in message.history),
         update_time=_optional_time(message, "update_time"),
+        key=message.key or None,
+        key_wait=(
+            KeyWait(message.key_wait.key, message.key_wait.in_flight, message.key_wait.limit)
+            if message.HasField("key_wait")
+            else None
+        ),
     )
 
 

@@ -67,6 +67,15 @@ def differences(asked: pb.Subscription, existing: Subscription) -> list[tuple[st
     if policy.delays:
         table = tuple(delay.ToTimedelta() for delay in policy.delays)
         compare("retry_delays", table, existing.retry_delays, _lengths)
+    if asked.max_in_flight_per_key:
+        compare(
+            "max_in_flight_per_key",
+            asked.max_in_flight_per_key,
+            existing.max_in_flight_per_key,
+            _limit,
+        )
+    if asked.key_header:
+        compare("key_header", asked.key_header, existing.key_header or "", repr)
     if asked.ordered:
         compare("ordered", True, existing.ordered, lambda on: "on" if on else "off")
     return found

@@ -293,6 +293,8 @@ class AsyncClient:
         retention: DurationLike | None = None,
         max_age: DurationLike | None = None,
         retry_delays: Sequence[DurationLike] | None = None,
+        max_in_flight_per_key: int | None = None,
+        key_header: str | None = None,
         exist_ok: bool = False,
     ) -> Subscription:
         """Create a durable subscription, or with `exist_ok` return the existing one.
@@ -308,6 +310,8 @@ class AsyncClient:
             "retention": retention,
             "max_age": max_age,
             "retry_delays": retry_delays,
+            "max_in_flight_per_key": max_in_flight_per_key,
+            "key_header": key_header,
         }
         request = convert.create_subscription_request(
             name, filter, settings, ordered=ordered, start=start

@@ -286,6 +286,8 @@ class Client:
         retention: DurationLike | None = None,
         max_age: DurationLike | None = None,
         retry_delays: Sequence[DurationLike] | None = None,
+        max_in_flight_per_key: int | None = None,
+        key_header: str | None = None,
         exist_ok: bool = False,
     ) -> Subscription:
         """Create a durable subscription; settings left as None take the broker's defaults.
@@ -310,6 +312,13 @@ class Client:
             retry_delays: An explicit retry table instead of the exponential backoff: the
                 delay after attempt n is `retry_delays[n-1]`, and the last entry repeats
                 (e.g. `["10s", "1m", "10m"]`; at most 100 entries).
+            max_in_flight_per_key: Concurrency limit per key: at most this many
+                deliveries of one key in flight at once, across all consumers and
+                brokers, while other keys flow (default: no cap). A retry backing off
+                holds no slot until it is due. Events without a key are not capped.
+                With `ordered`, only 1.
+            key_header: Take each event's key (for `ordered` and
+                `max_in_flight_per_key`) from this header instead of its ordering key.
             exist_ok: If a subscription of that name exists, return it as it is
                 instead of raising `AlreadyExists`, so that a program can declare the
                 subscription it needs every time it starts. Its settings are not
@@ -334,6 +343,8 @@ class Client:
             "retention": retention,
             "max_age": max_age,
             "retry_delays": retry_delays,
+            "max_in_flight_per_key": max_in_flight_per_key,
+            "key_header": key_header,
         }
         request = convert.create_subscription_request(
             name, filter, settings, ordered=ordered, start=start

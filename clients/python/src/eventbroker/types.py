@@ -138,6 +138,10 @@ class Subscription:
         retry_delays: The explicit retry table, if any: the delay after attempt n is
             `retry_delays[n-1]`, and the last entry repeats. Empty means the
             exponential backoff between `min_backoff` and `max_backoff`.
+        max_in_flight_per_key: Concurrency limit per key across all consumers and
+            brokers; None means no cap. Events without a key are not capped.
+        key_header: The header whose value is an event's key (for `ordered` and
+            `max_in_flight_per_key`); None means the event's ordering key.
 
     """
 
@@ -153,6 +157,8 @@ class Subscription:
     create_time: datetime | None
     max_age: timedelta | None = None
     retry_delays: tuple[timedelta, ...] = ()
+    max_in_flight_per_key: int | None = None
+    key_header: str | None = None
 
 
 class SubscriptionChanges(TypedDict, total=False):
@@ -160,6 +166,8 @@ class SubscriptionChanges(TypedDict, total=False):
 
     `max_in_flight=None` removes the concurrency limit, `max_age=None` the maximum
     age, and `retry_delays=[]` the retry table (back to the exponential backoff).
+    `max_in_flight_per_key=None` removes the cap per key, `key_header=None` takes
+    keys from the ordering key again.
     """
 
     filter: str | Sequence[str]
@@ -171,6 +179,8 @@ class SubscriptionChanges(TypedDict, total=False):
     retention: DurationLike
     max_age: DurationLike | None
     retry_delays: Sequence[DurationLike]
+    max_in_flight_per_key: int | None
+    key_header: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +262,8 @@ class DeliveryStatus:
     Attributes:
         subscription: Subscription name.
         state: `scheduled`, `ready`, `in_flight`, `acked`, `dead`, or `blocked` (waiting
-            behind an earlier event of its ordering key in an ordered subscription).
+            for its key: behind an earlier event of its key in an ordered
+            subscription, or while its key is at `max_in_flight_per_key`).
         attempts: Attempts made so far.
         next_time: When it becomes ready (scheduled) or its lease ends (in flight).
         consumer: The consumer holding it (in flight).
@@ -261,6 +272,8 @@ class DeliveryStatus:
         reason: A sentence saying why the delivery is where it is.
         history: Past attempts, oldest first.
         update_time: When it last changed state (dead: when it died; acked: when acked).
+        key: Its key in a keyed subscription (ordered, or capped per key); None otherwise.
+        key_wait: Blocked: what holds its key's slots.
 
     """
 
@@ -274,6 +287,25 @@ class DeliveryStatus:
     reason: str
     history: tuple[Attempt, ...] = ()
     update_time: datetime | None = None
+    key: str | None = None
+    key_wait: KeyWait | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyWait:
+    """Why a delivery waits for its key: all of the key's slots are held.
+
+    Attributes:
+        key: The key.
+        in_flight: Deliveries of the key holding a slot now: in flight, or ready to
+            be (in an ordered subscription also one backing off before a retry).
+        limit: Slots per key: `max_in_flight_per_key`, or 1 in an ordered subscription.
+
+    """
+
+    key: str
+    in_flight: int
+    limit: int
 
 
 @dataclass(frozen=True, slots=True)

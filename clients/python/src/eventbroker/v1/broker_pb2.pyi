@@ -99,8 +99,9 @@ class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deliver
     DELIVERY_STATE_DEAD: _DeliveryState.ValueType  # 5
     """Dead-lettered."""
     DELIVERY_STATE_BLOCKED: _DeliveryState.ValueType  # 6
-    """Waiting behind an earlier event of its ordering key (ordered
-    subscriptions): it becomes ready when that one is acked or dead.
+    """Waiting for its key (ordered subscriptions, or max_in_flight_per_key):
+    every slot of the key is held by an earlier delivery; it becomes ready
+    when one of those is acked or dead (DeliveryStatus.key_wait says which).
     """
 
 class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
@@ -119,8 +120,9 @@ DELIVERY_STATE_ACKED: DeliveryState.ValueType  # 4
 DELIVERY_STATE_DEAD: DeliveryState.ValueType  # 5
 """Dead-lettered."""
 DELIVERY_STATE_BLOCKED: DeliveryState.ValueType  # 6
-"""Waiting behind an earlier event of its ordering key (ordered
-subscriptions): it becomes ready when that one is acked or dead.
+"""Waiting for its key (ordered subscriptions, or max_in_flight_per_key):
+every slot of the key is held by an earlier delivery; it becomes ready
+when one of those is acked or dead (DeliveryStatus.key_wait says which).
 """
 Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
@@ -239,7 +241,10 @@ class Event(_message.Message):
     one subscription, higher goes first.
     """
     ordering_key: _builtins.str
-    """Optional ordering key for ordered subscriptions (FIFO per key)."""
+    """Optional ordering key: the key of ordered subscriptions (FIFO per key) and
+    of max_in_flight_per_key (a concurrency limit per key). At most 255
+    characters, without NUL.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Value:
         """Any JSON value. Numbers travel as doubles (exact up to 2^53)."""
@@ -834,6 +839,8 @@ class Subscription(_message.Message):
     RETENTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     MAX_AGE_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_PER_KEY_FIELD_NUMBER: _builtins.int
+    KEY_HEADER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: 1 to 255 letters, digits and `._-/:`."""
     max_attempts: _builtins.int
@@ -844,6 +851,26 @@ class Subscription(_message.Message):
     """FIFO per ordering key."""
     start_position: Global___StartPosition.ValueType
     """Where a new subscription starts (on create only)."""
+    max_in_flight_per_key: _builtins.int
+    """Concurrency limit per key (0 .. 100,000; 0 means no cap): at most this
+    many deliveries of one key are in flight at once, across all consumers
+    and brokers, while other keys flow. A delivery holds one of its key's
+    slots while it is in flight or ready to be; a retry backing off, or an
+    event delayed, holds none until it is due (then it waits for a free slot,
+    first in line). Past the cap, deliveries are BLOCKED and let through in
+    publish order as slots free. Events without a key are not capped. It
+    applies beside `max_in_flight`. With `ordered`, only 0 or 1 (ordered is
+    the cap of 1 with FIFO order, where a retry keeps its key's slot). A
+    change lets blocked deliveries through at once when raised; when
+    lowered, a key drains down to the new cap.
+    """
+    key_header: _builtins.str
+    """The header whose value is an event's key, for `ordered` and
+    `max_in_flight_per_key`; empty: the event's `ordering_key`. At most 255
+    characters; needs `ordered` or `max_in_flight_per_key`. A value longer
+    than 255 characters is keyed by its SHA-256 digest. A change applies to
+    events that have not yet been given a delivery.
+    """
     @_builtins.property
     def filter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Name patterns: exact, `*` one segment, `>` the rest. At least one."""
@@ -889,10 +916,12 @@ class Subscription(_message.Message):
         retention: _duration_pb2.Duration | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         max_age: _duration_pb2.Duration | None = ...,
+        max_in_flight_per_key: _builtins.int = ...,
+        key_header: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "create_time", b"create_time", "max_age", b"max_age", "retention", b"retention", "retry_policy", b"retry_policy", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "create_time", b"create_time", "filter", b"filter", "max_age", b"max_age", "max_attempts", b"max_attempts", "max_in_flight", b"max_in_flight", "name", b"name", "ordered", b"ordered", "retention", b"retention", "retry_policy", b"retry_policy", "start_position", b"start_position", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "create_time", b"create_time", "filter", b"filter", "key_header", b"key_header", "max_age", b"max_age", "max_attempts", b"max_attempts", "max_in_flight", b"max_in_flight", "max_in_flight_per_key", b"max_in_flight_per_key", "name", b"name", "ordered", b"ordered", "retention", b"retention", "retry_policy", b"retry_policy", "start_position", b"start_position", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1223,6 +1252,8 @@ class DeliveryStatus(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    KEY_WAIT_FIELD_NUMBER: _builtins.int
     subscription: _builtins.str
     """Subscription name."""
     state: Global___DeliveryState.ValueType
@@ -1239,6 +1270,10 @@ class DeliveryStatus(_message.Message):
     """The last nack's error."""
     reason: _builtins.str
     """A sentence saying why the delivery is where it is."""
+    key: _builtins.str
+    """The delivery's key in a keyed subscription (ordered, or with
+    max_in_flight_per_key): its ordering key, or its key header's value.
+    """
     @_builtins.property
     def next_time(self) -> _timestamp_pb2.Timestamp:
         """When it becomes ready (scheduled) or its lease ends (in flight)."""
@@ -1256,6 +1291,10 @@ class DeliveryStatus(_message.Message):
         an acknowledged one, when it was acked.
         """
 
+    @_builtins.property
+    def key_wait(self) -> Global___KeyWait:
+        """For a BLOCKED delivery: what holds its key's slots."""
+
     def __init__(
         self,
         *,
@@ -1269,14 +1308,50 @@ class DeliveryStatus(_message.Message):
         history: _abc.Iterable[Global___Attempt] | None = ...,
         reason: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        key: _builtins.str = ...,
+        key_wait: Global___KeyWait | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_time", b"next_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key_wait", b"key_wait", "next_time", b"next_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "consumer", b"consumer", "dead_reason", b"dead_reason", "history", b"history", "last_error", b"last_error", "next_time", b"next_time", "reason", b"reason", "state", b"state", "subscription", b"subscription", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "consumer", b"consumer", "dead_reason", b"dead_reason", "history", b"history", "key", b"key", "key_wait", b"key_wait", "last_error", b"last_error", "next_time", b"next_time", "reason", b"reason", "state", b"state", "subscription", b"subscription", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
+
+@_typing.final
+class KeyWait(_message.Message):
+    """KeyWait says why a delivery waits for its key: every slot of the key is held."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key."""
+    in_flight: _builtins.int
+    """Deliveries of the key holding a slot now: in flight, or ready to be (in
+    an ordered subscription also one backing off before a retry).
+    """
+    limit: _builtins.int
+    """Slots per key: the subscription's max_in_flight_per_key, or 1 when it is
+    ordered.
+    """
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        in_flight: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_flight", b"in_flight", "key", b"key", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyWait: _TypeAlias = KeyWait  # noqa: Y015
 
 @_typing.final
 class StoredEvent(_message.Message):

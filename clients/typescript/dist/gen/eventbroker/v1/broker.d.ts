@@ -51,8 +51,9 @@ export declare enum DeliveryState {
     /** DELIVERY_STATE_DEAD - Dead-lettered. */
     DELIVERY_STATE_DEAD = 5,
     /**
-     * DELIVERY_STATE_BLOCKED - Waiting behind an earlier event of its ordering key (ordered
-     * subscriptions): it becomes ready when that one is acked or dead.
+     * DELIVERY_STATE_BLOCKED - Waiting for its key (ordered subscriptions, or max_in_flight_per_key):
+     * every slot of the key is held by an earlier delivery; it becomes ready
+     * when one of those is acked or dead (DeliveryStatus.key_wait says which).
      */
     DELIVERY_STATE_BLOCKED = 6,
     UNRECOGNIZED = -1
@@ -123,7 +124,11 @@ export interface Event {
      * one subscription, higher goes first.
      */
     priority: number;
-    /** Optional ordering key for ordered subscriptions (FIFO per key). */
+    /**
+     * Optional ordering key: the key of ordered subscriptions (FIFO per key) and
+     * of max_in_flight_per_key (a concurrency limit per key). At most 255
+     * characters, without NUL.
+     */
     orderingKey: string;
 }
 export interface Event_HeadersEntry {
@@ -326,6 +331,28 @@ export interface Subscription {
      * instead of being delivered or retried. Unset: no maximum age.
      */
     maxAge?: Duration | undefined;
+    /**
+     * Concurrency limit per key (0 .. 100,000; 0 means no cap): at most this
+     * many deliveries of one key are in flight at once, across all consumers
+     * and brokers, while other keys flow. A delivery holds one of its key's
+     * slots while it is in flight or ready to be; a retry backing off, or an
+     * event delayed, holds none until it is due (then it waits for a free slot,
+     * first in line). Past the cap, deliveries are BLOCKED and let through in
+     * publish order as slots free. Events without a key are not capped. It
+     * applies beside `max_in_flight`. With `ordered`, only 0 or 1 (ordered is
+     * the cap of 1 with FIFO order, where a retry keeps its key's slot). A
+     * change lets blocked deliveries through at once when raised; when
+     * lowered, a key drains down to the new cap.
+     */
+    maxInFlightPerKey: number;
+    /**
+     * The header whose value is an event's key, for `ordered` and
+     * `max_in_flight_per_key`; empty: the event's `ordering_key`. At most 255
+     * characters; needs `ordered` or `max_in_flight_per_key`. A value longer
+     * than 255 characters is keyed by its SHA-256 digest. A change applies to
+     * events that have not yet been given a delivery.
+     */
+    keyHeader: string;
 }
 /** CreateSubscriptionRequest creates a subscription. */
 export interface CreateSubscriptionRequest {
@@ -433,6 +460,28 @@ export interface DeliveryStatus {
      * an acknowledged one, when it was acked.
      */
     updateTime?: Date | undefined;
+    /**
+     * The delivery's key in a keyed subscription (ordered, or with
+     * max_in_flight_per_key): its ordering key, or its key header's value.
+     */
+    key: string;
+    /** For a BLOCKED delivery: what holds its key's slots. */
+    keyWait?: KeyWait | undefined;
+}
+/** KeyWait says why a delivery waits for its key: every slot of the key is held. */
+export interface KeyWait {
+    /** The key. */
+    key: string;
+    /**
+     * Deliveries of the key holding a slot now: in flight, or ready to be (in
+     * an ordered subscription also one backing off before a retry).
+     */
+    inFlight: number;
+    /**
+     * Slots per key: the subscription's max_in_flight_per_key, or 1 when it is
+     * ordered.
+     */
+    limit: number;
 }
 /** StoredEvent is an event as stored by the broker. */
 export interface StoredEvent {
@@ -593,6 +642,7 @@ export declare const DeleteSubscriptionResponse: MessageFns<DeleteSubscriptionRe
 export declare const GetEventRequest: MessageFns<GetEventRequest>;
 export declare const Attempt: MessageFns<Attempt>;
 export declare const DeliveryStatus: MessageFns<DeliveryStatus>;
+export declare const KeyWait: MessageFns<KeyWait>;
 export declare const StoredEvent: MessageFns<StoredEvent>;
 export declare const GetEventResponse: MessageFns<GetEventResponse>;
 export declare const DeadLetter: MessageFns<DeadLetter>;

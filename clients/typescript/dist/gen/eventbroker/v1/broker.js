@@ -5,8 +5,8 @@
 //   protoc               unknown
 // source: eventbroker/v1/broker.proto
 Object.defineProperty(exports, "__esModule", { value: true });
-exports.SubscriptionStats = exports.GetStatsRequest = exports.SeekResponse = exports.SeekRequest = exports.RedriveDeadLettersResponse = exports.RedriveDeadLettersRequest = exports.ListDeadLettersResponse = exports.ListDeadLettersRequest = exports.DeadLetter = exports.GetEventResponse = exports.StoredEvent = exports.DeliveryStatus = exports.Attempt = exports.GetEventRequest = exports.DeleteSubscriptionResponse = exports.DeleteSubscriptionRequest = exports.UpdateSubscriptionResponse = exports.UpdateSubscriptionRequest = exports.ListSubscriptionsResponse = exports.ListSubscriptionsRequest = exports.GetSubscriptionResponse = exports.GetSubscriptionRequest = exports.CreateSubscriptionResponse = exports.CreateSubscriptionRequest = exports.Subscription = exports.RetryPolicy = exports.ExtendAckDeadlineResponse = exports.ExtendAckDeadlineRequest = exports.NackResponse = exports.NackRequest = exports.AckResponse = exports.AckRequest = exports.Delivery_HeadersEntry = exports.Delivery = exports.SubscribeResponse = exports.SubscribeRequest = exports.BatchPublishResponse = exports.BatchPublishRequest = exports.PublishResponse = exports.PublishRequest = exports.PublishResult = exports.Event_HeadersEntry = exports.Event = exports.AttemptOutcome = exports.DeadReason = exports.DeliveryState = exports.StartPosition = exports.PublishStatus = exports.protobufFileName = exports.protobufPackage = void 0;
-exports.EventBrokerServiceClient = exports.EventBrokerServiceService = exports.GetStatsResponse = void 0;
+exports.GetStatsRequest = exports.SeekResponse = exports.SeekRequest = exports.RedriveDeadLettersResponse = exports.RedriveDeadLettersRequest = exports.ListDeadLettersResponse = exports.ListDeadLettersRequest = exports.DeadLetter = exports.GetEventResponse = exports.StoredEvent = exports.KeyWait = exports.DeliveryStatus = exports.Attempt = exports.GetEventRequest = exports.DeleteSubscriptionResponse = exports.DeleteSubscriptionRequest = exports.UpdateSubscriptionResponse = exports.UpdateSubscriptionRequest = exports.ListSubscriptionsResponse = exports.ListSubscriptionsRequest = exports.GetSubscriptionResponse = exports.GetSubscriptionRequest = exports.CreateSubscriptionResponse = exports.CreateSubscriptionRequest = exports.Subscription = exports.RetryPolicy = exports.ExtendAckDeadlineResponse = exports.ExtendAckDeadlineRequest = exports.NackResponse = exports.NackRequest = exports.AckResponse = exports.AckRequest = exports.Delivery_HeadersEntry = exports.Delivery = exports.SubscribeResponse = exports.SubscribeRequest = exports.BatchPublishResponse = exports.BatchPublishRequest = exports.PublishResponse = exports.PublishRequest = exports.PublishResult = exports.Event_HeadersEntry = exports.Event = exports.AttemptOutcome = exports.DeadReason = exports.DeliveryState = exports.StartPosition = exports.PublishStatus = exports.protobufFileName = exports.protobufPackage = void 0;
+exports.EventBrokerServiceClient = exports.EventBrokerServiceService = exports.GetStatsResponse = exports.SubscriptionStats = void 0;
 exports.publishStatusFromJSON = publishStatusFromJSON;
 exports.publishStatusToJSON = publishStatusToJSON;
 exports.startPositionFromJSON = startPositionFromJSON;
@@ -137,8 +137,9 @@ var DeliveryState;
     /** DELIVERY_STATE_DEAD - Dead-lettered. */
     DeliveryState[DeliveryState["DELIVERY_STATE_DEAD"] = 5] = "DELIVERY_STATE_DEAD";
     /**
-     * DELIVERY_STATE_BLOCKED - Waiting behind an earlier event of its ordering key (ordered
-     * subscriptions): it becomes ready when that one is acked or dead.
+     * DELIVERY_STATE_BLOCKED - Waiting for its key (ordered subscriptions, or max_in_flight_per_key):
+     * every slot of the key is held by an earlier delivery; it becomes ready
+     * when one of those is acked or dead (DeliveryStatus.key_wait says which).
      */
     DeliveryState[DeliveryState["DELIVERY_STATE_BLOCKED"] = 6] = "DELIVERY_STATE_BLOCKED";
     DeliveryState[DeliveryState["UNRECOGNIZED"] = -1] = "UNRECOGNIZED";
@@ -2243,6 +2244,8 @@ function createBaseSubscription() {
         retention: undefined,
         createTime: undefined,
         maxAge: undefined,
+        maxInFlightPerKey: 0,
+        keyHeader: "",
     };
 }
 exports.Subscription = {
@@ -2282,6 +2285,12 @@ exports.Subscription = {
         }
         if (message.maxAge !== undefined) {
             duration_1.Duration.encode(message.maxAge, writer.uint32(98).fork()).join();
+        }
+        if (message.maxInFlightPerKey !== 0) {
+            writer.uint32(104).int32(message.maxInFlightPerKey);
+        }
+        if (message.keyHeader !== "") {
+            writer.uint32(114).string(message.keyHeader);
         }
         return writer;
     },
@@ -2382,6 +2391,20 @@ exports.Subscription = {
                         message.maxAge = duration_1.Duration.decode(reader, reader.uint32());
                         continue;
                     }
+                    case 13: {
+                        if (tag !== 104) {
+                            break;
+                        }
+                        message.maxInFlightPerKey = reader.int32();
+                        continue;
+                    }
+                    case 14: {
+                        if (tag !== 114) {
+                            break;
+                        }
+                        message.keyHeader = reader.string();
+                        continue;
+                    }
                 }
                 if ((tag & 7) === 4 || tag === 0) {
                     break;
@@ -2440,6 +2463,16 @@ exports.Subscription = {
                 : isSet(object.max_age)
                     ? duration_1.Duration.fromJSON(object.max_age)
                     : undefined,
+            maxInFlightPerKey: isSet(object.maxInFlightPerKey)
+                ? globalThis.Number(object.maxInFlightPerKey)
+                : isSet(object.max_in_flight_per_key)
+                    ? globalThis.Number(object.max_in_flight_per_key)
+                    : 0,
+            keyHeader: isSet(object.keyHeader)
+                ? globalThis.String(object.keyHeader)
+                : isSet(object.key_header)
+                    ? globalThis.String(object.key_header)
+                    : "",
         };
     },
     toJSON(message) {
@@ -2480,6 +2513,12 @@ exports.Subscription = {
         if (message.maxAge !== undefined) {
             obj.maxAge = duration_1.Duration.toJSON(message.maxAge);
         }
+        if (message.maxInFlightPerKey !== 0) {
+            obj.maxInFlightPerKey = Math.round(message.maxInFlightPerKey);
+        }
+        if (message.keyHeader !== "") {
+            obj.keyHeader = message.keyHeader;
+        }
         return obj;
     },
     create(base) {
@@ -2507,6 +2546,8 @@ exports.Subscription = {
         message.maxAge = (object.maxAge !== undefined && object.maxAge !== null)
             ? duration_1.Duration.fromPartial(object.maxAge)
             : undefined;
+        message.maxInFlightPerKey = object.maxInFlightPerKey ?? 0;
+        message.keyHeader = object.keyHeader ?? "";
         return message;
     },
 };
@@ -3410,6 +3451,8 @@ function createBaseDeliveryStatus() {
         history: [],
         reason: "",
         updateTime: undefined,
+        key: "",
+        keyWait: undefined,
     };
 }
 exports.DeliveryStatus = {
@@ -3443,6 +3486,12 @@ exports.DeliveryStatus = {
         }
         if (message.updateTime !== undefined) {
             timestamp_1.Timestamp.encode(toTimestamp(message.updateTime), writer.uint32(82).fork()).join();
+        }
+        if (message.key !== "") {
+            writer.uint32(90).string(message.key);
+        }
+        if (message.keyWait !== undefined) {
+            exports.KeyWait.encode(message.keyWait, writer.uint32(98).fork()).join();
         }
         return writer;
     },
@@ -3529,6 +3578,20 @@ exports.DeliveryStatus = {
                         message.updateTime = fromTimestamp(timestamp_1.Timestamp.decode(reader, reader.uint32()));
                         continue;
                     }
+                    case 11: {
+                        if (tag !== 90) {
+                            break;
+                        }
+                        message.key = reader.string();
+                        continue;
+                    }
+                    case 12: {
+                        if (tag !== 98) {
+                            break;
+                        }
+                        message.keyWait = exports.KeyWait.decode(reader, reader.uint32());
+                        continue;
+                    }
                 }
                 if ((tag & 7) === 4 || tag === 0) {
                     break;
@@ -3571,6 +3634,12 @@ exports.DeliveryStatus = {
                 : isSet(object.update_time)
                     ? fromJsonTimestamp(object.update_time)
                     : undefined,
+            key: isSet(object.key) ? globalThis.String(object.key) : "",
+            keyWait: isSet(object.keyWait)
+                ? exports.KeyWait.fromJSON(object.keyWait)
+                : isSet(object.key_wait)
+                    ? exports.KeyWait.fromJSON(object.key_wait)
+                    : undefined,
         };
     },
     toJSON(message) {
@@ -3605,6 +3674,12 @@ exports.DeliveryStatus = {
         if (message.updateTime !== undefined) {
             obj.updateTime = message.updateTime.toISOString();
         }
+        if (message.key !== "") {
+            obj.key = message.key;
+        }
+        if (message.keyWait !== undefined) {
+            obj.keyWait = exports.KeyWait.toJSON(message.keyWait);
+        }
         return obj;
     },
     create(base) {
@@ -3622,6 +3697,107 @@ exports.DeliveryStatus = {
         message.history = object.history?.map((e) => exports.Attempt.fromPartial(e)) || [];
         message.reason = object.reason ?? "";
         message.updateTime = object.updateTime ?? undefined;
+        message.key = object.key ?? "";
+        message.keyWait = (object.keyWait !== undefined && object.keyWait !== null)
+            ? exports.KeyWait.fromPartial(object.keyWait)
+            : undefined;
+        return message;
+    },
+};
+function createBaseKeyWait() {
+    return { key: "", inFlight: 0, limit: 0 };
+}
+exports.KeyWait = {
+    encode(message, writer = new wire_1.BinaryWriter()) {
+        if (message.key !== "") {
+            writer.uint32(10).string(message.key);
+        }
+        if (message.inFlight !== 0) {
+            writer.uint32(16).int32(message.inFlight);
+        }
+        if (message.limit !== 0) {
+            writer.uint32(24).int32(message.limit);
+        }
+        return writer;
+    },
+    decode(input, length) {
+        const reader = input instanceof wire_1.BinaryReader ? input : new wire_1.BinaryReader(input);
+        const previousRecursionDepth = reader.__tsProtoDecodeDepth ?? 0;
+        if (previousRecursionDepth >= 100) {
+            throw new globalThis.Error("protobuf decode recursion limit exceeded");
+        }
+        reader.__tsProtoDecodeDepth = previousRecursionDepth + 1;
+        try {
+            const end = length === undefined ? reader.len : reader.pos + length;
+            const message = createBaseKeyWait();
+            while (reader.pos < end) {
+                const tag = reader.uint32();
+                switch (tag >>> 3) {
+                    case 1: {
+                        if (tag !== 10) {
+                            break;
+                        }
+                        message.key = reader.string();
+                        continue;
+                    }
+                    case 2: {
+                        if (tag !== 16) {
+                            break;
+                        }
+                        message.inFlight = reader.int32();
+                        continue;
+                    }
+                    case 3: {
+                        if (tag !== 24) {
+                            break;
+                        }
+                        message.limit = reader.int32();
+                        continue;
+                    }
+                }
+                if ((tag & 7) === 4 || tag === 0) {
+                    break;
+                }
+                reader.skip(tag & 7);
+            }
+            return message;
+        }
+        finally {
+            reader.__tsProtoDecodeDepth = previousRecursionDepth;
+        }
+    },
+    fromJSON(object) {
+        return {
+            key: isSet(object.key) ? globalThis.String(object.key) : "",
+            inFlight: isSet(object.inFlight)
+                ? globalThis.Number(object.inFlight)
+                : isSet(object.in_flight)
+                    ? globalThis.Number(object.in_flight)
+                    : 0,
+            limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+        };
+    },
+    toJSON(message) {
+        const obj = {};
+        if (message.key !== "") {
+            obj.key = message.key;
+        }
+        if (message.inFlight !== 0) {
+            obj.inFlight = Math.round(message.inFlight);
+        }
+        if (message.limit !== 0) {
+            obj.limit = Math.round(message.limit);
+        }
+        return obj;
+    },
+    create(base) {
+        return exports.KeyWait.fromPartial(base ?? {});
+    },
+    fromPartial(object) {
+        const message = createBaseKeyWait();
+        message.key = object.key ?? "";
+        message.inFlight = object.inFlight ?? 0;
+        message.limit = object.limit ?? 0;
         return message;
     },
 };

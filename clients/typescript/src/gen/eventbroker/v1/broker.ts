@@ -144,8 +144,9 @@ export enum DeliveryState {
   /** DELIVERY_STATE_DEAD - Dead-lettered. */
   DELIVERY_STATE_DEAD = 5,
   /**
-   * DELIVERY_STATE_BLOCKED - Waiting behind an earlier event of its ordering key (ordered
-   * subscriptions): it becomes ready when that one is acked or dead.
+   * DELIVERY_STATE_BLOCKED - Waiting for its key (ordered subscriptions, or max_in_flight_per_key):
+   * every slot of the key is held by an earlier delivery; it becomes ready
+   * when one of those is acked or dead (DeliveryStatus.key_wait says which).
    */
   DELIVERY_STATE_BLOCKED = 6,
   UNRECOGNIZED = -1,
@@ -350,7 +351,11 @@ export interface Event {
    * one subscription, higher goes first.
    */
   priority: number;
-  /** Optional ordering key for ordered subscriptions (FIFO per key). */
+  /**
+   * Optional ordering key: the key of ordered subscriptions (FIFO per key) and
+   * of max_in_flight_per_key (a concurrency limit per key). At most 255
+   * characters, without NUL.
+   */
   orderingKey: string;
 }
 
@@ -594,7 +599,31 @@ export interface Subscription {
    * Deliveries of events older than this are dead-lettered (reason EXPIRED)
    * instead of being delivered or retried. Unset: no maximum age.
    */
-  maxAge?: Duration | undefined;
+  maxAge?:
+    | Duration
+    | undefined;
+  /**
+   * Concurrency limit per key (0 .. 100,000; 0 means no cap): at most this
+   * many deliveries of one key are in flight at once, across all consumers
+   * and brokers, while other keys flow. A delivery holds one of its key's
+   * slots while it is in flight or ready to be; a retry backing off, or an
+   * event delayed, holds none until it is due (then it waits for a free slot,
+   * first in line). Past the cap, deliveries are BLOCKED and let through in
+   * publish order as slots free. Events without a key are not capped. It
+   * applies beside `max_in_flight`. With `ordered`, only 0 or 1 (ordered is
+   * the cap of 1 with FIFO order, where a retry keeps its key's slot). A
+   * change lets blocked deliveries through at once when raised; when
+   * lowered, a key drains down to the new cap.
+   */
+  maxInFlightPerKey: number;
+  /**
+   * The header whose value is an event's key, for `ordered` and
+   * `max_in_flight_per_key`; empty: the event's `ordering_key`. At most 255
+   * characters; needs `ordered` or `max_in_flight_per_key`. A value longer
+   * than 255 characters is keyed by its SHA-256 digest. A change applies to
+   * events that have not yet been given a delivery.
+   */
+  keyHeader: string;
 }
 
 /** CreateSubscriptionRequest creates a subscription. */
@@ -722,7 +751,32 @@ export interface DeliveryStatus {
    * When the delivery last changed state: for a dead letter, when it died; for
    * an acknowledged one, when it was acked.
    */
-  updateTime?: Date | undefined;
+  updateTime?:
+    | Date
+    | undefined;
+  /**
+   * The delivery's key in a keyed subscription (ordered, or with
+   * max_in_flight_per_key): its ordering key, or its key header's value.
+   */
+  key: string;
+  /** For a BLOCKED delivery: what holds its key's slots. */
+  keyWait?: KeyWait | undefined;
+}
+
+/** KeyWait says why a delivery waits for its key: every slot of the key is held. */
+export interface KeyWait {
+  /** The key. */
+  key: string;
+  /**
+   * Deliveries of the key holding a slot now: in flight, or ready to be (in
+   * an ordered subscription also one backing off before a retry).
+   */
+  inFlight: number;
+  /**
+   * Slots per key: the subscription's max_in_flight_per_key, or 1 when it is
+   * ordered.
+   */
+  limit: number;
 }
 
 /** StoredEvent is an event as stored by the broker. */
@@ -2979,6 +3033,8 @@ function createBaseSubscription(): Subscription {
     retention: undefined,
     createTime: undefined,
     maxAge: undefined,
+    maxInFlightPerKey: 0,
+    keyHeader: "",
   };
 }
 
@@ -3019,6 +3075,12 @@ export const Subscription: MessageFns<Subscription> = {
     }
     if (message.maxAge !== undefined) {
       Duration.encode(message.maxAge, writer.uint32(98).fork()).join();
+    }
+    if (message.maxInFlightPerKey !== 0) {
+      writer.uint32(104).int32(message.maxInFlightPerKey);
+    }
+    if (message.keyHeader !== "") {
+      writer.uint32(114).string(message.keyHeader);
     }
     return writer;
   },
@@ -3132,6 +3194,22 @@ export const Subscription: MessageFns<Subscription> = {
             message.maxAge = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.maxInFlightPerKey = reader.int32();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.keyHeader = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3190,6 +3268,16 @@ export const Subscription: MessageFns<Subscription> = {
         : isSet(object.max_age)
         ? Duration.fromJSON(object.max_age)
         : undefined,
+      maxInFlightPerKey: isSet(object.maxInFlightPerKey)
+        ? globalThis.Number(object.maxInFlightPerKey)
+        : isSet(object.max_in_flight_per_key)
+        ? globalThis.Number(object.max_in_flight_per_key)
+        : 0,
+      keyHeader: isSet(object.keyHeader)
+        ? globalThis.String(object.keyHeader)
+        : isSet(object.key_header)
+        ? globalThis.String(object.key_header)
+        : "",
     };
   },
 
@@ -3231,6 +3319,12 @@ export const Subscription: MessageFns<Subscription> = {
     if (message.maxAge !== undefined) {
       obj.maxAge = Duration.toJSON(message.maxAge);
     }
+    if (message.maxInFlightPerKey !== 0) {
+      obj.maxInFlightPerKey = Math.round(message.maxInFlightPerKey);
+    }
+    if (message.keyHeader !== "") {
+      obj.keyHeader = message.keyHeader;
+    }
     return obj;
   },
 
@@ -3259,6 +3353,8 @@ export const Subscription: MessageFns<Subscription> = {
     message.maxAge = (object.maxAge !== undefined && object.maxAge !== null)
       ? Duration.fromPartial(object.maxAge)
       : undefined;
+    message.maxInFlightPerKey = object.maxInFlightPerKey ?? 0;
+    message.keyHeader = object.keyHeader ?? "";
     return message;
   },
 };
@@ -4242,6 +4338,8 @@ function createBaseDeliveryStatus(): DeliveryStatus {
     history: [],
     reason: "",
     updateTime: undefined,
+    key: "",
+    keyWait: undefined,
   };
 }
 
@@ -4276,6 +4374,12 @@ export const DeliveryStatus: MessageFns<DeliveryStatus> = {
     }
     if (message.updateTime !== undefined) {
       Timestamp.encode(toTimestamp(message.updateTime), writer.uint32(82).fork()).join();
+    }
+    if (message.key !== "") {
+      writer.uint32(90).string(message.key);
+    }
+    if (message.keyWait !== undefined) {
+      KeyWait.encode(message.keyWait, writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -4373,6 +4477,22 @@ export const DeliveryStatus: MessageFns<DeliveryStatus> = {
             message.updateTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.keyWait = KeyWait.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4415,6 +4535,12 @@ export const DeliveryStatus: MessageFns<DeliveryStatus> = {
         : isSet(object.update_time)
         ? fromJsonTimestamp(object.update_time)
         : undefined,
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      keyWait: isSet(object.keyWait)
+        ? KeyWait.fromJSON(object.keyWait)
+        : isSet(object.key_wait)
+        ? KeyWait.fromJSON(object.key_wait)
+        : undefined,
     };
   },
 
@@ -4450,6 +4576,12 @@ export const DeliveryStatus: MessageFns<DeliveryStatus> = {
     if (message.updateTime !== undefined) {
       obj.updateTime = message.updateTime.toISOString();
     }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.keyWait !== undefined) {
+      obj.keyWait = KeyWait.toJSON(message.keyWait);
+    }
     return obj;
   },
 
@@ -4468,6 +4600,115 @@ export const DeliveryStatus: MessageFns<DeliveryStatus> = {
     message.history = object.history?.map((e) => Attempt.fromPartial(e)) || [];
     message.reason = object.reason ?? "";
     message.updateTime = object.updateTime ?? undefined;
+    message.key = object.key ?? "";
+    message.keyWait = (object.keyWait !== undefined && object.keyWait !== null)
+      ? KeyWait.fromPartial(object.keyWait)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseKeyWait(): KeyWait {
+  return { key: "", inFlight: 0, limit: 0 };
+}
+
+export const KeyWait: MessageFns<KeyWait> = {
+  encode(message: KeyWait, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.inFlight !== 0) {
+      writer.uint32(16).int32(message.inFlight);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(24).int32(message.limit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): KeyWait {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKeyWait();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.inFlight = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limit = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): KeyWait {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      inFlight: isSet(object.inFlight)
+        ? globalThis.Number(object.inFlight)
+        : isSet(object.in_flight)
+        ? globalThis.Number(object.in_flight)
+        : 0,
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+    };
+  },
+
+  toJSON(message: KeyWait): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.inFlight !== 0) {
+      obj.inFlight = Math.round(message.inFlight);
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<KeyWait>, I>>(base?: I): KeyWait {
+    return KeyWait.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<KeyWait>, I>>(object: I): KeyWait {
+    const message = createBaseKeyWait();
+    message.key = object.key ?? "";
+    message.inFlight = object.inFlight ?? 0;
+    message.limit = object.limit ?? 0;
     return message;
   },
 };
