@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from broker import config, trace_context
 from broker.config import Settings
@@ -166,6 +167,44 @@ def _is_json_type(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == JSON_CONTENT_TYPE
 
 
+# -- strings -------------------------------------------------------------------
+
+#: What a string field with a NUL character is told: PostgreSQL's text cannot hold one.
+NUL_RULE = "must not contain NUL characters"
+
+
+def nul_violations(message: Message, path: str = "") -> list[FieldViolation]:
+    """The string fields of a request (nested too) that hold a NUL character.
+
+    Names, ids and filters are stored or looked up as text, which PostgreSQL
+    cannot hold a NUL in: a request carrying one is refused naming the field,
+    not failed inside the broker. Maps and protobuf's own types (an event's
+    headers and JSON data, stored as escaped JSON) are left alone.
+    """
+    found: list[FieldViolation] = []
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}" if path else field.name
+        if field.type == field.TYPE_STRING:
+            if field.is_repeated:
+                found.extend(
+                    FieldViolation(f"{where}[{i}]", NUL_RULE)
+                    for i, item in enumerate(value)
+                    if "\x00" in item
+                )
+            elif "\x00" in value:
+                found.append(FieldViolation(where, NUL_RULE))
+        elif field.type == field.TYPE_MESSAGE:
+            kind = field.message_type
+            if kind is None or kind.GetOptions().map_entry:
+                continue
+            if kind.full_name.startswith("google.protobuf."):
+                continue
+            items = enumerate(value) if field.is_repeated else [(None, value)]
+            for i, item in items:
+                found.extend(nul_violations(item, where if i is None else f"{where}[{i}]"))
+    return found
+
+
 # -- events --------------------------------------------------------------------
 
 
@@ -200,7 +239,11 @@ def draft_from_event(
     if len(event.ordering_key) > config.ORDERING_KEY_MAX_LENGTH:
         bad("ordering_key", f"at most {config.ORDERING_KEY_MAX_LENGTH} characters")
     elif "\x00" in event.ordering_key:
-        bad("ordering_key", "must not contain NUL characters")
+        bad("ordering_key", NUL_RULE)
+    if "\x00" in event.id:
+        bad("id", NUL_RULE)
+    if "\x00" in event.content_type:
+        bad("content_type", NUL_RULE)
     deliver_at, delay = _schedule(event, now_us, bad)
     if len(violations) > before or name is None or payload is None:
         return None

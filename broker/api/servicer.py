@@ -101,6 +101,21 @@ def as_broker_error(error: Exception) -> BrokerError | None:
     return None
 
 
+#: Calls on the hot path, whose strings are checked where they are read (an event's
+#: id, content type and key; ack ids parsed; a nack's error text cleaned), so that
+#: no call walks its request twice.
+_CHECK_THEIR_OWN_STRINGS = frozenset(
+    {"Publish", "BatchPublish", "Ack", "Nack", "ExtendAckDeadline"}
+)
+
+
+def _refuse_nul(request: Any) -> None:
+    """INVALID_ARGUMENT naming each string field of the request that holds a NUL."""
+    violations = convert.nul_violations(request)
+    if violations:
+        raise invalid_argument(violations)
+
+
 def unary(
     method: Callable[[Any, Req, aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
 ) -> Callable[[Any, Req, aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
@@ -112,6 +127,8 @@ def unary(
         try:
             if isinstance(request, Undecodable):
                 raise request.refusal()
+            if method.__name__ not in _CHECK_THEIR_OWN_STRINGS:
+                _refuse_nul(request)
             return await method(self, request, context)
         except Exception as error:
             mapped = as_broker_error(error)
@@ -207,6 +224,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
         try:
             if isinstance(request, Undecodable):
                 raise request.refusal()
+            _refuse_nul(request)
             key = await self._key(context, Scope.SUBSCRIBE)
             self._open_stream(peer)
         except Exception as error:
@@ -355,7 +373,7 @@ class EventBrokerServicer(pb_grpc.EventBrokerServiceServicer):
             list(request.ack_ids),
             delay_us=delay_us,
             terminal=request.terminal,
-            error=request.error[:4096],
+            error=request.error[:4096].replace("\x00", "\ufffd"),  # text cannot hold NUL
         )
         return pb.NackResponse(not_applied_ack_ids=outcome.not_applied)
 
