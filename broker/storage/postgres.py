@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import psycopg
@@ -85,6 +85,8 @@ class PgPosition:
     batch_from: int = 0
     #: A snapshot taken as the cursor was locked (not kept): the next batch, if needed.
     now: str | None = None
+    #: The locking transaction's own id, if it has one yet (not kept): see `log_scan`.
+    own: int | None = None
 
     @property
     def read_to_end(self) -> bool:
@@ -108,6 +110,10 @@ class Snapshot:
 
     def __str__(self) -> str:
         return f"{self.xmin}:{self.xmax}:{','.join(str(x) for x in self.xip)}"
+
+    def shows(self, txid: int) -> bool:
+        """Whether a transaction counts as committed in this snapshot."""
+        return txid < self.xmin or (txid < self.xmax and txid not in self.xip)
 
     def with_committed(self, txid: int | None) -> Snapshot:
         """The snapshot as it will read once `txid`, this transaction's own, has committed.
@@ -215,7 +221,15 @@ class PostgresTx(SqlTx):
         passed, batch, txid, seq, batch_from, now, own = rows[0]
         snapshot = str(Snapshot.parse(now).with_committed(own))
         return Position(
-            PgPosition(passed, batch, int(txid or 0), int(seq), int(batch_from), snapshot)
+            PgPosition(
+                passed,
+                batch,
+                int(txid or 0),
+                int(seq),
+                int(batch_from),
+                snapshot,
+                int(own) if own is not None else None,
+            )
         )
 
     def log_scan(self, params: LogScanParams) -> LogScan:
@@ -226,16 +240,37 @@ class PostgresTx(SqlTx):
             if position.read_to_end
             else self._batch(params.subscription_id, position, params.limit, params.key_header)
         )
+        own = position.own
+        if own is not None and Snapshot.parse(position.batch).shows(own):
+            # A batch this transaction opened in an earlier lease: still no further
+            # than its own events (see below).
+            mine = [e for e in entries if _pg(e.position).txid <= own]
+            if len(mine) < len(entries):
+                end = mine[-1].position if mine else Position(replace(position, now=None))
+                return LogScan(mine, end, exhausted=False)
         if len(entries) >= params.limit:
             return LogScan(entries, entries[-1].position, exhausted=False)
         following = PgPosition(position.batch, position.now or str(self._snapshot()), 0, 0)
         room = params.limit - len(entries)
-        more = self._batch(params.subscription_id, following, room, params.key_header)
-        if len(more) >= room:
-            return LogScan(entries + more, more[-1].position, exhausted=False)
-        # The next batch was read to its end too: all of it is passed.
-        done = PgPosition(following.batch, following.batch, 0, 0)
-        return LogScan(entries + more, Position(done), exhausted=True)
+        own = position.own
+        if own is None:
+            more = self._batch(params.subscription_id, following, room, params.key_header)
+            if len(more) >= room:
+                return LogScan(entries + more, more[-1].position, exhausted=False)
+            # The next batch was read to its end too: all of it is passed.
+            done = PgPosition(following.batch, following.batch, 0, 0)
+            return LogScan(entries + more, Position(done), exhausted=True)
+        # The next batch counts this transaction's own events as committed (a publish
+        # leases what it stores), but the transaction may store more after this lease
+        # (group commit runs many operations in one): the batch stays open, read up to
+        # this transaction's events and no further, and the next lease reads on.
+        found = self._batch(params.subscription_id, following, room + 1, params.key_header)
+        mine = [e for e in found if _pg(e.position).txid <= own]
+        more = mine[:room]
+        deferred = len(found) > len(mine)  # later transactions' events, read next time
+        end = more[-1].position if more else Position(following)
+        exhausted = len(mine) <= room and not deferred
+        return LogScan(entries + more, end, exhausted=exhausted)
 
     def _batch(
         self, subscription_id: int, position: PgPosition, limit: int, key_header: str

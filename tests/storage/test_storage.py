@@ -837,6 +837,31 @@ def test_a_publish_leases_its_own_new_events_in_its_transaction(storage: Storage
     assert lease_events(storage, s.id) == []
 
 
+def test_events_stored_after_a_lease_in_the_same_transaction_are_read_later(
+    storage: Storage,
+) -> None:
+    """Group commit runs many operations in one transaction: a lease, then a publish.
+
+    The lease must not count the events its own transaction stores after it as
+    passed: they are read by the next lease, however the log orders them
+    against other transactions' events.
+    """
+    s = create(storage, sub())
+    for _ in range(3):
+        with storage.write() as tx:
+            (first,) = publishing.publish(tx, T0, [draft()], WINDOW)
+            result = leasing.lease(tx, T0, s.id, [LeaseRequest("c", 5)], _nothing)
+            (later,) = publishing.publish(tx, T0, [draft()], WINDOW)
+        assert [d.event.event_id for d in result.leased["c"]] == [first.event_id]
+        assert lease_events(storage, s.id) == [later.event_id]
+    with storage.write() as tx:
+        tx.event_count()  # a transaction that has written nothing yet leases
+        assert not leasing.lease(tx, T0, s.id, [LeaseRequest("c", 5)], _nothing).leased
+        (written,) = publishing.publish(tx, T0, [draft()], WINDOW)
+    assert lease_events(storage, s.id) == [written.event_id]
+    assert lease_events(storage, s.id) == []
+
+
 def test_a_lease_while_another_holds_the_position_takes_the_ready_rows(storage: Storage) -> None:
     """A broker stuck mid-lease holds the log, not the retries: those go to the others."""
     if storage.max_concurrent_writers < 2:
