@@ -196,6 +196,8 @@ class SqlTx:
     LISTED: ClassVar[str]
     #: Whether an event `e` is past the position of the cursor `c` (not passed yet).
     WAITING: ClassVar[str]
+    #: The cursors as the conditions above read them (`c`), in a statement's FROM.
+    CURSORS: ClassVar[str] = "cursors"
 
     def __init__(
         self, conn: sa.Connection, subscriptions: dict[int, Subscription] | None = None
@@ -334,7 +336,7 @@ class SqlTx:
         waiting: dict[int, set[int]] = {}
         for part in chunks(seqs, KEY_CHUNK):
             found = self._all(
-                f"SELECT e.seq, c.subscription_id FROM events e, cursors c"
+                f"SELECT e.seq, c.subscription_id FROM events e, {self.CURSORS} c"
                 f" WHERE e.seq IN ({self._marks(len(part))})"
                 f" AND {self.LISTED} AND NOT ({self.PASSED})",
                 list(part),
@@ -392,7 +394,7 @@ class SqlTx:
             return {}
         rows = self._all(
             f"SELECT c.subscription_id, CASE WHEN {self.PASSED} THEN 1 ELSE 0 END"
-            f" FROM events e, cursors c WHERE e.id = ?"
+            f" FROM events e, {self.CURSORS} c WHERE e.id = ?"
             f" AND c.subscription_id IN ({self._marks(len(subscription_ids))}) AND {self.LISTED}",
             [event_id, *subscription_ids],
         )
@@ -426,7 +428,7 @@ class SqlTx:
             events = self._all(
                 f"SELECT e.name, {counted},"
                 " min(CASE WHEN e.deliver_at > ? THEN NULL ELSE e.deliver_at END)"
-                f" FROM events e, cursors c WHERE c.subscription_id = ? AND {where}"
+                f" FROM events e, {self.CURSORS} c WHERE c.subscription_id = ? AND {where}"
                 " GROUP BY e.name",
                 [params.now_us, params.now_us, group[0], *window],
             )
@@ -434,7 +436,7 @@ class SqlTx:
                 (sid, name): (int(n), int(due or 0))
                 for sid, name, n, due in self._all(
                     f"SELECT d.subscription_id, e.name, {counted} FROM deliveries d"
-                    " JOIN cursors c ON c.subscription_id = d.subscription_id"
+                    f" JOIN {self.CURSORS} c ON c.subscription_id = d.subscription_id"
                     " JOIN events e ON e.seq = d.seq"
                     f" WHERE d.subscription_id IN ({self._marks(len(group))}) AND {where}"
                     " GROUP BY d.subscription_id, e.name",
@@ -774,7 +776,7 @@ class SqlTx:
         return self._run(
             "DELETE FROM deliveries WHERE id IN (SELECT d.id FROM deliveries d"
             " JOIN events e ON e.id = d.event_id"
-            " JOIN cursors c ON c.subscription_id = d.subscription_id"
+            f" JOIN {self.CURSORS} c ON c.subscription_id = d.subscription_id"
             f" WHERE d.subscription_id = ? AND d.state IN {_SETTLED_STATES}"
             f" AND d.updated_at < ? AND {self.PASSED} LIMIT ?)",
             [params.subscription_id, params.changed_before_us, params.limit],
