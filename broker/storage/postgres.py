@@ -143,8 +143,12 @@ class PostgresTx(SqlTx):
         " AND (e.published_at < c.batch_from OR (e.txid, e.seq) <= (c.txid, c.seq))))"
     )
     WAITING: ClassVar[str] = f"NOT {PASSED}"
+    #: The bound on `txid` says no more than the snapshot does (every transaction below
+    #: its xmin is in it), but lets the statement seek in the log's (txid, seq) index
+    #: past the events stored before the subscription began, instead of reading them.
     LISTED: ClassVar[str] = (
         "NOT coalesce(txid_visible_in_snapshot(e.txid, c.start_snapshot), false)"
+        " AND e.txid >= coalesce(txid_snapshot_xmin(c.start_snapshot), 0)"
         " AND e.published_at >= c.start_from"
     )
     #: The snapshots parsed once per statement, not once per event row: a cast in the
