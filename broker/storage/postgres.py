@@ -133,6 +133,11 @@ class Snapshot:
         return Snapshot(self.xmin, xmax, tuple(xip))
 
 
+def _up_to(entries: list[LogEntry], txid: int) -> list[LogEntry]:
+    """The entries (in log order) of transactions up to `txid`: a prefix of them."""
+    return [e for e in entries if _pg(e.position).txid <= txid]
+
+
 class PostgresTx(SqlTx):
     """PostgreSQL's log, locks and bulk statements."""
 
@@ -257,7 +262,7 @@ class PostgresTx(SqlTx):
         if own is not None and Snapshot.parse(position.batch).shows(own):
             # A batch this transaction opened in an earlier lease: still no further
             # than its own events (see below).
-            mine = [e for e in entries if _pg(e.position).txid <= own]
+            mine = _up_to(entries, own)
             if len(mine) < len(entries):
                 end = mine[-1].position if mine else Position(replace(position, now=None))
                 return LogScan(mine, end, exhausted=False)
@@ -265,7 +270,6 @@ class PostgresTx(SqlTx):
             return LogScan(entries, entries[-1].position, exhausted=False)
         following = PgPosition(position.batch, position.now or str(self._snapshot()), 0, 0)
         room = params.limit - len(entries)
-        own = position.own
         if own is None:
             more = self._batch(params.subscription_id, following, room, params.key_header)
             if len(more) >= room:
@@ -278,7 +282,7 @@ class PostgresTx(SqlTx):
         # (group commit runs many operations in one): the batch stays open, read up to
         # this transaction's events and no further, and the next lease reads on.
         found = self._batch(params.subscription_id, following, room + 1, params.key_header)
-        mine = [e for e in found if _pg(e.position).txid <= own]
+        mine = _up_to(found, own)
         more = mine[:room]
         deferred = len(found) > len(mine)  # later transactions' events, read next time
         end = more[-1].position if more else Position(following)
